@@ -1,0 +1,354 @@
+"""`edge-somad calibrate`: set the pass/fail threshold from good images the SOM never saw.
+
+Writes manifest.threshold and manifest.calibration only; the graph is untouched, so recalibrating
+never forces a re-export. Heavy imports (cv2, scipy, onnxruntime, torch) live in function bodies
+so `edge-somad --help` works on any box.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from edge_somad.errors import ArtifactError, ConfigError, DatasetError, EdgeSomadError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from edge_somad.export.manifest import Manifest
+    from edge_somad.runtime.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+METHODS = ("empirical", "chi2")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+INT8_MAX_FRAMES = 64
+SCORE_BATCH = 8
+
+
+def calibrate(
+    model: Annotated[Path, typer.Option("--model", help="Model directory (manifest.json, model.onnx).")],
+    target_frr: Annotated[float, typer.Option("--target-frr", help="Target false-reject rate on good parts.")]
+    = 0.005,
+    calibration_dir: Annotated[
+        Path | None,
+        typer.Option("--calibration-dir", help="Folder of good images to use instead of the held-out split."),
+    ] = None,
+    method: Annotated[str, typer.Option("--method", help="empirical (quantile) | chi2 (Gaussian theory).")]
+    = "empirical",
+    pixel_quantile: Annotated[
+        float, typer.Option("--pixel-quantile", help="Quantile of good-map pixels for the pixel threshold.")
+    ] = 0.999,
+    min_area: Annotated[
+        int | None,
+        typer.Option("--min-area", help="Min defect region, px; default: largest on good maps + 1."),
+    ] = None,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write model.int8.onnx (Q/DQ).")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="Scorer backend for the fp32 scores.")]
+    = "onnxruntime",
+) -> None:
+    """Set the pass/fail threshold (manifest.json) from held-out good images; optionally quantize to INT8."""
+    from edge_somad.export.manifest import load_manifest
+
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r} is unknown; expected one of {METHODS}")
+    manifest = load_manifest(model)
+    frames, source = load_good_frames(model, manifest, calibration_dir)
+    patch_sq, reason = patch_sq_distances(model, frames)
+    scorer = open_fp32_scorer(model, backend)
+    try:
+        manifest = calibrate_model(model, frames, target_frr, method, pixel_quantile, min_area, scorer,
+                                   patch_sq_distances=patch_sq, source=source, chi2_skip_reason=reason)
+    finally:
+        scorer.close()
+    typer.echo(format_table(manifest))
+    if int8:
+        quantize_and_check(model, frames, manifest.threshold, source)
+
+
+def calibrate_model(
+    model_dir: Path,
+    good_frames: np.ndarray,
+    target_frr: float,
+    method: str,
+    pixel_quantile: float,
+    min_area: int | None,
+    scorer: Scorer,
+    *,
+    patch_sq_distances: np.ndarray | None = None,
+    source: str = "",
+    chi2_skip_reason: str = "no patch distances given",
+) -> Manifest:
+    """Score good frames, set threshold/pixel threshold/min area, save and return the manifest.
+
+    good_frames: (N, H, W, 3) uint8 BGR, already resized. patch_sq_distances: (N, h, w) squared
+    patch distances from the torch model, for the chi2 report and method (optional).
+    """
+    import dataclasses
+
+    from edge_somad.calibration import threshold as th
+    from edge_somad.export.manifest import Calibration, load_manifest, save_manifest
+
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r} is unknown; expected one of {METHODS}")
+    manifest = load_manifest(model_dir)
+    scores, maps = score_all(scorer, good_frames)
+    empirical = th.empirical_threshold(scores, target_frr)
+    report = th.chi2_fit_report(patch_sq_distances, _d(manifest)) if patch_sq_distances is not None else None
+    estimate = empirical
+    if method == "chi2":
+        estimate = _chi2_estimate(model_dir, manifest, scores, maps, target_frr, patch_sq_distances, report)
+    pix = th.pixel_threshold(maps, pixel_quantile)
+    area = th.min_defect_area(maps, pix, min_area)
+    details: dict[str, Any] = {
+        **dataclasses.asdict(estimate),
+        "source": source,
+        "scorer": f"{scorer.backend} fp32 on {scorer.device}",
+        "good_scores": {"min": float(scores.min()), "median": _median(scores), "max": float(scores.max())},
+        "pixel_rule": f"quantile {pixel_quantile} of all good-map pixels (an observed value)",
+        "min_area_rule": "given by the user" if min_area is not None
+        else "largest 8-connected region >= pixel threshold on any good map + 1",
+        "chi2_fit": report if report is not None else {"skipped": chi2_skip_reason},
+    }
+    if method == "chi2":
+        details["empirical"] = dataclasses.asdict(empirical)
+    calibration = Calibration(
+        method="empirical-quantile" if method == "empirical" else "chi2",
+        target_frr=float(target_frr),
+        n_images=len(scores),
+        pixel_threshold=pix,
+        min_defect_area_px=area,
+        details=details,
+    )
+    manifest = manifest.with_calibration(estimate.threshold, calibration)
+    save_manifest(model_dir, manifest)
+    return manifest
+
+
+def _d(manifest: Manifest) -> int:
+    d = manifest.model.get("d")
+    if not isinstance(d, int) or d < 1:
+        raise ArtifactError(
+            f"manifest.model['d'] is {d!r}; expected the projected feature dimension (int >= 1). "
+            "Re-export the model, or use --method empirical."
+        )
+    return d
+
+
+def _median(x: np.ndarray) -> float:
+    import numpy as np
+
+    return float(np.median(x))
+
+
+def _chi2_estimate(
+    model_dir: Path, manifest: Manifest, scores: np.ndarray, maps: np.ndarray, target_frr: float,
+    patch_sq: np.ndarray | None, report: dict[str, Any] | None,
+) -> Any:
+    """chi2 image threshold (union bound over patches), with its FRR checked on the good scores."""
+    import numpy as np
+    from edge_somad.calibration import threshold as th
+
+    # The number of patches behind one score: the patch grid if known, else every map pixel (more
+    # terms in the union bound, so a higher, still valid threshold).
+    if patch_sq is not None:
+        n_patches, where = int(np.prod(patch_sq.shape[1:])), "patch grid of the torch model"
+    elif _feature_grid(model_dir):
+        n_patches, where = int(np.prod(_feature_grid(model_dir))), "fit_info.json feature_grid"
+    else:
+        n_patches, where = int(np.prod(maps.shape[1:])), "map pixels (grid unknown; conservative)"
+    scale = report["scale_estimate"] if report else 1.0
+    thr = th.image_chi2_threshold(_d(manifest), target_frr, n_patches, scale)
+    rejects = int(np.count_nonzero(scores >= thr))
+    upper = th.clopper_pearson_upper(rejects, len(scores))
+    note = (
+        f"chi2({_d(manifest)}) x scale {scale:.3g}, union bound over {n_patches} patches ({where}); "
+        f"{rejects}/{len(scores)} good images rejected by it (95% upper bound {upper:.1%})."
+    )
+    return th.ThresholdEstimate(thr, float(target_frr), len(scores), rejects / len(scores), upper, note)
+
+
+def _feature_grid(model_dir: Path) -> list[int] | None:
+    from edge_somad.config import read_json
+
+    path = Path(model_dir) / "fit_info.json"
+    grid = read_json(path).get("feature_grid") if path.is_file() else None
+    return grid if isinstance(grid, list) and len(grid) == 2 else None
+
+
+def score_all(scorer: Scorer, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N,) and maps (N, H, W) for a stack of frames, in batches the scorer accepts."""
+    import numpy as np
+
+    batch = min(SCORE_BATCH, getattr(scorer, "max_batch", None) or SCORE_BATCH)
+    results = [scorer.score(frames[i:i + batch]) for i in range(0, len(frames), batch)]
+    return (np.concatenate([r.scores for r in results]).astype(np.float32),
+            np.concatenate([r.maps for r in results]).astype(np.float32))
+
+
+def open_fp32_scorer(model_dir: Path, backend: str, precision: str = "fp32") -> Scorer:
+    from edge_somad.runtime.backends import open_scorer
+
+    return open_scorer(model_dir, backend, precision)
+
+
+def load_good_frames(
+    model_dir: Path, manifest: Manifest, calibration_dir: Path | None
+) -> tuple[np.ndarray, str]:
+    """Resized uint8 BGR frames of the good calibration images, and a description of their source."""
+    if calibration_dir is not None:
+        paths = image_files(calibration_dir)
+        source = f"{len(paths)} good images from {calibration_dir}"
+    else:
+        paths = split_paths(model_dir, "holdout")
+        if not paths:
+            raise DatasetError(
+                f"{Path(model_dir) / 'split.json'} lists 0 held-out good images (fit with holdout_fraction=0?). "
+                "Pass --calibration-dir with good images the model never saw, or re-fit with a holdout."
+            )
+        source = f"{len(paths)} held-out good images (split.json)"
+    return read_frames(paths, manifest), source
+
+
+def image_files(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"--calibration-dir {folder} is not a folder; expected a folder of good images")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DatasetError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); expected good part images")
+    return paths
+
+
+def split_paths(model_dir: Path, part: str) -> list[Path]:
+    """Image paths of split.json's `part`; relative entries are under split.json's data_root."""
+    from edge_somad.config import read_json
+
+    path = Path(model_dir) / "split.json"
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path} does not exist, so the held-out images are unknown. Pass --calibration-dir DIR "
+            "with good images the model never saw."
+        )
+    split = read_json(path)
+    entries = split.get(part)
+    if not isinstance(entries, list):
+        raise ArtifactError(f"{path} has no list {part!r}; expected keys train, holdout, data_root, category")
+    root = Path(str(split.get("data_root", ".")))
+    return [Path(p) if Path(p).is_absolute() else root / p for p in entries]
+
+
+def read_frames(paths: list[Path], manifest: Manifest) -> np.ndarray:
+    import cv2
+    from edge_somad.runtime.preprocess import batch_frames
+
+    frames = []
+    for p in paths:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)  # BGR uint8, as the camera path delivers
+        if img is None:
+            raise DatasetError(f"{p} is missing or not a readable image; fix split.json or the image folder")
+        frames.append(img)
+    pre = manifest.preprocessing
+    return batch_frames(frames, pre.height, pre.width, pre.resize, pre.pad_value)
+
+
+def patch_sq_distances(model_dir: Path, frames: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Squared patch distances (N, h, w) from the torch model, or (None, why not). Never raises."""
+    try:
+        import torch
+
+        from edge_somad.model import load_torch_model
+    except ImportError as exc:
+        reason = f"torch model unavailable ({exc}); chi2 fit report skipped"
+        log.warning(reason)
+        return None, reason
+    try:
+        net = load_torch_model(model_dir)
+    except EdgeSomadError as exc:  # e.g. an edge box with manifest + ONNX but no arrays.npz
+        reason = f"cannot rebuild the torch model from {model_dir} ({exc}); chi2 fit report skipped"
+        log.warning(reason)
+        return None, reason
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(frames), SCORE_BATCH):
+            dist = net.patch_distances(torch.from_numpy(frames[i:i + SCORE_BATCH])).double()
+            out.append((dist * dist).numpy())
+    import numpy as np
+
+    return np.concatenate(out), ""
+
+
+def format_table(manifest: Manifest) -> str:
+    cal, det = manifest.calibration, manifest.calibration.details
+    rows = [
+        ("threshold", f"{manifest.threshold:.6g}  ({cal.method})"),
+        ("n images", f"{cal.n_images}  ({det.get('source', '')})"),
+        ("target FRR", f"{cal.target_frr:.3%}"),
+        ("achieved FRR", f"{det['achieved_frr_on_calibration_set']:.3%}"),
+        ("FRR 95% upper", f"{det['frr_upper_95']:.2%}"),
+        ("pixel threshold", f"{cal.pixel_threshold:.6g}"),
+        ("min defect area", f"{cal.min_defect_area_px} px"),
+        ("chi2 fit", _chi2_summary(det.get("chi2_fit", {}))),
+        ("note", det["note"]),
+    ]
+    return "\n".join(f"{k:<16} {v}" for k, v in rows)
+
+
+def _chi2_summary(report: dict[str, Any]) -> str:
+    if "skipped" in report:
+        return f"skipped: {report['skipped']}"
+    verdict = "fits" if report["fits"] else "does NOT fit"
+    return (f"chi2({report['d']}) {verdict}: KS {report['ks_statistic']:.3f}, "
+            f"mean {report['mean']:.3g} vs {report['mean_expected']:g}")
+
+
+def int8_frames(
+    model_dir: Path, manifest: Manifest, fallback: np.ndarray, source: str
+) -> tuple[np.ndarray, str]:
+    """Up to 64 frames spread over the training split; the calibration frames if there is none."""
+    import numpy as np
+
+    try:
+        paths = split_paths(model_dir, "train")
+    except ArtifactError:
+        paths = []
+    if paths:
+        idx = np.unique(np.linspace(0, len(paths) - 1, min(INT8_MAX_FRAMES, len(paths))).round().astype(int))
+        return read_frames([paths[i] for i in idx], manifest), f"{len(idx)} training-split images"
+    log.warning("no training split in %s; INT8 ranges come from the calibration images", model_dir)
+    return fallback[:INT8_MAX_FRAMES], f"{min(len(fallback), INT8_MAX_FRAMES)} of the {source}"
+
+
+def quantize_and_check(
+    model_dir: Path, good_frames: np.ndarray, threshold: float | None, source: str
+) -> None:
+    """Write model.int8.onnx, then report how its scores differ from fp32 on the good frames."""
+    import dataclasses
+
+    import numpy as np
+    from edge_somad.calibration.quantize import quantize_int8
+    from edge_somad.export.manifest import load_manifest, save_manifest
+
+    manifest = load_manifest(model_dir)
+    frames, from_where = int8_frames(model_dir, manifest, good_frames, source)
+    path = quantize_int8(model_dir, frames)
+    with open_fp32_scorer(model_dir, "onnxruntime", "fp32") as fp32, \
+            open_fp32_scorer(model_dir, "onnxruntime", "int8") as q8:
+        s32, s8 = score_all(fp32, good_frames)[0], score_all(q8, good_frames)[0]
+    rel = np.abs(s8 - s32) / np.maximum(np.abs(s32), 1e-12)
+    check = {
+        "file": path.name, "bytes": path.stat().st_size, "calibrated_on": from_where,
+        "score_rel_diff_max": float(rel.max()), "score_rel_diff_median": float(np.median(rel)),
+        "good_rejected_at_fp32_threshold": int(np.count_nonzero(s8 >= threshold)) if threshold is not None else None,
+    }
+    manifest = load_manifest(model_dir)
+    details = {**manifest.calibration.details, "int8": check}
+    save_manifest(model_dir, dataclasses.replace(
+        manifest, calibration=dataclasses.replace(manifest.calibration, details=details)))
+    typer.echo(
+        f"int8             {path.name}: {check['bytes'] / 2**20:.2f} MiB from {from_where}; scores vs fp32 "
+        f"on good images: median {check['score_rel_diff_median']:.2%}, max {check['score_rel_diff_max']:.2%}; "
+        f"{check['good_rejected_at_fp32_threshold']}/{len(s8)} good rejected at the fp32 threshold"
+    )

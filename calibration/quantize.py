@@ -1,0 +1,155 @@
+"""INT8 explicit quantization (Q/DQ nodes) of the fused graph for TensorRT / ONNX Runtime.
+
+Only the backbone's convolutions are quantized. The head after the backbone (projection, SOM node
+search, Mahalanobis distance, top-k, sqrt, smoothing, max) stays float32: it computes raw distances
+whose absolute value IS the decision (manifest.threshold is in those units), the squared distance
+sums d squared terms so an 8-bit step error grows with d, and the score is a max over the map, so
+any rounding of a map value moves the score one-to-one. An int8 smoothing conv on the map would
+quantize the score itself to 1/127 of the map's range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from edge_somad.export.manifest import load_manifest, save_manifest, sha256_file
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from edge_somad.errors import ArtifactError, InputError
+
+log = logging.getLogger(__name__)
+
+# Op types that start the SOMAD head: the multi-scale fusion (Resize/Concat of backbone stages),
+# then projection, node search and distances. Every Conv downstream of one of them (the 1x1
+# projection after the Concat, the Gaussian smoothing of the map) stays float. Only nodes on the
+# data path count: torch exports also use Concat/Gather on shape tensors (Shape -> … -> Reshape),
+# which must not mark the backbone as head.
+HEAD_OP_TYPES = frozenset(
+    {"Resize", "Concat", "MatMul", "Gemm", "Einsum", "TopK", "ReduceMin", "ArgMin", "Sqrt"}
+)
+# Ops whose output is metadata about a tensor, not pixels/features derived from it.
+SHAPE_OP_TYPES = frozenset({"Shape", "Size"})
+CALIBRATION_BATCH = 8
+
+
+class FrameReader(CalibrationDataReader):
+    """onnxruntime CalibrationDataReader over uint8 NHWC BGR frames, in batches."""
+
+    def __init__(self, input_name: str, frames: np.ndarray, batch: int = CALIBRATION_BATCH) -> None:
+        self._name = input_name
+        self._batches = [np.ascontiguousarray(frames[i:i + batch]) for i in range(0, len(frames), batch)]
+        self._it: Iterator[np.ndarray] = iter(self._batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {self._name: batch}
+
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
+
+
+def _descendants(nodes: list[onnx.NodeProto], sources: list[int]) -> set[int]:
+    """Indices of `sources` and every node downstream of them, not crossing Shape/Size."""
+    # Indices, not id(): protobuf hands out fresh wrapper objects, so id() of a node is not stable.
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
+    seen: set[int] = set()
+    stack = list(sources)
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        if nodes[i].op_type not in SHAPE_OP_TYPES:
+            for out in nodes[i].output:
+                stack.extend(consumers.get(out, ()))
+    return seen
+
+
+def backbone_convs(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """Split Conv node names into (backbone, head); head = downstream of a data-path HEAD_OP_TYPES node."""
+    nodes = list(model.graph.node)
+    # Old exporters list weights as graph inputs too; only the real inputs (frames) start data.
+    inputs = {i.name for i in model.graph.input} - {i.name for i in model.graph.initializer}
+    data_path = _descendants(nodes, [i for i, n in enumerate(nodes) if set(n.input) & inputs])
+    head = _descendants(nodes, [i for i in data_path if nodes[i].op_type in HEAD_OP_TYPES])
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    return [nodes[i].name for i in convs if i not in head], [nodes[i].name for i in convs if i in head]
+
+
+def _named(model: onnx.ModelProto) -> None:
+    """quantize_static selects nodes by name; give anonymous nodes unique names."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def _check_frames(frames: np.ndarray, height: int, width: int) -> None:
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 \
+            or frames.shape[1:] != (height, width, 3) or len(frames) == 0:
+        got = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
+        raise InputError(
+            f"calibration frames are {got}; expected uint8 (N>=1, {height}, {width}, 3) BGR. "
+            "Resize with edge_somad.runtime.preprocess.batch_frames first."
+        )
+
+
+def quantize_int8(model_dir: Path, calibration_frames: np.ndarray, out_name: str = "model.int8.onnx") -> Path:
+    """Write DIR/out_name, a Q/DQ int8 copy of the fused graph, and record it in the manifest."""
+    model_dir = Path(model_dir)
+    manifest = load_manifest(model_dir)
+    _check_frames(calibration_frames, manifest.preprocessing.height, manifest.preprocessing.width)
+    out_path = model_dir / out_name
+    with tempfile.TemporaryDirectory() as tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        try:
+            # ONNX shape inference + graph cleanup, as onnxruntime recommends before quantizing. The
+            # symbolic pass is for transformers' dynamic dims; our H and W are static.
+            quant_pre_process(str(model_dir / manifest.onnx), str(prepped), skip_symbolic_shape=True)
+        except Exception as exc:
+            log.warning("quant_pre_process failed (%s); quantizing the exported graph as is", exc)
+            prepped = model_dir / manifest.onnx
+        model = onnx.load(str(prepped))
+        _named(model)
+        convs, head_convs = backbone_convs(model)
+        if not convs:
+            raise ArtifactError(
+                f"{manifest.onnx} has no Conv before the SOMAD head (head convs: {head_convs}); "
+                "nothing to quantize. Expected a CNN backbone graph from `edge-somad export`."
+            )
+        log.info("quantizing %d backbone Conv nodes; %d head Conv nodes stay float",
+                 len(convs), len(head_convs))
+        quantize_static(
+            model,
+            str(out_path),
+            FrameReader(manifest.input.name, calibration_frames),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv"],
+            nodes_to_quantize=convs,
+            per_channel=True,
+            # TensorRT only runs symmetric int8 (zero point 0) for activations and weights.
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    manifest = dataclasses.replace(manifest, int8_onnx=out_name, int8_onnx_sha256=sha256_file(out_path))
+    save_manifest(model_dir, manifest)
+    return out_path

@@ -1,0 +1,268 @@
+"""Pass/fail thresholds from held-out good images (numpy/scipy only, no torch).
+
+Convention used everywhere here (and expected of the runtime): an image FAILS when
+`score >= threshold`, a pixel is anomalous when `map >= pixel_threshold`. Thresholds are placed
+strictly between observed scores, so the calibration-set counts are the same under `>` or `>=`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage, stats
+
+from edge_somad.errors import ConfigError, InputError
+
+# One-sided: the question a line owner asks is "how bad can the FRR be?", not a symmetric interval.
+CONFIDENCE = 0.95
+# Rule of thumb for chi2_fit_report["fits"]: a KS distance below this means the chi2(d) law
+# describes the patch distances well enough to set a threshold from it.
+KS_GOOD_FIT = 0.05
+_REPORT_QUANTILES = (0.5, 0.9, 0.99, 0.999)
+_KS_MAX_SAMPLES = 200_000
+
+
+@dataclass(frozen=True)
+class ThresholdEstimate:
+    threshold: float
+    target_frr: float
+    n_images: int
+    achieved_frr_on_calibration_set: float
+    frr_upper_95: float  # one-sided 95% Clopper–Pearson upper bound of the true FRR
+    note: str
+
+
+def _check_rate(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 < float(value) < 1.0):
+        raise ConfigError(f"{name}={value!r} must be a fraction in (0, 1), e.g. 0.005 for 0.5%")
+
+
+def _finite_1d(values: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        raise InputError(f"no {what} arrived; expected at least one (score more held-out good images)")
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:
+        raise InputError(
+            f"{bad} of {x.size} {what} are NaN or infinite; expected finite numbers. "
+            "Check the model (re-fit or re-export) and the input frames."
+        )
+    return x
+
+
+def clopper_pearson_upper(failures: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided Clopper–Pearson upper bound of a binomial rate after `failures` out of `n`."""
+    if n < 1 or not 0 <= failures <= n:
+        raise InputError(f"clopper_pearson_upper({failures}, {n}): need 0 <= failures <= n and n >= 1")
+    if failures == n:
+        return 1.0
+    return float(stats.beta.ppf(confidence, failures + 1, n - failures))
+
+
+def _above(value: float) -> float:
+    """Smallest float32 strictly above value: survives a float32 cast by the runtime."""
+    return float(np.nextafter(np.float32(value), np.float32(np.inf)))
+
+
+def _between(low: float, high: float) -> float:
+    """Midpoint of two observed scores; never rounds down onto `low`, even in float32."""
+    mid = 0.5 * (low + high)
+    return mid if np.float32(mid) > np.float32(low) else _above(low)
+
+
+def empirical_threshold(good_scores: np.ndarray, target_frr: float) -> ThresholdEstimate:
+    """Threshold rejecting at most floor(target_frr * n) of n good images the SOM never saw.
+
+    Rule: sort the scores; k = floor(target_frr * n) may be rejected; the threshold is the midpoint
+    between the largest accepted score and the next larger distinct score (ties all pass or all fail
+    together, so never more than k rejects). When target_frr * n < 1 no reject is allowed and the
+    threshold is the max good score plus half the gap between the two largest scores (the same
+    midpoint rule, the unseen next score extrapolated by the last gap); with one image or a zero gap
+    it is the next float32 above the max. The FRR is then NOT verifiable on this set.
+    """
+    _check_rate("target_frr", target_frr)
+    s = np.sort(_finite_1d(good_scores, "good scores"))
+    n = s.size
+    k = math.floor(target_frr * n + 1e-9)  # + eps: 0.005 * 200 must give 1, not 0.999…
+    accepted_max = float(s[n - k - 1])  # k < n because target_frr < 1
+    higher = s[s > accepted_max]
+    if k >= 1 and higher.size:
+        threshold = _between(accepted_max, float(higher[0]))
+    else:
+        gap = float(s[-1] - s[-2]) if n >= 2 else 0.0
+        threshold = _between(float(s[-1]), float(s[-1]) + gap) if gap > 0 else _above(float(s[-1]))
+    rejects = int(np.count_nonzero(s >= threshold))
+    upper = clopper_pearson_upper(rejects, n)
+    return ThresholdEstimate(
+        threshold=float(threshold),
+        target_frr=float(target_frr),
+        n_images=n,
+        achieved_frr_on_calibration_set=rejects / n,
+        frr_upper_95=upper,
+        note=_frr_note(target_frr, n, rejects, upper),
+    )
+
+
+def _frr_note(target_frr: float, n: int, rejects: int, upper: float) -> str:
+    needed = math.ceil(1.0 / target_frr - 1e-9)
+    # With zero rejects, the 95% bound reaches the target only from n >= ln(20) / target.
+    proven = math.ceil(math.log(1.0 / (1.0 - CONFIDENCE)) / target_frr)
+    pct = f"{target_frr * 100:g}%"
+    if n < needed:
+        return (
+            f"{pct} target needs >= {needed} good images to be checkable; you gave {n}. "
+            f"Threshold = max good score + margin; its FRR is not verifiable here "
+            f"(95% upper bound {upper:.1%}). Add good images (>= {proven} to bound FRR <= {pct})."
+        )
+    if upper > target_frr:
+        return (
+            f"{rejects}/{n} good images rejected; the true FRR may still be up to {upper:.2%} (95%). "
+            f"Bounding it below {pct} needs about {proven}+ good images."
+        )
+    return f"{rejects}/{n} good images rejected; true FRR <= {upper:.2%} with 95% confidence."
+
+
+def chi2_threshold(d: int, target_fpr: float, scale: float = 1.0) -> float:
+    """Distance threshold from chi2(d) (Rippel et al., ICPR 2020).
+
+    Squared Mahalanobis distances of Gaussian d-dim features follow chi2(d). `scale` multiplies the
+    squared distances (D² ≈ scale·chi2(d)), e.g. chi2_fit_report(...)["scale_estimate"] when the
+    covariance regulariser shrinks them. Returns sqrt(scale · chi2.ppf(1 - fpr, d)), in distance units.
+    """
+    if int(d) != d or d < 1:
+        raise ConfigError(f"d={d!r} must be a positive integer (the projected feature dimension)")
+    _check_rate("target_fpr", target_fpr)
+    if not scale > 0:
+        raise ConfigError(f"scale={scale!r} must be > 0 (a multiplier of squared distances)")
+    return float(math.sqrt(scale * stats.chi2.ppf(1.0 - target_fpr, int(d))))
+
+
+def image_chi2_threshold(d: int, target_frr: float, n_patches: int, scale: float = 1.0) -> float:
+    """Image-level threshold by the union bound over `n_patches` patch distances.
+
+    The image score is the max of a smoothed, upsampled map of patch distances; smoothing and
+    bilinear upsampling are convex combinations, so the score never exceeds the largest patch
+    distance, and P(score >= t) <= n_patches · P(patch >= t). Valid only as far as chi2(d) holds
+    at patch level (see chi2_fit_report), and loose because neighbouring patches are correlated.
+    """
+    if n_patches < 1:
+        raise ConfigError(f"n_patches={n_patches} must be >= 1")
+    _check_rate("target_frr", target_frr)
+    return chi2_threshold(d, target_frr / n_patches, scale)
+
+
+def chi2_fit_report(patch_sq_distances: np.ndarray, d: int) -> dict[str, Any]:
+    """How well chi2(d) describes patch-level squared distances of held-out good images.
+
+    JSON-ready (goes into manifest.calibration.details). `fits` is a rule of thumb: KS < 0.05.
+    """
+    if int(d) != d or d < 1:
+        raise ConfigError(f"d={d!r} must be a positive integer")
+    x = _finite_1d(patch_sq_distances, "patch squared distances")
+    law = stats.chi2(int(d))
+    sample = x
+    if x.size > _KS_MAX_SAMPLES:  # KS cost is a sort; a fixed subsample keeps it fast and repeatable
+        sample = np.random.default_rng(0).choice(x, _KS_MAX_SAMPLES, replace=False)
+    ks = float(stats.kstest(sample, law.cdf).statistic)
+    quantiles = {
+        str(q): {"empirical": float(np.quantile(x, q)), "chi2": float(law.ppf(q))} for q in _REPORT_QUANTILES
+    }
+    return {
+        "d": int(d),
+        "n_patches": int(x.size),
+        "mean": float(x.mean()),
+        "mean_expected": float(d),
+        "var": float(x.var()),
+        "var_expected": float(2 * d),
+        "scale_estimate": float(x.mean() / d),
+        "quantiles": quantiles,
+        "ks_statistic": ks,
+        "fits": bool(ks < KS_GOOD_FIT),
+        "note": (
+            "patch-level only: the image score is the max over a smoothed map of min-over-top-k "
+            "distances, so chi2(d) at patch level does not give the image-level FRR directly."
+        ),
+    }
+
+
+def pixel_threshold(good_maps: np.ndarray, quantile: float = 0.999) -> float:
+    """Per-pixel threshold: the `quantile` of all pixels of held-out good maps (an observed value)."""
+    _check_rate("quantile", quantile)
+    maps = _check_maps(good_maps)
+    return float(np.quantile(maps, quantile, method="higher"))
+
+
+def _check_maps(good_maps: np.ndarray) -> np.ndarray:
+    maps = np.asarray(good_maps)
+    if maps.ndim != 3:
+        raise InputError(f"good maps shape {maps.shape}; expected (B, H, W) anomaly maps")
+    _finite_1d(maps, "anomaly-map pixels")
+    return maps
+
+
+def largest_area_above(good_maps: np.ndarray, pixel_thr: float) -> int:
+    """Largest 8-connected area (px) with map >= pixel_thr on any one of the maps."""
+    largest = 0
+    structure = np.ones((3, 3), bool)
+    for m in _check_maps(good_maps):
+        labels, count = ndimage.label(m >= pixel_thr, structure=structure)
+        if count:
+            largest = max(largest, int(np.bincount(labels.ravel())[1:].max()))
+    return largest
+
+
+def min_defect_area(good_maps: np.ndarray, pixel_thr: float, user_px: int | None = None) -> int:
+    """Smallest region (px, 8-connected, map >= pixel_thr) that counts as a defect.
+
+    A user value wins (checked >= 1). Otherwise: the largest such region seen on any held-out good
+    map + 1, so no good image of the calibration set would show a defect region.
+    """
+    if user_px is not None:
+        if int(user_px) != user_px or user_px < 1:
+            raise ConfigError(f"min_area={user_px!r} must be a whole number of pixels >= 1")
+        return int(user_px)
+    return largest_area_above(good_maps, pixel_thr) + 1
+
+
+def confusion_at_threshold(
+    labels: np.ndarray, defect_types: list[str], scores: np.ndarray, threshold: float
+) -> dict[str, Any]:
+    """False rejects (good >= thr) and escapes (defect < thr), overall and per defect type.
+
+    labels: 0 = good, 1 = defect. defect_types: one name per image ("good", "crack", …).
+    """
+    y = np.asarray(labels).reshape(-1)
+    s = _finite_1d(scores, "scores")
+    types = [str(t) for t in defect_types]
+    if not (y.size == s.size == len(types)):
+        raise InputError(
+            f"labels ({y.size}), defect_types ({len(types)}) and scores ({s.size}): "
+            "expected one entry per image in each"
+        )
+    if not np.isin(y, (0, 1)).all():
+        raise InputError(f"labels hold {sorted(set(y.tolist()))}; expected only 0 (good) and 1 (defect)")
+    fail = s >= threshold
+    good, bad = y == 0, y == 1
+    per_type: dict[str, dict[str, int]] = {}
+    for name in sorted(set(types)):
+        sel = np.array([t == name for t in types])
+        per_type[name] = {
+            "n": int(sel.sum()),
+            "false_rejects": int(np.count_nonzero(sel & good & fail)),
+            "escapes": int(np.count_nonzero(sel & bad & ~fail)),
+        }
+    n_good, n_bad = int(good.sum()), int(bad.sum())
+    fr, esc = int(np.count_nonzero(good & fail)), int(np.count_nonzero(bad & ~fail))
+    return {
+        "threshold": float(threshold),
+        "n_good": n_good,
+        "n_defect": n_bad,
+        "false_rejects": fr,
+        "escapes": esc,
+        "frr": fr / n_good if n_good else None,
+        "escape_rate": esc / n_bad if n_bad else None,
+        "per_type": per_type,
+    }

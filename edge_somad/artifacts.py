@@ -1,0 +1,90 @@
+"""Model directory I/O: config.json + arrays.npz (+ split.json, fit_info.json). No pickle anywhere.
+
+Whitening factors are lower triangular, so only the triangle is stored (half the bytes); the
+loader rebuilds the full matrices.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_somad.config import FitConfig, read_json, write_json
+from edge_somad.errors import ArtifactError
+
+ARRAYS_NAME = "arrays.npz"
+CONFIG_NAME = "config.json"
+SPLIT_NAME = "split.json"
+FIT_INFO_NAME = "fit_info.json"
+_REQUIRED = {
+    "somad": ("projection", "nodes", "centers", "whiten_tril", "counts"),
+    "padim": ("projection", "means", "whiten_tril"),
+}
+
+
+@dataclass(frozen=True)
+class FittedArrays:
+    """Everything fit produces besides the backbone (whose weights come from their package/file)."""
+
+    projection: np.ndarray  # (d, C)
+    whiten: np.ndarray  # (M, d, d) lower triangular
+    nodes: np.ndarray | None = None  # somad (M, d): search keys for top-k
+    centers: np.ndarray | None = None  # somad (M, d): Mahalanobis centres
+    counts: np.ndarray | None = None  # somad (M,)
+    means: np.ndarray | None = None  # padim (N, d)
+
+
+def save_model(out_dir: Path, config: FitConfig, arrays: FittedArrays, split: dict[str, Any],
+               fit_info: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    d = arrays.whiten.shape[-1]
+    rows, cols = np.tril_indices(d)
+    payload = {"projection": arrays.projection, "whiten_tril": arrays.whiten[:, rows, cols]}
+    for name in ("nodes", "centers", "counts", "means"):
+        value = getattr(arrays, name)
+        if value is not None:
+            payload[name] = value
+    tmp = out_dir / (ARRAYS_NAME + ".tmp.npz")
+    np.savez(tmp, **payload)
+    tmp.replace(out_dir / ARRAYS_NAME)
+    write_json(out_dir / CONFIG_NAME, config.to_dict())
+    write_json(out_dir / SPLIT_NAME, split)
+    write_json(out_dir / FIT_INFO_NAME, fit_info)
+
+
+def load_config(model_dir: Path) -> FitConfig:
+    return FitConfig.from_dict(read_json(Path(model_dir) / CONFIG_NAME))
+
+
+def load_arrays(model_dir: Path, config: FitConfig) -> FittedArrays:
+    path = Path(model_dir) / ARRAYS_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist: {model_dir} is not a fitted model (run edge-somad fit)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ArtifactError(f"{path} is corrupt ({exc}); re-run edge-somad fit") from exc
+    missing = [k for k in _REQUIRED[config.method] if k not in data]
+    if missing:
+        raise ArtifactError(f"{path} lacks arrays {missing} needed by method={config.method}; re-run fit")
+    d = data["projection"].shape[0]
+    tril = data.pop("whiten_tril")
+    if d != config.d or tril.shape[-1] != d * (d + 1) // 2:
+        raise ArtifactError(
+            f"{path}: projection has d={d} and whitening {tril.shape}, but config.json says d={config.d}"
+        )
+    whiten = np.zeros((tril.shape[0], d, d), np.float32)
+    rows, cols = np.tril_indices(d)
+    whiten[:, rows, cols] = tril
+    return FittedArrays(whiten=whiten, **{k: data[k] for k in data})
+
+
+def model_bytes(model_dir: Path) -> int:
+    """Bytes of the fitted state (arrays + JSON); the backbone ships in its own package."""
+    names = (ARRAYS_NAME, CONFIG_NAME, SPLIT_NAME, FIT_INFO_NAME)
+    return sum((Path(model_dir) / n).stat().st_size for n in names if (Path(model_dir) / n).is_file())

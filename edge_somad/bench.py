@@ -1,0 +1,208 @@
+"""Benchmark the scorers of one model directory in one run: latency, throughput, artifact size.
+
+Every requested backend gets a row; one that cannot run here is reported as
+"unavailable: <reason>" (never silently dropped), so a table from a CPU box and one from a Jetson
+differ only in which rows have numbers. The "torch-unfused" row is the same model in eager torch
+(TorchScorer) on CPU: the reference the fused ONNX/TensorRT graphs are compared against.
+Heavy modules (onnxruntime, torch, tensorrt, cv2) are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_somad.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    ConfigError,
+    EngineMismatchError,
+    InputError,
+)
+
+TORCH_REF = "torch-unfused"
+DEFAULT_BACKENDS = (TORCH_REF, "onnxruntime", "tensorrt")
+# What "cannot run here" looks like: missing package/GPU, missing artifact, engine for another GPU,
+# a precision the backend does not offer. Anything else is a bug and propagates.
+UNAVAILABLE = (BackendUnavailableError, ArtifactError, EngineMismatchError, ConfigError, ImportError)
+
+ScorerFactory = Callable[[Path, str, str], Any]  # (model_dir, backend, precision) -> Scorer
+
+
+def open_for_bench(model_dir: Path, backend: str, precision: str) -> Any:
+    """The default factory: TorchScorer for the reference row, runtime.backends.open_scorer otherwise."""
+    if backend == TORCH_REF:
+        from edge_somad.runtime.torch_scorer import TorchScorer
+
+        return TorchScorer(model_dir, device="cpu")
+    from edge_somad.runtime.backends import open_scorer
+
+    return open_scorer(model_dir, backend, precision)
+
+
+def bench_scorers(model_dir: Path, backends: list[str], precision: str, batches: list[int], iters: int,
+                  warmup: int, scorer_factory: ScorerFactory = open_for_bench) -> list[dict]:
+    """One row per backend: p50/p99 latency at batch 1, images/s per batch, best batch, model bytes."""
+    from edge_somad.export.manifest import load_manifest
+
+    _check_args(backends, batches, iters, warmup)
+    model_dir = Path(model_dir)
+    manifest = load_manifest(model_dir)
+    h, w = manifest.preprocessing.height, manifest.preprocessing.width
+    rng = np.random.default_rng(0)
+    frames = {b: rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8) for b in sorted({1, *batches})}
+    rows = []
+    for backend in backends:
+        row_precision = "fp32" if backend == TORCH_REF else precision
+        row: dict[str, Any] = {"backend": backend, "precision": row_precision}
+        row.update(_artifact(model_dir, manifest, backend, row_precision))
+        try:
+            scorer = scorer_factory(model_dir, backend, row_precision)
+        except UNAVAILABLE as exc:
+            rows.append({**row, "status": "unavailable", "reason": str(exc)})
+            continue
+        try:
+            measured = _measure(scorer, frames, batches, iters, warmup)
+            row.update(status="ok", device=str(scorer.device), **measured)
+        finally:
+            scorer.close()
+        rows.append(row)
+    _add_speedups(rows)
+    return rows
+
+
+def _measure(scorer: Any, frames: dict[int, np.ndarray], batches: list[int], iters: int,
+             warmup: int) -> dict[str, Any]:
+    lat = _time_calls(scorer, frames[1], iters, warmup)
+    per_batch = []
+    for b in sorted(set(batches)):
+        try:
+            t = lat if b == 1 else _time_calls(scorer, frames[b], iters, warmup)
+        except InputError as exc:  # e.g. a TensorRT engine built for a smaller max_batch
+            per_batch.append({"batch": b, "skipped": str(exc)})
+            continue
+        per_batch.append({"batch": b, "p50_ms": _ms(np.percentile(t, 50)),
+                          "images_per_s": round(b / float(np.median(t)), 2)})
+    timed = [r for r in per_batch if "images_per_s" in r]
+    best = max(timed, key=lambda r: r["images_per_s"]) if timed else None
+    return {
+        "latency_ms_p50": _ms(np.percentile(lat, 50)),
+        "latency_ms_p99": _ms(np.percentile(lat, 99)),
+        "batches": per_batch,
+        "best_batch": best["batch"] if best else None,
+        "throughput_ips": best["images_per_s"] if best else None,
+    }
+
+
+def _time_calls(scorer: Any, frames: np.ndarray, iters: int, warmup: int) -> np.ndarray:
+    """Seconds per score() call; warm-up calls first (allocator, kernel autotuning, caches)."""
+    for _ in range(warmup):
+        scorer.score(frames)
+    out = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter()
+        scorer.score(frames)
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def _add_speedups(rows: list[dict]) -> None:
+    ref = next((r for r in rows if r["backend"] == TORCH_REF and r["status"] == "ok"), None)
+    for r in rows:
+        if ref is not None and r["status"] == "ok":
+            r["speedup_vs_torch"] = round(ref["latency_ms_p50"] / r["latency_ms_p50"], 2)
+
+
+def _artifact(model_dir: Path, manifest: Any, backend: str, precision: str) -> dict[str, Any]:
+    """The file a backend runs, and its size (None when it does not exist here)."""
+    from edge_somad.export.trt_build import engine_path
+
+    if backend == TORCH_REF or backend == "torch":
+        name = "arrays.npz"
+    elif backend == "tensorrt" and precision in ("fp32", "fp16", "int8"):
+        name = engine_path(model_dir, precision).name
+    elif precision == "int8":
+        name = manifest.int8_onnx or "model.int8.onnx"
+    else:
+        name = manifest.onnx
+    path = model_dir / name
+    return {"model_file": name, "model_bytes": path.stat().st_size if path.is_file() else None}
+
+
+def model_sizes(model_dir: Path) -> dict[str, int]:
+    """Bytes of every artifact in the model dir: ONNX graphs, arrays.npz, engines."""
+    model_dir = Path(model_dir)
+    files = sorted({*model_dir.glob("*.onnx"), *model_dir.glob("*.engine"), model_dir / "arrays.npz"})
+    return {p.name: p.stat().st_size for p in files if p.is_file()}
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text table; unavailable rows say why instead of showing numbers."""
+    head = ("backend", "precision", "device", "p50 ms", "p99 ms", "img/s", "@batch", "x torch", "model MB")
+    cells = {id(r): _cells(r) for r in rows if r["status"] == "ok"}
+    widths = [max(len(c[i]) for c in [head, *cells.values()]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(wd) for c, wd in zip(head, widths, strict=True)).rstrip()]
+    for r in rows:
+        if id(r) in cells:
+            lines.append("  ".join(c.ljust(wd) for c, wd in zip(cells[id(r)], widths, strict=True)).rstrip())
+        else:
+            lines.append(f"{r['backend'].ljust(widths[0])}  {r['precision'].ljust(widths[1])}  "
+                         f"unavailable: {r['reason']}")
+    return "\n".join(lines)
+
+
+def _cells(r: dict) -> tuple[str, ...]:
+    mb = "-" if r.get("model_bytes") is None else f"{r['model_bytes'] / 1e6:.2f}"
+    return (r["backend"], r["precision"], r["device"], f"{r['latency_ms_p50']:.2f}",
+            f"{r['latency_ms_p99']:.2f}", _fmt(r["throughput_ips"]), _fmt(r["best_batch"]),
+            _fmt(r.get("speedup_vs_torch")), mb)
+
+
+def sample_images(limit: int = 32) -> list[Path]:
+    """Test images shipped in edge_somad/sample_data (good and defective parts)."""
+    from edge_somad import sample_data
+
+    root = Path(sample_data.__file__).parent
+    found = sorted(p for ext in ("*.png", "*.jpg") for p in root.glob(f"*/test/**/{ext}"))
+    return found[:limit]
+
+
+def write_video(images: Sequence[Path], out: Path, size: tuple[int, int], fps: float = 10.0) -> Path:
+    """Write images (resized to size=(width, height)) as an MJPG .avi with cv2.VideoWriter."""
+    import cv2
+
+    if not images:
+        raise ConfigError("no images to make a video from; pass --video PATH")
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    if not writer.isOpened():
+        raise BackendUnavailableError(f"OpenCV cannot write MJPG video to {out}; pass --video PATH")
+    try:
+        for p in images:
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                raise ArtifactError(f"cannot read image {p}")
+            writer.write(cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+    finally:
+        writer.release()
+    return out
+
+
+def _check_args(backends: list[str], batches: list[int], iters: int, warmup: int) -> None:
+    if not backends:
+        raise ConfigError("no backend to benchmark; give --backend at least once")
+    if not batches or min(batches) < 1:
+        raise ConfigError(f"batches {batches}; expected one or more sizes >= 1")
+    if iters < 1 or warmup < 0:
+        raise ConfigError(f"iters={iters}, warmup={warmup}; expected iters >= 1 and warmup >= 0")
+
+
+def _ms(seconds: float) -> float:
+    return round(float(seconds) * 1e3, 3)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else str(v)

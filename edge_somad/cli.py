@@ -1,0 +1,133 @@
+"""The `edge-somad` command line. Commands only parse options and call library functions.
+
+Heavy packages (torch, cv2, zmq, onnxruntime, tensorrt) are imported inside command bodies, so
+`edge-somad --help` works on a bare edge box.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edge_somad.calibration.commands import calibrate
+from edge_somad.errors import EdgeSomadError
+from edge_somad.runtime.commands import run, subscribe
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+DataRoot = Annotated[Optional[Path], typer.Option(help="Folder holding CATEGORY/train/good (MVTec layout).")]
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", err=True, fg="red")
+    raise typer.Exit(2)
+
+
+@app.command()
+def fit(
+    category: Annotated[str, typer.Option(help="MVTec category, or hazelnut_toy (bundled).")] = "hazelnut_toy",
+    data_root: DataRoot = None,
+    out: Annotated[Optional[Path], typer.Option(help="Model directory [models/CATEGORY].")] = None,
+    backbone: Annotated[str, typer.Option(help="efficientnet-lite0|1|2 or wide_resnet50_2.")] = "efficientnet-lite0",
+    weights: Annotated[Optional[str], typer.Option(help="torchvision .pth for wide_resnet50_2.")] = None,
+    height: Annotated[int, typer.Option(help="Model input height (multiple of 16).")] = 224,
+    width: Annotated[int, typer.Option(help="Model input width (multiple of 16).")] = 224,
+    resize: Annotated[str, typer.Option(help="letterbox | crop | stretch (stretch distorts).")] = "letterbox",
+    method: Annotated[str, typer.Option(help="somad | padim (baseline).")] = "somad",
+    d: Annotated[int, typer.Option(help="Projected feature dimension.")] = 64,
+    projection: Annotated[str, typer.Option(help="gaussian | subset | none.")] = "gaussian",
+    som_size: Annotated[int, typer.Option(help="SOM grid K (KxK); 0 = feature grid.")] = 0,
+    topk: Annotated[int, typer.Option(help="Nearest SOM nodes searched per patch.")] = 4,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Fit SOMAD (or the PaDiM baseline) on good training images."""
+    from edge_somad.workflows import fit_from_cli
+
+    try:
+        info = fit_from_cli(category, data_root, out, backbone, weights, height, width, resize, method, d,
+                            projection, som_size, topk, seed, device)
+    except EdgeSomadError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(info, indent=2))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    category: Annotated[Optional[str], typer.Option(help="[the one it was fitted on]")] = None,
+    data_root: DataRoot = None,
+    backend: Annotated[str, typer.Option(help="torch | onnxruntime | tensorrt.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8.")] = "fp32",
+    report: Annotated[Optional[Path], typer.Option(help="Report JSON [MODEL/report.json].")] = None,
+    pictures: Annotated[Optional[Path], typer.Option(help="PNG folder [MODEL/pictures].")] = None,
+) -> None:
+    """Image/pixel AUROC, PRO, confusion at the threshold; writes a report and PNG pictures."""
+    from edge_somad.evaluate import format_table
+    from edge_somad.workflows import evaluate_from_cli
+
+    try:
+        result = evaluate_from_cli(model, category, data_root, backend, precision, report, pictures)
+    except EdgeSomadError as exc:
+        _fail(exc)
+    typer.echo(format_table(result))
+
+
+@app.command()
+def export(
+    category: Annotated[Optional[str], typer.Option(help="Fit this category first if MODEL has no fit.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "--out", help="Model dir [models/CATEGORY].")] = None,
+    data_root: DataRoot = None,
+    trt: Annotated[Optional[bool], typer.Option("--trt/--no-trt", help="Build a TensorRT engine [auto].")] = None,
+    precision: Annotated[str, typer.Option(help="TensorRT precision: fp16 | int8 | fp32.")] = "fp16",
+    target_frr: Annotated[float, typer.Option(help="Calibrate at this false-reject rate.")] = 0.005,
+) -> None:
+    """Fused ONNX graph + manifest (+ threshold, + TensorRT engine on a GPU)."""
+    from edge_somad.workflows import export_from_cli
+
+    try:
+        manifest = export_from_cli(category, model, data_root, trt, precision, target_frr)
+    except EdgeSomadError as exc:
+        _fail(exc)
+    typer.echo(json.dumps({"onnx": manifest.onnx, "sha256": manifest.onnx_sha256, "threshold": manifest.threshold,
+                           "engines": [e.path for e in manifest.engines], **manifest.model}, indent=2))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo model goes.")] = Path("models/hazelnut_toy"),
+    publish: Annotated[str, typer.Option(help="ZeroMQ PUB endpoint.")] = "tcp://127.0.0.1:5556",
+) -> None:
+    """The main job on the bundled Hazelnut Toy sample: fit -> export -> calibrate -> run -> verdicts."""
+    from edge_somad.demo import run_demo
+
+    try:
+        code = run_demo(out, publish)
+    except EdgeSomadError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+def _register() -> None:
+    from edge_somad.bench import bench
+
+    app.command("calibrate")(calibrate)
+    app.command("run")(run)
+    app.command("subscribe")(subscribe)
+    app.command("bench")(bench)
+
+
+_register()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Frozen configuration dataclasses, saved as JSON beside the artifacts (never pickle)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_somad.errors import ArtifactError, ConfigError
+
+CONFIG_SCHEMA = "edge-somad/fit-config/1"
+
+BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "wide_resnet50_2")
+PROJECTIONS = ("gaussian", "subset", "none")
+METHODS = ("somad", "padim")
+# How a camera frame becomes the model's HxW input. Distorting the part is a visible choice:
+# "letterbox" keeps the aspect ratio and pads, "crop" keeps it and cuts the long side,
+# "stretch" squashes the frame to HxW.
+RESIZE_MODES = ("letterbox", "crop", "stretch")
+# Every backbone stage we use has stride <= 16, and the 'same' padding of the stride-2 convolutions
+# is only input-size independent when each stride-2 layer sees an even size.
+INPUT_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Model input geometry. Height and width are independent: cameras are rarely square."""
+
+    height: int = 224
+    width: int = 224
+    resize: str = "letterbox"
+    pad_value: int = 0
+
+    def __post_init__(self) -> None:
+        for name, v in (("height", self.height), ("width", self.width)):
+            if v < 32 or v % INPUT_MULTIPLE:
+                raise ConfigError(
+                    f"input {name}={v} is not usable: expected a multiple of {INPUT_MULTIPLE} and >= 32 "
+                    f"(backbone strides go to 16). Try {max(32, round(v / INPUT_MULTIPLE) * INPUT_MULTIPLE)}."
+                )
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"resize={self.resize!r} is unknown; expected one of {RESIZE_MODES}")
+        if not 0 <= self.pad_value <= 255:
+            raise ConfigError(f"pad_value={self.pad_value} must be a uint8 value in [0, 255]")
+
+
+@dataclass(frozen=True)
+class SomConfig:
+    """Self-organising map training. rows/cols of 0 mean 'the feature grid size' (the paper's choice)."""
+
+    rows: int = 0
+    cols: int = 0
+    epochs: int = 3
+    batch_size: int = 4096
+    lr_start: float = 0.5
+    lr_end: float = 0.02
+    # Neighbourhood radius in grid units; 0 means max(rows, cols) / 4.
+    radius_start: float = 0.0
+    radius_end: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.rows < 0 or self.cols < 0 or (self.rows == 0) != (self.cols == 0):
+            raise ConfigError(f"SOM grid {self.rows}x{self.cols}: give both rows and cols > 0, or both 0")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"SOM epochs={self.epochs}, batch_size={self.batch_size}: both must be >= 1")
+        if not 0 < self.lr_end <= self.lr_start <= 1:
+            raise ConfigError(f"SOM learning rate {self.lr_start}->{self.lr_end}: need 0 < end <= start <= 1")
+        if self.radius_end <= 0 or (self.radius_start and self.radius_start < self.radius_end):
+            raise ConfigError(f"SOM radius {self.radius_start}->{self.radius_end}: need 0 < end <= start")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that determines a fitted model. Saved as config.json beside the arrays."""
+
+    method: str = "somad"
+    backbone: str = "efficientnet-lite0"
+    input: InputSpec = field(default_factory=InputSpec)
+    projection: str = "gaussian"
+    d: int = 64
+    som: SomConfig = field(default_factory=SomConfig)
+    topk: int = 4
+    # Covariance regulariser: eps*I plus shrinkage towards the pooled covariance with weight
+    # shrinkage/(n_j + shrinkage), so a node with few members borrows the global shape, never NaN.
+    eps: float = 0.01
+    shrinkage: float = 16.0
+    smoothing_sigma: float = 4.0
+    # Share of train/good held out (never seen by the SOM) to calibrate the pass/fail threshold.
+    holdout_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r} is unknown; expected one of {METHODS}")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone={self.backbone!r} is unknown; expected one of {BACKBONES}")
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(f"projection={self.projection!r} is unknown; expected one of {PROJECTIONS}")
+        if self.d < 1:
+            raise ConfigError(f"d={self.d} must be >= 1")
+        if self.topk < 1:
+            raise ConfigError(f"topk={self.topk} must be >= 1")
+        if self.eps <= 0 or self.shrinkage < 0:
+            raise ConfigError(f"eps={self.eps} must be > 0 and shrinkage={self.shrinkage} >= 0")
+        if self.smoothing_sigma < 0:
+            raise ConfigError(f"smoothing_sigma={self.smoothing_sigma} must be >= 0 (0 disables smoothing)")
+        if not 0 <= self.holdout_fraction < 0.5:
+            raise ConfigError(f"holdout_fraction={self.holdout_fraction} must be in [0, 0.5)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": CONFIG_SCHEMA, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
+        data = dict(data)
+        schema = data.pop("schema", None)
+        if schema != CONFIG_SCHEMA:
+            raise ArtifactError(
+                f"config schema {schema!r} is not supported: expected {CONFIG_SCHEMA!r}. "
+                "Re-fit the model with this version of edge-somad."
+            )
+        try:
+            return cls(
+                input=InputSpec(**data.pop("input")),
+                som=SomConfig(**data.pop("som")),
+                **data,
+            )
+        except (TypeError, KeyError) as exc:
+            # Unknown or missing keys are an error, never silently dropped.
+            raise ArtifactError(f"config.json does not match FitConfig: {exc}") from exc
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically, so a crash never leaves half a config beside good arrays."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist: expected a file written by edge-somad fit/export")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); re-create it with edge-somad") from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} holds a {type(data).__name__}, expected a JSON object")
+    return data

@@ -1,0 +1,75 @@
+"""The main job, end to end on the bundled Hazelnut Toy sample (offline, CPU).
+
+fit -> export (ONNX + manifest) -> calibrate (held-out good images) -> evaluate (ONNX Runtime)
+-> a video of the test parts played as a camera -> run -> verdicts over ZeroMQ, received by the
+reference subscriber (the PLC/MES bridge) and checked against the ground truth.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import threading
+from pathlib import Path
+
+from edge_somad.data import SAMPLE_CATEGORY, resolve_category
+
+
+def write_line_video(paths: list[Path], out: Path, height: int, width: int, fps: float = 5.0) -> Path:
+    """Play the test images as a camera would: an MJPG video, frames at their camera resolution."""
+    import cv2
+
+    from edge_somad.data import read_image
+
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {out} (MJPG/AVI)")
+    for p in paths:
+        writer.write(cv2.resize(read_image(p), (width, height), interpolation=cv2.INTER_AREA))
+    writer.release()
+    return out
+
+
+def run_demo(out: Path, publish: str) -> int:
+    from edge_somad.evaluate import format_table
+    from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
+    from edge_somad.runtime.subscriber import subscribe_loop
+    from edge_somad.workflows import evaluate_from_cli, export_from_cli
+
+    cat = resolve_category(SAMPLE_CATEGORY)
+    print(f"[1/4] fit + export + calibrate on {cat.root} -> {out}", file=sys.stderr)
+    manifest = export_from_cli(SAMPLE_CATEGORY, out, cat.root.parent, None, "fp16", 0.005)
+    print(f"      threshold {manifest.threshold:.3f}, onnx {manifest.onnx_sha256[:12]}", file=sys.stderr)
+    print("[2/4] evaluate the exported graph (ONNX Runtime, CPU)", file=sys.stderr)
+    report = evaluate_from_cli(out, SAMPLE_CATEGORY, cat.root.parent, "onnxruntime", "fp32", None, None)
+    print(format_table(report), file=sys.stderr)
+    samples = list(cat.test)
+    video = write_line_video([s.path for s in samples], out / "line.avi", 240, 320)
+    print(f"[3/4] streaming {video} ({len(samples)} frames, 320x240) to {publish}", file=sys.stderr)
+    connect = publish.replace("*", "127.0.0.1")
+    received = io.StringIO()
+    sub = threading.Thread(
+        target=subscribe_loop, args=(connect, "somad/", out / "verdicts.csv", out / "fails", len(samples), 60.0),
+        kwargs={"out": received}, daemon=True,
+    )
+    sub.start()
+    final = run_pipeline(out, [f"line1={video}"], backend="onnxruntime", publish=publish,
+                         config=PipelineConfig(max_frames=len(samples)), wait_subscribers=1)
+    sub.join(timeout=70)
+    verdicts = [json.loads(line) for line in received.getvalue().splitlines() if line.strip()]
+    return _summarise(verdicts, [s.label for s in samples], final)
+
+
+def _summarise(verdicts: list[dict], labels: list[int], final: dict) -> int:
+    print("[4/4] verdicts received by the subscriber:", file=sys.stderr)
+    ok = 0
+    for v in verdicts:
+        truth = "defect" if labels[v["frame_id"] % len(labels)] else "good"
+        good_call = (v["verdict"] == "fail") == (truth == "defect") and v["verdict"] != "error"
+        ok += good_call
+        print(f"  frame {v['frame_id']:>3} {v['camera']:<6} {v['verdict']:<5} score {v['score_normalised'] or 0:5.2f}"
+              f"x threshold  truth {truth:<6} {'ok' if good_call else 'WRONG'}", file=sys.stderr)
+    print(f"{len(verdicts)} verdicts, {ok} match the ground truth; pipeline: {final.get('verdicts')}",
+          file=sys.stderr)
+    return 0 if len(verdicts) == len(labels) else 1

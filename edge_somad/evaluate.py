@@ -1,0 +1,143 @@
+"""evaluate: score an MVTec test split with any backend; metrics, report JSON, pictures.
+
+Works on the exported graph (onnxruntime/tensorrt) as well as the torch reference, so the
+AUROCs of the deployable artifact are measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_somad import metrics, viz
+from edge_somad.config import InputSpec, read_json, write_json
+from edge_somad.data import Category, Sample, read_image, read_mask
+from edge_somad.runtime.preprocess import resize_frame, resize_mask
+from edge_somad.runtime.scorer import Scorer
+
+
+@dataclass(frozen=True)
+class TestSet:
+    samples: tuple[Sample, ...]
+    frames: np.ndarray  # (N, H, W, 3) uint8 BGR, model space
+    masks: np.ndarray  # (N, H, W) bool, model space
+    labels: np.ndarray  # (N,) int
+
+
+def load_test_set(category: Category, spec: InputSpec) -> TestSet:
+    frames, masks = [], []
+    for s in category.test:
+        img = read_image(s.path)
+        frames.append(resize_frame(img, spec.height, spec.width, spec.resize, spec.pad_value))
+        masks.append(resize_mask(read_mask(s, img.shape[:2]), spec.height, spec.width, spec.resize))
+    labels = np.array([s.label for s in category.test])
+    return TestSet(tuple(category.test), np.stack(frames), np.stack(masks), labels)
+
+
+def score_all(scorer: Scorer, frames: np.ndarray, batch: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
+    """Scores (N,), maps (N, H, W) and mean milliseconds per image."""
+    scores, maps = [], []
+    t0 = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        r = scorer.score(np.ascontiguousarray(frames[i : i + batch]))
+        scores.append(r.scores)
+        maps.append(r.maps)
+    ms = 1000 * (time.perf_counter() - t0) / max(1, len(frames))
+    return np.concatenate(scores).astype(np.float64), np.concatenate(maps), ms
+
+
+def compute_metrics(ts: TestSet, scores: np.ndarray, maps: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "image_auroc": metrics.image_auroc(ts.labels, scores),
+        "pixel_auroc": metrics.pixel_auroc(ts.masks, maps),
+        "pro": metrics.pro_score(ts.masks, maps),
+    }
+    per_type = {}
+    good = ts.labels == 0
+    for t in sorted({s.defect_type for s in ts.samples if s.label == 1}):
+        sel = good | np.array([s.defect_type == t for s in ts.samples])
+        per_type[t] = metrics.image_auroc(ts.labels[sel], scores[sel])
+    out["image_auroc_per_type"] = per_type
+    return out
+
+
+def evaluate(
+    model_dir: Path, category: Category, scorer: Scorer, spec: InputSpec, threshold: float | None,
+    report_path: Path | None, pictures_dir: Path | None, n_pictures: int = 12,
+    confusion: Callable[..., dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    ts = load_test_set(category, spec)
+    scores, maps, ms = score_all(scorer, ts.frames)
+    report: dict[str, Any] = {
+        "category": category.name, "backend": scorer.backend, "device": scorer.device,
+        "n_test_images": len(ts.samples), "n_defective": int(ts.labels.sum()),
+        **compute_metrics(ts, scores, maps), "ms_per_image": round(ms, 2),
+    }
+    fit_info_path = Path(model_dir) / "fit_info.json"
+    if fit_info_path.is_file():
+        fit_info = read_json(fit_info_path)
+        report["fit_seconds"] = fit_info.get("fit_seconds")
+    from edge_somad.artifacts import model_bytes
+
+    report["model_bytes"] = model_bytes(Path(model_dir))
+    onnx_path = Path(model_dir) / "model.onnx"
+    report["onnx_bytes"] = onnx_path.stat().st_size if onnx_path.is_file() else None
+    report["threshold"] = threshold
+    if threshold is not None and confusion is not None:
+        types = [s.defect_type for s in ts.samples]
+        report["at_threshold"] = confusion(ts.labels, types, scores, threshold)
+    if pictures_dir is not None:
+        report["pictures"] = write_pictures(pictures_dir, ts, scores, maps, threshold, n_pictures)
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(report_path, report)
+    return report
+
+
+def write_pictures(out: Path, ts: TestSet, scores: np.ndarray, maps: np.ndarray,
+                   threshold: float | None, n: int) -> list[str]:
+    """Heatmap overlays (GT contour drawn) for a spread of test images, plus ROC and PRO curves."""
+    import cv2
+
+    out.mkdir(parents=True, exist_ok=True)
+    # One colour scale for every picture: good images' score range, so overlays are comparable.
+    vmin = float(np.percentile(maps[ts.labels == 0], 1)) if (ts.labels == 0).any() else float(maps.min())
+    vmax = threshold if threshold is not None else float(np.percentile(scores, 95))
+    picks = np.linspace(0, len(ts.samples) - 1, num=min(n, len(ts.samples))).round().astype(int)
+    written = []
+    for i in sorted(set(picks.tolist())):
+        s = ts.samples[i]
+        title = f"{s.defect_type}/{s.path.stem} score {scores[i]:.2f}"
+        img = viz.overlay(ts.frames[i], maps[i], ts.masks[i], vmin, vmax, title=title)
+        path = out / f"{s.defect_type}_{s.path.stem}.png"
+        cv2.imwrite(str(path), img)
+        written.append(path.name)
+    fpr, tpr, _ = metrics.roc_curve(ts.labels, scores)
+    viz.plot_curves(out / "roc.png", {"image ROC": (fpr, tpr)}, "Image-level ROC", "FPR", "TPR")
+    pfpr, pro = metrics.pro_curve(ts.masks, maps, 0.3)
+    viz.plot_curves(out / "pro.png", {"PRO": (pfpr, pro)}, "Per-region overlap", "FPR", "PRO", xlim=(0, 0.3))
+    return [*written, "roc.png", "pro.png"]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [
+        ("image AUROC", f"{report['image_auroc']:.4f}"), ("pixel AUROC", f"{report['pixel_auroc']:.4f}"),
+        ("PRO (FPR<=0.3)", f"{report['pro']:.4f}"), ("backend", f"{report['backend']} ({report['device']})"),
+        ("ms / image", f"{report['ms_per_image']:.1f}"), ("fit seconds", str(report.get("fit_seconds"))),
+        ("model bytes", f"{report['model_bytes']:,}"),
+    ]
+    for t, v in report["image_auroc_per_type"].items():
+        rows.append((f"  image AUROC {t}", f"{v:.4f}"))
+    at = report.get("at_threshold")
+    if at:
+        rows.append(("threshold", f"{report['threshold']:.4f}"))
+        for k, v in at.items():
+            if not isinstance(v, dict):
+                rows.append((f"  {k}", str(v)))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

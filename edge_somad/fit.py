@@ -1,0 +1,119 @@
+"""fit: good images -> features -> SOM (or the PaDiM baseline) -> node statistics -> model dir."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_somad import __version__
+from edge_somad.artifacts import FittedArrays, model_bytes, save_model
+from edge_somad.backbones import load_backbone
+from edge_somad.config import FitConfig
+from edge_somad.data import Category, read_image
+from edge_somad.errors import ConfigError, DatasetError
+from edge_somad.features import FeatureExtractor, make_projection
+from edge_somad.progress import Progress
+from edge_somad.runtime.preprocess import resize_frame
+from edge_somad.som import best_matching_units, train_som
+from edge_somad.stats import node_statistics, positional_statistics
+
+
+def split_train(paths: tuple[Path, ...], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Deterministic fit/holdout split. Holdout images are never seen by the SOM (for calibration)."""
+    n_hold = int(round(fraction * len(paths)))
+    if fraction > 0 and len(paths) >= 4:
+        n_hold = max(1, n_hold)
+    if len(paths) - n_hold < 2:
+        raise DatasetError(f"{len(paths)} training images leave {len(paths) - n_hold} to fit; need at least 2")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    hold = sorted(paths[i] for i in order[:n_hold])
+    fit = sorted(paths[i] for i in order[n_hold:])
+    return fit, hold
+
+
+def load_frames(paths: list[Path], config: FitConfig) -> np.ndarray:
+    """Read and resize images exactly as the runtime will: (N, H, W, 3) uint8 BGR."""
+    spec = config.input
+    return np.stack([resize_frame(read_image(p), spec.height, spec.width, spec.resize, spec.pad_value)
+                     for p in paths])
+
+
+def extract(extractor: FeatureExtractor, frames: np.ndarray, device: torch.device, batch: int = 8,
+            progress: bool = True) -> torch.Tensor:
+    """Patch features (N, h*w, d) float32 on `device`."""
+    bar = Progress("features", progress)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(frames), batch):
+            out.append(extractor(torch.from_numpy(frames[i : i + batch]).to(device)))
+            bar(min(i + batch, len(frames)), len(frames))
+    return torch.cat(out)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} was asked for, but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(device)
+
+
+def fit_model(category: Category, config: FitConfig, out_dir: Path, weights: str | None = None,
+              device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Fit on category.train (minus the holdout) and write the model directory. Returns fit_info."""
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    torch.manual_seed(config.seed)
+    fit_paths, hold_paths = split_train(category.train, config.holdout_fraction, config.seed)
+    frames = load_frames(fit_paths, config)
+    backbone = load_backbone(config.backbone, weights)
+    projection = make_projection(config, sum(backbone.info.channels))
+    extractor = FeatureExtractor(backbone, config.input.height, config.input.width, projection).to(dev)
+    feats = extract(extractor, frames, dev, progress=progress)  # (n_img, N, d)
+    h, w = extractor.grid
+    info: dict[str, Any] = {}
+    if config.method == "somad":
+        arrays, info = _fit_som(feats, config, (h, w), projection, progress)
+    else:
+        means, whiten = positional_statistics(feats.cpu(), config.eps)
+        arrays = FittedArrays(projection=projection, whiten=whiten.numpy(), means=means.numpy())
+    split = {
+        "category": category.name, "data_root": str(category.root.parent),
+        "train": [str(p) for p in fit_paths], "holdout": [str(p) for p in hold_paths],
+    }
+    fit_info = {
+        "fit_seconds": round(time.perf_counter() - t0, 2), "device": str(dev),
+        "n_train_images": len(fit_paths), "n_holdout_images": len(hold_paths),
+        "feature_grid": [h, w], "backbone_channels": list(backbone.info.channels),
+        "backbone_weights": backbone.info.weights, "edge_somad": __version__,
+        "torch": torch.__version__, "python": platform.python_version(), **info,
+    }
+    save_model(out_dir, config, arrays, split, fit_info)
+    fit_info["model_bytes"] = model_bytes(out_dir)
+    return fit_info
+
+
+def _fit_som(feats: torch.Tensor, config: FitConfig, grid: tuple[int, int], projection: np.ndarray,
+             progress: bool) -> tuple[FittedArrays, dict[str, Any]]:
+    n_img, n_pos, d = feats.shape
+    position_means = feats.mean(0).reshape(grid[0], grid[1], d)
+    flat = feats.reshape(n_img * n_pos, d)
+    som = train_som(flat, position_means, config.som, config.seed, Progress("som", progress))
+    assign = best_matching_units(flat, som.nodes)
+    stats = node_statistics(flat, assign, som.nodes, config.eps, config.shrinkage)
+    counts = stats.counts
+    arrays = FittedArrays(
+        projection=projection, whiten=stats.whiten.cpu().numpy(), nodes=som.nodes.cpu().numpy(),
+        centers=stats.centers.cpu().numpy(), counts=counts.cpu().numpy(),
+    )
+    info = {
+        "som_grid": [som.rows, som.cols], "n_train_patches": int(flat.shape[0]),
+        "som_quantisation_error": round(som.quantisation_error, 4),
+        "empty_nodes": int((counts == 0).sum()), "nodes_under_d_members": int((counts < d).sum()),
+    }
+    return arrays, info

@@ -1,0 +1,94 @@
+"""SomadNet: the whole scorer as one plain, exportable nn.Module (frames in -> map + score out).
+
+The same module is the torch backend, the float reference for ONNX parity, and the thing
+torch.onnx exports, so there is one implementation of preprocessing and scoring.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_somad import scoring
+from edge_somad.artifacts import FittedArrays, load_arrays, load_config
+from edge_somad.backbones import load_backbone
+from edge_somad.config import FitConfig
+from edge_somad.features import FeatureExtractor
+
+
+class SomadNet(nn.Module):
+    def __init__(self, features: FeatureExtractor, arrays: FittedArrays, config: FitConfig) -> None:
+        super().__init__()
+        self.features = features
+        self.method = config.method
+        self.topk = config.topk
+        self.size = (config.input.height, config.input.width)
+        self.grid = features.grid
+        t = torch.from_numpy
+        self.register_buffer("whiten", t(arrays.whiten))
+        if config.method == "somad":
+            nodes = t(arrays.nodes)
+            self.register_buffer("nodes", nodes)
+            self.register_buffer("nodes_sq", (nodes * nodes).sum(-1))
+            self.register_buffer("centers", t(arrays.centers))
+        else:
+            self.register_buffer("means", t(arrays.means))
+        kernel = scoring.gaussian_kernel1d(config.smoothing_sigma) if config.smoothing_sigma > 0 else None
+        self.register_buffer("kernel", kernel)
+
+    def patch_distances_sq(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) BGR -> squared Mahalanobis per patch (B, h*w)."""
+        x = self.features(frames)
+        if self.method == "somad":
+            idx = scoring.topk_nearest(x, self.nodes, self.nodes_sq, self.topk)
+            return scoring.min_mahalanobis_sq(x, self.centers, self.whiten, idx)
+        return scoring.positional_mahalanobis_sq(x, self.means, self.whiten)
+
+    def patch_distances(self, frames: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distances at the patch grid (B, h, w) (not squared, not smoothed)."""
+        d2 = self.patch_distances_sq(frames)
+        return d2.clamp_min(0).sqrt().reshape(-1, *self.grid)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames uint8 (B, H, W, 3) BGR -> (anomaly_map (B, H, W) float32, score (B,) float32)."""
+        dist = self.patch_distances_sq(frames).clamp_min(0).sqrt()
+        amap = scoring.smooth_and_upsample(dist, self.grid, self.size, self.kernel)
+        return amap, scoring.image_scores(amap)
+
+
+def build_net(config: FitConfig, arrays: FittedArrays, weights: str | None = None) -> SomadNet:
+    backbone = load_backbone(config.backbone, weights)
+    feats = FeatureExtractor(backbone, config.input.height, config.input.width, arrays.projection)
+    return SomadNet(feats, arrays, config).eval()
+
+
+def load_torch_model(model_dir: Path, weights: str | None = None) -> SomadNet:
+    """Rebuild the fitted model from a model directory (backbone weights from package or --weights)."""
+    config = load_config(model_dir)
+    if weights is None and config.backbone == "wide_resnet50_2":
+        weights = _recorded_weights(Path(model_dir))
+    return build_net(config, load_arrays(model_dir, config), weights)
+
+
+def _recorded_weights(model_dir: Path) -> str | None:
+    from edge_somad.config import read_json
+
+    info_path = model_dir / "fit_info.json"
+    if not info_path.is_file():
+        return None
+    path = read_json(info_path).get("backbone_weights")
+    return path if path and Path(path).is_file() else None
+
+
+def score_frames(net: SomadNet, frames: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Score a stack of resized uint8 frames in batches -> (scores (N,), maps (N, H, W)) numpy."""
+    scores, maps = [], []
+    with torch.inference_mode():
+        for i in range(0, len(frames), batch_size):
+            amap, s = net(torch.from_numpy(frames[i : i + batch_size]))
+            maps.append(amap.numpy())
+            scores.append(s.numpy())
+    return np.concatenate(scores), np.concatenate(maps)

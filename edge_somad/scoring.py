@@ -1,0 +1,91 @@
+"""SOMAD scoring maths as plain tensor functions: the single source of truth.
+
+Fit (statistics on training patches), the torch backend and the ONNX export all call these, so
+there is exactly one definition of "score". Export-friendly by construction: no cdist, no
+data-dependent Python branches, static k, only ops TensorRT implements (MatMul, TopK, Gather,
+ReduceSum, Sqrt, Resize, Conv, Pad).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def squared_distances(x: torch.Tensor, nodes: torch.Tensor, nodes_sq: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances, expanded as |x|^2 - 2 x.n + |n|^2 (one GEMM, no cdist).
+
+    x (..., N, d), nodes (M, d), nodes_sq (M,) = |n|^2 precomputed -> (..., N, M).
+    """
+    x_sq = (x * x).sum(-1, keepdim=True)
+    return (x_sq - 2.0 * (x @ nodes.transpose(0, 1)) + nodes_sq).clamp_min(0.0)
+
+
+def topk_nearest(x: torch.Tensor, nodes: torch.Tensor, nodes_sq: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (..., N, k) of the k nodes nearest to each patch by Euclidean distance."""
+    return torch.topk(squared_distances(x, nodes, nodes_sq), k, dim=-1, largest=False).indices
+
+
+def min_mahalanobis_sq(
+    x: torch.Tensor, centers: torch.Tensor, whiten: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:
+    """Minimum squared Mahalanobis distance over the candidate nodes idx.
+
+    x (B, N, d); centers (M, d); whiten (M, d, d) with whiten_j^T whiten_j = inverse covariance_j
+    (whiten_j = L_j^-1 for Sigma_j = L_j L_j^T); idx (B, N, k) -> (B, N).
+
+    Memory: the candidates are visited one at a time (k is static, so the loop unrolls in the
+    graph), which keeps the largest intermediate at (B, N, d, d) instead of (B, N, k, d, d), and
+    |W (x - mu)|^2 never forms a gathered precision matrix product chain.
+    """
+    best = _candidate_sq(x, centers, whiten, idx[..., 0])
+    for i in range(1, idx.shape[-1]):
+        best = torch.minimum(best, _candidate_sq(x, centers, whiten, idx[..., i]))
+    return best
+
+
+def _candidate_sq(x: torch.Tensor, centers: torch.Tensor, whiten: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """|W_j (x - mu_j)|^2 for one candidate node per patch; j (B, N)."""
+    delta = x - centers[j]  # (B, N, d)
+    z = (whiten[j] @ delta.unsqueeze(-1)).squeeze(-1)  # (B, N, d); whiten[j] is the (B, N, d, d) peak
+    return (z * z).sum(-1)
+
+
+def positional_mahalanobis_sq(x: torch.Tensor, means: torch.Tensor, whiten: torch.Tensor) -> torch.Tensor:
+    """PaDiM baseline: one Gaussian per patch position. x (B, N, d), means (N, d), whiten (N, d, d)."""
+    delta = x - means
+    z = (whiten @ delta.unsqueeze(-1)).squeeze(-1)
+    return (z * z).sum(-1)
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian, radius ceil(4 sigma) (the paper's sigma=4 -> 33 taps)."""
+    radius = max(1, math.ceil(4.0 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return (k / k.sum()).to(torch.float32)
+
+
+def smooth_and_upsample(
+    patch_scores: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], kernel: torch.Tensor | None
+) -> torch.Tensor:
+    """Patch scores (B, h*w) -> anomaly map (B, H, W): bilinear upsampling, then Gaussian blur.
+
+    The blur is two separable convolutions with reflect padding, so borders are not darkened.
+    """
+    b = patch_scores.shape[0]
+    m = patch_scores.reshape(b, 1, grid[0], grid[1])
+    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+    if kernel is not None:
+        r = (kernel.numel() - 1) // 2
+        m = F.pad(m, (r, r, r, r), mode="reflect")
+        m = F.conv2d(m, kernel.view(1, 1, 1, -1))
+        m = F.conv2d(m, kernel.view(1, 1, -1, 1))
+    return m[:, 0]
+
+
+def image_scores(anomaly_map: torch.Tensor) -> torch.Tensor:
+    """Image score = maximum of the smoothed map. (B, H, W) -> (B,)."""
+    return anomaly_map.flatten(1).amax(1)

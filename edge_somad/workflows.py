@@ -1,0 +1,92 @@
+"""The library side of the CLI: each command's whole job as one function (testable without typer)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from edge_somad.config import FitConfig, InputSpec, SomConfig, read_json
+from edge_somad.errors import ArtifactError, ConfigError
+from edge_somad.export.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+
+def fit_from_cli(category: str, data_root: Path | None, out: Path | None, backbone: str, weights: str | None,
+                 height: int, width: int, resize: str, method: str, d: int, projection: str, som_size: int,
+                 topk: int, seed: int, device: str) -> dict[str, Any]:
+    from edge_somad.data import resolve_category
+    from edge_somad.fit import fit_model
+
+    config = FitConfig(
+        method=method, backbone=backbone, input=InputSpec(height, width, resize), projection=projection, d=d,
+        som=SomConfig(rows=som_size, cols=som_size), topk=topk, seed=seed,
+    )
+    cat = resolve_category(category, data_root)
+    return fit_model(cat, config, out or Path("models") / category, weights=weights, device=device)
+
+
+def _split(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "split.json"
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: {model_dir} was not written by `edge-somad fit`")
+    return read_json(path)
+
+
+def evaluate_from_cli(model: Path, category: str | None, data_root: Path | None, backend: str, precision: str,
+                      report: Path | None, pictures: Path | None) -> dict[str, Any]:
+    from edge_somad.artifacts import load_config
+    from edge_somad.calibration.threshold import confusion_at_threshold
+    from edge_somad.data import resolve_category
+    from edge_somad.evaluate import evaluate
+    from edge_somad.export.manifest import load_manifest
+    from edge_somad.runtime.backends import open_scorer
+
+    split = _split(model)
+    cat = resolve_category(category or split["category"], data_root or Path(split["data_root"]))
+    config = load_config(model)
+    threshold = None
+    if (model / "manifest.json").is_file():
+        threshold = load_manifest(model, verify_onnx=False).threshold
+    elif backend != "torch":
+        raise ArtifactError(f"{model} has no manifest.json: run `edge-somad export --model {model}` "
+                            "or evaluate the unexported model with --backend torch")
+    with open_scorer(model, backend, precision) as scorer:
+        return evaluate(model, cat, scorer, config.input, threshold, report or model / "report.json",
+                        pictures or model / "pictures", confusion=confusion_at_threshold)
+
+
+def export_from_cli(category: str | None, model: Path | None, data_root: Path | None, trt: bool | None,
+                    precision: str, target_frr: float) -> Manifest:
+    from edge_somad.export.exporter import export_model, trt_wanted
+
+    if model is None and category is None:
+        raise ConfigError("give --category X (fits models/X when needed) or --model DIR")
+    model_dir = model or Path("models") / str(category)
+    if not (model_dir / "config.json").is_file():
+        if category is None:
+            raise ArtifactError(f"{model_dir} holds no fitted model; add --category X to fit it first")
+        log.info("no fitted model in %s: fitting category %s with the defaults", model_dir, category)
+        fit_from_cli(category, data_root, model_dir, "efficientnet-lite0", None, 224, 224, "letterbox", "somad",
+                     64, "gaussian", 0, 4, 0, "auto")
+    manifest = export_model(model_dir)
+    manifest = calibrate_holdout(model_dir, target_frr)
+    if trt_wanted(trt):
+        from edge_somad.export.trt_build import build_engine
+
+        build_engine(model_dir, precision=precision)
+        from edge_somad.export.manifest import load_manifest
+
+        manifest = load_manifest(model_dir)
+    return manifest
+
+
+def calibrate_holdout(model_dir: Path, target_frr: float) -> Manifest:
+    """Threshold from the held-out good images recorded at fit time (no re-export involved)."""
+    from edge_somad.calibration.commands import calibrate_model, load_holdout_frames
+    from edge_somad.runtime.backends import open_scorer
+
+    frames = load_holdout_frames(model_dir)
+    with open_scorer(model_dir, "onnxruntime", "fp32") as scorer:
+        return calibrate_model(model_dir, frames, target_frr, "empirical", 0.999, None, scorer)

@@ -1,0 +1,1 @@
+"""Export: fused ONNX graph, manifest, TensorRT engine. Imports nothing heavy at package level."""

@@ -1,0 +1,96 @@
+"""`edge-somad export`: fitted model dir -> model.onnx + manifest.json (+ TensorRT engine)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import platform
+from pathlib import Path
+
+from edge_somad.artifacts import load_config
+from edge_somad.config import read_json
+from edge_somad.export.manifest import (
+    Calibration,
+    Manifest,
+    Preprocessing,
+    TensorSpec,
+    load_manifest,
+    save_manifest,
+    sha256_file,
+)
+from edge_somad.export.onnx_graph import INPUT_NAME, GraphReport, export_onnx
+
+log = logging.getLogger(__name__)
+_VERSIONED = ("edge-somad", "torch", "onnx", "onnxruntime", "numpy", "opencv-python-headless", "tensorrt")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def build_manifest(model_dir: Path, report: GraphReport, previous: Manifest | None) -> Manifest:
+    """Manifest for a freshly exported graph. A previous calibration is kept (it does not depend on
+    the graph bytes, only on the model), but engines and the int8 graph are dropped: they were built
+    from the old ONNX and would be stale."""
+    config = load_config(model_dir)
+    fit_info = read_json(model_dir / "fit_info.json") if (model_dir / "fit_info.json").is_file() else {}
+    from edge_somad.backbones import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD
+
+    wrn = config.backbone == "wide_resnet50_2"
+    spec = config.input
+    h, w = spec.height, spec.width
+    return Manifest(
+        name=model_dir.name, onnx=report.path.name, onnx_sha256=sha256_file(report.path),
+        input=TensorSpec(INPUT_NAME, ("batch", h, w, 3), "uint8"),
+        outputs=(TensorSpec("anomaly_map", ("batch", h, w), "float32"), TensorSpec("score", ("batch",), "float32")),
+        preprocessing=Preprocessing(
+            height=h, width=w, resize=spec.resize, pad_value=spec.pad_value,
+            mean=IMAGENET_MEAN if wrn else TF_MEAN, std=IMAGENET_STD if wrn else TF_STD,
+        ),
+        threshold=previous.threshold if previous else None,
+        calibration=previous.calibration if previous else Calibration(),
+        model={
+            "method": config.method, "backbone": config.backbone, "d": config.d,
+            "projection": config.projection, "som_grid": fit_info.get("som_grid"), "topk": config.topk,
+            "feature_grid": fit_info.get("feature_grid"), "smoothing_sigma": config.smoothing_sigma,
+            "onnx_bytes": report.bytes, "largest_intermediate": {
+                "name": report.largest_intermediate[0], "shape_batch1": list(report.largest_intermediate[1]),
+                "bytes": report.largest_intermediate[2]},
+        },
+        versions=package_versions(),
+    )
+
+
+def export_model(model_dir: Path, weights: str | None = None) -> Manifest:
+    """Write model.onnx and manifest.json into model_dir; returns the manifest."""
+    model_dir = Path(model_dir)
+    previous = None
+    if (model_dir / "manifest.json").is_file():
+        previous = load_manifest(model_dir, verify_onnx=False)
+    report = export_onnx(model_dir, weights=weights)
+    manifest = build_manifest(model_dir, report, previous)
+    save_manifest(model_dir, manifest)
+    return manifest
+
+
+def trt_wanted(flag: bool | None) -> bool:
+    """--trt / --no-trt; unset means: build when tensorrt imports and a CUDA device is present."""
+    if flag is not None:
+        return flag
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        from edge_somad.export.trt_build import gpu_info
+
+        gpu_info()
+    except Exception as exc:  # noqa: BLE001 - any failure to see a GPU means "no GPU here"
+        log.info("tensorrt is installed but no usable GPU (%s): not building an engine", exc)
+        return False
+    return True

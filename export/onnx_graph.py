@@ -1,0 +1,108 @@
+"""Export a fitted model to ONE fused ONNX graph: uint8 frames in -> anomaly_map + score out.
+
+Cast, BGR->RGB, normalisation, backbone, stage concat, projection, top-k SOM search,
+Mahalanobis, minimum, upsampling and Gaussian smoothing all live in the graph, so the host only
+resizes. Only operators TensorRT's ONNX parser implements are allowed (checked after export).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_somad.errors import ArtifactError
+
+INPUT_NAME = "frames"
+OUTPUT_NAMES = ("anomaly_map", "score")
+OPSET = 17
+# Operators in TensorRT's ONNX operator support matrix (onnx-tensorrt docs/operators.md) that
+# this graph may use. Anything else fails the export instead of failing later on the Jetson.
+TRT_ALLOWED_OPS = frozenset({
+    "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Expand", "Flatten", "Gather",
+    "Identity", "MatMul", "Max", "Min", "Mul", "Neg", "Pad", "ReduceMax", "ReduceSum", "Relu",
+    "Reshape", "Resize", "Shape", "Slice", "Sqrt", "Squeeze", "Sub", "TopK", "Transpose",
+    "Unsqueeze", "Sigmoid", "BatchNormalization", "MaxPool", "Equal", "Where", "ConstantOfShape",
+    "Range", "Split", "QuantizeLinear", "DequantizeLinear",
+})
+
+
+@dataclass(frozen=True)
+class GraphReport:
+    path: Path
+    bytes: int
+    op_types: tuple[str, ...]
+    largest_intermediate: tuple[str, tuple[int, ...], int]  # name, shape at batch 1, bytes
+
+
+def export_onnx(model_dir: Path, out_path: Path | None = None, weights: str | None = None) -> GraphReport:
+    """Trace SomadNet with a dynamic batch axis and write model.onnx; returns a report."""
+    import torch
+
+    from edge_somad.model import load_torch_model
+
+    model_dir = Path(model_dir)
+    out_path = out_path or model_dir / "model.onnx"
+    net = load_torch_model(model_dir, weights)
+    h, w = net.size
+    dummy = torch.zeros(2, h, w, 3, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        # The TorchScript exporter warns it is deprecated in favour of dynamo; its output is the
+        # plain opset-17 graph TensorRT parses best, so we keep it and silence the notice.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (dummy,), str(out_path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
+            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+    return check_graph(out_path, h, w)
+
+
+def check_graph(path: Path, height: int, width: int) -> GraphReport:
+    """onnx.checker with full shape inference, the I/O contract, and the TensorRT op allow-list."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    graph = inferred.graph
+    _check_io(graph, height, width, path)
+    ops = tuple(sorted({n.op_type for n in graph.node}))
+    bad = sorted(set(ops) - TRT_ALLOWED_OPS)
+    if bad:
+        raise ArtifactError(f"{path} uses operators outside the TensorRT allow-list: {bad}")
+    return GraphReport(path, path.stat().st_size, ops, _largest(graph))
+
+
+def _check_io(graph: object, height: int, width: int, path: Path) -> None:
+    import onnx
+
+    def dims(vi: object) -> list[int | str]:
+        return [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+
+    ins = {i.name: i for i in graph.input}
+    outs = {o.name: o for o in graph.output}
+    if list(ins) != [INPUT_NAME] or tuple(outs) != OUTPUT_NAMES:
+        raise ArtifactError(f"{path}: I/O {list(ins)} -> {list(outs)}; expected [frames] -> {list(OUTPUT_NAMES)}")
+    fr = ins[INPUT_NAME]
+    if fr.type.tensor_type.elem_type != onnx.TensorProto.UINT8 or dims(fr)[1:] != [height, width, 3]:
+        raise ArtifactError(f"{path}: input frames is {dims(fr)}; expected uint8 [batch, {height}, {width}, 3]")
+
+
+def _largest(graph: object) -> tuple[str, tuple[int, ...], int]:
+    """Largest intermediate tensor at batch 1 (symbolic batch dims count as 1)."""
+    import onnx
+
+    best = ("", (), 0)
+    for vi in list(graph.value_info) + list(graph.output):
+        tt = vi.type.tensor_type
+        shape = tuple(d.dim_value if d.dim_value > 0 else 1 for d in tt.shape.dim)
+        if not shape or not tt.elem_type:
+            continue
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+        nbytes = int(np.prod(shape)) * itemsize
+        if nbytes > best[2]:
+            best = (vi.name, shape, nbytes)
+    return best

@@ -1,0 +1,1 @@
+"""Streaming runtime: cameras -> scorer -> verdicts over ZeroMQ. Imports no torch, ever."""

@@ -1,0 +1,292 @@
+"""Frame sources: camera index, video file, RTSP/HTTP stream, image folder (sorted replay).
+
+One capture thread per source feeds a small bounded queue. Live sources (index, stream) drop the
+OLDEST frame when the queue is full, so the scorer always works on the freshest part on the line,
+and count the drops. Replay sources (file, folder) wait for room instead: a replay exists to score
+every frame (validation, demos, benchmarks), and nothing is lost by waiting.
+Live sources reconnect with exponential backoff; replay sources end with an `ended` event.
+A frame that cannot be decoded becomes a FrameItem with `error` set, never silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_somad.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+LIVE_KINDS = ("index", "stream")
+_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # index | file | stream | folder
+    target: int | str
+
+    @property
+    def live(self) -> bool:
+        return self.kind in LIVE_KINDS
+
+
+@dataclass
+class FrameItem:
+    camera: str
+    frame_id: int  # monotonic per camera, errors included
+    captured_at: float  # time.time(), for the message
+    monotonic: float  # time.monotonic(), for latency maths
+    image: np.ndarray | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CameraEvent:
+    camera: str
+    status: str  # running | reconnecting | ended | stopped
+    detail: str
+    at: float
+
+
+def parse_source(spec: str) -> SourceSpec:
+    """digits -> camera index; existing dir -> folder; existing file -> video; rtsp/http(s) -> stream."""
+    s = spec.strip()
+    if s.isdigit():
+        return SourceSpec("index", int(s))
+    if s.lower().startswith(("rtsp://", "rtsps://", "http://", "https://")):
+        return SourceSpec("stream", s)
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return SourceSpec("folder", str(p))
+    if p.is_file():
+        return SourceSpec("file", str(p))
+    raise ConfigError(
+        f"camera source {spec!r} is neither a camera index (0, 1, ...), an existing video file or image "
+        "folder, nor an rtsp:// / http(s):// URL. Check the path, or give e.g. --camera 0."
+    )
+
+
+def parse_cameras(specs: list[str]) -> list[tuple[str, SourceSpec]]:
+    """`--camera` values -> [(camera id, source)]; ids default to cam0, cam1, ... or come as id=spec."""
+    if not specs:
+        raise ConfigError("no --camera given; expected at least one, e.g. --camera 0 or --camera l1=a.avi")
+    out: list[tuple[str, SourceSpec]] = []
+    for i, raw in enumerate(specs):
+        name, sep, rest = raw.partition("=")
+        # "rtsp://h/x?a=b" has '=' too; an id is a plain word before the first '='.
+        cam_id, spec = (name, rest) if sep and _ID.match(name) else (f"cam{i}", raw)
+        out.append((cam_id, parse_source(spec)))
+    ids = [c for c, _ in out]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"camera ids {ids} are not unique; name them with id=spec")
+    return out
+
+
+class DropOldestQueue:
+    """Bounded FIFO. put() on a full queue evicts the oldest item and counts a drop.
+
+    Shares a Condition with the consumer so one wait covers every camera.
+    """
+
+    def __init__(self, maxsize: int, cond: threading.Condition) -> None:
+        if maxsize < 1:
+            raise ConfigError(f"queue size {maxsize}; expected >= 1")
+        self.maxsize = maxsize
+        self.drops = 0
+        self._items: deque[FrameItem] = deque()
+        self._cond = cond
+
+    def put(self, item: FrameItem, block: bool = False, stop: threading.Event | None = None) -> None:
+        with self._cond:
+            if block:  # replay: wait for room (woken by pop), give up only on stop
+                while len(self._items) >= self.maxsize and not (stop and stop.is_set()):
+                    self._cond.wait(0.1)
+            if len(self._items) >= self.maxsize:
+                self._items.popleft()
+                self.drops += 1
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def pop(self) -> FrameItem | None:
+        """Non-blocking; caller holds or takes the shared condition."""
+        with self._cond:
+            item = self._items.popleft() if self._items else None
+            if item is not None:
+                self._cond.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _Capture:
+    """What the thread reads from: cv2.VideoCapture, or a sorted image folder."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+        self.files: list[Path] = []
+        self.pos = 0
+        self.total = 0
+        self.cap: cv2.VideoCapture | None = None
+        if spec.kind == "folder":
+            folder = Path(str(spec.target))
+            self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            self.total = len(self.files)
+        else:
+            self.cap = cv2.VideoCapture(spec.target)
+            if spec.kind == "file" and self.cap.isOpened():
+                self.total = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+
+    def opened(self) -> bool:
+        return self.spec.kind == "folder" or bool(self.cap is not None and self.cap.isOpened())
+
+    def read(self) -> tuple[str, np.ndarray | None, str | None]:
+        """-> ("frame", img, None) | ("error", None, why) | ("end", None, why)."""
+        if self.spec.kind == "folder":
+            if self.pos >= len(self.files):
+                return "end", None, f"folder replay finished ({self.total} images)"
+            path = self.files[self.pos]
+            self.pos += 1
+            img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                return "error", None, f"cannot decode image {path.name}"
+            return "frame", img, None
+        assert self.cap is not None
+        ok, img = self.cap.read()
+        if ok and img is not None:
+            self.pos += 1
+            return "frame", img, None
+        if self.spec.kind == "file" and self.total > 0 and self.pos < self.total:
+            # The header promised more frames: the file is truncated or corrupt from here on.
+            failed_at, self.pos = self.pos, self.total
+            return "error", None, f"video decode failed at frame {failed_at} of {self.total} (truncated?)"
+        return "end", None, "end of stream"
+
+    def release(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+
+
+class CameraSource:
+    """A capture thread for one source. Status: starting | running | reconnecting | ended | stopped."""
+
+    def __init__(
+        self,
+        camera_id: str,
+        spec: SourceSpec,
+        cond: threading.Condition,
+        queue_size: int = 2,
+        on_event: Callable[[CameraEvent], None] | None = None,
+        backoff_s: tuple[float, float] = (0.5, 10.0),
+        drop_when_full: bool | None = None,
+        opener: Callable[[SourceSpec], _Capture] = _Capture,
+    ) -> None:
+        self.id = camera_id
+        self.spec = spec
+        self.queue = DropOldestQueue(queue_size, cond)
+        self.status = "starting"
+        self.frames = 0
+        self.read_errors = 0
+        self._drop = spec.live if drop_when_full is None else drop_when_full
+        self._on_event = on_event
+        self._backoff = backoff_s
+        self._opener = opener
+        self._stop = threading.Event()
+        self._next_id = 0
+        self._times: deque[float] = deque(maxlen=32)
+        # daemon: a stream stuck inside cv2 (e.g. a long RTSP timeout) must not keep the process alive
+        self._thread = threading.Thread(target=self._run, name=f"capture-{camera_id}", daemon=True)
+
+    @property
+    def drops(self) -> int:
+        return self.queue.drops
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("ended", "stopped")
+
+    def fps(self) -> float:
+        t = list(self._times)
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _set(self, status: str, detail: str) -> None:
+        self.status = status
+        log.info("camera %s: %s (%s)", self.id, status, detail)
+        if self._on_event is not None:
+            self._on_event(CameraEvent(self.id, status, detail, time.time()))
+        with self.queue._cond:  # wake the consumer: it may be waiting for "all ended"
+            self.queue._cond.notify_all()
+
+    def _emit(self, image: np.ndarray | None, error: str | None) -> None:
+        item = FrameItem(self.id, self._next_id, time.time(), time.monotonic(), image, error)
+        self._next_id += 1
+        if error is None:
+            self.frames += 1
+            self._times.append(item.monotonic)
+        else:
+            self.read_errors += 1
+        self.queue.put(item, block=not self._drop, stop=self._stop)
+
+    def _run(self) -> None:
+        delay = self._backoff[0]
+        while not self._stop.is_set():
+            cap = self._opener(self.spec)
+            try:
+                if not cap.opened():
+                    if not self.spec.live:
+                        self._emit(None, f"cannot open {self.spec.kind} {self.spec.target}")
+                        self._set("ended", f"cannot open {self.spec.target}")
+                        return
+                    self._set("reconnecting", f"cannot open {self.spec.target}; retry in {delay:g}s")
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self._backoff[1])
+                    continue
+                self._set("running", f"{self.spec.kind} {self.spec.target} opened")
+                delay = self._backoff[0]
+                why = self._pump(cap)
+            finally:
+                cap.release()
+            if self._stop.is_set():
+                break
+            if not self.spec.live:
+                self._set("ended", why)
+                return
+            self._set("reconnecting", f"{why}; retry in {delay:g}s")
+            self._stop.wait(delay)
+            delay = min(delay * 2, self._backoff[1])
+        self._set("stopped", "stop requested")
+
+    def _pump(self, cap: _Capture) -> str:
+        """Read until the source ends, fails (live) or stop; returns why it stopped."""
+        while not self._stop.is_set():
+            kind, img, why = cap.read()
+            if kind == "frame":
+                self._emit(img, None)
+            elif kind == "error":
+                self._emit(None, why)
+                if self.spec.live:  # a live camera that returns nothing is unplugged: reconnect
+                    return str(why)
+            else:
+                return str(why)
+        return "stop requested"

@@ -1,0 +1,87 @@
+"""`edge-somad run` and `edge-somad subscribe` as typer command functions.
+
+Registered by edge_somad/cli.py with `app.command("run")(run)` and `app.command("subscribe")(subscribe)`.
+Heavy imports (cv2, zmq, onnxruntime) live inside the bodies so `edge-somad --help` works anywhere.
+`python -m edge_somad.runtime.commands run|subscribe ...` runs them without the main CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edge_somad.errors import EdgeSomadError
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(
+    camera: Annotated[list[str], typer.Option(
+        "--camera", help="Source, repeatable: camera index (0), video file, image folder, rtsp:// or "
+        "http(s):// URL; name it with id=spec (default ids cam0, cam1, ...).")],
+    model: Annotated[Path, typer.Option("--model", help="Model directory holding manifest.json.")],
+    backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime | torch")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (never changed silently)")] = "fp32",
+    publish: Annotated[str, typer.Option(help="ZeroMQ endpoint to bind the PUB socket to.")] = "tcp://*:5556",
+    topic_prefix: Annotated[str, typer.Option(help="Topics are <prefix>/<camera-id>.")] = "somad",
+    heatmap: Annotated[str, typer.Option(help="png (8-bit, 0..2x threshold) | f16 | none")] = "png",
+    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Add a JPEG overlay.")] = False,
+    max_frames: Annotated[Optional[int], typer.Option(help="Stop after N verdicts in total.")] = None,  # noqa: UP045
+    queue_size: Annotated[int, typer.Option(help="Frames buffered per camera (live: oldest dropped).")] = 2,
+    wait_subscribers: Annotated[int, typer.Option(
+        help="Wait (<= 10 s) for this many subscriptions before scoring (demos/tests).")] = 0,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+) -> None:
+    """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
+    _logging(log_level)
+    from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
+
+    try:
+        config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames,
+                                queue_size=queue_size, precision=precision)
+        final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
+                             config=config, wait_subscribers=wait_subscribers)
+    except EdgeSomadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, publish drops {final['publish_drops']}",
+               err=True)
+
+
+def subscribe(
+    connect: Annotated[str, typer.Option(help="Publisher endpoint, e.g. tcp://line-pc:5556")] = "tcp://127.0.0.1:5556",
+    topic: Annotated[str, typer.Option(help="Topic prefix filter, e.g. somad/ or somad/cam0")] = "somad/",
+    csv: Annotated[Optional[Path], typer.Option(help="Append one CSV row per verdict.")] = None,  # noqa: UP045
+    save_fails: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Save header/overlay/heatmap of fail and error verdicts here.")] = None,
+    count: Annotated[Optional[int], typer.Option(help="Exit after N verdicts.")] = None,  # noqa: UP045
+    timeout: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="Exit after S seconds without any message (verdict, heartbeat or status).")] = None,
+    log_level: Annotated[str, typer.Option(help="info prints heartbeats to stderr")] = "warning",
+) -> None:
+    """Reference PLC/MES bridge: one JSON line per verdict on stdout."""
+    _logging(log_level)
+    from edge_somad.runtime.subscriber import subscribe_loop
+
+    seen = subscribe_loop(connect, topic, csv, save_fails, count, timeout)
+    if count is not None and seen < count:
+        typer.echo(f"error: received {seen} of {count} verdicts before the {timeout}s timeout", err=True)
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, help="edge-somad runtime commands")
+    app.command("run")(run)
+    app.command("subscribe")(subscribe)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Defect regions from an anomaly map, mapped back to the ORIGINAL camera frame, and the overlay.
+
+The map lives in model space (the letterboxed/cropped/stretched HxW canvas). Thresholds and the
+minimum area come from manifest.calibration and are applied in model space, where they were
+calibrated; boxes and areas are then reported in original frame pixels via preprocess.Geometry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from edge_somad.runtime.preprocess import Geometry
+
+# Overlay heat scale: like the PNG heatmap, 0..2x the image threshold maps to the colour map.
+OVERLAY_RANGE = 2.0
+
+
+def find_defects(
+    anomaly_map: np.ndarray,
+    geometry: Geometry,
+    pixel_threshold: float | None,
+    min_area_px: int = 0,
+) -> list[dict[str, Any]]:
+    """Connected components of map >= pixel_threshold -> [{x, y, w, h, area_px, max_score}].
+
+    x, y, w, h, area_px are in original frame pixels; max_score in the map's raw units. Empty when
+    there is no pixel threshold (the model was not calibrated for localisation).
+    """
+    if pixel_threshold is None or not np.isfinite(anomaly_map).all():
+        return []
+    mask = (anomaly_map >= pixel_threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    out = []
+    area_scale = 1.0 / (geometry.scale_x * geometry.scale_y)
+    for i in range(1, n):  # label 0 is the background
+        x, y, w, h, area = (int(v) for v in stats[i])
+        if area < min_area_px:
+            continue
+        box = box_to_frame(x, y, w, h, geometry)
+        if box is None:  # entirely inside the letterbox padding: not part of the frame
+            continue
+        out.append({
+            "x": box[0], "y": box[1], "w": box[2], "h": box[3],
+            "area_px": round(area * area_scale),
+            "max_score": float(anomaly_map[labels == i].max()),
+        })
+    out.sort(key=lambda d: -d["max_score"])
+    return out
+
+
+def box_to_frame(x: int, y: int, w: int, h: int, g: Geometry) -> tuple[int, int, int, int] | None:
+    """Model-space box -> original-frame box (clipped); None if it lies outside the frame."""
+    x0 = (x - g.left + g.crop_x) / g.scale_x
+    y0 = (y - g.top + g.crop_y) / g.scale_y
+    x1 = (x + w - g.left + g.crop_x) / g.scale_x
+    y1 = (y + h - g.top + g.crop_y) / g.scale_y
+    fx0, fy0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    fx1, fy1 = min(g.src_w, int(np.ceil(x1))), min(g.src_h, int(np.ceil(y1)))
+    if fx1 <= fx0 or fy1 <= fy0:
+        return None
+    return fx0, fy0, fx1 - fx0, fy1 - fy0
+
+
+def map_to_frame(anomaly_map: np.ndarray, g: Geometry) -> np.ndarray:
+    """Model-space map -> float32 (src_h, src_w) map over the original frame (0 where not covered)."""
+    out = np.zeros((g.src_h, g.src_w), np.float32)
+    if g.new_h > g.dst_h or g.new_w > g.dst_w:
+        # crop: the canvas shows scaled[crop_y:crop_y+dst_h, crop_x:crop_x+dst_w]; put it back there
+        scaled = np.zeros((g.new_h, g.new_w), np.float32)
+        scaled[g.crop_y:g.crop_y + g.dst_h, g.crop_x:g.crop_x + g.dst_w] = anomaly_map
+    else:
+        # letterbox/stretch: the frame occupies canvas[top:top+new_h, left:left+new_w]
+        scaled = anomaly_map[g.top:g.top + g.new_h, g.left:g.left + g.new_w]
+    resized = cv2.resize(np.ascontiguousarray(scaled, np.float32), (g.src_w, g.src_h),
+                         interpolation=cv2.INTER_LINEAR)
+    out[:] = resized
+    return out
+
+
+def render_overlay(
+    frame: np.ndarray,
+    anomaly_map: np.ndarray | None,
+    geometry: Geometry,
+    threshold: float | None,
+    defects: list[dict[str, Any]],
+    verdict: str,
+    jpeg_quality: int = 80,
+) -> bytes:
+    """JPEG for operators: frame + heat (0..2x threshold) + defect boxes + verdict text."""
+    view = frame.copy()
+    if anomaly_map is not None and threshold and np.isfinite(anomaly_map).all():
+        heat = np.clip(map_to_frame(anomaly_map, geometry) / threshold, 0, OVERLAY_RANGE)
+        heat_u8 = (heat * (255.0 / OVERLAY_RANGE)).astype(np.uint8)
+        coloured = cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET)
+        view = cv2.addWeighted(view, 0.6, coloured, 0.4, 0)
+    colour = {"pass": (0, 200, 0), "fail": (0, 0, 255)}.get(verdict, (0, 200, 255))
+    for d in defects:
+        cv2.rectangle(view, (d["x"], d["y"]), (d["x"] + d["w"] - 1, d["y"] + d["h"] - 1), (0, 0, 255), 2)
+    cv2.putText(view, verdict.upper(), (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, colour, 2, cv2.LINE_AA)
+    ok, buf = cv2.imencode(".jpg", view, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    return buf.tobytes() if ok else b""

@@ -1,0 +1,154 @@
+"""Wire format of the verdict stream (see docs/messages.md, which documents every field).
+
+A verdict is a ZeroMQ multipart message:
+  1. topic  b"<prefix>/<camera-id>"
+  2. header JSON (utf-8), schema VERDICT_SCHEMA
+  3. heatmap bytes (PNG or raw float16), or an empty frame when header["heatmap"] is null
+  4. optional JPEG overlay for operators (only when header["overlay"] is true)
+Heartbeats go on b"<prefix>/_heartbeat", camera events and the final status on b"<prefix>/_status".
+Kept free of zmq so a bridge can decode messages it received any way it likes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_somad.errors import InputError
+
+VERDICT_SCHEMA = "edge-somad/verdict/1"
+HEARTBEAT_SCHEMA = "edge-somad/heartbeat/1"
+STATUS_SCHEMA = "edge-somad/status/1"
+HEARTBEAT_TOPIC = "_heartbeat"
+STATUS_TOPIC = "_status"
+HEATMAP_ENCODINGS = ("png", "f16", "none")
+VERDICTS = ("pass", "fail", "error")
+# PNG heatmaps carry map / threshold clipped to [0, PNG_RANGE] and scaled to 0..255, so 127.5 is the
+# threshold and 255 means "twice the threshold or more", whatever the model's raw units are.
+PNG_RANGE = 2.0
+
+
+def topic(prefix: str, name: str) -> bytes:
+    return f"{prefix}/{name}".encode()
+
+
+def dumps(payload: dict[str, Any]) -> bytes:
+    # allow_nan=False: a NaN would make the line invalid JSON for most bridges; callers put None.
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_heatmap(
+    anomaly_map: np.ndarray, encoding: str, threshold: float | None
+) -> tuple[dict | None, bytes | np.ndarray]:
+    """Encode a (H, W) float map -> (header["heatmap"] metadata, payload); (None, b"") if none.
+
+    The payload is a numpy buffer so the publisher can hand it to ZeroMQ without a copy.
+    """
+    if encoding not in HEATMAP_ENCODINGS:
+        raise InputError(f"heatmap encoding {encoding!r} is unknown; expected one of {HEATMAP_ENCODINGS}")
+    if encoding == "none" or not np.isfinite(anomaly_map).all():
+        return None, b""
+    shape = [int(anomaly_map.shape[0]), int(anomaly_map.shape[1])]
+    if encoding == "f16":
+        data = np.ascontiguousarray(anomaly_map, dtype="<f2")
+        return {"encoding": "f16", "shape": shape, "dtype": "float16", "vmax": None}, data
+    if threshold is None or threshold <= 0:
+        # Without a threshold there is no scale to normalise by, and guessing one (e.g. the map's own
+        # max) would make a good part look as alarming as a bad one.
+        return None, b""
+    png = normalise_map(anomaly_map, threshold)
+    ok, buf = cv2.imencode(".png", png)
+    if not ok:
+        raise InputError(f"could not PNG-encode a heatmap of shape {png.shape}")
+    return {"encoding": "png", "shape": shape, "dtype": "uint8", "vmax": PNG_RANGE * threshold}, buf
+
+
+def normalise_map(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
+    """uint8 map: 0 = 0, 127/128 = threshold, 255 = PNG_RANGE * threshold or more."""
+    scaled = np.clip(anomaly_map / threshold, 0.0, PNG_RANGE) * (255.0 / PNG_RANGE)
+    return np.round(scaled).astype(np.uint8)
+
+
+def decode_heatmap(meta: dict | None, payload: bytes) -> np.ndarray | None:
+    """Inverse of encode_heatmap: float32 map in raw units (PNG: quantised, clipped at vmax)."""
+    if meta is None:
+        return None
+    h, w = meta["shape"]
+    if meta["encoding"] == "f16":
+        return np.frombuffer(payload, dtype="<f2").reshape(h, w).astype(np.float32)
+    if meta["encoding"] == "png":
+        img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None or img.shape != (h, w):
+            got = None if img is None else img.shape
+            raise InputError(f"PNG heatmap decodes to {got}; header says {(h, w)}")
+        return img.astype(np.float32) * (float(meta["vmax"]) / 255.0)
+    raise InputError(f"heatmap encoding {meta['encoding']!r} is unknown; expected png or f16")
+
+
+@dataclass(frozen=True)
+class Received:
+    """One decoded message as a bridge sees it."""
+
+    topic: str
+    header: dict[str, Any]
+    heatmap: bytes
+    overlay: bytes | None
+
+    @property
+    def kind(self) -> str:
+        schema = self.header.get("schema", "")
+        return {VERDICT_SCHEMA: "verdict", HEARTBEAT_SCHEMA: "heartbeat", STATUS_SCHEMA: "status"}.get(
+            schema, "unknown")
+
+
+def parse_message(parts: list[bytes]) -> Received:
+    """Decode a multipart message received on a SUB socket."""
+    if len(parts) < 2:
+        raise InputError(f"message has {len(parts)} part(s); expected >= 2 (topic, JSON header)")
+    header = json.loads(bytes(parts[1]).decode())
+    heatmap = bytes(parts[2]) if len(parts) > 2 else b""
+    overlay = bytes(parts[3]) if len(parts) > 3 else None
+    return Received(bytes(parts[0]).decode(), header, heatmap, overlay)
+
+
+def verdict_header(
+    *,
+    camera: str,
+    frame_id: int,
+    captured_at: float,
+    published_at: float,
+    score: float | None,
+    threshold: float | None,
+    verdict: str,
+    error: str | None,
+    defects: list[dict[str, Any]],
+    model: dict[str, Any],
+    heatmap: dict | None,
+    frame_shape: tuple[int, int] | None,
+    overlay: bool,
+) -> dict[str, Any]:
+    if verdict not in VERDICTS:
+        raise InputError(f"verdict {verdict!r}; expected one of {VERDICTS}")
+    finite = score is not None and bool(np.isfinite(score))
+    return {
+        "schema": VERDICT_SCHEMA,
+        "frame_id": int(frame_id),
+        "camera": camera,
+        "captured_at": captured_at,
+        "published_at": published_at,
+        "latency_ms": round((published_at - captured_at) * 1000.0, 3),
+        "score": float(score) if finite else None,
+        "score_normalised": float(score) / threshold if finite and threshold else None,
+        "threshold": threshold,
+        "verdict": verdict,
+        "error": error,
+        "defects": defects,
+        "model": model,
+        "heatmap": heatmap,
+        "frame_shape": list(frame_shape) if frame_shape else None,
+        "overlay": overlay,
+    }

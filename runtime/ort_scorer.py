@@ -1,0 +1,106 @@
+"""ONNX Runtime backend of the Scorer protocol (CPU, or CUDA when explicitly requested).
+
+The provider list is checked after the session exists: ONNX Runtime silently drops a provider it
+cannot load (e.g. CUDA without libcudnn) and runs on CPU; we refuse instead, because a line that
+was sized for GPU latency must not quietly run ten times slower.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from edge_somad.runtime.scorer import ScoreResult, check_batch
+
+from edge_somad.errors import ArtifactError, BackendUnavailableError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "frames"
+OUTPUT_NAMES = ("anomaly_map", "score")
+# Providers that, once asked for, must really run the graph (CPU is always there).
+ACCELERATORS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
+
+
+class OrtScorer:
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        height: int,
+        width: int,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise ArtifactError(f"ONNX file {onnx_path} does not exist; run `edge-somad export` first")
+        requested = list(providers)
+        available = ort.get_available_providers()
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise BackendUnavailableError(
+                f"ONNX Runtime provider(s) {missing} requested; this onnxruntime build offers {available}. "
+                "Install onnxruntime-gpu (the [gpu] extra) for CUDA, or choose --backend onnxruntime on CPU."
+            )
+        opts = ort.SessionOptions()
+        if intra_op_threads is not None:
+            opts.intra_op_num_threads = int(intra_op_threads)
+        self._sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=requested)
+        active = self._sess.get_providers()
+        dropped = [p for p in requested if p in ACCELERATORS and p not in active]
+        if dropped:
+            raise BackendUnavailableError(
+                f"{dropped} was requested but ONNX Runtime is running on {active} (the provider failed to "
+                "load: check the CUDA/cuDNN libraries). Refusing to fall back to CPU silently."
+            )
+        self.device = active[0]
+        self.height, self.width = int(height), int(width)
+        self.path = onnx_path
+        self.max_batch = self._check_contract()
+        log.info("onnxruntime scorer on %s (%s)", self.device, onnx_path.name)
+
+    def _check_contract(self) -> int | None:
+        """Validate names/types/shapes against the graph contract; returns a static batch or None."""
+        inputs = self._sess.get_inputs()
+        outputs = {o.name for o in self._sess.get_outputs()}
+        got_in = [(i.name, i.type, list(i.shape)) for i in inputs]
+        want_in = f"[({INPUT_NAME!r}, 'tensor(uint8)', [batch, {self.height}, {self.width}, 3])]"
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != "tensor(uint8)":
+            raise ArtifactError(
+                f"{self.path.name}: inputs {got_in}; expected {want_in}. Re-export with `edge-somad export`."
+            )
+        if not set(OUTPUT_NAMES) <= outputs:
+            raise ArtifactError(
+                f"{self.path.name}: outputs {sorted(outputs)}; expected {list(OUTPUT_NAMES)}. "
+                "Re-export with `edge-somad export`."
+            )
+        shape = list(inputs[0].shape)
+        want = (self.height, self.width, 3)
+        bad_dims = len(shape) == 4 and any(
+            isinstance(d, int) and d != w for d, w in zip(shape[1:], want, strict=True))
+        if len(shape) != 4 or bad_dims:
+            raise ArtifactError(
+                f"{self.path.name}: input shape {shape}; expected [batch, {self.height}, {self.width}, 3] "
+                "(the manifest's preprocessing height/width). The manifest and the graph disagree: re-export."
+            )
+        return shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+
+    def score(self, frames: np.ndarray) -> ScoreResult:
+        check_batch(frames, self.height, self.width, self.max_batch)
+        maps, scores = self._sess.run(list(OUTPUT_NAMES), {INPUT_NAME: frames})
+        return ScoreResult(scores=np.asarray(scores, np.float32), maps=np.asarray(maps, np.float32))
+
+    def close(self) -> None:
+        self._sess = None  # type: ignore[assignment]
+
+    def __enter__(self) -> OrtScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,334 @@
+"""The inspection loop: capture threads -> one resize -> scorer -> verdict -> ZeroMQ.
+
+Never `pass` on doubt: a bad frame, a scorer exception, a NaN/inf score or map, or a model without a
+threshold all give an `error` verdict with the reason, and the loop goes on. SIGINT/SIGTERM stop
+the cameras, score what is already queued, publish a final status and return normally.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edge_somad.export.manifest import Manifest, load_manifest
+from edge_somad.runtime import messages
+from edge_somad.runtime.camera import (
+    CameraEvent,
+    CameraSource,
+    FrameItem,
+    SourceSpec,
+    _Capture,
+    parse_cameras,
+)
+from edge_somad.runtime.defects import find_defects, render_overlay
+from edge_somad.runtime.preprocess import check_frame, plan_geometry, resize_frame
+from edge_somad.runtime.publisher import Publisher
+from edge_somad.runtime.scorer import Scorer
+
+from edge_somad.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+NOT_CALIBRATED = "model not calibrated: run edge-somad calibrate"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    heatmap: str = "png"  # png | f16 | none
+    overlay: bool = False
+    max_frames: int | None = None  # stop after this many verdicts in total
+    queue_size: int = 2
+    heartbeat_s: float = 1.0
+    drain_timeout_s: float = 5.0  # on SIGTERM: at most this long scoring what is queued
+    precision: str = "fp32"  # what the scorer runs, for the message's model block
+
+    def __post_init__(self) -> None:
+        if self.heatmap not in messages.HEATMAP_ENCODINGS:
+            raise ConfigError(f"--heatmap {self.heatmap!r}; expected one of {messages.HEATMAP_ENCODINGS}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"--max-frames {self.max_frames}; expected >= 1 (or leave it out)")
+        if self.queue_size < 1:
+            raise ConfigError(f"--queue-size {self.queue_size}; expected >= 1")
+
+
+@dataclass
+class _Prepared:
+    item: FrameItem
+    resized: np.ndarray | None = None
+    frame: np.ndarray | None = None  # BGR, for the overlay
+    geometry: Any = None
+    error: str | None = None
+    score: float | None = None
+    amap: np.ndarray | None = None
+
+
+@dataclass
+class Stats:
+    frames_scored: int = 0
+    verdicts: dict[str, int] = field(default_factory=lambda: {v: 0 for v in messages.VERDICTS})
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=10000))
+
+    @property
+    def published(self) -> int:
+        return sum(self.verdicts.values())
+
+
+def decide(score: float | None, amap: np.ndarray | None, threshold: float | None) -> tuple[str, str | None]:
+    """(verdict, error). Anything doubtful is an error, never a pass."""
+    if score is None or amap is None:
+        return "error", "no score"
+    if not np.isfinite(score) or not np.isfinite(amap).all():
+        return "error", "non-finite score or anomaly map (NaN/inf) from the scorer"
+    if threshold is None:
+        return "error", NOT_CALIBRATED
+    return ("fail" if score >= threshold else "pass"), None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        scorer: Scorer,
+        manifest: Manifest,
+        cameras: list[tuple[str, SourceSpec]],
+        publisher: Publisher,
+        config: PipelineConfig = PipelineConfig(),
+        opener: Callable[[SourceSpec], _Capture] = _Capture,
+    ) -> None:
+        self.scorer, self.manifest, self.pub, self.config = scorer, manifest, publisher, config
+        self.stats = Stats()
+        self.status = "starting"
+        self._cond = threading.Condition()
+        self._events: deque[CameraEvent] = deque()
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self.cameras = [
+            CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener)
+            for cid, spec in cameras
+        ]
+        limit = getattr(scorer, "max_batch", None)
+        self.max_batch = max(1, min(len(self.cameras), limit or len(self.cameras)))
+        pre = manifest.preprocessing
+        self._size = (pre.height, pre.width)
+        self._rr = 0
+        self._started = time.monotonic()
+        self.model_info = {"name": manifest.name, "onnx_sha256": manifest.onnx_sha256,
+                           "backend": scorer.backend, "precision": config.precision, "device": scorer.device}
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Thread- and signal-safe: only sets a flag the loop polls every 100 ms."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self._started = time.monotonic()
+        for cam in self.cameras:
+            cam.start()
+        self.status = "running"
+        next_beat = 0.0
+        reason = "all sources ended"
+        while True:
+            if self._stop.is_set():
+                reason = self._stop_reason
+                break
+            batch = self._collect(self._budget(self.max_batch), timeout=0.1)
+            self._flush_events()
+            if batch:
+                self._process(batch)
+            elif all(c.finished for c in self.cameras) and not self._queued():
+                break
+            if self._budget(1) == 0:
+                reason = f"max frames ({self.config.max_frames}) reached"
+                break
+            if time.monotonic() >= next_beat:
+                self.pub.publish_heartbeat(self._health(messages.HEARTBEAT_SCHEMA))
+                next_beat = time.monotonic() + self.config.heartbeat_s
+        return self._shutdown(reason, drain=self._stop.is_set())
+
+    def _shutdown(self, reason: str, drain: bool) -> dict[str, Any]:
+        self.status = "stopping"
+        log.info("stopping: %s", reason)
+        for cam in self.cameras:
+            cam.stop()
+        with self._cond:
+            self._cond.notify_all()  # replay threads waiting for queue room
+        for cam in self.cameras:
+            if not cam.join(2.0):
+                log.warning("camera %s did not stop within 2 s (stuck in the capture driver)", cam.id)
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while drain and self._queued() and time.monotonic() < deadline and self._budget(1):
+            self._process(self._collect(self._budget(self.max_batch), timeout=0.0))
+        self._flush_events()
+        self.status = "stopped" if drain else "ended"
+        final = self._health(messages.STATUS_SCHEMA)
+        final.update(event="final", reason=reason)
+        self.pub.publish_status(final)
+        return final
+
+    def _budget(self, n: int) -> int:
+        if self.config.max_frames is None:
+            return n
+        return max(0, min(n, self.config.max_frames - self.stats.published))
+
+    def _queued(self) -> int:
+        return sum(len(c.queue) for c in self.cameras)
+
+    def _collect(self, n: int, timeout: float) -> list[FrameItem]:
+        """Up to n items, at most one per camera (round robin), waiting up to timeout for the first."""
+        with self._cond:
+            if not self._queued() and timeout > 0 and not self._stop.is_set():
+                self._cond.wait(timeout)
+            items: list[FrameItem] = []
+            cams = self.cameras[self._rr:] + self.cameras[:self._rr]
+            self._rr = (self._rr + 1) % len(self.cameras)
+            for cam in cams:
+                if len(items) >= n:
+                    break
+                item = cam.queue.pop()
+                if item is not None:
+                    items.append(item)
+            return items
+
+    def _flush_events(self) -> None:
+        while self._events:
+            ev = self._events.popleft()
+            self.pub.publish_status({"schema": messages.STATUS_SCHEMA, "event": "camera", "camera": ev.camera,
+                                     "status": ev.status, "detail": ev.detail, "at": ev.at})
+
+    # -- one batch -----------------------------------------------------------------------------
+    def _prepare(self, item: FrameItem) -> _Prepared:
+        p = _Prepared(item, error=item.error)
+        if item.error is not None:
+            return p
+        pre = self.manifest.preprocessing
+        try:
+            p.frame = check_frame(item.image)
+            p.geometry = plan_geometry(p.frame.shape[0], p.frame.shape[1], pre.height, pre.width, pre.resize)
+            p.resized = resize_frame(p.frame, pre.height, pre.width, pre.resize, pre.pad_value)
+        except InputError as exc:
+            p.error = f"bad frame: {exc}"
+        return p
+
+    def _process(self, items: list[FrameItem]) -> None:
+        prepared = [self._prepare(it) for it in items]
+        good = [p for p in prepared if p.error is None]
+        if good:
+            try:
+                result = self.scorer.score(np.stack([p.resized for p in good]))
+                scores, maps = np.asarray(result.scores), np.asarray(result.maps)
+                if scores.shape != (len(good),) or maps.shape != (len(good), *self._size):
+                    raise InputError(f"scorer returned scores {scores.shape}, maps {maps.shape}; expected "
+                                     f"({len(good)},) and ({len(good)}, {self._size[0]}, {self._size[1]})")
+                for p, s, m in zip(good, scores, maps, strict=True):
+                    p.score, p.amap = float(s), m
+                self.stats.frames_scored += len(good)
+            except Exception as exc:  # the line keeps running; these frames are reported as errors
+                log.exception("scorer failed on a batch of %d", len(good))
+                for p in good:
+                    p.error = f"scorer failed: {type(exc).__name__}: {exc}"
+        for p in prepared:
+            self._publish(p)
+
+    def _publish(self, p: _Prepared) -> None:
+        threshold = self.manifest.threshold
+        if p.error is None:
+            verdict, p.error = decide(p.score, p.amap, threshold)
+        else:
+            verdict = "error"
+        cal = self.manifest.calibration
+        defects: list[dict] = []
+        meta, heat = None, b""
+        if p.amap is not None and p.geometry is not None:
+            defects = find_defects(p.amap, p.geometry, cal.pixel_threshold, cal.min_defect_area_px)
+            meta, heat = messages.encode_heatmap(p.amap, self.config.heatmap, threshold)
+        overlay = None
+        if self.config.overlay and p.frame is not None:
+            overlay = render_overlay(p.frame, p.amap, p.geometry, threshold, defects, verdict)
+        it = p.item
+        shape = p.frame.shape[:2] if p.frame is not None else None
+        published_at = time.time()
+        header = messages.verdict_header(
+            camera=it.camera, frame_id=it.frame_id, captured_at=it.captured_at, published_at=published_at,
+            score=p.score, threshold=threshold, verdict=verdict, error=p.error, defects=defects,
+            model=self.model_info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
+        self.pub.publish_verdict(header, heat, overlay)
+        self.stats.verdicts[verdict] += 1
+        self.stats.latencies_ms.append((time.monotonic() - it.monotonic) * 1000.0)
+        if verdict == "error":
+            log.warning("camera %s frame %d: error verdict: %s", it.camera, it.frame_id, p.error)
+
+    def _health(self, schema: str) -> dict[str, Any]:
+        return {
+            "schema": schema, "at": time.time(), "uptime_s": round(time.monotonic() - self._started, 3),
+            "status": self.status, "model": self.model_info,
+            "frames_scored": self.stats.frames_scored, "published": self.stats.published,
+            "errors": self.stats.verdicts["error"], "verdicts": dict(self.stats.verdicts),
+            "publish_drops": self.pub.drops, "subscribers": self.pub.poll_subscriptions(),
+            "cameras": {c.id: {"status": c.status, "fps": round(c.fps(), 2), "frames": c.frames,
+                               "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue)}
+                        for c in self.cameras},
+        }
+
+
+def run_pipeline(
+    model_dir: Path,
+    cameras: list[str],
+    backend: str = "auto",
+    publish: str = "tcp://*:5556",
+    topic_prefix: str = "somad",
+    config: PipelineConfig = PipelineConfig(),
+    wait_subscribers: int = 0,
+    handle_signals: bool = True,
+) -> dict[str, Any]:
+    """Open everything, run until the sources end / max frames / SIGINT-SIGTERM; returns the final status.
+
+    Raises (before any frame) on an unusable model, backend or source: the command maps it to exit != 0.
+    """
+    from edge_somad.runtime.backends import open_scorer
+
+    sources = parse_cameras(cameras)
+    manifest = load_manifest(Path(model_dir))
+    if manifest.threshold is None:
+        log.warning("%s: every verdict will be 'error'", NOT_CALIBRATED)
+    scorer = open_scorer(Path(model_dir), backend, config.precision)
+    try:
+        with Publisher(publish, topic_prefix) as pub:
+            log.info("publishing on %s (topics %s/<camera>)", pub.bound_endpoint, topic_prefix)
+            if wait_subscribers and not pub.wait_for_subscribers(wait_subscribers, timeout_s=10.0):
+                log.warning("only %d of %d subscribers after 10 s; starting anyway",
+                            pub.subscribers, wait_subscribers)
+            pipe = Pipeline(scorer, manifest, sources, pub, config)
+            with _signals(pipe, handle_signals):
+                return pipe.run()
+    finally:
+        scorer.close()
+
+
+class _signals:
+    """Route SIGINT/SIGTERM to pipeline.stop() while the loop runs (main thread only)."""
+
+    def __init__(self, pipe: Pipeline, enabled: bool) -> None:
+        self.pipe = pipe
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.saved: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.pipe.stop(f"signal {signal.Signals(signum).name}")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,133 @@
+"""OrtScorer against numpy, the graph-contract checks, and the backend decision table."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_runtime_support import H, W, build_onnx, defect, grey, make_model_dir
+
+from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError, InputError
+from edge_somad.export.manifest import EngineInfo, load_manifest
+from edge_somad.runtime.backends import open_scorer, select_backend
+from edge_somad.runtime.ort_scorer import OrtScorer
+from edge_somad.runtime.preprocess import batch_frames
+from edge_somad.runtime.scorer import Scorer
+
+
+def reference(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f = frames.astype(np.float32)
+    amap = (f[..., 0] - f[..., 2]) / 255.0
+    return amap, amap.reshape(len(f), -1).max(axis=1)
+
+
+def test_ort_scorer_matches_numpy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, H, W, 3), dtype=np.uint8)
+    with OrtScorer(build_onnx(tmp_path / "m.onnx"), H, W, intra_op_threads=1) as s:
+        assert isinstance(s, Scorer)
+        assert (s.backend, s.device, s.max_batch) == ("onnxruntime", "CPUExecutionProvider", None)
+        res = s.score(frames)
+    amap, score = reference(frames)
+    assert res.maps.dtype == np.float32 and res.maps.shape == (3, H, W) and res.scores.shape == (3,)
+    np.testing.assert_allclose(res.maps, amap, atol=1e-6)
+    np.testing.assert_allclose(res.scores, score, atol=1e-6)
+
+
+def test_ort_scorer_rejects_wrong_batch(tmp_path: Path) -> None:
+    with OrtScorer(build_onnx(tmp_path / "m.onnx"), H, W) as s, pytest.raises(InputError, match="expected"):
+        s.score(np.zeros((1, H + 1, W, 3), np.uint8))
+
+
+def test_contract_violations_name_received_and_expected(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match=r"inputs \[\('images'.*expected.*'frames'"):
+        OrtScorer(build_onnx(tmp_path / "a.onnx", input_name="images"), H, W)
+    with pytest.raises(ArtifactError, match=r"input shape \['batch', 64, 96, 3\]; expected \[batch, 32, 96, 3\]"):
+        OrtScorer(build_onnx(tmp_path / "b.onnx"), 32, W)
+
+
+def test_cuda_requested_without_cuda_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
+        OrtScorer(build_onnx(tmp_path / "m.onnx"), H, W, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+
+
+def _engine(precision: str) -> EngineInfo:
+    return EngineInfo(f"model.{precision}.engine", precision, "10.0", "GPU", "9.0", "x", max_batch=4)
+
+
+CPU = ["CPUExecutionProvider"]
+GPU = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "trt", "providers", "engines", "int8", "expect"),
+    [
+        ("auto", "fp32", False, CPU, (), False, ("onnxruntime", "model.onnx", ("CPUExecutionProvider",))),
+        ("auto", "fp32", False, GPU, (), False,
+         ("onnxruntime", "model.onnx", ("CUDAExecutionProvider", "CPUExecutionProvider"))),
+        ("auto", "fp16", True, GPU, ("fp16",), False, ("tensorrt", "model.fp16.engine", ())),
+        ("auto", "fp32", True, GPU, ("fp16",), False,  # engine of another precision: not used
+         ("onnxruntime", "model.onnx", ("CUDAExecutionProvider", "CPUExecutionProvider"))),
+        ("auto", "int8", False, CPU, (), True, ("onnxruntime", "model.int8.onnx", ("CPUExecutionProvider",))),
+        ("onnxruntime", "fp32", True, CPU, ("fp32",), False,
+         ("onnxruntime", "model.onnx", ("CPUExecutionProvider",))),
+        ("tensorrt", "int8", True, GPU, ("int8",), False, ("tensorrt", "model.int8.engine", ())),
+        ("torch", "fp32", False, CPU, (), False, ("torch", None, ())),
+        ("tensorrt", "fp32", False, CPU, (), False, BackendUnavailableError),
+        ("tensorrt", "fp16", True, GPU, ("fp32",), False, ArtifactError),
+        ("onnxruntime", "int8", False, CPU, (), False, ArtifactError),
+        ("auto", "int8", False, CPU, (), False, ArtifactError),
+        ("onnxruntime", "fp16", False, CPU, (), False, ConfigError),
+        ("auto", "fp16", False, GPU, (), False, ConfigError),  # no engine: never a silent fp32
+        ("torch", "int8", False, CPU, (), False, ConfigError),
+        ("openvino", "fp32", False, CPU, (), False, ConfigError),
+        ("auto", "bf16", False, CPU, (), False, ConfigError),
+    ],
+)
+def test_select_backend_table(tmp_path: Path, backend, precision, trt, providers, engines, int8, expect) -> None:
+    d = make_model_dir(tmp_path / "m", int8=int8, engines=tuple(_engine(p) for p in engines))
+    manifest = load_manifest(d)
+    if isinstance(expect, type):
+        with pytest.raises(expect):
+            select_backend(manifest, backend, precision, tensorrt_installed=trt, ort_providers=providers)
+        return
+    choice = select_backend(manifest, backend, precision, tensorrt_installed=trt, ort_providers=providers)
+    assert (choice.backend, choice.artifact, choice.providers) == expect
+    assert choice.precision == precision and choice.reason
+
+
+def test_open_scorer_auto_logs_choice_and_scores(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d = make_model_dir(tmp_path / "m")
+    with caplog.at_level(logging.INFO, logger="edge_somad.runtime.backends"):
+        scorer = open_scorer(d)
+    assert "backend onnxruntime/fp32 (auto: tensorrt not importable" in caplog.text
+    res = scorer.score(batch_frames([grey(), defect()], H, W, "letterbox"))
+    assert res.scores[0] == 0.0 and res.scores[1] > 0.9
+    scorer.close()
+
+
+def test_open_scorer_explicit_errors(tmp_path: Path) -> None:
+    d = make_model_dir(tmp_path / "m")
+    with pytest.raises(BackendUnavailableError, match="tensorrt"):
+        open_scorer(d, "tensorrt", "fp16")
+    with pytest.raises(ArtifactError, match="edge-somad calibrate --int8"):
+        open_scorer(d, "onnxruntime", "int8")
+    with pytest.raises(ConfigError, match="fp16"):
+        open_scorer(d, "onnxruntime", "fp16")
+
+
+def test_open_scorer_int8_file_missing_or_replaced(tmp_path: Path) -> None:
+    d = make_model_dir(tmp_path / "m", int8=True)
+    assert open_scorer(d, "onnxruntime", "int8").device == "CPUExecutionProvider"
+    (d / "model.int8.onnx").unlink()
+    with pytest.raises(ArtifactError, match="calibrate --int8"):
+        open_scorer(d, "onnxruntime", "int8")
+
+
+def test_open_scorer_replaced_onnx_is_a_mismatch(tmp_path: Path) -> None:
+    d = make_model_dir(tmp_path / "m")
+    build_onnx(d / "model.onnx", height=32)  # a different graph under the manifest's name
+    with pytest.raises(ArtifactError, match="sha256"):
+        open_scorer(d)
