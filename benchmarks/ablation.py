@@ -1,7 +1,7 @@
 """Ablations of SOMAD design choices against the PaDiM baseline on the same split.
 
-Every variant is fitted and evaluated on the same category and train/holdout split, with the
-torch reference scorer, and one table row is printed per variant. Usage:
+Every variant is fitted, exported and evaluated on the same category and train/holdout split
+(ONNX Runtime on the exported graph: what ships), and one table row is printed per variant. Usage:
     python benchmarks/ablation.py --category bottle --data-root ../shared/data/mvtec_ad \
         --variants default subset d32 d96 padim k1 som32 --json reports/ablation.json
 """
@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
-from edge_somad.config import FitConfig, SomConfig
+from edge_somad.config import FitConfig, InputSpec, SomConfig
 from edge_somad.data import load_category
-from edge_somad.evaluate import compute_metrics, load_test_set
+from edge_somad.evaluate import compute_metrics, load_test_set, score_all
+from edge_somad.export.exporter import export_model
 from edge_somad.fit import fit_model
-from edge_somad.model import load_torch_model, score_frames
+from edge_somad.runtime.ort_scorer import OrtScorer
 
 BASE = FitConfig()
 VARIANTS: dict[str, FitConfig] = {
@@ -36,6 +36,10 @@ VARIANTS: dict[str, FitConfig] = {
     "padim": replace(BASE, method="padim"),
     "padim-subset": replace(BASE, method="padim", projection="subset"),
     "sigma0": replace(BASE, smoothing_sigma=0.0),
+    "lite1": replace(BASE, backbone="efficientnet-lite1"),
+    "lite2": replace(BASE, backbone="efficientnet-lite2"),
+    "r01": replace(BASE, som=SomConfig(radius_end=0.1)),
+    "in256": replace(BASE, input=InputSpec(256, 256)),
 }
 
 
@@ -43,14 +47,13 @@ def run(name: str, config: FitConfig, category_name: str, data_root: Path) -> di
     category = load_category(data_root, category_name)
     with tempfile.TemporaryDirectory() as tmp:
         info = fit_model(category, config, Path(tmp), progress=False)
-        net = load_torch_model(Path(tmp))
+        export_model(Path(tmp))
         ts = load_test_set(category, config.input)
-        t0 = time.perf_counter()
-        scores, maps = score_frames(net, ts.frames)
-        ms = 1000 * (time.perf_counter() - t0) / len(ts.frames)
+        with OrtScorer(Path(tmp) / "model.onnx", config.input.height, config.input.width) as scorer:
+            scores, maps, ms = score_all(scorer, ts.frames)
     m = compute_metrics(ts, scores, maps)
     return {"variant": name, "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"], "pro": m["pro"],
-            "fit_seconds": info["fit_seconds"], "model_bytes": info["model_bytes"], "torch_ms": round(ms, 1)}
+            "fit_seconds": info["fit_seconds"], "model_bytes": info["model_bytes"], "ort_ms": round(ms, 1)}
 
 
 def main() -> None:
@@ -61,12 +64,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rows = []
-    print(f"{'variant':<14}{'img AUROC':>10}{'pix AUROC':>10}{'PRO':>8}{'fit s':>8}{'MB':>7}{'torch ms':>9}", flush=True)
+    print(f"{'variant':<14}{'img AUROC':>10}{'pix AUROC':>10}{'PRO':>8}{'fit s':>8}{'MB':>7}{'ORT ms':>9}", flush=True)
     for name in args.variants:
         r = run(name, VARIANTS[name], args.category, args.data_root)
         rows.append(r)
         print(f"{name:<14}{r['image_auroc']:>10.4f}{r['pixel_auroc']:>10.4f}{r['pro']:>8.4f}"
-              f"{r['fit_seconds']:>8.1f}{r['model_bytes'] / 1e6:>7.1f}{r['torch_ms']:>9.1f}", flush=True)
+              f"{r['fit_seconds']:>8.1f}{r['model_bytes'] / 1e6:>7.1f}{r['ort_ms']:>9.1f}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from edge_somad.export.manifest import load_manifest, save_manifest, sha256_file
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -29,6 +28,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edge_somad.errors import ArtifactError, InputError
+from edge_somad.export.manifest import load_manifest, save_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,8 @@
 """Benchmark the scorers of one model directory in one run: latency, throughput, artifact size.
 
+`edge-somad bench --model models/bottle --backend onnxruntime --backend tensorrt --precision fp16
+ --batch 1 --batch 4 --iters 100 --json bench.json [--pipeline [--video clip.avi]]`
+
 Every requested backend gets a row; one that cannot run here is reported as
 "unavailable: <reason>" (never silently dropped), so a table from a CPU box and one from a Jetson
 differ only in which rows have numbers. The "torch-unfused" row is the same model in eager torch
@@ -9,17 +12,21 @@ Heavy modules (onnxruntime, torch, tensorrt, cv2) are imported inside functions.
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 
 from edge_somad.errors import (
     ArtifactError,
     BackendUnavailableError,
     ConfigError,
+    EdgeSomadError,
     EngineMismatchError,
     InputError,
 )
@@ -145,6 +152,8 @@ def format_table(rows: list[dict]) -> str:
     head = ("backend", "precision", "device", "p50 ms", "p99 ms", "img/s", "@batch", "x torch", "model MB")
     cells = {id(r): _cells(r) for r in rows if r["status"] == "ok"}
     widths = [max(len(c[i]) for c in [head, *cells.values()]) for i in range(len(head))]
+    for i, key in ((0, "backend"), (1, "precision")):
+        widths[i] = max([widths[i]] + [len(r[key]) for r in rows])
     lines = ["  ".join(c.ljust(wd) for c, wd in zip(head, widths, strict=True)).rstrip()]
     for r in rows:
         if id(r) in cells:
@@ -206,3 +215,62 @@ def _ms(seconds: float) -> float:
 
 def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
+
+
+# ---------------------------------------------------------------- CLI
+
+VIDEO_SIZE = (640, 480)  # (width, height) of the generated clip: a VGA camera, so the host resize is real
+
+
+def bench(
+    model: Annotated[Path, typer.Option("--model", help="Exported model directory (manifest.json).")],
+    backend: Annotated[list[str] | None, typer.Option(
+        "--backend", help=f"Repeatable. Default: {', '.join(DEFAULT_BACKENDS)}.")] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32 | fp16 | int8 (the torch row is always fp32).")] = "fp32",
+    batch: Annotated[list[int] | None, typer.Option("--batch", help="Repeatable. Default: 1, 4.")] = None,
+    iters: Annotated[int, typer.Option("--iters", help="Timed calls per batch size.")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls first.")] = 5,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all results as JSON here.")] = None,
+    pipeline: Annotated[bool, typer.Option(
+        "--pipeline", help="Also time the streaming pipeline (capture -> ZeroMQ) per backend.")] = False,
+    video: Annotated[Path | None, typer.Option(
+        "--video", help="Clip for --pipeline; default: made from the bundled test images.")] = None,
+) -> None:
+    """Latency (p50/p99 at batch 1), throughput (best batch) and model size per backend."""
+    backends = list(backend or DEFAULT_BACKENDS)
+    try:
+        rows = bench_scorers(model, backends, precision, list(batch or [1, 4]), iters, warmup)
+    except EdgeSomadError as exc:  # bad arguments, model dir not exported: same exit as the other commands
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from exc
+    typer.echo(format_table(rows))
+    sizes = model_sizes(model)
+    typer.echo("artifacts: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()))
+    result: dict[str, Any] = {"model": str(model), "precision": precision, "iters": iters, "warmup": warmup,
+                              "sizes": sizes, "results": rows}
+    if pipeline:
+        result["pipeline"] = _pipeline(model, rows, precision, max(iters, 2), video)
+        for p in result["pipeline"]:
+            typer.echo(f"pipeline {p['backend']}: " + ", ".join(f"{k}={v}" for k, v in p.items()
+                                                                 if k != "backend"))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+        typer.echo(f"wrote {json_out}")
+
+
+def _pipeline(model: Path, rows: list[dict], precision: str, frames: int, video: Path | None) -> list[dict]:
+    """bench_pipeline for every backend whose scorer ran (the torch reference is not a runtime backend)."""
+    from edge_somad.runtime.pipeline_bench import bench_pipeline
+
+    runnable = [r["backend"] for r in rows if r["status"] == "ok" and r["backend"] != TORCH_REF]
+    out = []
+    with tempfile.TemporaryDirectory(prefix="edge-somad-bench-") as tmp:
+        if video is None and runnable:
+            video = write_video(sample_images(), Path(tmp) / "bench.avi", VIDEO_SIZE)
+        for name in runnable:
+            try:
+                out.append({"backend": name, **bench_pipeline(model, video, name, precision, frames)})
+            except UNAVAILABLE as exc:
+                out.append({"backend": name, "unavailable": str(exc)})
+    return out

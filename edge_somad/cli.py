@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,7 +19,7 @@ from edge_somad.errors import EdgeSomadError
 from edge_somad.runtime.commands import run, subscribe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
-DataRoot = Annotated[Optional[Path], typer.Option(help="Folder holding CATEGORY/train/good (MVTec layout).")]
+DataRoot = Annotated[Path | None, typer.Option(help="Folder holding CATEGORY/train/good (MVTec layout).")]
 
 
 def _fail(exc: Exception) -> None:
@@ -31,9 +31,9 @@ def _fail(exc: Exception) -> None:
 def fit(
     category: Annotated[str, typer.Option(help="MVTec category, or hazelnut_toy (bundled).")] = "hazelnut_toy",
     data_root: DataRoot = None,
-    out: Annotated[Optional[Path], typer.Option(help="Model directory [models/CATEGORY].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Model directory [models/CATEGORY].")] = None,
     backbone: Annotated[str, typer.Option(help="efficientnet-lite0|1|2 or wide_resnet50_2.")] = "efficientnet-lite0",
-    weights: Annotated[Optional[str], typer.Option(help="torchvision .pth for wide_resnet50_2.")] = None,
+    weights: Annotated[str | None, typer.Option(help="torchvision .pth for wide_resnet50_2.")] = None,
     height: Annotated[int, typer.Option(help="Model input height (multiple of 16).")] = 224,
     width: Annotated[int, typer.Option(help="Model input width (multiple of 16).")] = 224,
     resize: Annotated[str, typer.Option(help="letterbox | crop | stretch (stretch distorts).")] = "letterbox",
@@ -59,12 +59,12 @@ def fit(
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model directory.")],
-    category: Annotated[Optional[str], typer.Option(help="[the one it was fitted on]")] = None,
+    category: Annotated[str | None, typer.Option(help="[the one it was fitted on]")] = None,
     data_root: DataRoot = None,
     backend: Annotated[str, typer.Option(help="torch | onnxruntime | tensorrt.")] = "onnxruntime",
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8.")] = "fp32",
-    report: Annotated[Optional[Path], typer.Option(help="Report JSON [MODEL/report.json].")] = None,
-    pictures: Annotated[Optional[Path], typer.Option(help="PNG folder [MODEL/pictures].")] = None,
+    report: Annotated[Path | None, typer.Option(help="Report JSON [MODEL/report.json].")] = None,
+    pictures: Annotated[Path | None, typer.Option(help="PNG folder [MODEL/pictures].")] = None,
 ) -> None:
     """Image/pixel AUROC, PRO, confusion at the threshold; writes a report and PNG pictures."""
     from edge_somad.evaluate import format_table
@@ -79,10 +79,10 @@ def evaluate(
 
 @app.command()
 def export(
-    category: Annotated[Optional[str], typer.Option(help="Fit this category first if MODEL has no fit.")] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", "--out", help="Model dir [models/CATEGORY].")] = None,
+    category: Annotated[str | None, typer.Option(help="Fit this category first if MODEL has no fit.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "--out", help="Model dir [models/CATEGORY].")] = None,
     data_root: DataRoot = None,
-    trt: Annotated[Optional[bool], typer.Option("--trt/--no-trt", help="Build a TensorRT engine [auto].")] = None,
+    trt: Annotated[bool | None, typer.Option("--trt/--no-trt", help="Build a TensorRT engine [auto].")] = None,
     precision: Annotated[str, typer.Option(help="TensorRT precision: fp16 | int8 | fp32.")] = "fp16",
     target_frr: Annotated[float, typer.Option(help="Calibrate at this false-reject rate.")] = 0.005,
 ) -> None:

@@ -25,7 +25,7 @@ from edge_somad.stats import node_statistics, positional_statistics
 
 def split_train(paths: tuple[Path, ...], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """Deterministic fit/holdout split. Holdout images are never seen by the SOM (for calibration)."""
-    n_hold = int(round(fraction * len(paths)))
+    n_hold = round(fraction * len(paths))
     if fraction > 0 and len(paths) >= 4:
         n_hold = max(1, n_hold)
     if len(paths) - n_hold < 2:

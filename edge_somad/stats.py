@@ -61,7 +61,7 @@ def node_statistics(
 
 def positional_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """PaDiM: one Gaussian per position. x (n_images, N, d) -> means (N, d), whiten (N, d, d)."""
-    n_img, n_pos, d = x.shape
+    n_img, _, d = x.shape
     xd = x.to(torch.float64)
     means = xd.mean(0)
     delta = (xd - means).transpose(0, 1)  # (N, n_img, d)

@@ -90,7 +90,7 @@ def trt_wanted(flag: bool | None) -> bool:
         from edge_somad.export.trt_build import gpu_info
 
         gpu_info()
-    except Exception as exc:  # noqa: BLE001 - any failure to see a GPU means "no GPU here"
+    except Exception as exc:
         log.info("tensorrt is installed but no usable GPU (%s): not building an engine", exc)
         return False
     return True

@@ -51,7 +51,7 @@ def to_fp16(src: Path, dst: Path, keep_float32_ops: Collection[str] = FLOAT32_TA
     float16). Returns dst.
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     model = onnx.load(str(src))
     _refuse_subgraphs(model, src)
@@ -65,30 +65,60 @@ def to_fp16(src: Path, dst: Path, keep_float32_ops: Collection[str] = FLOAT32_TA
     inits = {t.name: t for t in g.initializer}
     fp32 = _float32_nodes(nodes, types, inits, set(keep_float32_ops), {o.name for o in g.output})
 
-    # Initializers used only by float16 nodes become float16; shared or out-of-range ones stay
-    # float32 and reach float16 consumers through a Cast (ONNX Runtime and TensorRT fold those).
-    prec: dict[str, int] = {}  # float tensor -> the element type it has in the new graph
+    prec = _convert_initializers(nodes, inits, fp32)  # float tensor -> its element type in the new graph
+    for i in g.input:
+        if types.get(i.name) == TensorProto.FLOAT:
+            prec[i.name] = TensorProto.FLOAT  # keep_io_types
+    new_nodes = _rewrite_nodes(nodes, types, prec, fp32, {o.name for o in g.output})
+
+    del g.node[:]
+    g.node.extend(new_nodes)
+    del g.value_info[:]  # stale float32 annotations; re-inferred below
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # a type we could not infer or retarget: say so, never write a broken graph
+        raise ArtifactError(f"float16 conversion of {src} gave an inconsistent graph ({exc}); "
+                            "build with --precision fp32 and report the op named above") from exc
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _convert_initializers(nodes: list, inits: dict, fp32: set[int]) -> dict[str, int]:
+    """Initializers used only by float16 nodes become float16; shared or out-of-range ones stay
+    float32 and reach float16 consumers through a Cast (ONNX Runtime and TensorRT fold those)."""
+    from onnx import TensorProto, numpy_helper
+
+    prec: dict[str, int] = {}
     for name, t in inits.items():
         if t.data_type != TensorProto.FLOAT:
             continue
         uses = [(i, k) for i, n in enumerate(nodes) for k, x in enumerate(n.input) if x == name]
-        users = [i for i, _ in uses]
         if uses and not any(i in fp32 or _float32_only(nodes[i], k) for i, k in uses):
             arr = numpy_helper.to_array(t)
             if np.abs(arr).max(initial=0.0) <= FP16_MAX:
                 t.CopyFrom(numpy_helper.from_array(arr.astype(np.float16), name))
                 prec[name] = TensorProto.FLOAT16
                 continue
-            fp32.update(users)  # float16 would turn these weights into inf: keep the op in float32
+            fp32.update(i for i, _ in uses)  # float16 would make these weights inf: keep the ops float32
         prec[name] = TensorProto.FLOAT
-    for i in g.input:
-        if types.get(i.name) == TensorProto.FLOAT:
-            prec[i.name] = TensorProto.FLOAT  # keep_io_types
+    return prec
 
-    out_names = {o.name for o in g.output}
+
+def _rewrite_nodes(nodes: list, types: dict[str, int], prec: dict[str, int], fp32: set[int],
+                   out_names: set[str]) -> list:
+    """Retype every node, inserting one Cast per (tensor, precision) where producer and consumer differ."""
+    from onnx import TensorProto, helper
+
     new_nodes, casts = [], {}
     for i, node in enumerate(nodes):
         want = TensorProto.FLOAT if i in fp32 else TensorProto.FLOAT16
+        if i not in fp32 and not any(types.get(o) == TensorProto.FLOAT for o in node.output):
+            # No float output (Shape, comparisons, ArgMax...): take the type of the first float input
+            # instead of casting it, so a Shape of a float32 tensor does not get a useless Cast.
+            want = next((prec[x] for x in node.input if x in prec), want)
         if want == TensorProto.FLOAT16:
             _retarget_attrs(node)
         for k, name in enumerate(node.input):
@@ -118,16 +148,7 @@ def to_fp16(src: Path, dst: Path, keep_float32_ops: Collection[str] = FLOAT32_TA
                 prec[name] = want
         new_nodes.append(node)
         new_nodes.extend(trailing)
-
-    del g.node[:]
-    g.node.extend(new_nodes)
-    del g.value_info[:]  # stale float32 annotations; re-inferred below
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model)
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(dst))
-    return dst
+    return new_nodes
 
 
 def _float32_nodes(nodes: list, types: dict[str, int], inits: dict, keep: set[str],

@@ -28,9 +28,8 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from edge_somad.export.manifest import EngineInfo, Manifest, load_manifest, save_manifest, sha256_file
-
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError, EngineMismatchError
+from edge_somad.export.manifest import EngineInfo, Manifest, load_manifest, save_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError
 from edge_somad.export.manifest import Manifest, load_manifest, sha256_file
 from edge_somad.runtime.scorer import Scorer
-
-from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError
 
 log = logging.getLogger(__name__)
 

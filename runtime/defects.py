@@ -11,6 +11,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from edge_somad.runtime.preprocess import Geometry
 
 # Overlay heat scale: like the PNG heatmap, 0..2x the image threshold maps to the colour map.

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from edge_somad.runtime.scorer import ScoreResult, check_batch
 
 from edge_somad.errors import ArtifactError, BackendUnavailableError
+from edge_somad.runtime.scorer import ScoreResult, check_batch
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edge_somad.errors import ConfigError, InputError
 from edge_somad.export.manifest import Manifest, load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import (
@@ -32,8 +34,6 @@ from edge_somad.runtime.defects import find_defects, render_overlay
 from edge_somad.runtime.preprocess import check_frame, plan_geometry, resize_frame
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import Scorer
-
-from edge_somad.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,8 @@ class Pipeline:
         threshold = self.manifest.threshold
         if p.error is None:
             verdict, p.error = decide(p.score, p.amap, threshold)
+            if verdict == "error" and p.error != NOT_CALIBRATED:
+                p.amap = None  # output of a scorer that produced NaN/inf: publish none of it
         else:
             verdict = "error"
         cal = self.manifest.calibration
@@ -301,6 +303,8 @@ def run_pipeline(
         log.warning("%s: every verdict will be 'error'", NOT_CALIBRATED)
     scorer = open_scorer(Path(model_dir), backend, config.precision)
     try:
+        # First-run allocations (ORT arenas, TensorRT context) happen now, not on the first part.
+        scorer.score(np.zeros((1, manifest.preprocessing.height, manifest.preprocessing.width, 3), np.uint8))
         with Publisher(publish, topic_prefix) as pub:
             log.info("publishing on %s (topics %s/<camera>)", pub.bound_endpoint, topic_prefix)
             if wait_subscribers and not pub.wait_for_subscribers(wait_subscribers, timeout_s=10.0):

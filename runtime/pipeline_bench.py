@@ -18,6 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 import zmq
+
+from edge_somad.errors import ConfigError
 from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.backends import open_scorer
@@ -25,8 +27,6 @@ from edge_somad.runtime.camera import SourceSpec
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.preprocess import resize_frame
 from edge_somad.runtime.publisher import Publisher
-
-from edge_somad.errors import ConfigError
 
 
 def _read_frames(video: Path, n: int) -> list[np.ndarray]:

@@ -110,6 +110,8 @@ def resize_mask(mask: np.ndarray, height: int, width: int, mode: str) -> np.ndar
     return scaled > 127
 
 
-def batch_frames(frames: list[np.ndarray], height: int, width: int, mode: str, pad_value: int = 0) -> np.ndarray:
+def batch_frames(
+    frames: list[np.ndarray], height: int, width: int, mode: str, pad_value: int = 0
+) -> np.ndarray:
     """Resize and stack frames into the graph input (B, height, width, 3) uint8."""
     return np.stack([resize_frame(f, height, width, mode, pad_value) for f in frames])

@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 import zmq
-from edge_somad.runtime import messages
 
 from edge_somad.errors import ConfigError
+from edge_somad.runtime import messages
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import numpy as np
 import zmq
+
 from edge_somad.runtime import messages
 
 log = logging.getLogger(__name__)

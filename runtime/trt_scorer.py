@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from edge_somad.errors import ArtifactError, EdgeSomadError
 from edge_somad.export.manifest import Manifest
 from edge_somad.export.trt_build import (
     check_engine_compat,
@@ -23,8 +25,6 @@ from edge_somad.export.trt_build import (
     rebuild_command,
 )
 from edge_somad.runtime.scorer import ScoreResult, check_batch
-
-from edge_somad.errors import ArtifactError, EdgeSomadError
 
 _IO = {"frames": np.uint8, "anomaly_map": np.float32, "score": np.float32}
 

@@ -30,3 +30,45 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 cuda = _has_cuda()
             if not cuda:
                 item.add_marker(skip_gpu)
+
+
+TINY_SIZE = (64, 96)  # non-square on purpose: height and width are independent everywhere
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.synth import make_mvtec
+
+    return make_mvtec(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from edge_somad.config import FitConfig, InputSpec, SomConfig
+
+    return FitConfig(input=InputSpec(*TINY_SIZE, resize="letterbox"), d=16,
+                     som=SomConfig(epochs=2, batch_size=1024), holdout_fraction=0.2)
+
+
+@pytest.fixture(scope="session")
+def tiny_fitted(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_config) -> Path:
+    """A real fit (EfficientNet-Lite0 weights, SOM, node statistics) on synthetic images, unexported."""
+    from edge_somad.data import load_category
+    from edge_somad.fit import fit_model
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    fit_model(load_category(synth_root, "widget"), tiny_config, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(tmp_path_factory: pytest.TempPathFactory, tiny_fitted: Path) -> Path:
+    """tiny_fitted, copied and exported: model.onnx + manifest.json (no threshold yet)."""
+    import shutil
+
+    from edge_somad.export.exporter import export_model
+
+    out = tmp_path_factory.mktemp("tiny_exported") / "widget"
+    shutil.copytree(tiny_fitted, out)
+    export_model(out)
+    return out

@@ -15,7 +15,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from edge_somad.calibration.quantize import backbone_convs, quantize_int8
+from edge_somad.errors import InputError
 from edge_somad.export.manifest import (
     Manifest,
     Preprocessing,
@@ -24,9 +27,6 @@ from edge_somad.export.manifest import (
     save_manifest,
     sha256_file,
 )
-from onnx import TensorProto, helper, numpy_helper
-
-from edge_somad.errors import InputError
 
 H, W, C, D, K = 32, 48, 8, 4, 6
 INT8_SCORE_RTOL = 0.05  # stated tolerance: int8 scores within 5% of fp32 on in-distribution frames

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
+
 from edge_somad.calibration.threshold import (
     chi2_fit_report,
     chi2_threshold,
@@ -17,8 +19,6 @@ from edge_somad.calibration.threshold import (
     min_defect_area,
     pixel_threshold,
 )
-from scipy import stats
-
 from edge_somad.errors import ConfigError, InputError
 
 

@@ -10,10 +10,10 @@ import pytest
 onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto  # noqa: E402
-from test_trt_tinymodel import build_tiny_onnx, random_frames, run_ort  # noqa: E402
 
 from edge_somad.errors import ArtifactError  # noqa: E402
 from edge_somad.export.fp16 import to_fp16  # noqa: E402
+from tests.test_trt_tinymodel import build_tiny_onnx, random_frames, run_ort  # noqa: E402
 
 
 def _io_types(path: Path) -> dict[str, int]:

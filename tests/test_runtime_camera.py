@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -9,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_runtime_support import defect, grey, write_video
 
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.camera import (
@@ -21,6 +21,7 @@ from edge_somad.runtime.camera import (
     parse_cameras,
     parse_source,
 )
+from tests.test_runtime_support import defect, grey, write_video
 
 
 def drain(cam: CameraSource, timeout: float = 10.0) -> list[FrameItem]:
@@ -84,7 +85,8 @@ def test_video_file_replays_every_frame_then_ends(tmp_path: Path) -> None:
     assert [it.frame_id for it in items] == list(range(12))  # replay waits, nothing dropped
     assert cam.drops == 0 and cam.status == "ended"
     assert all(it.error is None and it.image.shape == (120, 160, 3) for it in items)
-    assert all(b.monotonic >= a.monotonic and b.captured_at >= a.captured_at for a, b in zip(items, items[1:]))
+    assert all(b.monotonic >= a.monotonic and b.captured_at >= a.captured_at
+               for a, b in itertools.pairwise(items))
     assert [e.status for e in events] == ["running", "ended"]
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
+
 from edge_somad.export.manifest import (
     Calibration,
     Manifest,
@@ -21,7 +23,6 @@ from edge_somad.export.manifest import (
     save_manifest,
     sha256_file,
 )
-from onnx import TensorProto, helper
 
 H, W = 64, 96
 THRESHOLD = 0.5

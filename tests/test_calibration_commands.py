@@ -1,0 +1,187 @@
+"""`calibrate` end to end on the stand-in contract graph: real PNGs, split.json, ORT scorer, manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from edge_somad.calibration.commands import (
+    calibrate,
+    calibrate_model,
+    load_holdout_frames,
+    run_calibrate,
+    score_all,
+)
+from edge_somad.calibration.threshold import empirical_threshold, image_chi2_threshold, min_defect_area
+from edge_somad.errors import ArtifactError, ConfigError, DatasetError
+from edge_somad.export.manifest import load_manifest, sha256_file
+from edge_somad.runtime.backends import open_scorer
+from tests.test_calibration_quantize import H, W, make_standin_model_dir, synthetic_frames
+
+N_HOLDOUT, N_TRAIN = 12, 10
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("calibrate")(calibrate)
+
+    @app.callback()
+    def main() -> None:  # forces `calibrate` to be a subcommand, as in the real CLI
+        """edge-somad (test)."""
+
+    return app
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    """Stand-in model + real PNGs (2x the model size, so resizing happens) + split.json."""
+    model_dir = make_standin_model_dir(tmp_path)
+    data_root = tmp_path / "data"
+    (data_root / "train" / "good").mkdir(parents=True)
+    frames = synthetic_frames(N_HOLDOUT + N_TRAIN, seed=3, height=2 * H, width=2 * W)
+    rel = []
+    for i, f in enumerate(frames):
+        rel.append(f"train/good/{i:03d}.png")
+        assert cv2.imwrite(str(data_root / rel[-1]), f)
+    # Holdout: half relative to data_root, half absolute (split.json may hold either).
+    holdout = [p if i % 2 else str(data_root / p) for i, p in enumerate(rel[:N_HOLDOUT])]
+    split = {"train": rel[N_HOLDOUT:], "holdout": holdout, "data_root": str(data_root), "category": "standin"}
+    (model_dir / "split.json").write_text(json.dumps(split))
+    return model_dir
+
+
+def test_calibrate_model_writes_threshold_pixel_rule_and_area(model_dir: Path) -> None:
+    frames = synthetic_frames(N_HOLDOUT, seed=11)
+    with open_scorer(model_dir, "onnxruntime", "fp32") as scorer:
+        scores, maps = score_all(scorer, frames)
+        m = calibrate_model(model_dir, frames, 0.1, "empirical", 0.99, None, scorer, source="test")
+    est = empirical_threshold(scores, 0.1)
+    assert m.threshold == est.threshold
+    assert np.count_nonzero(scores >= m.threshold) == 1  # floor(0.1 * 12) = 1 reject allowed
+    cal = m.calibration
+    assert (cal.method, cal.n_images, cal.target_frr) == ("empirical-quantile", N_HOLDOUT, 0.1)
+    assert cal.pixel_threshold == float(np.quantile(maps, 0.99, method="higher"))
+    assert cal.min_defect_area_px == min_defect_area(maps, cal.pixel_threshold)
+    assert cal.details["frr_upper_95"] == est.frr_upper_95 and cal.details["note"] == est.note
+    assert cal.details["chi2_fit"] == {"skipped": "no patch distances given"}
+    assert load_manifest(model_dir) == m  # saved, and model.onnx still matches its sha256
+
+
+def test_calibrate_model_chi2_with_patch_distances(model_dir: Path) -> None:
+    frames = synthetic_frames(N_HOLDOUT, seed=12)
+    patch_sq = np.random.default_rng(0).chisquare(4, (N_HOLDOUT, 16, 24))  # d = 4 in the stand-in
+    with open_scorer(model_dir, "onnxruntime", "fp32") as scorer:
+        m = calibrate_model(model_dir, frames, 0.05, "chi2", 0.999, 7, scorer, patch_sq_distances=patch_sq)
+    report = m.calibration.details["chi2_fit"]
+    assert report["fits"] is True and report["n_patches"] == patch_sq.size
+    assert m.threshold == pytest.approx(image_chi2_threshold(4, 0.05, 16 * 24, report["scale_estimate"]))
+    assert m.calibration.method == "chi2" and m.calibration.min_defect_area_px == 7
+    assert "empirical" in m.calibration.details  # the data-driven estimate is kept for comparison
+
+
+def test_cli_calibrate_from_split(model_dir: Path) -> None:
+    onnx_before = sha256_file(model_dir / "model.onnx")
+    result = CliRunner().invoke(_app(), ["calibrate", "--model", str(model_dir), "--target-frr", "0.1"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rows = ("threshold", "n images", "achieved FRR", "FRR 95% upper", "pixel threshold", "min defect area")
+    assert all(row in result.output for row in rows)
+    assert "needs >= 10" not in result.output  # 12 images: a 10% target is checkable
+    m = load_manifest(model_dir)
+    assert m.threshold is not None and m.calibration.n_images == N_HOLDOUT
+    assert "held-out" in m.calibration.details["source"]
+    # No torch model can be rebuilt from the stand-in dir: the chi2 report is skipped, not a crash.
+    assert "skipped" in m.calibration.details["chi2_fit"]
+    assert sha256_file(model_dir / "model.onnx") == onnx_before  # never a re-export
+
+
+def test_cli_calibrate_method_chi2_without_patch_grid(model_dir: Path) -> None:
+    result = CliRunner().invoke(
+        _app(), ["calibrate", "--model", str(model_dir), "--method", "chi2", "--target-frr", "0.01"]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    m = load_manifest(model_dir)
+    # No patch grid known: the union bound runs over every map pixel (conservative), scale 1.
+    assert m.threshold == pytest.approx(image_chi2_threshold(4, 0.01, H * W))
+    assert "map pixels" in m.calibration.details["note"]
+
+
+def test_cli_calibrate_int8(model_dir: Path) -> None:
+    result = CliRunner().invoke(
+        _app(), ["calibrate", "--model", str(model_dir), "--target-frr", "0.1", "--int8"]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "model.int8.onnx" in result.output and "MiB" in result.output
+    m = load_manifest(model_dir)
+    assert m.int8_onnx == "model.int8.onnx"
+    assert m.int8_onnx_sha256 == sha256_file(model_dir / "model.int8.onnx")
+    check = m.calibration.details["int8"]
+    assert check["calibrated_on"] == f"{N_TRAIN} training-split images"
+    assert check["score_rel_diff_max_abs"] < 0.1
+    with open_scorer(model_dir, "onnxruntime", "int8") as q8:
+        s8 = score_all(q8, load_holdout_frames(model_dir))[0]
+    assert check["threshold"] == empirical_threshold(s8, 0.1).threshold  # int8's own threshold
+    assert "int8 threshold" in result.output
+    assert m.threshold is not None  # the threshold survives the int8 manifest update
+
+
+def test_cli_calibrate_from_folder(tmp_path: Path) -> None:
+    model_dir = make_standin_model_dir(tmp_path)  # no split.json at all
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for i, f in enumerate(synthetic_frames(5, seed=4, height=H + 10, width=W - 6)):
+        cv2.imwrite(str(folder / f"{i}.png"), f)
+    (folder / "notes.txt").write_text("not an image")
+    result = CliRunner().invoke(
+        _app(), ["calibrate", "--model", str(model_dir), "--calibration-dir", str(folder), "--min-area", "9",
+                 "--pixel-quantile", "0.99", "--backend", "onnxruntime", "--no-int8"],
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "needs >= 200 good images" in result.output and "you gave 5" in result.output
+    m = load_manifest(model_dir)
+    assert m.calibration.n_images == 5 and m.calibration.min_defect_area_px == 9
+    assert m.calibration.details["pixel_rule"].startswith("quantile 0.99 ")
+    assert m.int8_onnx is None and not (model_dir / "model.int8.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "error", "match"),
+    [
+        ("no_split", [], ArtifactError, "split.json does not exist"),
+        ("empty_holdout", [], DatasetError, "0 held-out good images"),
+        ("missing_image", [], DatasetError, "missing or not a readable image"),
+        ("empty_folder", ["--calibration-dir", "{tmp}/empty"], DatasetError, "holds no"),
+        ("none", ["--method", "bayes"], ConfigError, "bayes"),
+    ],
+)
+def test_cli_calibrate_errors(
+    model_dir: Path, tmp_path: Path, setup: str, args: list[str], error: type, match: str
+) -> None:
+    split_path = model_dir / "split.json"
+    split = json.loads(split_path.read_text())
+    if setup == "no_split":
+        split_path.unlink()
+    elif setup == "empty_holdout":
+        split_path.write_text(json.dumps({**split, "holdout": []}))
+    elif setup == "missing_image":
+        split_path.write_text(json.dumps({**split, "holdout": [*split["holdout"], "train/good/nope.png"]}))
+    elif setup == "empty_folder":
+        (tmp_path / "empty").mkdir()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = CliRunner().invoke(_app(), ["calibrate", "--model", str(model_dir), *args])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and match in result.output
+    with pytest.raises(error, match=match):  # the library function raises the typed error
+        run_calibrate(model_dir, 0.005, Path(args[1]) if "--calibration-dir" in args else None,
+                      args[1] if "--method" in args else "empirical", 0.999, None, False, "onnxruntime")
+    assert load_manifest(model_dir).threshold is None  # nothing half-written
+
+
+def test_load_holdout_frames_resizes_split_images(model_dir: Path) -> None:
+    frames = load_holdout_frames(model_dir)
+    assert frames.shape == (N_HOLDOUT, H, W, 3) and frames.dtype == np.uint8

@@ -1,0 +1,122 @@
+"""The runtime as a process: commands, exit codes, SIGTERM, and no torch anywhere."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import typer
+import zmq
+from typer.testing import CliRunner
+
+from edge_somad.runtime import messages
+from edge_somad.runtime.commands import run, subscribe
+from tests.test_runtime_support import build_onnx, defect, free_port, grey, make_model_dir, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def app() -> typer.Typer:
+    a = typer.Typer()
+    a.command("run")(run)
+    a.command("subscribe")(subscribe)
+    return a
+
+
+def test_run_command_exit_codes(tmp_path: Path) -> None:
+    d = make_model_dir(tmp_path / "m")
+    video = write_video(tmp_path / "v.avi", [grey(), defect()] * 3)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    base = ["run", "--camera", str(video), "--model", str(d), "--publish", endpoint]
+    ok = CliRunner().invoke(app(), [*base, "--max-frames", "4", "--heatmap", "f16", "--overlay",
+                                    "--queue-size", "3", "--topic-prefix", "line7", "--log-level", "warning"])
+    assert ok.exit_code == 0, ok.output
+    assert "max frames (4)" in ok.output and "'pass': 2, 'fail': 2" in ok.output
+    bad = CliRunner().invoke(app(), [*base, "--backend", "tensorrt"])
+    assert bad.exit_code == 2 and "tensorrt" in bad.output
+    bad = CliRunner().invoke(app(), [*base, "--precision", "fp16"])
+    assert bad.exit_code == 2 and "fp16" in bad.output
+    bad = CliRunner().invoke(app(), [*base, "--heatmap", "jpeg"])
+    assert bad.exit_code == 2 and "--heatmap 'jpeg'" in bad.output
+    build_onnx(d / "model.onnx", height=32)  # graph replaced after export: manifest mismatch
+    bad = CliRunner().invoke(app(), base)
+    assert bad.exit_code == 2 and "sha256" in bad.output
+    bad = CliRunner().invoke(app(), ["run", "--camera", str(tmp_path / "nope"), "--model", str(d)])
+    assert bad.exit_code == 2 and "neither a camera index" in bad.output
+
+
+def test_subscribe_command_times_out_with_exit_1() -> None:
+    t0 = time.monotonic()
+    res = CliRunner().invoke(app(), ["subscribe", "--connect", f"tcp://127.0.0.1:{free_port()}",
+                                     "--count", "1", "--timeout", "0.3"])
+    assert res.exit_code == 1 and "received 0 of 1" in res.output
+    assert time.monotonic() - t0 < 5
+
+
+def test_sigterm_scores_queue_publishes_final_status_exit_0(tmp_path: Path) -> None:
+    d = make_model_dir(tmp_path / "m")
+    video = write_video(tmp_path / "v.avi", [defect()] * 5)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"somad/")
+    sock.connect(endpoint)
+    # A live source that never connects keeps the pipeline running until it is told to stop.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", "live=http://127.0.0.1:1/x",
+         "--camera", f"v={video}", "--model", str(d), "--publish", endpoint, "--wait-subscribers", "1",
+         "--log-level", "warning"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        got: list[messages.Received] = []
+        deadline = time.monotonic() + 30
+        sent = False
+        while time.monotonic() < deadline:
+            if not sock.poll(100):
+                continue
+            m = messages.parse_message(sock.recv_multipart())
+            got.append(m)
+            verdicts = [g for g in got if g.kind == "verdict"]
+            if not sent and len(verdicts) == 5 and any(
+                    g.header.get("status") == "reconnecting" for g in got if g.kind == "status"):
+                proc.send_signal(signal.SIGTERM)
+                sent = True
+            if m.kind == "status" and m.header.get("event") == "final":
+                break
+        rc = proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    err = proc.stderr.read().decode()
+    assert sent, err
+    assert rc == 0, err
+    final = got[-1].header
+    assert (final["event"], final["reason"], final["status"]) == ("final", "signal SIGTERM", "stopped")
+    assert final["verdicts"]["fail"] == 5
+    assert final["cameras"]["live"]["status"] in ("reconnecting", "stopped")
+
+
+def test_runtime_imports_no_torch(tmp_path: Path) -> None:
+    d = make_model_dir(tmp_path / "m")
+    video = write_video(tmp_path / "v.avi", [grey(), defect()])
+    script = textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        import edge_somad.runtime.backends, edge_somad.runtime.camera, edge_somad.runtime.commands
+        import edge_somad.runtime.defects, edge_somad.runtime.messages, edge_somad.runtime.ort_scorer
+        import edge_somad.runtime.pipeline_bench, edge_somad.runtime.publisher, edge_somad.runtime.subscriber
+        from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
+        final = run_pipeline(Path({str(d)!r}), [{str(video)!r}], publish="tcp://127.0.0.1:{free_port()}",
+                             config=PipelineConfig(overlay=True), handle_signals=False)
+        assert "torch" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)
+        print(json.dumps(final["verdicts"]))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"pass": 1, "fail": 1, "error": 0}
