@@ -383,12 +383,13 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
     }
     calibration = dataclasses.replace(
         manifest.calibration, details={**manifest.calibration.details, "int8": check})
-    manifest = dataclasses.replace(manifest, calibration=calibration)
+    thresholds = {**manifest.precision_thresholds, "int8": float(est.threshold)}
+    manifest = dataclasses.replace(manifest, calibration=calibration, precision_thresholds=thresholds)
     save_manifest(model_dir, manifest)
     typer.echo(
         f"int8             {path.name}: {check['bytes'] / 2**20:.2f} MiB, ranges from {from_where}\n"
         f"int8 vs fp32     good scores {check['score_rel_diff_median']:+.1%} (median), "
         f"{check['good_rejected_at_fp32_threshold']}/{len(s8)} good rejected at the fp32 threshold\n"
-        f"int8 threshold   {est.threshold:.6g} (same rule, int8 scores; calibration.details.int8)"
+        f"int8 threshold   {est.threshold:.6g} (same rule, int8 scores; manifest.precision_thresholds.int8)"
     )
     return manifest

@@ -48,7 +48,7 @@ def evaluate_from_cli(model: Path, category: str | None, data_root: Path | None,
     config = load_config(model)
     threshold = None
     if (model / "manifest.json").is_file():
-        threshold = load_manifest(model, verify_onnx=False).threshold
+        threshold = load_manifest(model, verify_onnx=False).threshold_for(precision)
     elif backend != "torch":
         raise ArtifactError(f"{model} has no manifest.json: run `edge-somad export --model {model}` "
                             "or evaluate the unexported model with --backend torch")

@@ -83,7 +83,22 @@ class Manifest:
     int8_onnx: str | None = None
     int8_onnx_sha256: str | None = None
     engines: tuple[EngineInfo, ...] = ()
+    # Thresholds for graphs whose scores differ from the fp32 graph's (INT8 quantisation noise
+    # shifts Mahalanobis distances). Key: precision. `threshold` above is the fp32 one.
+    precision_thresholds: dict[str, float] = field(default_factory=dict)
     schema: str = MANIFEST_SCHEMA
+
+    def threshold_for(self, precision: str) -> float | None:
+        """The image threshold to apply to scores of the graph run at `precision`.
+
+        fp32 and fp16 share `threshold` (the fp16 graph keeps the distance maths in float32; its
+        scores were measured within 0.2% of fp32). int8 uses only its own calibrated threshold:
+        applying the fp32 one to int8 scores would reject good parts, so None (-> error verdict
+        "not calibrated") until `edge-somad calibrate --int8` has set it.
+        """
+        if precision == "int8":
+            return self.precision_thresholds.get("int8")
+        return self.precision_thresholds.get(precision, self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -239,7 +239,7 @@ class Pipeline:
             self._publish(p)
 
     def _publish(self, p: _Prepared) -> None:
-        threshold = self.manifest.threshold
+        threshold = self.manifest.threshold_for(self.config.precision)
         if p.error is None:
             verdict, p.error = decide(p.score, p.amap, threshold)
             if verdict == "error" and p.error != NOT_CALIBRATED:
@@ -299,7 +299,7 @@ def run_pipeline(
 
     sources = parse_cameras(cameras)
     manifest = load_manifest(Path(model_dir))
-    if manifest.threshold is None:
+    if manifest.threshold_for(config.precision) is None:
         log.warning("%s: every verdict will be 'error'", NOT_CALIBRATED)
     scorer = open_scorer(Path(model_dir), backend, config.precision)
     try:
