@@ -353,20 +353,23 @@ def int8_frames(
 def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: float, source: str) -> Manifest:
     """Write model.int8.onnx; score the good frames with it and record its own threshold.
 
-    INT8 noise in the backbone features is amplified by the whitening, so int8 scores of good parts
-    sit higher than fp32 ones (measured: +15..35% on Hazelnut Toy). manifest.threshold is the fp32
-    one; the int8 graph's threshold, set by the same rule, goes to calibration.details["int8"].
+    The int8 graph's statistics are refit on its own features of the fit images when the model dir
+    allows (int8_stats.fit_frames_for). Its threshold comes from int8 scores of the held-out good
+    frames, same rule as fp32: manifest.precision_thresholds["int8"], details in calibration.details.
     """
     import dataclasses
 
     import numpy as np
 
+    from edge_somad.calibration.int8_stats import fit_frames_for
     from edge_somad.calibration.quantize import quantize_int8
     from edge_somad.calibration.threshold import empirical_threshold
     from edge_somad.export.manifest import load_manifest, save_manifest
 
-    frames, from_where = int8_frames(model_dir, load_manifest(model_dir), good_frames, source)
-    path = quantize_int8(model_dir, frames)
+    manifest = load_manifest(model_dir)
+    frames, from_where = int8_frames(model_dir, manifest, good_frames, source)
+    fit_frames, stats_note = fit_frames_for(model_dir, manifest)
+    path = quantize_int8(model_dir, frames, fit_frames=fit_frames)
     with open_model_scorer(model_dir, "onnxruntime", "fp32") as fp32, \
             open_model_scorer(model_dir, "onnxruntime", "int8") as q8:
         s32, s8 = score_all(fp32, good_frames)[0], score_all(q8, good_frames)[0]
@@ -374,7 +377,7 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
     manifest = load_manifest(model_dir)
     est = empirical_threshold(s8, target_frr)
     check = {
-        "file": path.name, "bytes": path.stat().st_size, "calibrated_on": from_where,
+        "file": path.name, "bytes": path.stat().st_size, "calibrated_on": from_where, "statistics": stats_note,
         "score_rel_diff_median": float(np.median(rel)), "score_rel_diff_max_abs": float(np.abs(rel).max()),
         "good_rejected_at_fp32_threshold":
             None if manifest.threshold is None else int(np.count_nonzero(s8 >= manifest.threshold)),
@@ -388,6 +391,7 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
     save_manifest(model_dir, manifest)
     typer.echo(
         f"int8             {path.name}: {check['bytes'] / 2**20:.2f} MiB, ranges from {from_where}\n"
+        f"int8 statistics  {stats_note}\n"
         f"int8 vs fp32     good scores {check['score_rel_diff_median']:+.1%} (median), "
         f"{check['good_rejected_at_fp32_threshold']}/{len(s8)} good rejected at the fp32 threshold\n"
         f"int8 threshold   {est.threshold:.6g} (same rule, int8 scores; manifest.precision_thresholds.int8)"

@@ -23,9 +23,18 @@ def squared_distances(x: torch.Tensor, nodes: torch.Tensor, nodes_sq: torch.Tens
     return (x_sq - 2.0 * (x @ nodes.transpose(0, 1)) + nodes_sq).clamp_min(0.0)
 
 
+def ranking_distances(x: torch.Tensor, nodes: torch.Tensor, nodes_sq: torch.Tensor) -> torch.Tensor:
+    """|n|^2 - 2 x.n: the squared distance minus |x|^2, which is constant per patch.
+
+    Ranking nodes (top-k, best-matching unit) does not need |x|^2, and skipping it saves two
+    elementwise passes over the (N, M) matrix, ~10% of the CPU graph's time.
+    """
+    return nodes_sq - 2.0 * (x @ nodes.transpose(0, 1))
+
+
 def topk_nearest(x: torch.Tensor, nodes: torch.Tensor, nodes_sq: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (..., N, k) of the k nodes nearest to each patch by Euclidean distance."""
-    return torch.topk(squared_distances(x, nodes, nodes_sq), k, dim=-1, largest=False).indices
+    return torch.topk(ranking_distances(x, nodes, nodes_sq), k, dim=-1, largest=False).indices
 
 
 def min_mahalanobis_sq(

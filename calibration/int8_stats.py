@@ -1,0 +1,150 @@
+"""Quantization-aware statistics: refit the Gaussians of the int8 graph on int8 backbone features.
+
+The head's centres and whitening factors describe the fp32 backbone's features. The int8 backbone
+produces slightly different features (rounding noise, worst in the tight directions of a node's
+covariance), and the whitening amplifies exactly those directions, so good parts score far above
+the fp32 ones. Here the int8 graph's own projected patch features of the fit images go through the
+same statistics as fit (edge_somad.stats, float64 + Cholesky, same node assignment rule), and the
+results replace the centres/whitening initializers of the int8 graph only; model.onnx is untouched.
+The SOM nodes (the top-k search keys) stay those of the fp32 fit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edge_somad.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from edge_somad.export.manifest import Manifest
+
+log = logging.getLogger(__name__)
+FEATURE_BATCH = 8
+
+
+@dataclass(frozen=True)
+class HeadTensors:
+    """Names, in one graph, of the projected-feature tensor and the statistics initializers."""
+
+    features: str  # (B, N, d) projected patch features, the input of the distance head
+    location: str  # centres (M, d) [somad] or means (N, d) [padim]
+    whiten: str  # (M|N, d, d)
+
+
+def _find_initializer(model: onnx.ModelProto, value: np.ndarray, what: str) -> str:
+    """The initializer holding exactly `value` (the fitted array, as exported)."""
+    for init in model.graph.initializer:
+        if tuple(init.dims) == value.shape and np.array_equal(numpy_helper.to_array(init), value):
+            return init.name
+    raise ArtifactError(
+        f"no initializer of the graph equals the fitted {what} {value.shape} from arrays.npz; "
+        "model.onnx was exported from another fit. Re-export (`edge-somad export`) and calibrate again."
+    )
+
+
+def find_head_tensors(model: onnx.ModelProto, location: np.ndarray, whiten: np.ndarray) -> HeadTensors:
+    """Locate the head's inputs by value: location init -> (Gather) -> Sub(features, ·)."""
+    loc, wht = _find_initializer(model, location, "centres/means"), _find_initializer(model, whiten, "whitening")
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    # somad gathers the candidate centre per patch first; padim subtracts the means directly.
+    reached = {loc} | {n.output[0] for n in consumers.get(loc, []) if n.op_type == "Gather"}
+    for name in reached:
+        for node in consumers.get(name, []):
+            if node.op_type == "Sub" and node.input[1] == name:
+                return HeadTensors(node.input[0], loc, wht)
+    raise ArtifactError(
+        f"found {loc!r} in the graph but no Sub(features, {loc}) after it; expected the SOMAD head "
+        "exported by `edge-somad export`."
+    )
+
+
+def int8_features(model: onnx.ModelProto, features: str, input_name: str, frames: np.ndarray) -> np.ndarray:
+    """Run the int8 graph only up to `features` on frames -> (n_images, N, d) float32."""
+    import onnxruntime as ort
+
+    # Cut the graph at the feature tensor so the (float) distance head is not run for nothing.
+    sub = onnx.utils.Extractor(model).extract_model([input_name], [features])
+    sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = [sess.run([features], {input_name: np.ascontiguousarray(frames[i:i + FEATURE_BATCH])})[0]
+           for i in range(0, len(frames), FEATURE_BATCH)]
+    feats = np.concatenate(out).astype(np.float32)
+    if feats.ndim != 3:
+        raise ArtifactError(f"feature tensor {features!r} is {feats.shape}; expected (batch, patches, d)")
+    return feats
+
+
+def refit_statistics(model_dir: Path, int8_path: Path, fit_frames: np.ndarray) -> dict[str, object]:
+    """Replace the centres/whitening of int8_path with statistics of its own features; returns a report."""
+    import torch
+
+    from edge_somad.artifacts import load_arrays, load_config
+    from edge_somad.som import best_matching_units
+    from edge_somad.stats import node_statistics, positional_statistics
+
+    config = load_config(model_dir)
+    arrays = load_arrays(model_dir, config)
+    location = arrays.centers if config.method == "somad" else arrays.means
+    model = onnx.load(str(int8_path))
+    head = find_head_tensors(model, location, arrays.whiten)
+    feats = torch.from_numpy(int8_features(model, head.features, model.graph.input[0].name, fit_frames))
+    if config.method == "somad":
+        flat = feats.reshape(-1, feats.shape[-1])
+        nodes = torch.from_numpy(arrays.nodes)
+        # Same rule as fit: each training patch belongs to its best-matching SOM node.
+        stats = node_statistics(flat, best_matching_units(flat, nodes), nodes, config.eps, config.shrinkage)
+        new_location, new_whiten = stats.centers.numpy(), stats.whiten.numpy()
+    else:
+        means, whiten = positional_statistics(feats, config.eps)
+        new_location, new_whiten = means.numpy(), whiten.numpy()
+    shift = float(np.linalg.norm(new_location - location, axis=-1).mean())
+    _replace(model, head.location, new_location)
+    _replace(model, head.whiten, new_whiten)
+    onnx.save(model, str(int8_path))
+    log.info("int8 statistics refit on %d images; mean centre shift %.4g", len(fit_frames), shift)
+    return {"images": len(fit_frames), "patches": int(feats.shape[0] * feats.shape[1]),
+            "tensors": [head.location, head.whiten], "mean_center_shift": shift}
+
+
+def _replace(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    for init in model.graph.initializer:
+        if init.name == name:
+            old = numpy_helper.to_array(init)
+            if old.shape != value.shape or old.dtype != value.dtype:
+                raise ArtifactError(f"refit {name} is {value.dtype}{value.shape}; graph holds {old.dtype}{old.shape}")
+            init.CopyFrom(numpy_helper.from_array(value, name))
+            return
+    raise ArtifactError(f"initializer {name!r} vanished from the int8 graph")
+
+
+def fit_frames_for(model_dir: Path, manifest: Manifest) -> tuple[np.ndarray | None, str]:
+    """The fit images (split.json train) for the int8 statistics refit, or (None, why not).
+
+    Without arrays.npz or the training split (e.g. a deployed box holding only the ONNX) the int8
+    graph keeps the fp32 fit's statistics; the reason is printed and stored, never hidden.
+    """
+    from edge_somad.artifacts import ARRAYS_NAME
+    from edge_somad.calibration.commands import read_frames, split_paths
+
+    if not (Path(model_dir) / ARRAYS_NAME).is_file():
+        why = f"fp32 fit's (no {ARRAYS_NAME} in {model_dir} to refit from; int8 scores run high)"
+    else:
+        try:
+            paths = split_paths(model_dir, "train")
+        except ArtifactError as exc:
+            paths, why = [], f"fp32 fit's ({exc})"
+        else:
+            why = "fp32 fit's (split.json lists no training images)"
+        if paths:
+            return read_frames(paths, manifest), f"refit on int8 features of {len(paths)} training-split images"
+    log.warning("int8 statistics: %s", why)
+    return None, why
