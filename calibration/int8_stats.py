@@ -72,8 +72,7 @@ def int8_features(model: onnx.ModelProto, features: str, input_name: str, frames
     """Run the int8 graph only up to `features` on frames -> (n_images, N, d) float32."""
     import onnxruntime as ort
 
-    # Cut the graph at the feature tensor so the (float) distance head is not run for nothing.
-    sub = onnx.utils.Extractor(model).extract_model([input_name], [features])
+    sub = _cut_at(model, features)
     sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
     out = [sess.run([features], {input_name: np.ascontiguousarray(frames[i:i + FEATURE_BATCH])})[0]
            for i in range(0, len(frames), FEATURE_BATCH)]
@@ -81,6 +80,32 @@ def int8_features(model: onnx.ModelProto, features: str, input_name: str, frames
     if feats.ndim != 3:
         raise ArtifactError(f"feature tensor {features!r} is {feats.shape}; expected (batch, patches, d)")
     return feats
+
+
+def _cut_at(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """Copy of model whose only output is `output`, keeping just the nodes it depends on.
+
+    Saves running the (float) distance head for nothing. Not onnx.utils.Extractor: it needs
+    inferred shapes for the cut tensor, which shape inference does not always provide.
+    """
+    # Node indices, not id(): protobuf hands out fresh wrapper objects on each access.
+    all_nodes = list(model.graph.node)
+    producer = {out: i for i, node in enumerate(all_nodes) for out in node.output}
+    keep: set[int] = set()
+    stack = [output]
+    while stack:
+        i = producer.get(stack.pop())
+        if i is not None and i not in keep:
+            keep.add(i)
+            stack.extend(all_nodes[i].input)
+    nodes = [all_nodes[i] for i in sorted(keep)]
+    used = {i for n in nodes for i in n.input}
+    graph = onnx.helper.make_graph(
+        nodes, "int8_features", list(model.graph.input),
+        [onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)],
+        [i for i in model.graph.initializer if i.name in used],
+    )
+    return onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
 def refit_statistics(model_dir: Path, int8_path: Path, fit_frames: np.ndarray) -> dict[str, object]:

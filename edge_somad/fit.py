@@ -82,9 +82,10 @@ def fit_model(category: Category, config: FitConfig, out_dir: Path, weights: str
     else:
         means, whiten = positional_statistics(feats.cpu(), config.eps)
         arrays = FittedArrays(projection=projection, whiten=whiten.numpy(), means=means.numpy())
+    # Absolute paths: calibrate/evaluate may run from another working directory.
     split = {
-        "category": category.name, "data_root": str(category.root.parent),
-        "train": [str(p) for p in fit_paths], "holdout": [str(p) for p in hold_paths],
+        "category": category.name, "data_root": str(category.root.parent.resolve()),
+        "train": [str(p.resolve()) for p in fit_paths], "holdout": [str(p.resolve()) for p in hold_paths],
     }
     fit_info = {
         "fit_seconds": round(time.perf_counter() - t0, 2), "device": str(dev),

@@ -73,7 +73,7 @@ def check_graph(path: Path, height: int, width: int) -> GraphReport:
     bad = sorted(set(ops) - TRT_ALLOWED_OPS)
     if bad:
         raise ArtifactError(f"{path} uses operators outside the TensorRT allow-list: {bad}")
-    return GraphReport(path, path.stat().st_size, ops, _largest(graph))
+    return GraphReport(path, path.stat().st_size, ops, _largest(model))
 
 
 def _check_io(graph: object, height: int, width: int, path: Path) -> None:
@@ -91,16 +91,26 @@ def _check_io(graph: object, height: int, width: int, path: Path) -> None:
         raise ArtifactError(f"{path}: input frames is {dims(fr)}; expected uint8 [batch, {height}, {width}, 3]")
 
 
-def _largest(graph: object) -> tuple[str, tuple[int, ...], int]:
-    """Largest intermediate tensor at batch 1 (symbolic batch dims count as 1)."""
-    import onnx
+def _largest(model: object) -> tuple[str, tuple[int, ...], int]:
+    """Largest intermediate tensor at batch 1, from ONNX Runtime's symbolic shape inference.
 
+    onnx's own inference gives up after the exporter's Shape/Reshape arithmetic, which hides
+    exactly the tensors that matter (the gathered whitening factors).
+    """
+    import copy
+
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    m = copy.deepcopy(model)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    inferred = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
     best = ("", (), 0)
-    for vi in list(graph.value_info) + list(graph.output):
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         tt = vi.type.tensor_type
-        shape = tuple(d.dim_value if d.dim_value > 0 else 1 for d in tt.shape.dim)
-        if not shape or not tt.elem_type:
+        if not tt.elem_type or any(not d.HasField("dim_value") for d in tt.shape.dim):
             continue
+        shape = tuple(int(d.dim_value) for d in tt.shape.dim)
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
         nbytes = int(np.prod(shape)) * itemsize
         if nbytes > best[2]:

@@ -122,6 +122,9 @@ def test_cli_calibrate_int8(model_dir: Path) -> None:
     assert m.int8_onnx_sha256 == sha256_file(model_dir / "model.int8.onnx")
     check = m.calibration.details["int8"]
     assert check["calibrated_on"] == f"{N_TRAIN} training-split images"
+    # The stand-in has no arrays.npz: statistics cannot be refit, and the output says so.
+    assert check["statistics"].startswith("fp32 fit's (no arrays.npz")
+    assert "int8 statistics  fp32 fit's" in result.output
     assert check["score_rel_diff_max_abs"] < 0.1
     with open_scorer(model_dir, "onnxruntime", "int8") as q8:
         s8 = score_all(q8, load_holdout_frames(model_dir))[0]

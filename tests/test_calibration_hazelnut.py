@@ -14,6 +14,14 @@ from edge_somad.calibration.threshold import confusion_at_threshold
 from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime.backends import open_scorer
 
+# Stated int8 tolerances for this small model (128 px, d 32, 12x12 SOM). Measured (seed 0, ORT CPU):
+# int8 good scores +1.4% median vs fp32 (max 5%), AUROC 1.0 both, 0/17 escapes and 0/6 false
+# rejects at each precision's own threshold. Before the int8 fixes (Conv-output Q/DQ, fp32
+# statistics): good scores +30..60%, 5/17 escapes at the int8 threshold.
+INT8_GOOD_SCORE_RTOL = 0.10
+INT8_AUROC_TOL = 0.02
+INT8_EXTRA_ERRORS = 1
+
 
 @pytest.fixture(scope="module")
 def hazelnut(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
@@ -41,20 +49,30 @@ def test_calibrate_real_hazelnut_model(hazelnut: tuple[Path, object]) -> None:
     # torch is here, so the chi2 report ran on real patch distances (d = 32).
     assert det["chi2_fit"]["d"] == 32 and det["chi2_fit"]["n_patches"] > 0
     assert m.calibration.pixel_threshold is not None and m.calibration.min_defect_area_px >= 1
-    # INT8: written, recorded, loads in ORT CPU and still ranks defects above good parts.
+    # INT8: written, recorded, statistics refit on its own features, loads in ORT CPU.
     assert m.int8_onnx == "model.int8.onnx" and load_manifest(model_dir).int8_onnx_sha256
+    q8 = det["int8"]
+    assert q8["statistics"].startswith("refit on int8 features of")
+    # Refit statistics put int8 good scores on the fp32 scale (before: +30..60% on this model).
+    assert abs(q8["score_rel_diff_median"]) < INT8_GOOD_SCORE_RTOL, q8
+    # The int8 threshold comes from int8 scores of the held-out good images and passes all of them.
+    assert q8["achieved_frr_on_calibration_set"] == 0.0
     test = cat.test  # type: ignore[attr-defined]
     frames = read_frames([s.path for s in test], m)
     labels = np.array([s.label for s in test])
-    # Measured (seed 0): AUROC 1.0 for both; escapes at each precision's own threshold fp32 0/17,
-    # int8 5/17 (int8 lifts good scores ~60% and its threshold comes from 3 held-out images).
-    bounds = {"fp32": 0.25, "int8": 0.5}
-    for precision, thr in (("fp32", m.threshold), ("int8", det["int8"]["threshold"])):
+    result = {}
+    for precision, thr in (("fp32", m.threshold), ("int8", q8["threshold"])):
         with open_scorer(model_dir, "onnxruntime", precision) as scorer:
             scores = score_all(scorer, frames)[0]
         good, bad = scores[labels == 0], scores[labels == 1]
         auroc = float((bad[:, None] > good[None, :]).mean())
-        assert auroc >= 0.9, f"{precision} image AUROC {auroc:.3f}"
         conf = confusion_at_threshold(labels, [s.defect_type for s in test], scores, thr)
         assert conf["n_good"] == len(good) and conf["n_defect"] == len(bad)
-        assert conf["escapes"] <= bounds[precision] * len(bad), f"{precision}: {conf}"
+        result[precision] = (auroc, conf)
+    (auroc32, conf32), (auroc8, conf8) = result["fp32"], result["int8"]
+    assert auroc32 >= 0.9, result
+    assert auroc8 >= auroc32 - INT8_AUROC_TOL, result
+    # Each precision at its own threshold: int8 lets through and rejects about what fp32 does.
+    assert conf32["escapes"] <= 0.25 * conf32["n_defect"], result
+    assert conf8["escapes"] <= conf32["escapes"] + INT8_EXTRA_ERRORS, result
+    assert conf8["false_rejects"] <= conf32["false_rejects"] + INT8_EXTRA_ERRORS, result

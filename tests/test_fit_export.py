@@ -115,3 +115,20 @@ def test_input_size_must_be_multiple_of_16() -> None:
 
     with pytest.raises(ConfigError, match=r"multiple of 16.*Try 224"):
         InputSpec(height=225)
+
+
+def test_no_k_times_gathered_whitening_tensor(tiny_exported: Path) -> None:
+    """Memory-aware form: candidates are visited one at a time, so no (1, N, k, d, d) tensor exists.
+
+    Shapes come from symbolic inference of the real graph, so a regression to the naive gather
+    (k times the bytes) would show up as the peak.
+    """
+    m = load_manifest(tiny_exported).model["largest_intermediate"]
+    n, d, k = 16 * 24, 16, 4
+    assert n * d * d * 4 <= m["bytes"] < k * n * d * d * 4, m
+
+
+def test_split_paths_are_absolute(tiny_fitted: Path) -> None:
+    split = json.loads((tiny_fitted / "split.json").read_text())
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in split["train"] + split["holdout"])
+    assert Path(split["data_root"]).is_absolute()
