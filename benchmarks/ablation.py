@@ -22,8 +22,11 @@ from edge_somad.fit import fit_model
 from edge_somad.runtime.ort_scorer import OrtScorer
 
 BASE = FitConfig()
+# The configuration before the covariance ablation (the paper's eps, light shrinkage).
+PAPER = replace(BASE, eps=0.01, shrinkage=16.0)
 VARIANTS: dict[str, FitConfig] = {
     "default": BASE,
+    "paper-cov": PAPER,
     "subset": replace(BASE, projection="subset"),
     "d32": replace(BASE, d=32),
     "d48": replace(BASE, d=48),
@@ -35,6 +38,11 @@ VARIANTS: dict[str, FitConfig] = {
     "noshrink": replace(BASE, shrinkage=0.0),
     "shrink64": replace(BASE, shrinkage=64.0),
     "shrink256": replace(BASE, shrinkage=256.0),
+    "shrink1024": replace(BASE, shrinkage=1024.0),
+    "shrink4096": replace(BASE, shrinkage=4096.0),
+    "shrink16k": replace(BASE, shrinkage=16384.0),
+    "pooled": replace(BASE, shrinkage=1e9),
+    "shrink4096-eps1": replace(BASE, shrinkage=4096.0, eps=1.0),
     "eps1": replace(BASE, eps=1.0),
     "padim": replace(BASE, method="padim"),
     "padim-subset": replace(BASE, method="padim", projection="subset"),

@@ -267,7 +267,10 @@ def _pipeline(model: Path, rows: list[dict], precision: str, frames: int, video:
     out = []
     with tempfile.TemporaryDirectory(prefix="edge-somad-bench-") as tmp:
         if video is None and runnable:
-            video = write_video(sample_images(), Path(tmp) / "bench.avi", VIDEO_SIZE)
+            images = sample_images()
+            # Cycle the sample so the clip is as long as the measurement (steady state, not start-up).
+            clip = [images[i % len(images)] for i in range(max(frames, len(images)))] if images else []
+            video = write_video(clip, Path(tmp) / "bench.avi", VIDEO_SIZE)
         for name in runnable:
             try:
                 out.append({"backend": name, **bench_pipeline(model, video, name, precision, frames)})

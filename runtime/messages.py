@@ -61,7 +61,8 @@ def encode_heatmap(
         # max) would make a good part look as alarming as a bad one.
         return None, b""
     png = normalise_map(anomaly_map, threshold)
-    ok, buf = cv2.imencode(".png", png)
+    # Level 1: the map is smooth, so fast compression is within ~10% of the best size at 1/4 the time.
+    ok, buf = cv2.imencode(".png", png, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise InputError(f"could not PNG-encode a heatmap of shape {png.shape}")
     return {"encoding": "png", "shape": shape, "dtype": "uint8", "vmax": PNG_RANGE * threshold}, buf

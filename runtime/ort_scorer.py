@@ -8,6 +8,7 @@ was sized for GPU latency must not quietly run ten times slower.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,6 +52,10 @@ class OrtScorer:
         opts = ort.SessionOptions()
         if intra_op_threads is not None:
             opts.intra_op_num_threads = int(intra_op_threads)
+        if os.environ.get("EDGE_SOMAD_ORT_SPIN", "0") != "1":
+            # ORT's idle workers spin-wait by default; on a small edge CPU that steals the cores the
+            # capture, resize and publish threads need between inferences.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=requested)
         active = self._sess.get_providers()
         dropped = [p for p in requested if p in ACCELERATORS and p not in active]
