@@ -27,6 +27,7 @@ from edge_somad.export.manifest import (
     save_manifest,
     sha256_file,
 )
+from tests.test_trt_tinymodel import run_ort
 
 H, W, C, D, K = 32, 48, 8, 4, 6
 INT8_SCORE_RTOL = 0.05  # stated tolerance: int8 scores within 5% of fp32 on in-distribution frames
@@ -145,10 +146,7 @@ def make_standin_model_dir(root: Path, seed: int = 0) -> Path:
     return model_dir
 
 
-def _run(path: Path, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    amap, score = sess.run(["anomaly_map", "score"], {"frames": frames})
-    return amap, score
+_run = run_ort  # the shared stand-in runner
 
 
 @pytest.fixture(scope="module")
