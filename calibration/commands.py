@@ -269,16 +269,12 @@ def split_paths(model_dir: Path, part: str) -> list[Path]:
 
 
 def read_frames(paths: list[Path], manifest: Manifest) -> np.ndarray:
-    import cv2
-
+    # The same decoder as fit (16-bit and grey files converted the same way), so calibration sees
+    # exactly the pixels the statistics were fitted on.
+    from edge_somad.data import read_image
     from edge_somad.runtime.preprocess import batch_frames
 
-    frames = []
-    for p in paths:
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)  # BGR uint8, as the camera path delivers
-        if img is None:
-            raise DatasetError(f"{p} is missing or not a readable image; fix split.json or the image folder")
-        frames.append(img)
+    frames = [read_image(p) for p in paths]
     pre = manifest.preprocessing
     return batch_frames(frames, pre.height, pre.width, pre.resize, pre.pad_value)
 

@@ -157,7 +157,7 @@ def test_cli_calibrate_from_folder(tmp_path: Path) -> None:
     [
         ("no_split", [], ArtifactError, "split.json does not exist"),
         ("empty_holdout", [], DatasetError, "0 held-out good images"),
-        ("missing_image", [], DatasetError, "missing or not a readable image"),
+        ("missing_image", [], DatasetError, "nope.png does not exist"),
         ("empty_folder", ["--calibration-dir", "{tmp}/empty"], DatasetError, "holds no"),
         ("none", ["--method", "bayes"], ConfigError, "bayes"),
     ],
