@@ -199,13 +199,14 @@ def _feature_grid(model_dir: Path, manifest: Manifest) -> list[int] | None:
 
 
 def score_all(scorer: Scorer, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N,) and maps (N, H, W) for a stack of frames, in batches the scorer accepts."""
+    """Scores (N,) and maps (N, H, W) float32 for a stack of frames, in batches the scorer accepts."""
     import numpy as np
 
+    from edge_somad.evaluate import score_all as score_batches
+
     batch = min(SCORE_BATCH, getattr(scorer, "max_batch", None) or SCORE_BATCH)
-    results = [scorer.score(frames[i:i + batch]) for i in range(0, len(frames), batch)]
-    return (np.concatenate([r.scores for r in results]).astype(np.float32),
-            np.concatenate([r.maps for r in results]).astype(np.float32))
+    scores, maps, _ = score_batches(scorer, frames, batch)
+    return scores.astype(np.float32), maps.astype(np.float32)
 
 
 def open_model_scorer(model_dir: Path, backend: str, precision: str = "fp32") -> Scorer:

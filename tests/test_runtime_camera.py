@@ -21,7 +21,7 @@ from edge_somad.runtime.camera import (
     parse_cameras,
     parse_source,
 )
-from tests.test_runtime_support import defect, grey, write_video
+from tests.test_runtime_support import FakeDriver, defect, grey, write_video
 
 
 def drain(cam: CameraSource, timeout: float = 10.0) -> list[FrameItem]:
@@ -117,22 +117,13 @@ def test_folder_replay_sorted_with_unreadable_image(tmp_path: Path) -> None:
     assert cam.read_errors == 1 and events[-1].status == "ended"
 
 
-class FastLive:
+class FastLive(FakeDriver):
     """A live camera that produces frames as fast as it can (no real device on CI)."""
-
-    def __init__(self, spec: SourceSpec) -> None:
-        self.n = 0
-
-    def opened(self) -> bool:
-        return True
 
     def read(self):
         self.n += 1
         time.sleep(0.0005)
         return "frame", np.full((8, 8, 3), self.n % 256, np.uint8), None
-
-    def release(self) -> None:
-        pass
 
 
 def test_live_source_drops_oldest_when_consumer_is_slow() -> None:

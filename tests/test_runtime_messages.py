@@ -18,7 +18,7 @@ from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.pipeline_bench import bench_pipeline
 from edge_somad.runtime.preprocess import plan_geometry, resize_frame, resize_mask
 from edge_somad.runtime.publisher import Publisher
-from tests.test_runtime_support import H, W, defect, free_port, grey, make_model_dir, write_video
+from tests.test_runtime_support import FakeDriver, H, W, defect, free_port, grey, make_model_dir, write_video
 
 
 def test_png_heatmap_scale_and_roundtrip() -> None:
@@ -78,19 +78,10 @@ def test_overlay_is_a_frame_sized_jpeg() -> None:
     assert jpeg[:2] == b"\xff\xd8" and len(jpeg) > 1000
 
 
-class LiveFrames:
-    def __init__(self, spec: SourceSpec) -> None:
-        pass
-
-    def opened(self) -> bool:
-        return True
-
+class LiveFrames(FakeDriver):
     def read(self):
         time.sleep(0.002)
         return "frame", grey(), None
-
-    def release(self) -> None:
-        pass
 
 
 class SlowScorer:

@@ -18,7 +18,17 @@ from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import NOT_CALIBRATED, Pipeline, PipelineConfig, decide
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import ScoreResult
-from tests.test_runtime_support import THRESHOLD, H, W, defect, free_port, grey, make_model_dir, write_video
+from tests.test_runtime_support import (
+    THRESHOLD,
+    FakeDriver,
+    H,
+    W,
+    defect,
+    free_port,
+    grey,
+    make_model_dir,
+    write_video,
+)
 
 VERDICT_FIELDS = {"schema", "frame_id", "camera", "captured_at", "published_at", "latency_ms", "score",
                   "score_normalised", "threshold", "verdict", "error", "defects", "model", "heatmap"}
@@ -197,23 +207,14 @@ def test_uncalibrated_model_is_error_with_reason(tmp_path: Path) -> None:
     assert vs[1]["score"] > 0.9 and vs[1]["heatmap"]["encoding"] == "f16"  # raw data still useful
 
 
-class FloatFrames:
+class FloatFrames(FakeDriver):
     """A driver that hands out float frames: the pipeline must reject them, not guess a scale."""
-
-    def __init__(self, spec: SourceSpec) -> None:
-        self.n = 0
-
-    def opened(self) -> bool:
-        return True
 
     def read(self):
         self.n += 1
         if self.n > 2:
             return "end", None, "done"
         return "frame", np.zeros((50, 50, 3), np.float32), None
-
-    def release(self) -> None:
-        pass
 
 
 def test_bad_frame_dtype_is_error_verdict(model_dir: Path) -> None:

@@ -100,3 +100,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class FakeDriver:
+    """Stands in for cv2.VideoCapture behind CameraSource's opener; subclasses define read()."""
+
+    def __init__(self, spec: object) -> None:
+        self.n = 0
+
+    def opened(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
