@@ -180,21 +180,32 @@ def sample_images(limit: int = 32) -> list[Path]:
     return found[:limit]
 
 
-def write_video(images: Sequence[Path], out: Path, size: tuple[int, int], fps: float = 10.0) -> Path:
-    """Write images (resized to size=(width, height)) as an MJPG .avi with cv2.VideoWriter."""
+def write_video(images: Sequence[Path], out: Path, size: tuple[int, int] | None, fps: float = 10.0) -> Path:
+    """Write images as an MJPG .avi with cv2.VideoWriter.
+
+    size=(width, height) resizes every image to it; None keeps the images' own resolution (the
+    camera the model was fitted on), and an image of another size is then an error, not a resize.
+    """
     import cv2
+
+    from edge_somad.data import read_image
 
     if not images:
         raise ConfigError("no images to make a video from; pass --video PATH")
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    first = read_image(images[0])
+    width, height = size or (first.shape[1], first.shape[0])
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
     if not writer.isOpened():
         raise BackendUnavailableError(f"OpenCV cannot write MJPG video to {out}; pass --video PATH")
     try:
         for p in images:
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is None:
-                raise ArtifactError(f"cannot read image {p}")
-            writer.write(cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+            img = read_image(p)
+            if size is not None:
+                img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+            elif img.shape[:2] != (height, width):
+                raise ConfigError(f"{p} is {img.shape[1]}x{img.shape[0]}; the video is {width}x{height} "
+                                  "(pass a size to resize, or use images from one camera)")
+            writer.write(img)
     finally:
         writer.release()
     return out

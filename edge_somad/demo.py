@@ -16,30 +16,8 @@ from pathlib import Path
 from edge_somad.data import SAMPLE_CATEGORY, resolve_category
 
 
-def write_line_video(paths: list[Path], out: Path, fps: float = 5.0) -> Path:
-    """Play the test images as their camera would: an MJPG video at the images' own resolution.
-
-    The frames keep the geometry the model was fitted on (same camera, same framing); resizing
-    them to another aspect ratio here would fake a camera change the model never saw.
-    """
-    import cv2
-
-    from edge_somad.data import read_image
-
-    images = [read_image(p) for p in paths]
-    height, width = images[0].shape[:2]
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {out} (MJPG/AVI)")
-    for img in images:
-        if img.shape[:2] != (height, width):
-            raise RuntimeError(f"{out}: frames of {img.shape[:2]} and {(height, width)} cannot share one video")
-        writer.write(img)
-    writer.release()
-    return out
-
-
 def run_demo(out: Path, publish: str) -> int:
+    from edge_somad.bench import write_video
     from edge_somad.evaluate import format_table
     from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
     from edge_somad.runtime.subscriber import subscribe_loop
@@ -53,7 +31,8 @@ def run_demo(out: Path, publish: str) -> int:
     report = evaluate_from_cli(out, SAMPLE_CATEGORY, cat.root.parent, "onnxruntime", "fp32", None, None)
     print(format_table(report), file=sys.stderr)
     samples = list(cat.test)
-    video = write_line_video([s.path for s in samples], out / "line.avi")
+    # The camera's own resolution: resizing to another aspect ratio would fake a camera change.
+    video = write_video([s.path for s in samples], out / "line.avi", None, fps=5.0)
     print(f"[3/4] streaming {video} ({len(samples)} frames) as camera 'line1' to {publish}", file=sys.stderr)
     connect = publish.replace("*", "127.0.0.1")
     received = io.StringIO()

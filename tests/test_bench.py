@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_somad import bench as B
-from edge_somad.errors import BackendUnavailableError, InputError
+from edge_somad.errors import BackendUnavailableError, ConfigError, InputError
 from edge_somad.runtime.scorer import ScoreResult, check_batch
 from tests.test_trt_tinymodel import H, W, make_model_dir
 
@@ -175,3 +175,18 @@ def test_cli_error_exit_for_a_directory_that_was_not_exported(tmp_path: Path) ->
     res = CliRunner().invoke(app, ["bench", "--model", str(tmp_path), "--backend", "onnxruntime"])
     assert res.exit_code == 2
     assert "manifest.json" in res.output and "edge-somad export" in res.output
+
+
+def test_write_video_keeps_native_size_and_refuses_mixed_sizes(tmp_path: Path) -> None:
+    import cv2
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    cv2.imwrite(str(a), np.zeros((48, 64, 3), np.uint8))
+    cv2.imwrite(str(b), np.zeros((64, 64, 3), np.uint8))
+    video = B.write_video([a, a], tmp_path / "v.avi", None)
+    cap = cv2.VideoCapture(str(video))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (48, 64, 3)
+    with pytest.raises(ConfigError, match=r"b\.png is 64x64; the video is 64x48"):
+        B.write_video([a, b], tmp_path / "w.avi", None)
