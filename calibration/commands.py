@@ -102,6 +102,7 @@ def calibrate_model(
     """
     import dataclasses
 
+    from edge_somad.calibration import selfcheck
     from edge_somad.calibration import threshold as th
     from edge_somad.export.manifest import Calibration, load_manifest, save_manifest
 
@@ -128,6 +129,8 @@ def calibrate_model(
     }
     if method == "chi2":
         details["empirical"] = dataclasses.asdict(empirical)
+    details["self_check"] = selfcheck.self_check(lambda f: score_all(scorer, f)[0], good_frames, scores,
+                                                 estimate.threshold, manifest.preprocessing.pad_value)
     calibration = Calibration(
         method="empirical-quantile" if method == "empirical" else "chi2",
         target_frr=float(target_frr),
@@ -163,6 +166,15 @@ def _chi2_estimate(
 ) -> Any:
     """chi2 image threshold (union bound over patches), with its FRR checked on the good scores."""
     import numpy as np
+
+    norm = manifest.model.get("score_norm", "none")
+    if norm != "none":
+        # chi2(d) describes raw squared Mahalanobis distances; this model's score is in z units.
+        raise ConfigError(
+            f"--method chi2 sets a threshold on raw Mahalanobis distances, but {model_dir} scores "
+            f"per-position standardised distances (score_norm={norm}). Use --method empirical, or "
+            "fit with --score-norm none to use chi2."
+        )
 
     from edge_somad.calibration import threshold as th
 
@@ -307,6 +319,8 @@ def patch_sq_distances(model_dir: Path, frames: np.ndarray) -> tuple[np.ndarray 
 
 
 def format_table(manifest: Manifest) -> str:
+    from edge_somad.calibration import selfcheck
+
     cal, det = manifest.calibration, manifest.calibration.details
     rows = [
         ("threshold", f"{manifest.threshold:.6g}  ({cal.method})"),
@@ -317,6 +331,7 @@ def format_table(manifest: Manifest) -> str:
         ("pixel threshold", f"{cal.pixel_threshold:.6g}"),
         ("min defect area", f"{cal.min_defect_area_px} px"),
         ("chi2 fit", _chi2_summary(det.get("chi2_fit", {"skipped": "not recorded"}))),
+        ("self-check", selfcheck.summary(det.get("self_check"))),
         ("note", det["note"]),
     ]
     return "\n".join(f"{k:<16} {v}" for k, v in rows)

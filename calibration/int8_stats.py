@@ -23,6 +23,10 @@ from onnx import numpy_helper
 from edge_somad.errors import ArtifactError
 
 if TYPE_CHECKING:
+    import torch
+
+    from edge_somad.artifacts import FittedArrays
+    from edge_somad.config import FitConfig
     from edge_somad.export.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -134,10 +138,30 @@ def refit_statistics(model_dir: Path, int8_path: Path, fit_frames: np.ndarray) -
     shift = float(np.linalg.norm(new_location - location, axis=-1).mean())
     _replace(model, head.location, new_location)
     _replace(model, head.whiten, new_whiten)
+    tensors = [head.location, head.whiten]
+    if config.score_norm != "none":
+        tensors += _refit_norm(model, arrays, config, feats, new_location, new_whiten)
     onnx.save(model, str(int8_path))
     log.info("int8 statistics refit on %d images; mean centre shift %.4g", len(fit_frames), shift)
     return {"images": len(fit_frames), "patches": int(feats.shape[0] * feats.shape[1]),
-            "tensors": [head.location, head.whiten], "mean_center_shift": shift}
+            "tensors": tensors, "mean_center_shift": shift}
+
+
+def _refit_norm(model: onnx.ModelProto, arrays: FittedArrays, config: FitConfig, feats: torch.Tensor,
+                location: np.ndarray, whiten: np.ndarray) -> list[str]:
+    """The per-position score statistics, re-measured on the int8 graph's own training maps."""
+    import dataclasses
+
+    from edge_somad.fit import with_position_norm
+
+    key = "centers" if config.method == "somad" else "means"
+    int8_arrays = dataclasses.replace(arrays, whiten=whiten, **{key: location}, norm_mean=None, norm_std=None)
+    refit = with_position_norm(int8_arrays, config, feats)
+    names = [_find_initializer(model, arrays.norm_mean, "score mean"),
+             _find_initializer(model, (1.0 / arrays.norm_std).astype(np.float32), "score 1/std")]
+    _replace(model, names[0], refit.norm_mean)
+    _replace(model, names[1], (1.0 / refit.norm_std).astype(np.float32))
+    return names
 
 
 def _replace(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:

@@ -36,6 +36,9 @@ class FittedArrays:
     centers: np.ndarray | None = None  # somad (M, d): Mahalanobis centres
     counts: np.ndarray | None = None  # somad (M,)
     means: np.ndarray | None = None  # padim (N, d)
+    # score_norm != none: per-position mean / std of the training images' patch distances (N,)
+    norm_mean: np.ndarray | None = None
+    norm_std: np.ndarray | None = None
 
 
 def save_model(out_dir: Path, config: FitConfig, arrays: FittedArrays, split: dict[str, Any],
@@ -44,7 +47,7 @@ def save_model(out_dir: Path, config: FitConfig, arrays: FittedArrays, split: di
     d = arrays.whiten.shape[-1]
     rows, cols = np.tril_indices(d)
     payload = {"projection": arrays.projection, "whiten_tril": arrays.whiten[:, rows, cols]}
-    for name in ("nodes", "centers", "counts", "means"):
+    for name in ("nodes", "centers", "counts", "means", "norm_mean", "norm_std"):
         value = getattr(arrays, name)
         if value is not None:
             payload[name] = value
@@ -69,7 +72,8 @@ def load_arrays(model_dir: Path, config: FitConfig) -> FittedArrays:
             data = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise ArtifactError(f"{path} is corrupt ({exc}); re-run edge-somad fit") from exc
-    missing = [k for k in _REQUIRED[config.method] if k not in data]
+    required = _REQUIRED[config.method] + (("norm_mean", "norm_std") if config.score_norm != "none" else ())
+    missing = [k for k in required if k not in data]
     if missing:
         raise ArtifactError(f"{path} lacks arrays {missing} needed by method={config.method}; re-run fit")
     d = data["projection"].shape[0]

@@ -40,8 +40,11 @@ def fit(
     method: Annotated[str, typer.Option(help="somad | padim (baseline).")] = "somad",
     d: Annotated[int, typer.Option(help="Projected feature dimension.")] = 64,
     projection: Annotated[str, typer.Option(help="gaussian | subset | none.")] = "gaussian",
-    som_size: Annotated[int, typer.Option(help="SOM grid K (KxK); 0 = feature grid.")] = 0,
+    som_size: Annotated[int, typer.Option(help="SOM grid K (KxK); 0 = feature grid capped at 3136 nodes.")] = 0,
     topk: Annotated[int, typer.Option(help="Nearest SOM nodes searched per patch.")] = 4,
+    score_norm: Annotated[str, typer.Option(
+        help="zscore: standardise each position by the training maps (nominal hot zones stop winning); none: raw."
+    )] = "zscore",
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
@@ -50,7 +53,7 @@ def fit(
 
     try:
         info = fit_from_cli(category, data_root, out, backbone, weights, height, width, resize, method, d,
-                            projection, som_size, topk, seed, device)
+                            projection, som_size, topk, score_norm, seed, device)
     except EdgeSomadError as exc:
         _fail(exc)
     typer.echo(json.dumps(info, indent=2))

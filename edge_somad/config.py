@@ -15,6 +15,9 @@ CONFIG_SCHEMA = "edge-somad/fit-config/1"
 BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "wide_resnet50_2")
 PROJECTIONS = ("gaussian", "subset", "none")
 METHODS = ("somad", "padim")
+# How patch distances become the map the image score is taken from: raw Mahalanobis distances, or
+# z-scored per position with statistics of the training images' own maps (see scoring.standardise).
+SCORE_NORMS = ("none", "zscore")
 # How a camera frame becomes the model's HxW input. Distorting the part is a visible choice:
 # "letterbox" keeps the aspect ratio and pads, "crop" keeps it and cuts the long side,
 # "stretch" squashes the frame to HxW.
@@ -48,10 +51,21 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class SomConfig:
-    """Self-organising map training. rows/cols of 0 mean 'the feature grid size' (the paper's choice)."""
+    """Self-organising map training.
+
+    rows/cols of 0 mean "the feature grid, capped at max_nodes": the paper sizes the map like the
+    feature grid, which makes fit, scoring and the model grow with the square of the pixel count.
+    Capping the node count (aspect kept) makes them linear in pixels; 3136 = the 56x56 grid of a
+    224x224 input, so the 224x224 default is the paper's choice exactly.
+    """
 
     rows: int = 0
     cols: int = 0
+    max_nodes: int = 3136
+    # Patches drawn (fresh, at random) for each epoch. Placing 3136 nodes needs a sample, not every
+    # patch: without the cap SOM training grew with images x pixels (711 s at 560x224). Node
+    # statistics still use every training patch.
+    max_patches_per_epoch: int = 300_000
     epochs: int = 3
     batch_size: int = 4096
     lr_start: float = 0.5
@@ -63,6 +77,10 @@ class SomConfig:
     def __post_init__(self) -> None:
         if self.rows < 0 or self.cols < 0 or (self.rows == 0) != (self.cols == 0):
             raise ConfigError(f"SOM grid {self.rows}x{self.cols}: give both rows and cols > 0, or both 0")
+        if self.max_patches_per_epoch < 1:
+            raise ConfigError(f"SOM max_patches_per_epoch={self.max_patches_per_epoch} must be >= 1")
+        if self.max_nodes < 4:
+            raise ConfigError(f"SOM max_nodes={self.max_nodes} must be >= 4")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"SOM epochs={self.epochs}, batch_size={self.batch_size}: both must be >= 1")
         if not 0 < self.lr_end <= self.lr_start <= 1:
@@ -89,6 +107,9 @@ class FitConfig:
     eps: float = 1.0
     shrinkage: float = 4096.0
     smoothing_sigma: float = 4.0
+    score_norm: str = "zscore"
+    # Floor of the per-position std, as a fraction of its median over positions (score_norm=zscore).
+    norm_std_floor: float = 0.1
     # Share of train/good held out (never seen by the SOM) to calibrate the pass/fail threshold.
     holdout_fraction: float = 0.1
     seed: int = 0
@@ -108,6 +129,10 @@ class FitConfig:
             raise ConfigError(f"eps={self.eps} must be > 0 and shrinkage={self.shrinkage} >= 0")
         if self.smoothing_sigma < 0:
             raise ConfigError(f"smoothing_sigma={self.smoothing_sigma} must be >= 0 (0 disables smoothing)")
+        if self.score_norm not in SCORE_NORMS:
+            raise ConfigError(f"score_norm={self.score_norm!r} is unknown; expected one of {SCORE_NORMS}")
+        if not 0 < self.norm_std_floor <= 1:
+            raise ConfigError(f"norm_std_floor={self.norm_std_floor} must be in (0, 1]")
         if not 0 <= self.holdout_fraction < 0.5:
             raise ConfigError(f"holdout_fraction={self.holdout_fraction} must be in [0, 0.5)")
 
@@ -117,6 +142,8 @@ class FitConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitConfig:
         data = dict(data)
+        # Models fitted before score_norm existed scored raw distances and carry no norm arrays.
+        data.setdefault("score_norm", "none")
         schema = data.pop("schema", None)
         if schema != CONFIG_SCHEMA:
             raise ArtifactError(

@@ -130,6 +130,11 @@ def load_category(data_root: Path, category: str) -> Category:
             if kind == "good":
                 test.append(Sample(path, 0, kind, None))
                 continue
+            if not gt_dir.is_dir():
+                # No ground_truth/ at all: an image-level set (e.g. screw here). Pixel metrics are
+                # skipped for it; a partial ground_truth/ is still an error below.
+                test.append(Sample(path, 1, kind, None))
+                continue
             mask = _find_mask(gt_dir / kind, path.stem)
             if mask is None:
                 # A defect without ground truth would silently count as 'no defect pixels' in the

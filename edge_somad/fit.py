@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_somad import __version__
+from edge_somad import __version__, scoring
 from edge_somad.artifacts import FittedArrays, model_bytes, save_model
 from edge_somad.backbones import load_backbone
 from edge_somad.config import FitConfig
@@ -82,6 +83,7 @@ def fit_model(category: Category, config: FitConfig, out_dir: Path, weights: str
     else:
         means, whiten = positional_statistics(feats.cpu(), config.eps)
         arrays = FittedArrays(projection=projection, whiten=whiten.numpy(), means=means.numpy())
+    arrays = with_position_norm(arrays, config, feats)
     # Absolute paths: calibrate/evaluate may run from another working directory.
     split = {
         "category": category.name, "data_root": str(category.root.parent.resolve()),
@@ -97,6 +99,24 @@ def fit_model(category: Category, config: FitConfig, out_dir: Path, weights: str
     save_model(out_dir, config, arrays, split, fit_info)
     fit_info["model_bytes"] = model_bytes(out_dir)
     return fit_info
+
+
+def with_position_norm(arrays: FittedArrays, config: FitConfig, feats: torch.Tensor, batch: int = 8) -> FittedArrays:
+    """Add the per-position statistics of the training images' own patch distances (score_norm).
+
+    In-sample maps sit a little low (the model has seen these patches), but by about the same amount
+    at every position, and the threshold is still set on held-out images, so the bias cannot make
+    the calibrated false-reject rate optimistic.
+    """
+    if config.score_norm == "none":
+        return arrays
+    from edge_somad.model import Head
+
+    head = Head(arrays, config).to(feats.device)
+    with torch.inference_mode():
+        dist = torch.cat([head(feats[i : i + batch]) for i in range(0, len(feats), batch)])
+    mean, std = scoring.position_statistics(dist.cpu(), config.norm_std_floor)
+    return dataclasses.replace(arrays, norm_mean=mean.numpy(), norm_std=std.numpy())
 
 
 def _fit_som(feats: torch.Tensor, config: FitConfig, grid: tuple[int, int], projection: np.ndarray,

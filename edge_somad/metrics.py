@@ -92,16 +92,34 @@ def _check_maps(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.nda
     return masks, maps
 
 
-def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
-    """Pixel-level AUROC over every pixel of every image.
+def _check_valid(valid: np.ndarray | None, masks: np.ndarray) -> np.ndarray:
+    """The pixels that count: all of them, or those marked True (e.g. image content, not padding)."""
+    if valid is None:
+        return np.ones(masks.shape, bool)
+    valid = np.asarray(valid)
+    if valid.ndim == 2:
+        valid = valid[None]
+    if valid.shape != masks.shape:
+        raise ValueError(f"valid {valid.shape} and masks {masks.shape}: expected equal shapes (N, H, W)")
+    if masks[~valid.astype(bool)].any():
+        raise ValueError("masks mark defect pixels outside the valid region; a defect cannot lie in padding")
+    return valid.astype(bool)
+
+
+def pixel_auroc(masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Pixel-level AUROC over every pixel (or every `valid` pixel) of every image.
+
+    valid (N, H, W) bool excludes pixels that are not image content (letterbox padding): counting
+    them as good pixels inflates the metric with pixels no camera ever saw.
 
     Same value as auroc() (ties count 1/2), computed as the Mann-Whitney statistic: sort the good
     pixels once (np.sort, no index array) and binary-search the defect pixels into them. For
     100x224x224 maps that is ~4x faster and lighter than building the full ROC curve.
     """
     masks, maps = _check_maps(masks, maps)
-    _check_both_classes(masks.ravel(), "pixel_auroc")
-    good = np.sort(maps[~masks])
+    keep = _check_valid(valid, masks)
+    _check_both_classes(masks[keep], "pixel_auroc")
+    good = np.sort(maps[~masks & keep])
     bad = maps[masks]
     below = np.searchsorted(good, bad, side="left").sum(dtype=np.float64)
     ties = (np.searchsorted(good, bad, side="right") - np.searchsorted(good, bad, side="left")).sum(
@@ -127,9 +145,12 @@ def _regions(masks: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
 
 
 def pro_curve(
-    masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, num_thresholds: int = 200
+    masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, num_thresholds: int = 200,
+    valid: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-region-overlap curve (fpr, pro) on [0, fpr_limit], ending exactly at fpr_limit.
+
+    valid (N, H, W) bool: only those pixels count as good pixels for the false-positive rate.
 
     Thresholds are the good-pixel scores at num_thresholds evenly spaced FPR targets, so every
     point is exact (no approximation of FPR); only the spacing between points is coarse.
@@ -139,7 +160,7 @@ def pro_curve(
         raise ValueError(f"fpr_limit={fpr_limit}; expected 0 < fpr_limit <= 1")
     if num_thresholds < 2:
         raise ValueError(f"num_thresholds={num_thresholds}; expected >= 2")
-    good = np.sort(maps[~masks])
+    good = np.sort(maps[~masks & _check_valid(valid, masks)])
     n_good = good.size
     if n_good == 0:
         raise ValueError("masks are all defect: no good pixels to measure the false-positive rate")
@@ -167,7 +188,7 @@ def pro_curve(
     return fpr[keep], pro[keep]
 
 
-def pro_score(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
+def pro_score(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, valid: np.ndarray | None = None) -> float:
     """Area under the PRO curve for FPR in [0, fpr_limit], divided by fpr_limit (MVTec AD: in [0, 1])."""
-    fpr, pro = pro_curve(masks, maps, fpr_limit)
+    fpr, pro = pro_curve(masks, maps, fpr_limit, valid=valid)
     return _trapezoid(pro, fpr) / fpr_limit

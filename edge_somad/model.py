@@ -19,14 +19,17 @@ from edge_somad.config import FitConfig
 from edge_somad.features import FeatureExtractor
 
 
-class SomadNet(nn.Module):
-    def __init__(self, features: FeatureExtractor, arrays: FittedArrays, config: FitConfig) -> None:
+class Head(nn.Module):
+    """Projected patch features (B, N, d) -> patch distances (B, N), standardised per position.
+
+    Split from the backbone so fit (on cached features), the int8 refit and the exported graph all
+    run this one module: one definition of a patch's score.
+    """
+
+    def __init__(self, arrays: FittedArrays, config: FitConfig) -> None:
         super().__init__()
-        self.features = features
         self.method = config.method
         self.topk = config.topk
-        self.size = (config.input.height, config.input.width)
-        self.grid = features.grid
         t = torch.from_numpy
         self.register_buffer("whiten", t(arrays.whiten))
         if config.method == "somad":
@@ -36,26 +39,43 @@ class SomadNet(nn.Module):
             self.register_buffer("centers", t(arrays.centers))
         else:
             self.register_buffer("means", t(arrays.means))
-        kernel = scoring.gaussian_kernel1d(config.smoothing_sigma) if config.smoothing_sigma > 0 else None
-        self.register_buffer("kernel", kernel)
+        # Absent until fit has measured the training maps (and always absent for score_norm=none).
+        norm = arrays.norm_mean is not None and arrays.norm_std is not None
+        self.register_buffer("norm_mean", t(arrays.norm_mean) if norm else None)
+        self.register_buffer("norm_inv_std", t(1.0 / arrays.norm_std) if norm else None)
 
-    def patch_distances_sq(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) BGR -> squared Mahalanobis per patch (B, h*w)."""
-        x = self.features(frames)
+    def distances_sq(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance per patch (B, N), raw (what chi2 theory describes)."""
         if self.method == "somad":
             idx = scoring.topk_nearest(x, self.nodes, self.nodes_sq, self.topk)
             return scoring.min_mahalanobis_sq(x, self.centers, self.whiten, idx)
         return scoring.positional_mahalanobis_sq(x, self.means, self.whiten)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dist = self.distances_sq(x).clamp_min(0).sqrt()
+        if self.norm_mean is None:
+            return dist
+        return scoring.standardise(dist, self.norm_mean, self.norm_inv_std)
+
+
+class SomadNet(nn.Module):
+    def __init__(self, features: FeatureExtractor, arrays: FittedArrays, config: FitConfig) -> None:
+        super().__init__()
+        self.features = features
+        self.head = Head(arrays, config)
+        self.size = (config.input.height, config.input.width)
+        self.grid = features.grid
+        kernel = scoring.gaussian_kernel1d(config.smoothing_sigma) if config.smoothing_sigma > 0 else None
+        self.register_buffer("kernel", kernel)
+
     def patch_distances(self, frames: torch.Tensor) -> torch.Tensor:
-        """Mahalanobis distances at the patch grid (B, h, w) (not squared, not smoothed)."""
-        d2 = self.patch_distances_sq(frames)
+        """Raw Mahalanobis distances at the patch grid (B, h, w) (not standardised, not smoothed)."""
+        d2 = self.head.distances_sq(self.features(frames))
         return d2.clamp_min(0).sqrt().reshape(-1, *self.grid)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames uint8 (B, H, W, 3) BGR -> (anomaly_map (B, H, W) float32, score (B,) float32)."""
-        dist = self.patch_distances_sq(frames).clamp_min(0).sqrt()
-        amap = scoring.smooth_and_upsample(dist, self.grid, self.size, self.kernel)
+        amap = scoring.smooth_and_upsample(self.head(self.features(frames)), self.grid, self.size, self.kernel)
         return amap, scoring.image_scores(amap)
 
 

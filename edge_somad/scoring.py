@@ -69,6 +69,28 @@ def positional_mahalanobis_sq(x: torch.Tensor, means: torch.Tensor, whiten: torc
     return (z * z).sum(-1)
 
 
+def standardise(dist: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
+    """Per-position z-score of patch distances: (B, N) with mean, inv_std (N,) from good images.
+
+    A position that is hot on every good part (a tread centre, a specular rim) stops winning the
+    image maximum; a defect is measured against what is normal *at that place*.
+    """
+    return (dist - mean) * inv_std
+
+
+def position_statistics(dist: torch.Tensor, std_floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and floored std per position of good images' patch distances (n, N) -> (N,), (N,).
+
+    The floor (a fraction of the median std) keeps a position that happened to be calm on the few
+    training images from turning noise into a z-score of 50.
+    """
+    d = dist.to(torch.float64)
+    mean = d.mean(0)
+    std = d.std(0, unbiased=True) if d.shape[0] > 1 else torch.ones_like(mean)
+    floor = std_floor * float(std.median())
+    return mean.to(torch.float32), std.clamp_min(max(floor, 1e-6)).to(torch.float32)
+
+
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     """Normalised 1-D Gaussian, radius ceil(4 sigma) (the paper's sigma=4 -> 33 taps)."""
     radius = max(1, math.ceil(4.0 * sigma))

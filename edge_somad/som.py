@@ -28,6 +28,17 @@ class SomResult:
     quantisation_error: float  # mean distance of training patches to their BMU after training
 
 
+def som_grid(feature_grid: tuple[int, int], config: SomConfig) -> tuple[int, int]:
+    """The SOM's rows x cols: explicit, or the feature grid scaled down (aspect kept) to max_nodes."""
+    if config.rows:
+        return config.rows, config.cols
+    h, w = feature_grid
+    if h * w <= config.max_nodes:
+        return h, w
+    scale = math.sqrt(config.max_nodes / (h * w))
+    return max(2, math.floor(h * scale)), max(2, math.floor(w * scale))
+
+
 def init_nodes(position_means: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Nodes from per-position means (the paper's init): (h, w, d) means resized to (rows, cols, d)."""
     m = position_means.permute(2, 0, 1).unsqueeze(0)  # (1, d, h, w)
@@ -66,11 +77,12 @@ def train_som(
     seed: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> SomResult:
-    """Train a SOM on all patch features (n, d); grid from config (0 = the feature grid)."""
+    """Train a SOM on all patch features (n, d); grid from som_grid()."""
     h, w, _ = position_means.shape
-    rows, cols = (config.rows, config.cols) if config.rows else (h, w)
+    rows, cols = som_grid((h, w), config)
     nodes = init_nodes(position_means, rows, cols).to(features)
-    n = features.shape[0]
+    n_all = features.shape[0]
+    n = min(n_all, config.max_patches_per_epoch)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total = config.epochs * steps_per_epoch
     r0 = config.radius_start or max(rows, cols) / 4.0
@@ -78,7 +90,7 @@ def train_som(
     gen = torch.Generator().manual_seed(seed)
     step = 0
     for _ in range(config.epochs):
-        order = torch.randperm(n, generator=gen).to(features.device)
+        order = torch.randperm(n_all, generator=gen)[:n].to(features.device)
         for s in range(steps_per_epoch):
             frac = step / max(1, total - 1)
             lr = config.lr_start * (config.lr_end / config.lr_start) ** frac

@@ -29,7 +29,7 @@ from edge_somad.stats import node_statistics
 from tests.test_calibration_quantize import make_standin_model_dir, synthetic_frames
 
 S, D, M = 8, 3, 4
-CONFIG = FitConfig(d=D, eps=0.01, shrinkage=4.0)
+CONFIG = FitConfig(d=D, eps=0.01, shrinkage=4.0, score_norm="none")  # node statistics only
 
 
 def _graph(gain: float, arrays: FittedArrays) -> onnx.ModelProto:
