@@ -114,7 +114,11 @@ def synthetic_defects(frames: np.ndarray, per_kind: int, pad_value: int, seed: i
         box = content_box(frame, pad_value)
         for kind in KINDS:
             for _ in range(per_kind):
-                out.append(MAKERS[kind](frame, box, rng))
+                made = frame.copy()
+                # Confined to the part: a blob's blur or a scratch's end must not paint padding.
+                inside = (slice(box.top, box.bottom), slice(box.left, box.right))
+                made[inside] = MAKERS[kind](frame, box, rng)[inside]
+                out.append(made)
                 kinds.append(kind)
     return np.stack(out), kinds
 

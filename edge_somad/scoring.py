@@ -87,7 +87,7 @@ def position_statistics(dist: torch.Tensor, std_floor: float) -> tuple[torch.Ten
     d = dist.to(torch.float64)
     mean = d.mean(0)
     std = d.std(0, unbiased=True) if d.shape[0] > 1 else torch.ones_like(mean)
-    floor = std_floor * float(std.median())
+    floor = std_floor * float(torch.quantile(std, 0.5))  # the median (mean of the middle two)
     return mean.to(torch.float32), std.clamp_min(max(floor, 1e-6)).to(torch.float32)
 
 

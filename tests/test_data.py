@@ -249,3 +249,29 @@ def test_offline_download_says_where_to_put_data(tmp_path: Path, monkeypatch: py
     msg = str(info.value)
     assert "--data-root DIR" in msg and "carpet/train/good" in msg and "CC BY-NC-SA" in msg
     assert ".cache/edge-somad/mvtec_ad" in msg
+
+
+def test_image_level_set_without_ground_truth(tree: Path) -> None:
+    """No ground_truth/ at all: an image-level set; evaluate reports image metrics, no pixel metrics."""
+    import shutil
+
+    from edge_somad.config import InputSpec
+    from edge_somad.evaluate import compute_metrics, load_test_set
+
+    shutil.rmtree(tree / "widget" / "ground_truth")
+    cat = data.load_category(tree, "widget")
+    assert [(s.label, s.mask_path) for s in cat.test if s.label] == [(1, None)] * 3
+    ts = load_test_set(cat, InputSpec(32, 64, "letterbox"))
+    assert ts.masks is None and ts.valid.shape == (5, 32, 64)
+    # 24x32 -> 32x43 content at columns 10..52, padding either side
+    assert ts.valid[0, :, 10:53].all() and not ts.valid[0, :, :10].any() and not ts.valid[0, :, 53:].any()
+    scores = np.array([3.0, 1.0, 2.0, 4.0, 5.0])  # dent, good, good, scratch, scratch
+    m = compute_metrics(ts, scores, np.zeros((5, 32, 64), np.float32))
+    assert m["image_auroc"] == 1.0 and m["pixel_auroc"] is None and m["pro"] is None
+    assert "image-level" in m["pixel_metrics"]
+
+
+def test_partial_ground_truth_is_still_an_error(tree: Path) -> None:
+    (tree / "widget" / "ground_truth" / "dent" / "d0_mask.png").unlink()
+    with pytest.raises(DatasetError, match="has no mask"):
+        data.load_category(tree, "widget")

@@ -195,3 +195,46 @@ def test_pro_matches_brute_force_reference(fpr_limit: float) -> None:
     ours = metrics.pro_score(masks, maps, fpr_limit)
     assert 0.1 < ours < 0.99
     assert ours == pytest.approx(brute_force_pro(masks, maps, fpr_limit), abs=0.005)
+
+
+def _letterboxed() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One 4x8 canvas: columns 2..5 are the image (16 px), the rest letterbox padding scored 0."""
+    valid = np.zeros((1, 4, 8), bool)
+    valid[:, :, 2:6] = True
+    maps = np.zeros((1, 4, 8))
+    content = np.arange(1, 17, dtype=float).reshape(4, 4)  # content scores 1..16
+    maps[0, :, 2:6] = content
+    masks = np.zeros((1, 4, 8), bool)
+    masks[0, 0, 2] = True  # score 1: the weakest pixel is the defect
+    masks[0, 3, 5] = True  # score 16: the strongest
+    return masks, maps, valid
+
+
+def test_pixel_auroc_counts_image_content_only() -> None:
+    masks, maps, valid = _letterboxed()
+    # Content: 14 good pixels scored 2..15. Defect 1 beats none, defect 16 beats all 14 -> 14 / 28.
+    assert metrics.pixel_auroc(masks, maps, valid) == pytest.approx(0.5)
+    # With the 16 padding pixels (score 0) counted as good, both defects beat them: (16 + 30) / 60.
+    assert metrics.pixel_auroc(masks, maps) == pytest.approx(46 / 60)
+
+
+def test_content_metrics_equal_metrics_on_the_cropped_image() -> None:
+    rng = np.random.default_rng(5)
+    masks = np.zeros((3, 20, 40), bool)
+    valid = np.zeros_like(masks)
+    valid[:, :, 10:30] = True
+    masks[:, 5:9, 12:18] = True
+    masks[1, 12:16, 20:27] = True
+    maps = rng.random(masks.shape) + 0.8 * masks
+    maps[~valid] = rng.random(int((~valid).sum())) * 0.1  # calm padding inflates the metrics
+    crop = (slice(None), slice(None), slice(10, 30))
+    assert metrics.pro_score(masks, maps, valid=valid) == pytest.approx(metrics.pro_score(masks[crop], maps[crop]))
+    assert metrics.pixel_auroc(masks, maps, valid) == pytest.approx(metrics.pixel_auroc(masks[crop], maps[crop]))
+    assert metrics.pro_score(masks, maps) > metrics.pro_score(masks, maps, valid=valid) + 0.02
+
+
+def test_defect_in_padding_is_refused() -> None:
+    masks, maps, valid = _letterboxed()
+    masks[0, 0, 0] = True
+    with pytest.raises(ValueError, match="outside the valid region"):
+        metrics.pixel_auroc(masks, maps, valid)
