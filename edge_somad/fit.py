@@ -24,6 +24,9 @@ from edge_somad.som import best_matching_units, train_som
 from edge_somad.stats import node_statistics, positional_statistics
 
 
+NORM_MAX_IMAGES = 200
+
+
 def split_train(paths: tuple[Path, ...], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """Deterministic fit/holdout split. Holdout images are never seen by the SOM (for calibration)."""
     n_hold = round(fraction * len(paths))
@@ -113,6 +116,11 @@ def with_position_norm(arrays: FittedArrays, config: FitConfig, feats: torch.Ten
     from edge_somad.model import Head
 
     head = Head(arrays, config).to(feats.device)
+    if len(feats) > NORM_MAX_IMAGES:
+        # A seeded sample: 200 maps pin a mean and a std per position well, and scoring every image
+        # of a large set would add a minute to fit on a 2-core box.
+        pick = torch.randperm(len(feats), generator=torch.Generator().manual_seed(config.seed))[:NORM_MAX_IMAGES]
+        feats = feats[pick.to(feats.device)]
     with torch.inference_mode():
         dist = torch.cat([head(feats[i : i + batch]) for i in range(0, len(feats), batch)])
     mean, std = scoring.position_statistics(dist.cpu(), config.norm_std_floor)
