@@ -31,6 +31,7 @@ from edge_somad.runtime.camera import (
     parse_cameras,
 )
 from edge_somad.runtime.defects import find_defects, render_overlay
+from edge_somad.runtime.frames import check_useful_size
 from edge_somad.runtime.preprocess import check_frame, plan_geometry, resize_frame
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import Scorer
@@ -108,7 +109,13 @@ class Pipeline:
         self._cond = threading.Condition()
         self._events: deque[CameraEvent] = deque()
         self._stop = threading.Event()
+        self._abort = threading.Event()  # a second signal: stop draining, report the rest unscored
         self._stop_reason = ""
+        for cid, _ in cameras:
+            try:
+                messages.check_camera_id(cid)
+            except InputError as exc:
+                raise ConfigError(str(exc)) from exc
         self.cameras = [
             CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener)
             for cid, spec in cameras
@@ -212,6 +219,7 @@ class Pipeline:
         pre = self.manifest.preprocessing
         try:
             p.frame = check_frame(item.image)
+            check_useful_size(p.frame.shape[0], p.frame.shape[1], self.manifest)
             p.geometry = plan_geometry(p.frame.shape[0], p.frame.shape[1], pre.height, pre.width, pre.resize)
             p.resized = resize_frame(p.frame, pre.height, pre.width, pre.resize, pre.pad_value)
         except InputError as exc:
