@@ -16,6 +16,13 @@ import typer
 
 from edge_somad.errors import EdgeSomadError
 
+OptFile = Optional[Path]  # noqa: UP045 - typer reads the annotation at runtime
+CurveServerKey = Annotated[OptFile, typer.Option(
+    help="CURVE: the publisher's public key file (NAME.key from `edge-somad keys`).")]
+CurveClientSecret = Annotated[OptFile, typer.Option(
+    help="CURVE: this subscriber's own secret key file (NAME.key_secret); its NAME.key must be in the "
+    "publisher's --curve-clients folder.")]
+
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
@@ -37,21 +44,33 @@ def run(
     queue_size: Annotated[int, typer.Option(help="Frames buffered per camera (live: oldest dropped).")] = 2,
     wait_subscribers: Annotated[int, typer.Option(
         help="Wait (<= 10 s) for this many subscriptions before scoring (demos/tests).")] = 0,
+    send_queue: Annotated[int, typer.Option(
+        help="Messages queued per subscriber; beyond that THAT subscriber loses messages (counted by it from seq).")
+    ] = 100,
+    drain_timeout: Annotated[float, typer.Option(
+        help="On SIGTERM/SIGINT: seconds to score queued frames; the rest get error 'not scored: shutdown'.")] = 5.0,
+    curve_secret_key: Annotated[OptFile, typer.Option(
+        help="CURVE: the publisher's secret key file (NAME.key_secret from `edge-somad keys`). Needs --curve-clients.")
+    ] = None,
+    curve_clients: Annotated[OptFile, typer.Option(
+        help="CURVE: folder of the public key files (NAME.key) of the only subscribers allowed to connect.")] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
     _logging(log_level)
+    from edge_somad.runtime.curve import load_server
     from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
 
     try:
         config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames,
-                                queue_size=queue_size, precision=precision)
+                                queue_size=queue_size, precision=precision, drain_timeout_s=drain_timeout)
+        curve = load_server(curve_secret_key, curve_clients)
         final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
-                             config=config, wait_subscribers=wait_subscribers)
+                             config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)
     except EdgeSomadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, publish drops {final['publish_drops']}",
+    typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, messages sent per topic {final['sent']}",
                err=True)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_somad.errors import ConfigError, InputError
+from edge_somad.errors import ArtifactError, ConfigError, EdgeSomadError, InputError
 from edge_somad.export.manifest import Manifest, load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import (
@@ -30,6 +30,7 @@ from edge_somad.runtime.camera import (
     _Capture,
     parse_cameras,
 )
+from edge_somad.runtime.curve import CurveServer
 from edge_somad.runtime.defects import find_defects, render_overlay
 from edge_somad.runtime.frames import check_useful_size
 from edge_somad.runtime.preprocess import check_frame, plan_geometry, resize_frame
@@ -282,7 +283,11 @@ class Pipeline:
             "status": self.status, "model": self.model_info,
             "frames_scored": self.stats.frames_scored, "published": self.stats.published,
             "errors": self.stats.verdicts["error"], "verdicts": dict(self.stats.verdicts),
-            "publish_drops": self.pub.drops, "subscribers": self.pub.poll_subscriptions(),
+            # Per-subscriber losses are invisible to a publisher (ZeroMQ drops per peer, silently):
+            # `sent` per topic lets each subscriber compare with the `seq` numbers it received.
+            "sent": dict(self.pub.sent), "subscribers": self.pub.subscribers,
+            "security": "curve" if self.pub.curve is not None else "none",
+            "handshake_failures": dict(self.pub.handshake_failures),
             "cameras": {c.id: {"status": c.status, "fps": round(c.fps(), 2), "frames": c.frames,
                                "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue)}
                         for c in self.cameras},
@@ -298,6 +303,8 @@ def run_pipeline(
     config: PipelineConfig = PipelineConfig(),
     wait_subscribers: int = 0,
     handle_signals: bool = True,
+    curve: CurveServer | None = None,
+    send_queue: int = 100,
 ) -> dict[str, Any]:
     """Open everything, run until the sources end / max frames / SIGINT-SIGTERM; returns the final status.
 
@@ -311,9 +318,8 @@ def run_pipeline(
         log.warning("%s: every verdict will be 'error'", NOT_CALIBRATED)
     scorer = open_scorer(Path(model_dir), backend, config.precision)
     try:
-        # First-run allocations (ORT arenas, TensorRT context) happen now, not on the first part.
-        scorer.score(np.zeros((1, manifest.preprocessing.height, manifest.preprocessing.width, 3), np.uint8))
-        with Publisher(publish, topic_prefix) as pub:
+        _warm_up(scorer, manifest, Path(model_dir))
+        with Publisher(publish, topic_prefix, sndhwm=send_queue, curve=curve) as pub:
             log.info("publishing on %s (topics %s/<camera>)", pub.bound_endpoint, topic_prefix)
             if wait_subscribers and not pub.wait_for_subscribers(wait_subscribers, timeout_s=10.0):
                 log.warning("only %d of %d subscribers after 10 s; starting anyway",
@@ -323,6 +329,22 @@ def run_pipeline(
                 return pipe.run()
     finally:
         scorer.close()
+
+
+def _warm_up(scorer: Scorer, manifest: Manifest, model_dir: Path) -> None:
+    """First-run allocations (ORT arenas, TensorRT context) happen now, not on the first part; and a
+    graph that loads but cannot run fails here, before the line starts, as a clear error."""
+    pre = manifest.preprocessing
+    try:
+        scorer.score(np.zeros((1, pre.height, pre.width, 3), np.uint8))
+    except EdgeSomadError:
+        raise
+    except Exception as exc:  # backends raise their own types (ORT: Fail, RuntimeException, ...)
+        raise ArtifactError(
+            f"{model_dir / manifest.onnx}: the graph loaded but failed on a blank {pre.height}x{pre.width} frame "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Rebuild it where the model "
+            f"was fitted: `edge-somad export --model {model_dir}` (keeps the calibration)."
+        ) from exc
 
 
 class _signals:
