@@ -1,8 +1,10 @@
 """The inspection loop: capture threads -> one resize -> scorer -> verdict -> ZeroMQ.
 
-Never `pass` on doubt: a bad frame, a scorer exception, a NaN/inf score or map, or a model without a
-threshold all give an `error` verdict with the reason, and the loop goes on. SIGINT/SIGTERM stop
-the cameras, score what is already queued, publish a final status and return normally.
+Never `pass` on doubt: a bad, truncated or too small frame, a scorer exception, a NaN/inf score or
+map, or a model without a threshold all give an `error` verdict with the reason, and the loop goes
+on. SIGINT/SIGTERM stop the cameras (replays stop reading), score what is already queued within
+`drain_timeout_s`, publish an `error` "not scored: shutdown ..." verdict for every frame still
+queued after that (or after a second signal), then the final status: every frame read gets a verdict.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from edge_somad.runtime.scorer import Scorer
 log = logging.getLogger(__name__)
 
 NOT_CALIBRATED = "model not calibrated: run edge-somad calibrate"
+NOT_SCORED = "not scored: shutdown"
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class PipelineConfig:
     max_frames: int | None = None  # stop after this many verdicts in total
     queue_size: int = 2
     heartbeat_s: float = 1.0
-    drain_timeout_s: float = 5.0  # on SIGTERM: at most this long scoring what is queued
+    drain_timeout_s: float = 5.0  # on SIGTERM: at most this long scoring what is queued; the rest -> NOT_SCORED
     precision: str = "fp32"  # what the scorer runs, for the message's model block
 
     def __post_init__(self) -> None:
@@ -59,6 +62,10 @@ class PipelineConfig:
             raise ConfigError(f"--max-frames {self.max_frames}; expected >= 1 (or leave it out)")
         if self.queue_size < 1:
             raise ConfigError(f"--queue-size {self.queue_size}; expected >= 1")
+        if self.drain_timeout_s < 0:
+            raise ConfigError(f"--drain-timeout {self.drain_timeout_s}; expected >= 0 seconds")
+        if self.heartbeat_s <= 0:
+            raise ConfigError(f"heartbeat interval {self.heartbeat_s}; expected > 0 seconds")
 
 
 @dataclass
@@ -131,10 +138,13 @@ class Pipeline:
                            "backend": scorer.backend, "precision": config.precision, "device": scorer.device}
 
     def stop(self, reason: str = "stop requested") -> None:
-        """Thread- and signal-safe: only sets a flag the loop polls every 100 ms."""
+        """Thread- and signal-safe: only sets a flag the loop polls every 100 ms. A second call while
+        stopping ends the drain: what is still queued is published as NOT_SCORED errors."""
         if not self._stop.is_set():
             self._stop_reason = reason
             self._stop.set()
+        elif self.status == "stopping":
+            self._abort.set()
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -173,14 +183,29 @@ class Pipeline:
             if not cam.join(2.0):
                 log.warning("camera %s did not stop within 2 s (stuck in the capture driver)", cam.id)
         deadline = time.monotonic() + self.config.drain_timeout_s
-        while drain and self._queued() and time.monotonic() < deadline and self._budget(1):
+        while (drain and self._queued() and time.monotonic() < deadline and self._budget(1)
+               and not self._abort.is_set()):
             self._process(self._collect(self._budget(self.max_batch), timeout=0.0))
+        if drain and self._budget(1):
+            self._report_unscored()
         self._flush_events()
         self.status = "stopped" if drain else "ended"
         final = self._health(messages.STATUS_SCHEMA)
         final.update(event="final", reason=reason)
         self.pub.publish_status(final)
         return final
+
+    def _report_unscored(self) -> None:
+        """Every frame read gets a verdict: those left after the drain limit are errors, not silence."""
+        why = "second signal" if self._abort.is_set() else f"drain limit {self.config.drain_timeout_s:g} s reached"
+        left = 0
+        for cam in self.cameras:
+            while (item := cam.queue.pop()) is not None:
+                self._publish(_Prepared(item, error=f"{NOT_SCORED} ({why})"))
+                left += 1
+        if left:
+            log.warning("%d queued frame(s) published as '%s' (%s); raise --drain-timeout to score them",
+                        left, NOT_SCORED, why)
 
     def _budget(self, n: int) -> int:
         if self.config.max_frames is None:
