@@ -1,8 +1,8 @@
-"""`edge-somad run` and `edge-somad subscribe` as typer command functions.
+"""`edge-somad run`, `subscribe` and `keys` as typer command functions.
 
-Registered by edge_somad/cli.py with `app.command("run")(run)` and `app.command("subscribe")(subscribe)`.
+Registered by edge_somad/cli.py with `app.command("run")(run)` etc.
 Heavy imports (cv2, zmq, onnxruntime) live inside the bodies so `edge-somad --help` works anywhere.
-`python -m edge_somad.runtime.commands run|subscribe ...` runs them without the main CLI.
+`python -m edge_somad.runtime.commands run|subscribe|keys ...` runs them without the main CLI.
 """
 
 from __future__ import annotations
@@ -83,22 +83,52 @@ def subscribe(
     count: Annotated[Optional[int], typer.Option(help="Exit after N verdicts.")] = None,  # noqa: UP045
     timeout: Annotated[Optional[float], typer.Option(  # noqa: UP045
         help="Exit after S seconds without any message (verdict, heartbeat or status).")] = None,
+    curve_server_key: CurveServerKey = None,
+    curve_secret_key: CurveClientSecret = None,
     log_level: Annotated[str, typer.Option(help="info prints heartbeats to stderr")] = "warning",
 ) -> None:
     """Reference PLC/MES bridge: one JSON line per verdict on stdout."""
     _logging(log_level)
+    from edge_somad.runtime.curve import load_client
     from edge_somad.runtime.subscriber import subscribe_loop
 
-    seen = subscribe_loop(connect, topic, csv, save_fails, count, timeout)
-    if count is not None and seen < count:
-        typer.echo(f"error: received {seen} of {count} verdicts before the {timeout}s timeout", err=True)
+    try:
+        curve = load_client(curve_server_key, curve_secret_key)
+        res = subscribe_loop(connect, topic, csv, save_fails, count, timeout, curve=curve)
+    except EdgeSomadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{res.verdicts} verdicts, {res.missed} missed (seq gaps), {res.rejected} rejected", err=True)
+    if count is not None and res.verdicts < count:
+        hint = " (with CURVE: check the keys; the publisher logs handshake failures)" if curve else ""
+        typer.echo(f"error: received {res.verdicts} of {count} verdicts before the {timeout}s timeout{hint}",
+                   err=True)
         raise typer.Exit(1)
+
+
+def keys(
+    name: Annotated[str, typer.Option(help="Key pair name, e.g. line-pc or plc1 (a camera-id-like word).")],
+    out: Annotated[Path, typer.Option(help="Folder for NAME.key (public) and NAME.key_secret (mode 600).")] = Path(
+        "keys"),
+) -> None:
+    """Make a CURVE key pair (standard ZeroMQ certificate files) for `run` or `subscribe`."""
+    from edge_somad.runtime.curve import make_keys
+
+    try:
+        public, secret = make_keys(out, name)
+    except EdgeSomadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"public key: {public}  (give this one away: the publisher's to subscribers as "
+               f"--curve-server-key, a subscriber's into the publisher's --curve-clients folder)")
+    typer.echo(f"secret key: {secret}  (stays on this machine: --curve-secret-key)")
 
 
 def main() -> None:
     app = typer.Typer(add_completion=False, help="edge-somad runtime commands")
     app.command("run")(run)
     app.command("subscribe")(subscribe)
+    app.command("keys")(keys)
     app()
 
 

@@ -285,7 +285,7 @@ def test_subscriber_bridge_csv_and_saved_failures(tmp_path: Path, model_dir: Pat
         cams = [("c", SourceSpec("file", str(video)))]
         Pipeline(scorer, manifest, cams, pub, PipelineConfig(overlay=True)).run()
         bridge.join(15)
-    assert result["n"] == 3
+    assert result["n"].verdicts == 3 and result["n"].missed == 0 and result["n"].rejected == 0
     lines = [__import__("json").loads(x) for x in out.getvalue().splitlines()]
     assert [x["verdict"] for x in lines] == ["pass", "fail", "pass"] and lines[0]["topic"] == "somad/c"
     rows = (tmp_path / "log.csv").read_text().splitlines()
