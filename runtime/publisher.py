@@ -71,7 +71,12 @@ class Publisher:
         # (or be replaced by) another socket's authentication in the same process.
         self._own_ctx = curve is not None
         self._ctx = zmq.Context() if self._own_ctx else zmq.Context.instance()
-        self._auth = start_authenticator(self._ctx, curve) if curve is not None else None
+        try:
+            self._auth = start_authenticator(self._ctx, curve) if curve is not None else None
+        except Exception:
+            if self._own_ctx:
+                self._ctx.term()
+            raise
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)  # per subscriber
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscribe, so wait_for_subscribers sees each peer's
@@ -125,10 +130,6 @@ class Publisher:
         with self._lock:
             self._poll_locked()
             return self._subscriptions
-
-    def poll_subscriptions(self) -> int:
-        """Kept for callers of the old API: the number of connected peers."""
-        return self.subscribers
 
     def wait_for_subscribers(self, n: int, timeout_s: float) -> bool:
         """Block until n peers are connected AND n subscriptions arrived (PUB/SUB's 'slow joiner').
