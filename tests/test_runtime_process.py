@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import typer
 import zmq
 from typer.testing import CliRunner
@@ -139,3 +140,17 @@ def test_corrupt_graph_with_matching_sha256_is_a_clear_error(tmp_path: Path) -> 
     assert "Traceback" not in res.stderr
     assert f"{onnx_path}" in res.stderr and "cannot be loaded by ONNX Runtime" in res.stderr
     assert f"edge-somad export --model {d}" in res.stderr
+
+
+def test_graph_that_loads_but_cannot_run_is_a_clear_error(tmp_path: Path) -> None:
+    from edge_somad.errors import ArtifactError
+    from edge_somad.runtime.pipeline import _warm_up
+
+    class Broken:  # what ONNX Runtime does with a graph whose kernels fail: its own exception type
+        def score(self, frames):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code\nmore")
+
+    d = make_model_dir(tmp_path / "m")
+    with pytest.raises(ArtifactError, match=r"failed on a blank 64x96 frame \(RuntimeError: .*RUNTIME_EXCEPTION.*"
+                                            r"edge-somad export --model"):
+        _warm_up(Broken(), load_manifest(d), d)
