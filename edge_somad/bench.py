@@ -247,6 +247,8 @@ def bench(
         "--pipeline", help="Also time the streaming pipeline (capture -> ZeroMQ) per backend.")] = False,
     video: Annotated[Path | None, typer.Option(
         "--video", help="Clip for --pipeline; default: made from the bundled test images.")] = None,
+    curve: Annotated[bool, typer.Option(
+        "--curve", help="--pipeline with CURVE on both ends (throwaway keys): the cost of encryption.")] = False,
 ) -> None:
     """Latency (p50/p99 at batch 1), throughput (best batch) and model size per backend."""
     backends = list(backend or DEFAULT_BACKENDS)
@@ -261,7 +263,7 @@ def bench(
     result: dict[str, Any] = {"model": str(model), "precision": precision, "iters": iters, "warmup": warmup,
                               "sizes": sizes, "results": rows}
     if pipeline:
-        result["pipeline"] = _pipeline(model, rows, precision, max(iters, 2), video)
+        result["pipeline"] = _pipeline(model, rows, precision, max(iters, 2), video, curve)
         for p in result["pipeline"]:
             typer.echo(f"pipeline {p['backend']}: " + ", ".join(f"{k}={v}" for k, v in p.items()
                                                                  if k != "backend"))
@@ -270,7 +272,8 @@ def bench(
         typer.echo(f"wrote {json_out}")
 
 
-def _pipeline(model: Path, rows: list[dict], precision: str, frames: int, video: Path | None) -> list[dict]:
+def _pipeline(model: Path, rows: list[dict], precision: str, frames: int, video: Path | None,
+              curve: bool) -> list[dict]:
     """bench_pipeline for every backend whose scorer ran (the torch reference is not a runtime backend)."""
     from edge_somad.runtime.pipeline_bench import bench_pipeline
 
@@ -284,7 +287,7 @@ def _pipeline(model: Path, rows: list[dict], precision: str, frames: int, video:
             video = write_video(clip, Path(tmp) / "bench.avi", VIDEO_SIZE)
         for name in runnable:
             try:
-                out.append({"backend": name, **bench_pipeline(model, video, name, precision, frames)})
+                out.append({"backend": name, **bench_pipeline(model, video, name, precision, frames, curve)})
             except UNAVAILABLE as exc:
                 out.append({"backend": name, "unavailable": str(exc)})
     return out

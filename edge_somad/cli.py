@@ -16,7 +16,7 @@ import typer
 
 from edge_somad.calibration.commands import calibrate
 from edge_somad.errors import EdgeSomadError
-from edge_somad.runtime.commands import run, subscribe
+from edge_somad.runtime.commands import keys, run, subscribe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 DataRoot = Annotated[Path | None, typer.Option(help="Folder holding CATEGORY/train/good (MVTec layout).")]
@@ -104,12 +104,13 @@ def export(
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo model goes.")] = Path("models/hazelnut_toy"),
     publish: Annotated[str, typer.Option(help="ZeroMQ PUB endpoint.")] = "tcp://127.0.0.1:5556",
+    curve: Annotated[bool, typer.Option("--curve", help="Stream with CURVE (keys made in OUT/keys).")] = False,
 ) -> None:
     """The main job on the bundled Hazelnut Toy sample: fit -> export -> calibrate -> run -> verdicts."""
     from edge_somad.demo import run_demo
 
     try:
-        code = run_demo(out, publish)
+        code = run_demo(out, publish, curve)
     except EdgeSomadError as exc:
         _fail(exc)
     raise typer.Exit(code)
@@ -121,6 +122,7 @@ def _register() -> None:
     app.command("calibrate")(calibrate)
     app.command("run")(run)
     app.command("subscribe")(subscribe)
+    app.command("keys")(keys)
     app.command("bench")(bench)
 
 

@@ -9,14 +9,29 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from edge_somad.data import SAMPLE_CATEGORY, resolve_category
 
 
-def run_demo(out: Path, publish: str) -> int:
+def demo_keys(folder: Path) -> tuple[Any, Any]:
+    """Server and bridge key pairs under folder (made once), the bridge's public key in folder/clients."""
+    from edge_somad.runtime.curve import load_client, load_server, make_keys
+
+    for name in ("server", "bridge"):
+        if not (folder / f"{name}.key_secret").is_file():
+            make_keys(folder, name)
+    (folder / "clients").mkdir(exist_ok=True)
+    shutil.copyfile(folder / "bridge.key", folder / "clients" / "bridge.key")
+    return (load_server(folder / "server.key_secret", folder / "clients"),
+            load_client(folder / "server.key", folder / "bridge.key_secret"))
+
+
+def run_demo(out: Path, publish: str, curve: bool = False) -> int:
     from edge_somad.bench import write_video
     from edge_somad.evaluate import format_table
     from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
@@ -35,14 +50,17 @@ def run_demo(out: Path, publish: str) -> int:
     video = write_video([s.path for s in samples], out / "line.avi", None, fps=5.0)
     print(f"[3/4] streaming {video} ({len(samples)} frames) as camera 'line1' to {publish}", file=sys.stderr)
     connect = publish.replace("*", "127.0.0.1")
+    server, client = demo_keys(out / "keys") if curve else (None, None)
+    if curve:
+        print(f"      CURVE on: keys in {out / 'keys'}", file=sys.stderr)
     received = io.StringIO()
     sub = threading.Thread(
         target=subscribe_loop, args=(connect, "somad/", out / "verdicts.csv", out / "fails", len(samples), 60.0),
-        kwargs={"out": received}, daemon=True,
+        kwargs={"out": received, "curve": client}, daemon=True,
     )
     sub.start()
     final = run_pipeline(out, [f"line1={video}"], backend="onnxruntime", publish=publish,
-                         config=PipelineConfig(max_frames=len(samples)), wait_subscribers=1)
+                         config=PipelineConfig(max_frames=len(samples)), wait_subscribers=1, curve=server)
     sub.join(timeout=70)
     verdicts = [json.loads(line) for line in received.getvalue().splitlines() if line.strip()]
     return _summarise(verdicts, [s.label for s in samples], final)

@@ -11,7 +11,6 @@ A frame that cannot be decoded becomes a FrameItem with `error` set, never silen
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import deque
@@ -22,13 +21,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_somad.errors import ConfigError
+from edge_somad.errors import ConfigError, InputError
+from edge_somad.runtime.frames import read_image_file
+from edge_somad.runtime.messages import check_camera_id
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LIVE_KINDS = ("index", "stream")
-_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NOT_IN_IDS = ("/", "\\", ":")  # a '=' after one of these belongs to a path or URL, not to an id
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,13 @@ def parse_source(spec: str) -> SourceSpec:
     )
 
 
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long for the file system, an embedded NUL
+        return False
+
+
 def parse_cameras(specs: list[str]) -> list[tuple[str, SourceSpec]]:
     """`--camera` values -> [(camera id, source)]; ids default to cam0, cam1, ... or come as id=spec."""
     if not specs:
@@ -84,8 +92,14 @@ def parse_cameras(specs: list[str]) -> list[tuple[str, SourceSpec]]:
     out: list[tuple[str, SourceSpec]] = []
     for i, raw in enumerate(specs):
         name, sep, rest = raw.partition("=")
-        # "rtsp://h/x?a=b" has '=' too; an id is a plain word before the first '='.
-        cam_id, spec = (name, rest) if sep and _ID.match(name) else (f"cam{i}", raw)
+        # "rtsp://h/x?a=b" and "dir/a=b.avi" have '=' too; an id is a plain word before the first '='.
+        if sep and not any(c in name for c in _NOT_IN_IDS) and not _exists(raw):
+            try:
+                cam_id, spec = check_camera_id(name), rest
+            except InputError as exc:
+                raise ConfigError(f"--camera {raw!r}: {exc}") from exc
+        else:
+            cam_id, spec = f"cam{i}", raw
         out.append((cam_id, parse_source(spec)))
     ids = [c for c, _ in out]
     if len(set(ids)) != len(ids):
@@ -108,11 +122,14 @@ class DropOldestQueue:
         self._cond = cond
 
     def put(self, item: FrameItem, block: bool = False, stop: threading.Event | None = None) -> None:
+        """Live (block=False): evict the oldest when full. Replay (block=True): wait for room; on stop,
+        append anyway (the queue then holds one item more than maxsize) - a frame that was read is
+        never thrown away, the pipeline scores it or reports it."""
         with self._cond:
-            if block:  # replay: wait for room (woken by pop), give up only on stop
+            if block:  # woken by pop
                 while len(self._items) >= self.maxsize and not (stop and stop.is_set()):
                     self._cond.wait(0.1)
-            if len(self._items) >= self.maxsize:
+            elif len(self._items) >= self.maxsize:
                 self._items.popleft()
                 self.drops += 1
             self._items.append(item)
@@ -158,11 +175,10 @@ class _Capture:
                 return "end", None, f"folder replay finished ({self.total} images)"
             path = self.files[self.pos]
             self.pos += 1
-            img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if img is None:
-                return "error", None, f"cannot decode image {path.name}"
-            return "frame", img, None
-        assert self.cap is not None
+            img, why = read_image_file(path)  # whole files only: a truncated JPEG is an error, not a part
+            return ("error", None, why) if img is None else ("frame", img, None)
+        if self.cap is None:
+            return "end", None, "capture released"
         ok, img = self.cap.read()
         if ok and img is not None:
             self.pos += 1

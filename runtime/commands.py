@@ -1,8 +1,8 @@
-"""`edge-somad run` and `edge-somad subscribe` as typer command functions.
+"""`edge-somad run`, `subscribe` and `keys` as typer command functions.
 
-Registered by edge_somad/cli.py with `app.command("run")(run)` and `app.command("subscribe")(subscribe)`.
+Registered by edge_somad/cli.py with `app.command("run")(run)` etc.
 Heavy imports (cv2, zmq, onnxruntime) live inside the bodies so `edge-somad --help` works anywhere.
-`python -m edge_somad.runtime.commands run|subscribe ...` runs them without the main CLI.
+`python -m edge_somad.runtime.commands run|subscribe|keys ...` runs them without the main CLI.
 """
 
 from __future__ import annotations
@@ -15,6 +15,13 @@ from typing import Annotated, Optional
 import typer
 
 from edge_somad.errors import EdgeSomadError
+
+OptFile = Optional[Path]  # noqa: UP045 - typer reads the annotation at runtime
+CurveServerKey = Annotated[OptFile, typer.Option(
+    help="CURVE: the publisher's public key file (NAME.key from `edge-somad keys`).")]
+CurveClientSecret = Annotated[OptFile, typer.Option(
+    help="CURVE: this subscriber's own secret key file (NAME.key_secret); its NAME.key must be in the "
+    "publisher's --curve-clients folder.")]
 
 
 def _logging(level: str) -> None:
@@ -37,21 +44,33 @@ def run(
     queue_size: Annotated[int, typer.Option(help="Frames buffered per camera (live: oldest dropped).")] = 2,
     wait_subscribers: Annotated[int, typer.Option(
         help="Wait (<= 10 s) for this many subscriptions before scoring (demos/tests).")] = 0,
+    send_queue: Annotated[int, typer.Option(
+        help="Messages queued per subscriber; beyond that THAT subscriber loses messages (counted by it from seq).")
+    ] = 100,
+    drain_timeout: Annotated[float, typer.Option(
+        help="On SIGTERM/SIGINT: seconds to score queued frames; the rest get error 'not scored: shutdown'.")] = 5.0,
+    curve_secret_key: Annotated[OptFile, typer.Option(
+        help="CURVE: the publisher's secret key file (NAME.key_secret from `edge-somad keys`). Needs --curve-clients.")
+    ] = None,
+    curve_clients: Annotated[OptFile, typer.Option(
+        help="CURVE: folder of the public key files (NAME.key) of the only subscribers allowed to connect.")] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
     _logging(log_level)
+    from edge_somad.runtime.curve import load_server
     from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
 
     try:
         config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames,
-                                queue_size=queue_size, precision=precision)
+                                queue_size=queue_size, precision=precision, drain_timeout_s=drain_timeout)
+        curve = load_server(curve_secret_key, curve_clients)
         final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
-                             config=config, wait_subscribers=wait_subscribers)
+                             config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)
     except EdgeSomadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, publish drops {final['publish_drops']}",
+    typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, messages sent per topic {final['sent']}",
                err=True)
 
 
@@ -64,22 +83,52 @@ def subscribe(
     count: Annotated[Optional[int], typer.Option(help="Exit after N verdicts.")] = None,  # noqa: UP045
     timeout: Annotated[Optional[float], typer.Option(  # noqa: UP045
         help="Exit after S seconds without any message (verdict, heartbeat or status).")] = None,
+    curve_server_key: CurveServerKey = None,
+    curve_secret_key: CurveClientSecret = None,
     log_level: Annotated[str, typer.Option(help="info prints heartbeats to stderr")] = "warning",
 ) -> None:
     """Reference PLC/MES bridge: one JSON line per verdict on stdout."""
     _logging(log_level)
+    from edge_somad.runtime.curve import load_client
     from edge_somad.runtime.subscriber import subscribe_loop
 
-    seen = subscribe_loop(connect, topic, csv, save_fails, count, timeout)
-    if count is not None and seen < count:
-        typer.echo(f"error: received {seen} of {count} verdicts before the {timeout}s timeout", err=True)
+    try:
+        curve = load_client(curve_server_key, curve_secret_key)
+        res = subscribe_loop(connect, topic, csv, save_fails, count, timeout, curve=curve)
+    except EdgeSomadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{res.verdicts} verdicts, {res.missed} missed (seq gaps), {res.rejected} rejected", err=True)
+    if count is not None and res.verdicts < count:
+        hint = " (with CURVE: check the keys; the publisher logs handshake failures)" if curve else ""
+        typer.echo(f"error: received {res.verdicts} of {count} verdicts before the {timeout}s timeout{hint}",
+                   err=True)
         raise typer.Exit(1)
+
+
+def keys(
+    name: Annotated[str, typer.Option(help="Key pair name, e.g. line-pc or plc1 (a camera-id-like word).")],
+    out: Annotated[Path, typer.Option(help="Folder for NAME.key (public) and NAME.key_secret (mode 600).")] = Path(
+        "keys"),
+) -> None:
+    """Make a CURVE key pair (standard ZeroMQ certificate files) for `run` or `subscribe`."""
+    from edge_somad.runtime.curve import make_keys
+
+    try:
+        public, secret = make_keys(out, name)
+    except EdgeSomadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"public key: {public}  (give this one away: the publisher's to subscribers as "
+               f"--curve-server-key, a subscriber's into the publisher's --curve-clients folder)")
+    typer.echo(f"secret key: {secret}  (stays on this machine: --curve-secret-key)")
 
 
 def main() -> None:
     app = typer.Typer(add_completion=False, help="edge-somad runtime commands")
     app.command("run")(run)
     app.command("subscribe")(subscribe)
+    app.command("keys")(keys)
     app()
 
 

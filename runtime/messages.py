@@ -12,6 +12,7 @@ Kept free of zmq so a bridge can decode messages it received any way it likes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,22 @@ VERDICTS = ("pass", "fail", "error")
 # PNG heatmaps carry map / threshold clipped to [0, PNG_RANGE] and scaled to 0..255, so 127.5 is the
 # threshold and 255 means "twice the threshold or more", whatever the model's raw units are.
 PNG_RANGE = 2.0
+# Camera ids become topic names and file names on the subscriber's disk, and the subscriber gets
+# them from the network: one strict rule, checked where ids are configured AND where messages are
+# received. Starts with a letter or digit (so never "_heartbeat"/"_status", never "-opt" or "."),
+# then letters, digits, "_" and "-": no dots (Path.with_suffix would cut "a.b"), no separators.
+CAMERA_ID_RULE = "1 to 64 characters: a letter or digit, then letters, digits, '_' or '-'"
+_CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+MAX_FRAME_ID = 2**63 - 1
+
+
+def check_camera_id(camera: object) -> str:
+    """Return camera if it obeys CAMERA_ID_RULE; InputError (with a printable excerpt) otherwise."""
+    if not isinstance(camera, str) or _CAMERA_ID.fullmatch(camera) is None:
+        shown = repr(camera)
+        shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"
+        raise InputError(f"camera id {shown} is not allowed; expected {CAMERA_ID_RULE}")
+    return camera
 
 
 def topic(prefix: str, name: str) -> bytes:
@@ -80,6 +97,8 @@ def decode_heatmap(meta: dict | None, payload: bytes) -> np.ndarray | None:
         return None
     h, w = meta["shape"]
     if meta["encoding"] == "f16":
+        if len(payload) != 2 * h * w:
+            raise InputError(f"f16 heatmap of {len(payload)} bytes; header shape {[h, w]} needs {2 * h * w}")
         return np.frombuffer(payload, dtype="<f2").reshape(h, w).astype(np.float32)
     if meta["encoding"] == "png":
         img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -107,13 +126,48 @@ class Received:
 
 
 def parse_message(parts: list[bytes]) -> Received:
-    """Decode a multipart message received on a SUB socket."""
+    """Decode a multipart message received on a SUB socket. InputError if it is not ours at all."""
     if len(parts) < 2:
         raise InputError(f"message has {len(parts)} part(s); expected >= 2 (topic, JSON header)")
-    header = json.loads(bytes(parts[1]).decode())
+    try:
+        topic_name = bytes(parts[0]).decode()
+        header = json.loads(bytes(parts[1]).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"message topic/header is not UTF-8 JSON ({exc}); expected an edge-somad message") from exc
+    if not isinstance(header, dict):
+        raise InputError(f"message header is a JSON {type(header).__name__}; expected an object")
     heatmap = bytes(parts[2]) if len(parts) > 2 else b""
     overlay = bytes(parts[3]) if len(parts) > 3 else None
-    return Received(bytes(parts[0]).decode(), header, heatmap, overlay)
+    return Received(topic_name, header, heatmap, overlay)
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def validate_verdict(msg: Received) -> None:
+    """Check a received verdict before anything acts on it or names a file after it.
+
+    The publisher is trusted only as far as the network is: a peer can send anything. InputError
+    says what was wrong; the caller drops the message and counts it.
+    """
+    h = msg.header
+    camera = check_camera_id(h.get("camera"))
+    prefix, _, name = msg.topic.rpartition("/")
+    if not prefix or name != camera:
+        raise InputError(f"topic {msg.topic[:80]!r} does not end in the header's camera id {camera!r}")
+    if not _is_int(h.get("frame_id"), 0, MAX_FRAME_ID):
+        raise InputError(f"frame_id {str(h.get('frame_id'))[:40]!r}; expected an integer 0..2**63-1")
+    if h.get("verdict") not in VERDICTS:
+        raise InputError(f"verdict {str(h.get('verdict'))[:40]!r}; expected one of {VERDICTS}")
+    if "seq" in h and not _is_int(h["seq"], 0, MAX_FRAME_ID):
+        raise InputError(f"seq {str(h['seq'])[:40]!r}; expected an integer >= 0")
+    meta = h.get("heatmap")
+    if meta is not None:
+        shape = meta.get("shape") if isinstance(meta, dict) else None
+        if (not isinstance(meta, dict) or meta.get("encoding") not in ("png", "f16") or not isinstance(shape, list)
+                or len(shape) != 2 or not all(_is_int(v, 1, 1 << 15) for v in shape)):
+            raise InputError(f"heatmap metadata {str(meta)[:80]!r}; expected {{encoding: png|f16, shape: [H, W]}}")
 
 
 def verdict_header(

@@ -56,7 +56,17 @@ class OrtScorer:
             # ORT's idle workers spin-wait by default; on a small edge CPU that steals the cores the
             # capture, resize and publish threads need between inferences.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=requested)
+        try:
+            self._sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=requested)
+        except Exception as exc:  # ORT's own types (InvalidProtobuf, Fail, InvalidGraph) derive from Exception
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300].rstrip(".")
+            raise ArtifactError(
+                f"{onnx_path} ({onnx_path.stat().st_size} bytes) cannot be loaded by ONNX Runtime {ort.__version__}: "
+                f"{first}. The file is corrupt, truncated or not an edge-somad graph (a sha256 in the manifest "
+                "only proves it is the file the manifest was written for). Rebuild it where the model was fitted: "
+                f"`edge-somad export --model {onnx_path.parent}` (keeps the calibration), then copy model.onnx and "
+                "manifest.json here together."
+            ) from exc
         active = self._sess.get_providers()
         dropped = [p for p in requested if p in ACCELERATORS and p not in active]
         if dropped:

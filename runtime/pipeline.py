@@ -1,8 +1,10 @@
 """The inspection loop: capture threads -> one resize -> scorer -> verdict -> ZeroMQ.
 
-Never `pass` on doubt: a bad frame, a scorer exception, a NaN/inf score or map, or a model without a
-threshold all give an `error` verdict with the reason, and the loop goes on. SIGINT/SIGTERM stop
-the cameras, score what is already queued, publish a final status and return normally.
+Never `pass` on doubt: a bad, truncated or too small frame, a scorer exception, a NaN/inf score or
+map, or a model without a threshold all give an `error` verdict with the reason, and the loop goes
+on. SIGINT/SIGTERM stop the cameras (replays stop reading), score what is already queued within
+`drain_timeout_s`, publish an `error` "not scored: shutdown ..." verdict for every frame still
+queued after that (or after a second signal), then the final status: every frame read gets a verdict.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_somad.errors import ConfigError, InputError
+from edge_somad.errors import ArtifactError, ConfigError, EdgeSomadError, InputError
 from edge_somad.export.manifest import Manifest, load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import (
@@ -30,7 +32,9 @@ from edge_somad.runtime.camera import (
     _Capture,
     parse_cameras,
 )
+from edge_somad.runtime.curve import CurveServer
 from edge_somad.runtime.defects import find_defects, render_overlay
+from edge_somad.runtime.frames import check_useful_size
 from edge_somad.runtime.preprocess import check_frame, plan_geometry, resize_frame
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import Scorer
@@ -38,6 +42,7 @@ from edge_somad.runtime.scorer import Scorer
 log = logging.getLogger(__name__)
 
 NOT_CALIBRATED = "model not calibrated: run edge-somad calibrate"
+NOT_SCORED = "not scored: shutdown"
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class PipelineConfig:
     max_frames: int | None = None  # stop after this many verdicts in total
     queue_size: int = 2
     heartbeat_s: float = 1.0
-    drain_timeout_s: float = 5.0  # on SIGTERM: at most this long scoring what is queued
+    drain_timeout_s: float = 5.0  # on SIGTERM: at most this long scoring what is queued; the rest -> NOT_SCORED
     precision: str = "fp32"  # what the scorer runs, for the message's model block
 
     def __post_init__(self) -> None:
@@ -57,6 +62,10 @@ class PipelineConfig:
             raise ConfigError(f"--max-frames {self.max_frames}; expected >= 1 (or leave it out)")
         if self.queue_size < 1:
             raise ConfigError(f"--queue-size {self.queue_size}; expected >= 1")
+        if self.drain_timeout_s < 0:
+            raise ConfigError(f"--drain-timeout {self.drain_timeout_s}; expected >= 0 seconds")
+        if self.heartbeat_s <= 0:
+            raise ConfigError(f"heartbeat interval {self.heartbeat_s}; expected > 0 seconds")
 
 
 @dataclass
@@ -108,7 +117,13 @@ class Pipeline:
         self._cond = threading.Condition()
         self._events: deque[CameraEvent] = deque()
         self._stop = threading.Event()
+        self._abort = threading.Event()  # a second signal: stop draining, report the rest unscored
         self._stop_reason = ""
+        for cid, _ in cameras:
+            try:
+                messages.check_camera_id(cid)
+            except InputError as exc:
+                raise ConfigError(str(exc)) from exc
         self.cameras = [
             CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener)
             for cid, spec in cameras
@@ -123,10 +138,13 @@ class Pipeline:
                            "backend": scorer.backend, "precision": config.precision, "device": scorer.device}
 
     def stop(self, reason: str = "stop requested") -> None:
-        """Thread- and signal-safe: only sets a flag the loop polls every 100 ms."""
+        """Thread- and signal-safe: only sets a flag the loop polls every 100 ms. A second call while
+        stopping ends the drain: what is still queued is published as NOT_SCORED errors."""
         if not self._stop.is_set():
             self._stop_reason = reason
             self._stop.set()
+        elif self.status == "stopping":
+            self._abort.set()
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -165,14 +183,29 @@ class Pipeline:
             if not cam.join(2.0):
                 log.warning("camera %s did not stop within 2 s (stuck in the capture driver)", cam.id)
         deadline = time.monotonic() + self.config.drain_timeout_s
-        while drain and self._queued() and time.monotonic() < deadline and self._budget(1):
+        while (drain and self._queued() and time.monotonic() < deadline and self._budget(1)
+               and not self._abort.is_set()):
             self._process(self._collect(self._budget(self.max_batch), timeout=0.0))
+        if drain and self._budget(1):
+            self._report_unscored()
         self._flush_events()
         self.status = "stopped" if drain else "ended"
         final = self._health(messages.STATUS_SCHEMA)
         final.update(event="final", reason=reason)
         self.pub.publish_status(final)
         return final
+
+    def _report_unscored(self) -> None:
+        """Every frame read gets a verdict: those left after the drain limit are errors, not silence."""
+        why = "second signal" if self._abort.is_set() else f"drain limit {self.config.drain_timeout_s:g} s reached"
+        left = 0
+        for cam in self.cameras:
+            while (item := cam.queue.pop()) is not None:
+                self._publish(_Prepared(item, error=f"{NOT_SCORED} ({why})"))
+                left += 1
+        if left:
+            log.warning("%d queued frame(s) published as '%s' (%s); raise --drain-timeout to score them",
+                        left, NOT_SCORED, why)
 
     def _budget(self, n: int) -> int:
         if self.config.max_frames is None:
@@ -212,6 +245,7 @@ class Pipeline:
         pre = self.manifest.preprocessing
         try:
             p.frame = check_frame(item.image)
+            check_useful_size(p.frame.shape[0], p.frame.shape[1], self.manifest)
             p.geometry = plan_geometry(p.frame.shape[0], p.frame.shape[1], pre.height, pre.width, pre.resize)
             p.resized = resize_frame(p.frame, pre.height, pre.width, pre.resize, pre.pad_value)
         except InputError as exc:
@@ -274,7 +308,11 @@ class Pipeline:
             "status": self.status, "model": self.model_info,
             "frames_scored": self.stats.frames_scored, "published": self.stats.published,
             "errors": self.stats.verdicts["error"], "verdicts": dict(self.stats.verdicts),
-            "publish_drops": self.pub.drops, "subscribers": self.pub.poll_subscriptions(),
+            # Per-subscriber losses are invisible to a publisher (ZeroMQ drops per peer, silently):
+            # `sent` per topic lets each subscriber compare with the `seq` numbers it received.
+            "sent": dict(self.pub.sent), "subscribers": self.pub.subscribers,
+            "security": "curve" if self.pub.curve is not None else "none",
+            "handshake_failures": dict(self.pub.handshake_failures),
             "cameras": {c.id: {"status": c.status, "fps": round(c.fps(), 2), "frames": c.frames,
                                "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue)}
                         for c in self.cameras},
@@ -290,6 +328,8 @@ def run_pipeline(
     config: PipelineConfig = PipelineConfig(),
     wait_subscribers: int = 0,
     handle_signals: bool = True,
+    curve: CurveServer | None = None,
+    send_queue: int = 100,
 ) -> dict[str, Any]:
     """Open everything, run until the sources end / max frames / SIGINT-SIGTERM; returns the final status.
 
@@ -303,9 +343,8 @@ def run_pipeline(
         log.warning("%s: every verdict will be 'error'", NOT_CALIBRATED)
     scorer = open_scorer(Path(model_dir), backend, config.precision)
     try:
-        # First-run allocations (ORT arenas, TensorRT context) happen now, not on the first part.
-        scorer.score(np.zeros((1, manifest.preprocessing.height, manifest.preprocessing.width, 3), np.uint8))
-        with Publisher(publish, topic_prefix) as pub:
+        _warm_up(scorer, manifest, Path(model_dir))
+        with Publisher(publish, topic_prefix, sndhwm=send_queue, curve=curve) as pub:
             log.info("publishing on %s (topics %s/<camera>)", pub.bound_endpoint, topic_prefix)
             if wait_subscribers and not pub.wait_for_subscribers(wait_subscribers, timeout_s=10.0):
                 log.warning("only %d of %d subscribers after 10 s; starting anyway",
@@ -315,6 +354,22 @@ def run_pipeline(
                 return pipe.run()
     finally:
         scorer.close()
+
+
+def _warm_up(scorer: Scorer, manifest: Manifest, model_dir: Path) -> None:
+    """First-run allocations (ORT arenas, TensorRT context) happen now, not on the first part; and a
+    graph that loads but cannot run fails here, before the line starts, as a clear error."""
+    pre = manifest.preprocessing
+    try:
+        scorer.score(np.zeros((1, pre.height, pre.width, 3), np.uint8))
+    except EdgeSomadError:
+        raise
+    except Exception as exc:  # backends raise their own types (ORT: Fail, RuntimeException, ...)
+        raise ArtifactError(
+            f"{model_dir / manifest.onnx}: the graph loaded but failed on a blank {pre.height}x{pre.width} frame "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Rebuild it where the model "
+            f"was fitted: `edge-somad export --model {model_dir}` (keeps the calibration)."
+        ) from exc
 
 
 class _signals:

@@ -5,11 +5,13 @@ Same video, same backend: (a) the bare scorer on the pre-resized frames, batch 1
 -> a real SUB on 127.0.0.1 in another thread. Latency is capture -> publish, taken from the
 headers the subscriber actually received.
 overhead_pct = 100 * (scorer_fps / pipeline_fps - 1): the extra time per frame the pipeline adds.
+With curve=True both ends use CURVE (throwaway keys), so the cost of encryption shows up in it.
 """
 
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,13 +19,13 @@ from typing import Any
 
 import cv2
 import numpy as np
-import zmq
 
 from edge_somad.errors import ConfigError
 from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.backends import open_scorer
 from edge_somad.runtime.camera import SourceSpec
+from edge_somad.runtime.curve import CurveClient, CurveServer, connect_subscriber, load_client, load_server, make_keys
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.preprocess import resize_frame
 from edge_somad.runtime.publisher import Publisher
@@ -58,13 +60,11 @@ def _bare_scorer_fps(scorer: Any, frames: list[np.ndarray], h: int, w: int, mode
     return len(batch) / (time.perf_counter() - t0)
 
 
-def _receive(endpoint: str, expected: int, ready: threading.Event, out: list[tuple[float, float]]) -> None:
+def _receive(endpoint: str, expected: int, ready: threading.Event, out: list[tuple[float, float]],
+             curve: CurveClient | None) -> None:
     """Collect (latency_ms, published_at) of each verdict."""
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)  # the benchmark's subscriber keeps up; never lose a sample
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(endpoint)
+    # rcvhwm 0: the benchmark's subscriber keeps up; never lose a sample
+    sock = connect_subscriber(endpoint, b"", curve, rcvhwm=0)
     ready.set()
     try:
         while len(out) < expected and sock.poll(5000):
@@ -75,9 +75,26 @@ def _receive(endpoint: str, expected: int, ready: threading.Event, out: list[tup
         sock.close()
 
 
-def bench_pipeline(model_dir: Path, video: Path, backend: str, precision: str, frames: int) -> dict:
+def _throwaway_keys(folder: Path) -> tuple[CurveServer, CurveClient]:
+    make_keys(folder, "server")
+    make_keys(folder / "clients", "bench")
+    server = load_server(folder / "server.key_secret", folder / "clients")
+    client = load_client(folder / "server.key", folder / "clients" / "bench.key_secret")
+    if server is None or client is None:
+        raise ConfigError("throwaway CURVE keys could not be loaded")
+    return server, client
+
+
+def bench_pipeline(model_dir: Path, video: Path, backend: str, precision: str, frames: int,
+                   curve: bool = False) -> dict:
     """-> {pipeline_fps, scorer_fps, overhead_pct, latency_p50_ms, latency_p99_ms, + context fields}."""
-    model_dir, video = Path(model_dir), Path(video)
+    with tempfile.TemporaryDirectory(prefix="edge-somad-keys-") as keys:
+        server, client = _throwaway_keys(Path(keys)) if curve else (None, None)
+        return _bench(Path(model_dir), Path(video), backend, precision, frames, server, client)
+
+
+def _bench(model_dir: Path, video: Path, backend: str, precision: str, frames: int,
+           server: CurveServer | None, client: CurveClient | None) -> dict:
     if frames < 2:
         raise ConfigError(f"frames={frames}; expected >= 2")
     manifest = load_manifest(model_dir)
@@ -88,9 +105,9 @@ def bench_pipeline(model_dir: Path, video: Path, backend: str, precision: str, f
         scorer_fps = _bare_scorer_fps(scorer, images, pre.height, pre.width, pre.resize, pre.pad_value)
         endpoint = f"tcp://127.0.0.1:{_free_port()}"
         latencies: list[tuple[float, float]] = []
-        with Publisher(endpoint, "bench", sndhwm=1000) as pub:
+        with Publisher(endpoint, "bench", sndhwm=1000, curve=server) as pub:
             ready = threading.Event()
-            rx = threading.Thread(target=_receive, args=(endpoint, len(images), ready, latencies),
+            rx = threading.Thread(target=_receive, args=(endpoint, len(images), ready, latencies, client),
                                   daemon=True)
             rx.start()
             ready.wait(5)
@@ -121,7 +138,8 @@ def bench_pipeline(model_dir: Path, video: Path, backend: str, precision: str, f
         "latency_p99_ms": round(float(np.percentile(lat, 99)), 3),
         "frames": n,
         "received": len(latencies),
-        "publish_drops": final["publish_drops"],
+        "missed": n - len(latencies),
+        "curve": server is not None,
         "backend": scorer.backend,
         "device": scorer.device,
     }

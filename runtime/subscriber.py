@@ -2,6 +2,12 @@
 
 This is the shape a site integration copies: everything it needs is in the JSON header; the
 heatmap/overlay frames are optional payloads. See docs/messages.md for the schema.
+
+Everything received is network data. A verdict is acted on (printed, logged, saved) only after
+`messages.validate_verdict` (strict camera-id rule, topic = camera, integer frame id, known
+verdict); anything else is dropped and counted in `rejected`. Saved files are named from those
+validated parts only, created exclusively (never overwriting) inside the target folder.
+Each subscriber counts its own losses from the per-topic `seq` numbers (`missed`).
 """
 
 from __future__ import annotations
@@ -9,46 +15,202 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import zmq
 
+from edge_somad.errors import InputError
 from edge_somad.runtime import messages
+from edge_somad.runtime.curve import CurveClient, connect_subscriber
 
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = ("frame_id", "camera", "captured_at", "published_at", "latency_ms", "score", "score_normalised",
               "threshold", "verdict", "error", "n_defects", "defects")
+MAX_NAME_TRIES = 10_000  # saved files per (camera, frame id, verdict) before refusing to save more
+MAX_TOPICS = 10_000  # topics tracked for seq gaps: a hostile publisher must not grow memory forever
 
 
 def _csv_row(h: dict[str, Any]) -> dict[str, Any]:
     row = {k: h.get(k) for k in CSV_FIELDS}
-    row["n_defects"] = len(h.get("defects") or [])
-    row["defects"] = json.dumps(h.get("defects") or [], separators=(",", ":"))
+    defects = h.get("defects") if isinstance(h.get("defects"), list) else []
+    row["n_defects"] = len(defects)
+    row["defects"] = json.dumps(defects, separators=(",", ":"))
     return row
 
 
+def _write_new(path: Path, data: bytes | np.ndarray) -> None:
+    """Create path exclusively (O_EXCL: fails on any existing file or symlink) and write data."""
+    with open(path, "xb") as f:
+        if isinstance(data, np.ndarray):
+            np.save(f, data, allow_pickle=False)
+        else:
+            f.write(data)
+
+
+def _reserve_stem(out_dir: Path, base: str, header_json: bytes) -> Path:
+    """Create <base>[_<n>].json with the first free n; returns the stem (same folder, no suffix)."""
+    for n in range(MAX_NAME_TRIES):
+        stem = out_dir / (base if n == 0 else f"{base}_{n}")
+        try:
+            _write_new(stem.with_name(stem.name + ".json"), header_json)
+            return stem
+        except FileExistsError:
+            continue
+    raise InputError(f"{out_dir}: {MAX_NAME_TRIES} files named {base}* already; not saving more")
+
+
 def save_failure(out_dir: Path, msg: messages.Received) -> list[Path]:
-    """Write header JSON + overlay JPEG (if sent) + heatmap (PNG as sent, f16 as .npy) for one verdict."""
+    """Write header JSON + overlay JPEG (if sent) + heatmap (PNG as sent, f16 as .npy) for one verdict.
+
+    `msg` must have passed messages.validate_verdict: the name is <camera>_<frame id>_<verdict>
+    from validated parts, plus _<n> when that name is taken (a restarted publisher reuses frame ids).
+    """
     h = msg.header
-    stem = out_dir / f"{h['camera']}_{int(h['frame_id']):08d}_{h['verdict']}"
-    paths = [stem.with_suffix(".json")]
-    paths[0].write_text(json.dumps(h, indent=1))
+    out_dir = Path(out_dir).resolve()
+    base = f"{messages.check_camera_id(h['camera'])}_{int(h['frame_id']):08d}_{h['verdict']}"
+    if os.sep in base or (os.altsep and os.altsep in base) or base.startswith("."):
+        raise InputError(f"refusing file name {base!r}: not a plain name")  # unreachable after validation
+    stem = _reserve_stem(out_dir, base, json.dumps(h, indent=1).encode())
+    if stem.parent != out_dir:
+        raise InputError(f"refusing to write {stem}: outside {out_dir}")
+    paths = [stem.with_name(stem.name + ".json")]
+    extra: list[tuple[str, bytes | np.ndarray]] = []
     if msg.overlay:
-        paths.append(stem.with_suffix(".jpg"))
-        paths[-1].write_bytes(msg.overlay)
+        extra.append((".jpg", msg.overlay))
     meta = h.get("heatmap")
     if meta and meta["encoding"] == "png":
-        paths.append(stem.with_name(stem.name + "_heatmap.png"))
-        paths[-1].write_bytes(msg.heatmap)
+        extra.append(("_heatmap.png", msg.heatmap))
     elif meta and meta["encoding"] == "f16":
-        paths.append(stem.with_name(stem.name + "_heatmap.npy"))
-        np.save(paths[-1], messages.decode_heatmap(meta, msg.heatmap), allow_pickle=False)
+        try:
+            extra.append(("_heatmap.npy", messages.decode_heatmap(meta, msg.heatmap)))
+        except InputError as exc:
+            log.warning("%s: heatmap not saved: %s", paths[0].name, exc)
+    for suffix, data in extra:
+        path = stem.with_name(stem.name + suffix)
+        try:
+            _write_new(path, data)
+        except FileExistsError:  # a foreign file took the companion name: keep it, never overwrite
+            log.warning("%s exists already; not overwritten, this part of %s is not saved", path, paths[0].name)
+            continue
+        paths.append(path)
     return paths
+
+
+@dataclass
+class SeqCounter:
+    """Per-topic gap counting from the publisher's `seq`: what this subscriber missed."""
+
+    last: dict[str, int] = field(default_factory=dict)
+    missed: dict[str, int] = field(default_factory=dict)
+    restarts: int = 0
+
+    def see(self, topic: str, header: dict[str, Any]) -> int:
+        """Record one message; returns how many messages before it on this topic were lost."""
+        seq = header.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            return 0  # a publisher older than seq numbers: nothing to count with
+        prev = self.last.get(topic)
+        if prev is None and len(self.last) >= MAX_TOPICS:
+            return 0
+        self.last[topic] = seq
+        if prev is None:
+            return 0  # joined mid-stream: what was sent before is not ours to count
+        if seq <= prev:
+            self.restarts += 1  # the publisher restarted (seq starts at 0 again)
+            return 0
+        gap = seq - prev - 1
+        if gap:
+            self.missed[topic] = self.missed.get(topic, 0) + gap
+        return gap
+
+    def see_final(self, prefix: str, final: dict[str, Any]) -> None:
+        """Losses at the end of a topic are only visible against the final status's `sent` counts."""
+        sent = final.get("sent")
+        if not isinstance(sent, dict):
+            return
+        for name, count in sent.items():
+            topic = f"{prefix}/{name}"
+            if isinstance(count, int) and topic in self.last and count - 1 > self.last[topic]:
+                self.missed[topic] = self.missed.get(topic, 0) + count - 1 - self.last[topic]
+                self.last[topic] = count - 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.missed.values())
+
+
+@dataclass
+class SubscribeResult:
+    verdicts: int = 0
+    rejected: int = 0  # messages dropped as malformed or unsafe (see module docstring)
+    seq: SeqCounter = field(default_factory=SeqCounter)
+    final: dict[str, Any] | None = None  # the last final status seen
+
+    @property
+    def missed(self) -> int:
+        return self.seq.total
+
+
+class _Sinks:
+    """CSV file, stdout lines and saved failures for validated verdicts."""
+
+    def __init__(self, csv_path: Path | None, save_fails: Path | None, out: IO[str], save_errors: bool) -> None:
+        self.out, self.save_fails, self.save_errors = out, save_fails, save_errors
+        if save_fails is not None:
+            save_fails.mkdir(parents=True, exist_ok=True)
+        self.csv_file = self.writer = None
+        if csv_path is not None:
+            new = not csv_path.exists() or csv_path.stat().st_size == 0
+            self.csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in close()
+            self.writer = csv.DictWriter(self.csv_file, fieldnames=CSV_FIELDS)
+            if new:
+                self.writer.writeheader()
+
+    def verdict(self, msg: messages.Received) -> None:
+        self.out.write(json.dumps({"topic": msg.topic, **msg.header}) + "\n")
+        self.out.flush()
+        if self.writer is not None and self.csv_file is not None:
+            self.writer.writerow(_csv_row(msg.header))
+            self.csv_file.flush()
+        verdict = msg.header["verdict"]
+        if self.save_fails is not None and (verdict == "fail" or (self.save_errors and verdict == "error")):
+            save_failure(self.save_fails, msg)
+
+    def close(self) -> None:
+        if self.csv_file is not None:
+            self.csv_file.close()
+
+
+def _handle(raw: list[bytes], result: SubscribeResult, sinks: _Sinks) -> None:
+    try:
+        msg = messages.parse_message(raw)
+        if msg.kind == "unknown":
+            raise InputError(f"schema {str(msg.header.get('schema'))[:60]!r} is not an edge-somad message")
+        if msg.kind == "verdict":
+            messages.validate_verdict(msg)
+    except InputError as exc:
+        result.rejected += 1
+        log.error("rejected a message (%s); %d rejected so far", exc, result.rejected)
+        return
+    gap = result.seq.see(msg.topic, msg.header)
+    if gap:
+        log.warning("%r: %d message(s) lost before seq %s (this subscriber fell behind or reconnected)",
+                    msg.topic, gap, msg.header.get("seq"))
+    if msg.kind != "verdict":
+        if msg.kind == "status" and msg.header.get("event") == "final":
+            result.final = msg.header
+            result.seq.see_final(msg.topic.rpartition("/")[0], msg.header)
+        log.info("%r %s", msg.topic, json.dumps(msg.header)[:2000])
+        return
+    result.verdicts += 1
+    sinks.verdict(msg)
 
 
 def subscribe_loop(
@@ -58,50 +220,26 @@ def subscribe_loop(
     save_fails: Path | None = None,
     count: int | None = None,
     timeout_s: float | None = None,
-    out: IO[str] = sys.stdout,
+    out: IO[str] | None = None,
     save_errors: bool = True,
-) -> int:
-    """Receive until `count` verdicts or `timeout_s` seconds without any message. Returns verdicts seen."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt_string(zmq.SUBSCRIBE, topic)
-    sock.connect(connect)
-    if save_fails is not None:
-        save_fails.mkdir(parents=True, exist_ok=True)
-    csv_file = writer = None
-    if csv_path is not None:
-        new = not csv_path.exists() or csv_path.stat().st_size == 0
-        csv_file = open(csv_path, "a", newline="")  # noqa: SIM115 - closed in finally
-        writer = csv.DictWriter(csv_file, fieldnames=CSV_FIELDS)
-        if new:
-            writer.writeheader()
-    seen = 0
+    curve: CurveClient | None = None,
+) -> SubscribeResult:
+    """Receive until `count` verdicts or `timeout_s` seconds without any message."""
+    sock = connect_subscriber(connect, topic.encode(), curve)
+    # sys.stdout looked up now, not at import: a caller (or a test runner) may have replaced it.
+    sinks = _Sinks(csv_path, save_fails, sys.stdout if out is None else out, save_errors)
+    result = SubscribeResult()
     last = time.monotonic()
     try:
-        while count is None or seen < count:
+        while count is None or result.verdicts < count:
             wait = 200 if timeout_s is None else max(1, int(min(0.2, timeout_s) * 1000))
             if not sock.poll(wait, zmq.POLLIN):
                 if timeout_s is not None and time.monotonic() - last >= timeout_s:
                     break
                 continue
             last = time.monotonic()
-            msg = messages.parse_message(sock.recv_multipart())
-            if msg.kind != "verdict":
-                log.info("%s %s", msg.topic, json.dumps(msg.header))
-                continue
-            seen += 1
-            out.write(json.dumps({"topic": msg.topic, **msg.header}) + "\n")
-            out.flush()
-            if writer is not None and csv_file is not None:
-                writer.writerow(_csv_row(msg.header))
-                csv_file.flush()
-            failing = msg.header["verdict"] == "fail" or (save_errors and msg.header["verdict"] == "error")
-            if save_fails is not None and failing:
-                save_failure(save_fails, msg)
+            _handle(sock.recv_multipart(), result, sinks)
     finally:
-        if csv_file is not None:
-            csv_file.close()
+        sinks.close()
         sock.close()
-    return seen
-
+    return result

@@ -112,7 +112,7 @@ def test_bench_pipeline_reports_fps_and_latency(tmp_path: Path) -> None:
     d = make_model_dir(tmp_path / "m")
     video = write_video(tmp_path / "v.avi", [grey(), defect()] * 15)
     r = bench_pipeline(d, video, "onnxruntime", "fp32", frames=30)
-    assert r["frames"] == 30 and r["received"] == 30 and r["publish_drops"] == 0
+    assert r["frames"] == 30 and r["received"] == 30 and r["missed"] == 0
     assert r["pipeline_fps"] > 0 and r["scorer_fps"] > 0
     assert r["overhead_pct"] == pytest.approx(100 * (r["scorer_fps"] / r["pipeline_fps"] - 1), abs=1.0)
     assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -10,10 +11,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import typer
 import zmq
 from typer.testing import CliRunner
 
+from edge_somad.export.manifest import load_manifest, save_manifest, sha256_file
 from edge_somad.runtime import messages
 from edge_somad.runtime.commands import run, subscribe
 from tests.test_runtime_support import build_onnx, defect, free_port, grey, make_model_dir, write_video
@@ -120,3 +123,34 @@ def test_runtime_imports_no_torch(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1]) == {"pass": 1, "fail": 1, "error": 0}
+
+
+def test_corrupt_graph_with_matching_sha256_is_a_clear_error(tmp_path: Path) -> None:
+    """A truncated model.onnx whose sha256 the manifest vouches for: what, where, how to rebuild; no traceback."""
+    d = make_model_dir(tmp_path / "m")
+    onnx_path = d / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[: onnx_path.stat().st_size // 2])
+    save_manifest(d, dataclasses.replace(load_manifest(d, verify_onnx=False), onnx_sha256=sha256_file(onnx_path)))
+    video = write_video(tmp_path / "v.avi", [grey()])
+    res = subprocess.run(
+        [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", str(video), "--model", str(d),
+         "--publish", f"tcp://127.0.0.1:{free_port()}", "--backend", "onnxruntime"],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"{onnx_path}" in res.stderr and "cannot be loaded by ONNX Runtime" in res.stderr
+    assert f"edge-somad export --model {d}" in res.stderr
+
+
+def test_graph_that_loads_but_cannot_run_is_a_clear_error(tmp_path: Path) -> None:
+    from edge_somad.errors import ArtifactError
+    from edge_somad.runtime.pipeline import _warm_up
+
+    class Broken:  # what ONNX Runtime does with a graph whose kernels fail: its own exception type
+        def score(self, frames):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code\nmore")
+
+    d = make_model_dir(tmp_path / "m")
+    with pytest.raises(ArtifactError, match=r"failed on a blank 64x96 frame \(RuntimeError: .*RUNTIME_EXCEPTION.*"
+                                            r"edge-somad export --model"):
+        _warm_up(Broken(), load_manifest(d), d)

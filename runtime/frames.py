@@ -1,0 +1,140 @@
+"""Is a frame fit to be inspected? Whole image files only, and big enough for the model.
+
+OpenCV decodes a truncated JPEG without an error: libjpeg prints "Premature end of JPEG file" to
+stderr and fills the missing rows with grey, and the scorer then rates a part that was never
+fully seen. So an image file is checked structurally before it is decoded (JPEG: the marker
+segments and the entropy-coded scans up to the end-of-image marker; PNG: the chunks up to IEND;
+BMP and WebP: the size their header declares). TIFF has no cheap end marker: there the decoder's
+own refusal is the only check.
+
+The smallest useful frame follows from the model, not from data: the anomaly map is computed on a
+grid of one patch per `stride` model pixels (manifest `model.feature_grid`; the backbone's first
+tapped stage has stride 4). A frame enlarged by more than `stride` on an axis has less than one
+source pixel per patch, and a frame whose content covers less than one patch on the model canvas
+(an extreme letterbox) shows the model almost nothing: both are `error`, never scored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_somad.errors import InputError
+from edge_somad.export.manifest import Manifest
+from edge_somad.runtime.preprocess import plan_geometry
+
+# The fused graph's map grid is the stride-4 output of the backbone (edge_somad/features.py:
+# grid = (H // 4, W // 4)); used when a manifest predates `model.feature_grid`.
+ARCHITECTURE_STRIDE = 4
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TRUNCATED = "truncated: the file ends before its {}; the decoder would fill the rest with made-up pixels"
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    """Walk SOI, marker segments and scans; None if the walk reaches EOI inside the data."""
+    n, i = len(data), 2
+    while True:
+        while i < n and data[i] != 0xFF:  # bytes between segments: libjpeg skips them (with a warning)
+            i += 1
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            return _TRUNCATED.format("end-of-image marker (FFD9)")
+        marker, i = data[i], i + 1
+        if marker == 0xD9:
+            return None
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM / RSTn: no length field
+            continue
+        if i + 2 > n:
+            return _TRUNCATED.format(f"segment FF{marker:02X}")
+        length = int.from_bytes(data[i:i + 2], "big")
+        if length < 2:
+            return f"corrupt JPEG: segment FF{marker:02X} declares length {length}"
+        if i + length > n:
+            return _TRUNCATED.format(f"segment FF{marker:02X} ({length} bytes)")
+        i += length
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
+            while True:
+                j = data.find(b"\xff", i)
+                if j < 0 or j + 1 >= n:
+                    return _TRUNCATED.format("end of its image data")
+                following = data[j + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:  # stuffed byte / restart marker
+                    i = j + 2
+                elif following == 0xFF:
+                    i = j + 1
+                else:
+                    i = j
+                    break
+
+
+def _png_problem(data: bytes) -> str | None:
+    i, n = len(_PNG_SIGNATURE), len(data)
+    while i + 8 <= n:
+        length = int.from_bytes(data[i:i + 4], "big")
+        kind = data[i + 4:i + 8]
+        i += 12 + length  # length, type, data, CRC
+        if i > n:
+            return _TRUNCATED.format(f"{kind.decode('latin-1')!r} chunk")
+        if kind == b"IEND":
+            return None
+    return _TRUNCATED.format("IEND chunk")
+
+
+def encoded_image_problem(data: bytes) -> str | None:
+    """Why these image-file bytes must not be scored, or None. Never decodes."""
+    if not data:
+        return "empty file (0 bytes)"
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_problem(data)
+    if data[:8] == _PNG_SIGNATURE:
+        return _png_problem(data)
+    if data[:2] == b"BM" and len(data) >= 6:
+        declared = int.from_bytes(data[2:6], "little")
+        return _TRUNCATED.format(f"declared size ({declared} bytes)") if declared > len(data) else None
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        declared = int.from_bytes(data[4:8], "little") + 8
+        return _TRUNCATED.format(f"declared size ({declared} bytes)") if declared > len(data) else None
+    return None
+
+
+def read_image_file(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """(image, None) for a complete, decodable file; (None, reason) otherwise."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return None, f"cannot read image {Path(path).name}: {exc.strerror or exc}"
+    problem = encoded_image_problem(data)
+    if problem is not None:
+        return None, f"image {Path(path).name}: {problem}"
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return None, f"cannot decode image {Path(path).name} ({len(data)} bytes)"
+    return img, None
+
+
+def patch_stride(manifest: Manifest) -> tuple[float, float]:
+    """Model pixels per anomaly-map patch (y, x), from the manifest's feature grid."""
+    pre = manifest.preprocessing
+    grid = manifest.model.get("feature_grid")
+    if isinstance(grid, (list, tuple)) and len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid):
+        return pre.height / grid[0], pre.width / grid[1]
+    return float(ARCHITECTURE_STRIDE), float(ARCHITECTURE_STRIDE)
+
+
+def check_useful_size(frame_h: int, frame_w: int, manifest: Manifest) -> None:
+    """InputError if the model cannot usefully inspect a frame of this size (module docstring)."""
+    pre = manifest.preprocessing
+    sy, sx = patch_stride(manifest)
+    g = plan_geometry(frame_h, frame_w, pre.height, pre.width, pre.resize)
+    content_h, content_w = min(g.new_h, pre.height), min(g.new_w, pre.width)
+    if g.scale_y > sy or g.scale_x > sx or content_h < sy or content_w < sx:
+        raise InputError(
+            f"frame {frame_h}x{frame_w} is below the model's minimum useful size: the {pre.resize} resize to "
+            f"{pre.height}x{pre.width} enlarges it {g.scale_y:.3g}x (height) and {g.scale_x:.3g}x (width) onto "
+            f"{content_h}x{content_w} pixels, but the anomaly map has one patch per {sy:g}x{sx:g} model pixels "
+            f"(allowed: at most {sy:g}x{sx:g} enlargement and at least one patch of content). Check the camera's "
+            "resolution and region of interest."
+        )
