@@ -51,7 +51,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rows = []
-    head = f"{'size':>9}{'grid':>10}{'SOM':>9}{'train':>7}{'fit s':>8}{'p50 ms':>8}{'p99 ms':>8}{'ONNX MB':>9}{'npz MB':>8}"
+    head = (f"{'size':>9}{'grid':>10}{'SOM':>9}{'train':>7}{'fit s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+            f"{'ONNX MB':>9}{'npz MB':>8}")
     print(head, flush=True)
     for size in args.sizes:
         h, w = (int(v) for v in size.split("x"))

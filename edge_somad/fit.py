@@ -23,7 +23,6 @@ from edge_somad.runtime.preprocess import resize_frame
 from edge_somad.som import best_matching_units, train_som
 from edge_somad.stats import node_statistics, positional_statistics
 
-
 NORM_MAX_IMAGES = 200
 
 
