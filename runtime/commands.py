@@ -36,7 +36,9 @@ def run(
     model: Annotated[Path, typer.Option("--model", help="Model directory holding manifest.json.")],
     backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime | torch")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (never changed silently)")] = "fp32",
-    publish: Annotated[str, typer.Option(help="ZeroMQ endpoint to bind the PUB socket to.")] = "tcp://*:5556",
+    publish: Annotated[str, typer.Option(
+        help="ZeroMQ endpoint to bind the PUB socket to; loopback by default, tcp://*:5556 serves the network."
+    )] = "tcp://127.0.0.1:5556",
     topic_prefix: Annotated[str, typer.Option(help="Topics are <prefix>/<camera-id>.")] = "somad",
     heatmap: Annotated[str, typer.Option(help="png (8-bit, 0..2x threshold) | f16 | none")] = "png",
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Add a JPEG overlay.")] = False,

@@ -323,7 +323,7 @@ def run_pipeline(
     model_dir: Path,
     cameras: list[str],
     backend: str = "auto",
-    publish: str = "tcp://*:5556",
+    publish: str = "tcp://127.0.0.1:5556",
     topic_prefix: str = "somad",
     config: PipelineConfig = PipelineConfig(),
     wait_subscribers: int = 0,

@@ -49,7 +49,7 @@ def is_exposed(endpoint: str) -> bool:
 class Publisher:
     def __init__(
         self,
-        endpoint: str = "tcp://*:5556",
+        endpoint: str = "tcp://127.0.0.1:5556",
         topic_prefix: str = "somad",
         sndhwm: int = 100,
         curve: CurveServer | None = None,
