@@ -143,9 +143,10 @@ def chi2_threshold(d: int, target_fpr: float, scale: float = 1.0) -> float:
 def image_chi2_threshold(d: int, target_frr: float, n_patches: int, scale: float = 1.0) -> float:
     """Image-level threshold by the union bound over `n_patches` patch distances.
 
-    The image score is the max of a smoothed, upsampled map of patch distances; smoothing and
-    bilinear upsampling are convex combinations, so the score never exceeds the largest patch
-    distance, and P(score >= t) <= n_patches · P(patch >= t). Valid only as far as chi2(d) holds
+    The image score is the max (or the mean of the hottest pixels, which is no larger) of a
+    smoothed, upsampled map of patch distances; smoothing and bilinear upsampling are convex
+    combinations, so the score never exceeds the largest patch distance, and
+    P(score >= t) <= n_patches · P(patch >= t). Valid only as far as chi2(d) holds
     at patch level (see chi2_fit_report), and loose because neighbouring patches are correlated.
     """
     if n_patches < 1:
@@ -182,7 +183,7 @@ def chi2_fit_report(patch_sq_distances: np.ndarray, d: int) -> dict[str, Any]:
         "ks_statistic": ks,
         "fits": bool(ks < KS_GOOD_FIT),
         "note": (
-            "patch-level only: the image score is the max over a smoothed map of min-over-top-k "
+            "patch-level only: the image score is the max (or top-share mean) over a smoothed map of min-over-top-k "
             "distances, so chi2(d) at patch level does not give the image-level FRR directly."
         ),
     }

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from edge_somad.calibration.commands import calibrate
+from edge_somad.config import FitConfig
 from edge_somad.errors import EdgeSomadError
 from edge_somad.runtime.commands import keys, run, subscribe
 
@@ -43,8 +44,11 @@ def fit(
     som_size: Annotated[int, typer.Option(help="SOM grid K (KxK); 0 = feature grid capped at 3136 nodes.")] = 0,
     topk: Annotated[int, typer.Option(help="Nearest SOM nodes searched per patch.")] = 4,
     score_norm: Annotated[str, typer.Option(
-        help="zscore: standardise each position by the training maps (nominal hot zones stop winning); none: raw."
-    )] = "zscore",
+        help="none: raw distances; zscore: standardise each position by the training maps (helps PaDiM)."
+    )] = FitConfig.score_norm,
+    image_score_top: Annotated[float, typer.Option(
+        help="Image score = mean of this share of the map's hottest pixels (0 = the maximum)."
+    )] = FitConfig.image_score_top,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
@@ -53,7 +57,7 @@ def fit(
 
     try:
         info = fit_from_cli(category, data_root, out, backbone, weights, height, width, resize, method, d,
-                            projection, som_size, topk, score_norm, seed, device)
+                            projection, som_size, topk, score_norm, image_score_top, seed, device)
     except EdgeSomadError as exc:
         _fail(exc)
     typer.echo(json.dumps(info, indent=2))

@@ -65,6 +65,7 @@ class SomadNet(nn.Module):
         self.head = Head(arrays, config)
         self.size = (config.input.height, config.input.width)
         self.grid = features.grid
+        self.score_pixels = scoring.image_score_pixels(*self.size, config.image_score_top)
         kernel = scoring.gaussian_kernel1d(config.smoothing_sigma) if config.smoothing_sigma > 0 else None
         self.register_buffer("kernel", kernel)
 
@@ -76,7 +77,7 @@ class SomadNet(nn.Module):
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames uint8 (B, H, W, 3) BGR -> (anomaly_map (B, H, W) float32, score (B,) float32)."""
         amap = scoring.smooth_and_upsample(self.head(self.features(frames)), self.grid, self.size, self.kernel)
-        return amap, scoring.image_scores(amap)
+        return amap, scoring.image_scores(amap, self.score_pixels)
 
 
 def build_net(config: FitConfig, arrays: FittedArrays, weights: str | None = None) -> SomadNet:

@@ -117,6 +117,18 @@ def smooth_and_upsample(
     return m[:, 0]
 
 
-def image_scores(anomaly_map: torch.Tensor) -> torch.Tensor:
-    """Image score = maximum of the smoothed map. (B, H, W) -> (B,)."""
-    return anomaly_map.flatten(1).amax(1)
+# TensorRT's TopK takes k <= 3840 (TopK operator docs), so the mean is capped there on huge maps.
+MAX_SCORE_PIXELS = 3840
+
+
+def image_score_pixels(height: int, width: int, top: float) -> int:
+    """How many of a height x width map's hottest pixels make the image score (0 share -> 1 = max)."""
+    return max(1, min(MAX_SCORE_PIXELS, round(top * height * width)))
+
+
+def image_scores(anomaly_map: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Image score = mean of the k largest values of the smoothed map (k=1: its maximum). (B, H, W) -> (B,)."""
+    flat = anomaly_map.flatten(1)
+    if k == 1:
+        return flat.amax(1)
+    return flat.topk(k, dim=1, sorted=False).values.mean(1)

@@ -15,13 +15,15 @@ log = logging.getLogger(__name__)
 
 def fit_from_cli(category: str, data_root: Path | None, out: Path | None, backbone: str, weights: str | None,
                  height: int, width: int, resize: str, method: str, d: int, projection: str, som_size: int,
-                 topk: int, score_norm: str, seed: int, device: str) -> dict[str, Any]:
+                 topk: int, score_norm: str, image_score_top: float, seed: int,
+                 device: str) -> dict[str, Any]:
     from edge_somad.data import resolve_category
     from edge_somad.fit import fit_model
 
     config = FitConfig(
         method=method, backbone=backbone, input=InputSpec(height, width, resize), projection=projection, d=d,
-        som=SomConfig(rows=som_size, cols=som_size), topk=topk, score_norm=score_norm, seed=seed,
+        som=SomConfig(rows=som_size, cols=som_size), topk=topk, score_norm=score_norm,
+        image_score_top=image_score_top, seed=seed,
     )
     cat = resolve_category(category, data_root)
     return fit_model(cat, config, out or Path("models") / category, weights=weights, device=device)
@@ -69,7 +71,7 @@ def export_from_cli(category: str | None, model: Path | None, data_root: Path | 
             raise ArtifactError(f"{model_dir} holds no fitted model; add --category X to fit it first")
         log.info("no fitted model in %s: fitting category %s with the defaults", model_dir, category)
         fit_from_cli(category, data_root, model_dir, "efficientnet-lite0", None, 224, 224, "letterbox", "somad",
-                     64, "gaussian", 0, 4, FitConfig.score_norm, 0, "auto")
+                     64, "gaussian", 0, 4, FitConfig.score_norm, FitConfig.image_score_top, 0, "auto")
     manifest = export_model(model_dir)
     manifest = calibrate_holdout(model_dir, target_frr)
     if trt_wanted(trt):

@@ -61,6 +61,7 @@ def build_manifest(model_dir: Path, report: GraphReport, previous: Manifest | No
             "projection": config.projection, "som_grid": fit_info.get("som_grid"), "topk": config.topk,
             "feature_grid": fit_info.get("feature_grid"), "smoothing_sigma": config.smoothing_sigma,
             "score_norm": config.score_norm,
+            "image_score_top": config.image_score_top,
             "onnx_bytes": report.bytes, "largest_intermediate": {
                 "name": report.largest_intermediate[0], "shape_batch1": list(report.largest_intermediate[1]),
                 "bytes": report.largest_intermediate[2]},

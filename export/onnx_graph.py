@@ -22,7 +22,7 @@ OPSET = 17
 # this graph may use. Anything else fails the export instead of failing later on the Jetson.
 TRT_ALLOWED_OPS = frozenset({
     "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Expand", "Flatten", "Gather",
-    "Identity", "MatMul", "Max", "Min", "Mul", "Neg", "Pad", "ReduceMax", "ReduceSum", "Relu",
+    "Identity", "MatMul", "Max", "Min", "Mul", "Neg", "Pad", "ReduceMax", "ReduceMean", "ReduceSum", "Relu",
     "Reshape", "Resize", "Shape", "Slice", "Sqrt", "Squeeze", "Sub", "TopK", "Transpose",
     "Unsqueeze", "Sigmoid", "BatchNormalization", "MaxPool", "Equal", "Where", "ConstantOfShape",
     "Range", "Split", "QuantizeLinear", "DequantizeLinear",

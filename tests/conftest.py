@@ -46,8 +46,10 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config():
     from edge_somad.config import FitConfig, InputSpec, SomConfig
 
+    # zscore (not the default) so the parity tests cover every node the graph can hold; the
+    # default raw path runs end to end in test_calibration_hazelnut.
     return FitConfig(input=InputSpec(*TINY_SIZE, resize="letterbox"), d=16,
-                     som=SomConfig(epochs=2, batch_size=1024), holdout_fraction=0.2)
+                     som=SomConfig(epochs=2, batch_size=1024), holdout_fraction=0.2, score_norm="zscore")
 
 
 @pytest.fixture(scope="session")

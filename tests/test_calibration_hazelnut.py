@@ -32,7 +32,7 @@ def hazelnut(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("hz") / "model"
     # Small on purpose (128 px, d 32, 12x12 SOM): the whole chain in CI time on 2 CPU cores.
     fit_from_cli("hazelnut_toy", None, out, "efficientnet-lite0", None, 128, 128, "letterbox", "somad",
-                 32, "gaussian", 12, 4, "zscore", 0, "cpu")
+                 32, "gaussian", 12, 4, "none", 0.01, 0, "cpu")
     export_model(out)
     return out, resolve_category("hazelnut_toy", None)
 

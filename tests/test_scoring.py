@@ -80,3 +80,27 @@ def test_smoothing_preserves_constants_and_image_score_is_the_max() -> None:
     amap = scoring.smooth_and_upsample(spike, (6, 8), (24, 32), scoring.gaussian_kernel1d(1.0))
     assert scoring.image_scores(amap).item() == pytest.approx(amap.max().item())
     assert 0 < amap.max().item() < 10.0  # blurred, so the peak spreads
+
+
+@pytest.mark.parametrize(("h", "w", "top", "expected_k"), [
+    (224, 224, 0.0, 1),        # 0 share: the paper's maximum
+    (224, 224, 0.01, 502),     # 1 % of 50176 pixels
+    (560, 224, 0.01, 1254),    # tall input: the share follows the pixel count
+    (1024, 1024, 0.01, 3840),  # capped at TensorRT's TopK limit
+    (8, 8, 0.001, 1),          # never fewer than one pixel
+])
+def test_image_score_pixels(h: int, w: int, top: float, expected_k: int) -> None:
+    assert scoring.image_score_pixels(h, w, top) == expected_k
+
+
+def test_image_score_is_the_mean_of_the_hottest_pixels_float64() -> None:
+    g = torch.Generator().manual_seed(3)
+    amap = torch.rand(3, 20, 30, generator=g) * 5
+    ref = np.sort(amap.double().numpy().reshape(3, -1), axis=1)[:, -17:].mean(1)
+    got = scoring.image_scores(amap, 17).double().numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    # One isolated hot pixel moves the maximum, barely the top-k mean: the point of the mean.
+    spiked = amap.clone()
+    spiked[0, 5, 5] = 100.0
+    assert scoring.image_scores(spiked, 1)[0] == 100.0
+    assert scoring.image_scores(spiked, 17)[0] < scoring.image_scores(amap, 17)[0] + 100.0 / 17 + 1e-4
