@@ -47,7 +47,7 @@ class Preprocessing:
 class Calibration:
     """Pass/fail decision, set by `edge-somad calibrate`. threshold None means 'not calibrated'."""
 
-    method: str = "none"  # empirical-quantile | chi2 | manual | none
+    method: str = "none"  # robust-normal | empirical-quantile | chi2 | manual | none
     target_frr: float | None = None
     n_images: int = 0
     pixel_threshold: float | None = None

@@ -73,6 +73,20 @@ def test_calibrate_model_writes_threshold_pixel_rule_and_area(model_dir: Path) -
     assert load_manifest(model_dir) == m  # saved, and model.onnx still matches its sha256
 
 
+def test_calibrate_model_robust_is_the_default_rule(model_dir: Path) -> None:
+    from edge_somad.calibration.commands import DEFAULT_METHOD
+    from edge_somad.calibration.threshold import robust_threshold
+
+    frames = synthetic_frames(N_HOLDOUT, seed=13)
+    with open_scorer(model_dir, "onnxruntime", "fp32") as scorer:
+        scores, _ = score_all(scorer, frames)
+        m = calibrate_model(model_dir, frames, 0.05, DEFAULT_METHOD, 0.99, None, scorer)
+    est = robust_threshold(scores, 0.05)
+    assert DEFAULT_METHOD == "robust" and m.calibration.method == "robust-normal"
+    assert m.threshold == est.threshold and m.calibration.details["note"] == est.note
+    assert m.calibration.details["empirical"]["threshold"] == empirical_threshold(scores, 0.05).threshold
+
+
 def test_calibrate_model_chi2_with_patch_distances(model_dir: Path) -> None:
     frames = synthetic_frames(N_HOLDOUT, seed=12)
     patch_sq = np.random.default_rng(0).chisquare(4, (N_HOLDOUT, 16, 24))  # d = 4 in the stand-in

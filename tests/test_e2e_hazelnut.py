@@ -32,7 +32,7 @@ def _ok(args: list[str]) -> str:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tmp_path_factory.mktemp("e2e") / "hazelnut"
     _ok(["fit", "--category", "hazelnut_toy", "--data-root", str(HAZELNUT_ROOT), "--out", str(model),
-         "--height", "128", "--width", "128", "--d", "32", "--device", "cpu"])
+         "--height", "128", "--width", "128", "--d", "32", "--device", "cpu", "--method", "somad"])
     _ok(["export", "--model", str(model), "--no-trt"])
     return model
 
