@@ -56,16 +56,32 @@ def run(
     ] = None,
     curve_clients: Annotated[OptFile, typer.Option(
         help="CURVE: folder of the public key files (NAME.key) of the only subscribers allowed to connect.")] = None,
+    health: Annotated[bool, typer.Option("--health/--no-health", help="Camera-fault and drift monitoring "
+        "(docs/messages.md, heartbeat cameras.<id>.health).")] = True,
+    frozen_s: Annotated[float, typer.Option(help="Identical frames for this long (and --frozen-frames of them): "
+        "the camera is frozen, its frames get error verdicts.")] = 3.0,
+    frozen_frames: Annotated[int, typer.Option(help="Identical frames in a row needed for 'frozen'.")] = 10,
+    input_warn_z: Annotated[float, typer.Option(help="Input drift warn: brightness/contrast/sharpness this many "
+        "std from the fit images (rolling mean).")] = 4.0,
+    input_alarm_z: Annotated[float, typer.Option(help="Input drift alarm level (std).")] = 8.0,
+    psi_warn: Annotated[float, typer.Option(help="Score drift warn: PSI of pass scores vs calibration.")] = 0.1,
+    psi_alarm: Annotated[float, typer.Option(help="Score drift alarm: PSI.")] = 0.25,
+    score_window: Annotated[int, typer.Option(help="Pass scores in the score-drift window.")] = 200,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
     _logging(log_level)
     from edge_somad.runtime.curve import load_server
+    from edge_somad.runtime.health import HealthConfig
     from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
 
     try:
-        config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames,
-                                queue_size=queue_size, precision=precision, drain_timeout_s=drain_timeout)
+        health_config = HealthConfig(
+            enabled=health, frozen_s=frozen_s, frozen_frames=frozen_frames, input_warn_z=input_warn_z,
+            input_alarm_z=input_alarm_z, psi_warn=psi_warn, psi_alarm=psi_alarm, score_window=score_window,
+            score_min_samples=min(50, score_window))
+        config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
+                                precision=precision, drain_timeout_s=drain_timeout, health=health_config)
         curve = load_server(curve_secret_key, curve_clients)
         final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
                              config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)

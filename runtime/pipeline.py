@@ -35,6 +35,7 @@ from edge_somad.runtime.camera import (
 from edge_somad.runtime.curve import CurveServer
 from edge_somad.runtime.defects import find_defects, render_overlay
 from edge_somad.runtime.frames import check_useful_size
+from edge_somad.runtime.health import HealthConfig, LineHealth
 from edge_somad.runtime.preprocess import check_frame, plan_geometry, resize_frame
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import Scorer
@@ -54,6 +55,7 @@ class PipelineConfig:
     heartbeat_s: float = 1.0
     drain_timeout_s: float = 5.0  # on SIGTERM: at most this long scoring what is queued; the rest -> NOT_SCORED
     precision: str = "fp32"  # what the scorer runs, for the message's model block
+    health: HealthConfig = field(default_factory=HealthConfig)  # camera faults and drift (runtime/health.py)
 
     def __post_init__(self) -> None:
         if self.heatmap not in messages.HEATMAP_ENCODINGS:
@@ -128,6 +130,8 @@ class Pipeline:
             CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener)
             for cid, spec in cameras
         ]
+        self.health = LineHealth([c.id for c in self.cameras], manifest.reference, config.health,
+                                 score_drift=config.precision != "int8", on_change=self._health_event)
         limit = getattr(scorer, "max_batch", None)
         self.max_batch = max(1, min(len(self.cameras), limit or len(self.cameras)))
         pre = manifest.preprocessing
@@ -250,6 +254,10 @@ class Pipeline:
             p.resized = resize_frame(p.frame, pre.height, pre.width, pre.resize, pre.pad_value)
         except InputError as exc:
             p.error = f"bad frame: {exc}"
+            return p
+        fault = self.health.frame(item.camera, p.frame.shape[:2], p.resized, item.monotonic)
+        if fault is not None:  # a black or frozen picture says nothing about the part: never a pass
+            p.error = f"camera fault: {fault}"
         return p
 
     def _process(self, items: list[FrameItem]) -> None:
@@ -298,9 +306,15 @@ class Pipeline:
             model=self.model_info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
         self.pub.publish_verdict(header, heat, overlay)
         self.stats.verdicts[verdict] += 1
+        self.health.verdict(it.camera, verdict, p.score)
         self.stats.latencies_ms.append((time.monotonic() - it.monotonic) * 1000.0)
         if verdict == "error":
             log.warning("camera %s frame %d: error verdict: %s", it.camera, it.frame_id, p.error)
+
+    def _health_event(self, event: dict[str, Any]) -> None:
+        log.warning("camera %s health %s -> %s: %s", event["camera"], event["previous"], event["state"],
+                    "; ".join(event["reasons"]) or "all clear")
+        self.pub.publish_status({"schema": messages.STATUS_SCHEMA, "at": time.time(), **event})
 
     def _health(self, schema: str) -> dict[str, Any]:
         return {
@@ -314,7 +328,8 @@ class Pipeline:
             "security": "curve" if self.pub.curve is not None else "none",
             "handshake_failures": dict(self.pub.handshake_failures),
             "cameras": {c.id: {"status": c.status, "fps": round(c.fps(), 2), "frames": c.frames,
-                               "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue)}
+                               "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue),
+                               "health": self.health.snapshot(c.id)}
                         for c in self.cameras},
         }
 
