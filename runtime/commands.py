@@ -1,4 +1,4 @@
-"""`edge-somad run`, `subscribe` and `keys` as typer command functions.
+"""`edge-somad run`, `subscribe`, `view` and `keys` as typer command functions.
 
 Registered by edge_somad/cli.py with `app.command("run")(run)` etc.
 Heavy imports (cv2, zmq, onnxruntime) live inside the bodies so `edge-somad --help` works anywhere.
@@ -124,6 +124,31 @@ def subscribe(
         raise typer.Exit(1)
 
 
+def view(
+    connect: Annotated[list[str], typer.Option(
+        "--connect", help="A `run` endpoint to watch, repeatable, e.g. tcp://line-pc:5556.")] = ["tcp://127.0.0.1:5556"],  # noqa: B006
+    host: Annotated[str, typer.Option(help="Address the page is served on; 0.0.0.0 shows it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port of the page.")] = 8080,
+    topic: Annotated[str, typer.Option(help="Topic prefix filter, as for subscribe.")] = "somad/",
+    fails: Annotated[int, typer.Option(help="Last N fails shown as thumbnails per camera.")] = 8,
+    curve_server_key: CurveServerKey = None,
+    curve_secret_key: CurveClientSecret = None,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "warning",
+) -> None:
+    """Live web page: per camera the latest overlay, verdict counts, fail rate, latency, health, last fails."""
+    _logging(log_level)
+    from edge_somad.runtime.curve import load_client
+    from edge_somad.runtime.view import ViewConfig, serve
+
+    try:
+        config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails)
+        serve(config, load_client(curve_server_key, curve_secret_key))
+    except EdgeSomadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
 def keys(
     name: Annotated[str, typer.Option(help="Key pair name, e.g. line-pc or plc1 (a camera-id-like word).")],
     out: Annotated[Path, typer.Option(help="Folder for NAME.key (public) and NAME.key_secret (mode 600).")] = Path(
@@ -147,6 +172,7 @@ def main() -> None:
     app.command("run")(run)
     app.command("subscribe")(subscribe)
     app.command("keys")(keys)
+    app.command("view")(view)
     app()
 
 

@@ -40,6 +40,10 @@ def decoded(path: Path) -> list[np.ndarray]:
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
+    return model_with_reference(tmp_path)
+
+
+def model_with_reference(tmp_path: Path) -> Path:
     """The stand-in model with line-health references taken from a clean clip, as calibrate would."""
     d = make_model_dir(tmp_path / "model")
     frames = decoded(write_video(tmp_path / "ref.avi", parts(300, seed=1)))

@@ -1,0 +1,132 @@
+"""`edge-somad view`: the page's data from a real run, and the page itself in a real headless chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("aiohttp", reason="edge-somad[view] (aiohttp) is not installed")
+
+from edge_somad.errors import ConfigError
+from edge_somad.export.manifest import load_manifest
+from edge_somad.runtime.camera import parse_cameras
+from edge_somad.runtime.health import HealthConfig
+from edge_somad.runtime.ort_scorer import OrtScorer
+from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.publisher import Publisher
+from edge_somad.runtime.view import BackgroundView, ViewConfig
+from tests.test_runtime_health import model_with_reference, parts
+from tests.test_runtime_support import H, W, free_port, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def with_defect(img: np.ndarray, x: int = 60, y: int = 40) -> np.ndarray:
+    out = img.copy()
+    out[y:y + 22, x:x + 26] = (255, 0, 0)  # pure blue: the stand-in model's "defect"
+    return out
+
+
+def run_line(tmp_path: Path, endpoint: str) -> dict:
+    """Two cameras through the real pipeline: line1 with some fails, line2 going black (alarm)."""
+    model = model_with_reference(tmp_path)
+    clip = parts(24, seed=11)
+    line1 = [with_defect(f) if i % 5 == 2 else f for i, f in enumerate(clip)]
+    line2 = parts(12, seed=12) + [np.zeros_like(clip[0])] * 4
+    v1, v2 = write_video(tmp_path / "l1.avi", line1), write_video(tmp_path / "l2.avi", line2)
+    manifest = load_manifest(model)
+    config = PipelineConfig(overlay=True, health=HealthConfig(frozen_s=0.0, frozen_frames=5))
+    with Publisher(endpoint) as pub:
+        assert pub.wait_for_subscribers(1, 10.0), "the view did not subscribe"
+        return Pipeline(OrtScorer(model / manifest.onnx, H, W), manifest, parse_cameras(
+            [f"line1={v1}", f"line2={v2}"]), pub, config).run()
+
+
+def get_state(url: str) -> dict:
+    with urllib.request.urlopen(url + "api/state", timeout=5) as r:
+        return json.load(r)
+
+
+def wait_for(fn, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_view_state_counts_every_verdict(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with BackgroundView(ViewConfig(endpoints=(endpoint,), port=0)) as view:
+        final = run_line(tmp_path, endpoint)
+        state = wait_for(lambda: (s := get_state(view.url))["total_verdicts"] == final["published"] and s)
+    assert state, "the view did not count every verdict"
+    t1, t2 = state["tiles"]["line1"], state["tiles"]["line2"]
+    assert t1["counts"] == {"pass": 19, "fail": 5, "error": 0} and t1["fail_rate"] == pytest.approx(5 / 24)
+    assert len(t1["fails"]) == 5 and all(f["image"].startswith("data:image/jpeg;base64,") for f in t1["fails"])
+    assert t1["image"].startswith("data:image/jpeg;base64,") and t1["latency_ms"]["p95"] >= 0
+    assert t2["counts"]["error"] == 4 and t2["health"]["state"] == "alarm"
+    assert "black frame" in t2["health"]["reasons"][0]
+
+
+def test_view_config_errors() -> None:
+    with pytest.raises(ConfigError, match="repeat"):
+        ViewConfig(endpoints=("tcp://a:1", "tcp://a:1"))
+    with pytest.raises(ConfigError, match="no --connect"):
+        ViewConfig(endpoints=())
+
+
+def _chrome():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[dev])")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("Debian chromium + chromium-driver are not installed (scripts/setup.sh installs them as root)")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=960,1040"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+
+
+def test_page_in_headless_chromium(tmp_path: Path) -> None:
+    browser = _chrome()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    try:
+        with BackgroundView(ViewConfig(endpoints=(endpoint,), port=0)) as view:
+            browser.get(view.url)
+            assert browser.title == "edge-somad view"
+            final = run_line(tmp_path, endpoint)
+            published = final["published"]
+            counter = lambda: browser.find_element("id", "total-verdicts").text  # noqa: E731
+            assert wait_for(lambda: counter() == str(published)), f"page shows {counter()}, published {published}"
+            # the final status (sent after the last verdict) brings the health of the whole run
+            drift_text = lambda: browser.find_element(  # noqa: E731
+                "css selector", 'section.tile[data-camera="line1"] .drift').text
+            assert wait_for(lambda: "(n 19)" in drift_text()), drift_text()
+            tiles = browser.find_elements("css selector", "section.tile")
+            assert sorted(t.get_attribute("data-camera") for t in tiles) == ["line1", "line2"]
+            line1 = browser.find_element("css selector", 'section.tile[data-camera="line1"]')
+            assert line1.find_element("css selector", ".n-fail").text == "5"
+            assert len(line1.find_elements("css selector", ".fails img")) == 5
+            line2 = browser.find_element("css selector", 'section.tile[data-camera="line2"]')
+            assert "alarm" in line2.get_attribute("class")
+            assert browser.execute_script("return document.querySelector('img.pic').naturalWidth") > 0
+            shot = tmp_path / "view.png"
+            assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+            print(f"screenshot: {shot}")
+            if os.environ.get("EDGE_SOMAD_UPDATE_SCREENSHOT"):
+                shutil.copy(shot, REPO / "docs" / "view.png")
+    finally:
+        browser.quit()
