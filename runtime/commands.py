@@ -73,7 +73,8 @@ def run(
     _logging(log_level)
     from edge_somad.runtime.curve import load_server
     from edge_somad.runtime.health import HealthConfig
-    from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
+    from edge_somad.runtime.launch import run_pipeline
+    from edge_somad.runtime.pipeline import PipelineConfig
 
     try:
         health_config = HealthConfig(
