@@ -57,6 +57,9 @@ class HealthConfig:
     psi_alarm: float = 0.25
     ks_warn: float = 0.2
     ks_alarm: float = 0.35
+    # A state goes UP at once but comes DOWN only after this many frames in a row would lower it: a
+    # value hovering at a threshold must not send a `_status` event per frame.
+    clear_frames: int = 10
 
     def __post_init__(self) -> None:
         pairs = (("input warn/alarm z", self.input_warn_z, self.input_alarm_z),
@@ -72,6 +75,8 @@ class HealthConfig:
         if not 1 <= self.score_min_samples <= self.score_window:
             raise ConfigError(f"score_min_samples {self.score_min_samples}; expected 1..score_window "
                               f"({self.score_window})")
+        if self.clear_frames < 1:
+            raise ConfigError(f"clear_frames {self.clear_frames}; expected >= 1")
         if self.frozen_s < 0 or self.frozen_frames < 2:
             raise ConfigError(f"frozen limit {self.frozen_s:g} s / {self.frozen_frames} frames; expected "
                               ">= 0 s and >= 2 frames")
@@ -103,6 +108,7 @@ class CameraHealth:
         self._same = 0  # consecutive frames identical to the one before
         self._same_since = 0.0
         self._cache: dict[str, Any] | None = None  # input/score drift, recomputed when data changed
+        self._calm = 0  # consecutive updates that would lower the state
 
     # -- per frame ---------------------------------------------------------------------------------
     def observe_frame(self, shape: tuple[int, int], resized: np.ndarray, at: float) -> str | None:
@@ -177,6 +183,11 @@ class CameraHealth:
                 reasons.append(f"{part.replace('_', ' ')} {snap[part]['state']}: {snap[part]['reason']}")
         state = "alarm" if self.fault or self.resolution_changed else "ok"
         state = worst(state, snap["input_drift"]["state"], snap["score_drift"]["state"])
+        if _RANK[state] < _RANK[self.state]:
+            self._calm += 1
+            if self._calm < self.config.clear_frames:
+                return None  # hold the higher state (and its reasons) a little longer
+        self._calm = 0
         previous, self.state, self.reasons = self.state, state, reasons
         return (previous, state) if previous != state else None
 

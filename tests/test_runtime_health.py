@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import cv2
@@ -77,6 +78,22 @@ def test_psi_and_ks_see_a_known_shift() -> None:
     assert cam.update() == ("ok", "alarm")
     snap = cam.snapshot()["score_drift"]
     assert snap["state"] == "alarm" and snap["psi"] > 0.25 and snap["n"] == 200
+
+
+def test_faults_on_frames_and_no_flapping() -> None:
+    rng = np.random.default_rng(0)
+    good = [_part(rng, H, W) for _ in range(30)]
+    cam = CameraHealth("c", {}, HealthConfig(clear_frames=5))
+    white = np.full((H, W, 3), 252, np.uint8)
+    assert cam.observe_frame((H, W), good[0], 0.0) is None
+    assert cam.observe_frame((H, W), white, 0.1).startswith("saturated frame")
+    assert cam.update() == ("ok", "alarm") and cam.reasons[0].startswith("camera fault: saturated")
+    # a fault every other frame: one alarm, held, no event per frame; it clears 5 good frames later
+    changes = []
+    for i, f in enumerate(good[1:20]):
+        cam.observe_frame((H, W), white if i % 2 == 0 and i < 8 else f, 0.2 + i / 10)
+        changes.append(cam.update())
+    assert [c for c in changes if c] == [("alarm", "ok")] and cam.faults["saturated"] == 5
 
 
 def test_health_config_rejects_inverted_thresholds() -> None:
@@ -154,6 +171,10 @@ def test_resolution_change_alarms(tmp_path: Path, model_dir: Path) -> None:
 
 def test_old_manifest_without_reference_still_runs(tmp_path: Path) -> None:
     d = make_model_dir(tmp_path / "old")
+    path = d / "manifest.json"
+    data = json.loads(path.read_text())
+    del data["reference"]  # as written before line health existed
+    path.write_text(json.dumps(data))
     video = write_video(tmp_path / "clean.avi", parts(12, seed=7))
     final, _ = run_pipeline_with_sub(d, [f"line={video}"], PipelineConfig(health=FAST))
     h = final["cameras"]["line"]["health"]

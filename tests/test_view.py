@@ -34,7 +34,7 @@ def with_defect(img: np.ndarray, x: int = 60, y: int = 40) -> np.ndarray:
     return out
 
 
-def run_line(tmp_path: Path, endpoint: str) -> dict:
+def run_line(tmp_path: Path, endpoint: str, curve=None) -> dict:
     """Two cameras through the real pipeline: line1 with some fails, line2 going black (alarm)."""
     model = model_with_reference(tmp_path)
     clip = parts(24, seed=11)
@@ -43,7 +43,7 @@ def run_line(tmp_path: Path, endpoint: str) -> dict:
     v1, v2 = write_video(tmp_path / "l1.avi", line1), write_video(tmp_path / "l2.avi", line2)
     manifest = load_manifest(model)
     config = PipelineConfig(overlay=True, health=HealthConfig(frozen_s=0.0, frozen_frames=5))
-    with Publisher(endpoint) as pub:
+    with Publisher(endpoint, curve=curve) as pub:
         assert pub.wait_for_subscribers(1, 10.0), "the view did not subscribe"
         return Pipeline(OrtScorer(model / manifest.onnx, H, W), manifest, parse_cameras(
             [f"line1={v1}", f"line2={v2}"]), pub, config).run()
@@ -75,6 +75,22 @@ def test_view_state_counts_every_verdict(tmp_path: Path) -> None:
     assert t1["image"].startswith("data:image/jpeg;base64,") and t1["latency_ms"]["p95"] >= 0
     assert t2["counts"]["error"] == 4 and t2["health"]["state"] == "alarm"
     assert "black frame" in t2["health"]["reasons"][0]
+
+
+def test_view_with_curve_keys(tmp_path: Path) -> None:
+    from edge_somad.runtime.curve import load_client, load_server, make_keys
+
+    keys = tmp_path / "keys"
+    make_keys(keys, "server")
+    make_keys(keys, "operator")
+    (keys / "clients").mkdir()
+    (keys / "clients" / "operator.key").write_bytes((keys / "operator.key").read_bytes())
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    client = load_client(keys / "server.key", keys / "operator.key_secret")
+    with BackgroundView(ViewConfig(endpoints=(endpoint,), port=0), curve=client) as view:
+        final = run_line(tmp_path, endpoint, curve=load_server(keys / "server.key_secret", keys / "clients"))
+        state = wait_for(lambda: get_state(view.url)["total_verdicts"] == final["published"])
+    assert state and final["published"] == 40
 
 
 def test_view_config_errors() -> None:
