@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import urllib.request
@@ -24,9 +23,6 @@ from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.view import BackgroundView, ViewConfig
 from tests.test_runtime_health import model_with_reference, parts
 from tests.test_runtime_support import H, W, free_port, write_video
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def with_defect(img: np.ndarray, x: int = 60, y: int = 40) -> np.ndarray:
     out = img.copy()
@@ -141,8 +137,6 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
             assert browser.execute_script("return document.querySelector('img.pic').naturalWidth") > 0
             shot = tmp_path / "view.png"
             assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-            print(f"screenshot: {shot}")
-            if os.environ.get("EDGE_SOMAD_UPDATE_SCREENSHOT"):
-                shutil.copy(shot, REPO / "docs" / "view.png")
+            print(f"screenshot (test artifact): {shot}")
     finally:
         browser.quit()
