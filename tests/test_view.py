@@ -24,6 +24,7 @@ from edge_somad.runtime.view import BackgroundView, ViewConfig
 from tests.test_runtime_health import model_with_reference, parts
 from tests.test_runtime_support import H, W, free_port, write_video
 
+
 def with_defect(img: np.ndarray, x: int = 60, y: int = 40) -> np.ndarray:
     out = img.copy()
     out[y:y + 22, x:x + 26] = (255, 0, 0)  # pure blue: the stand-in model's "defect"
