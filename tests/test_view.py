@@ -141,3 +141,30 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
             print(f"screenshot (test artifact): {shot}")
     finally:
         browser.quit()
+
+
+def test_view_state_two_endpoints_and_hostile_heartbeat() -> None:
+    from edge_somad.runtime import messages
+    from edge_somad.runtime.view_state import ViewState
+
+    def verdict(camera: str, frame_id: int, verdict: str) -> messages.Received:
+        header = messages.verdict_header(
+            camera=camera, frame_id=frame_id, captured_at=1.0, published_at=1.01, score=0.1, threshold=0.5,
+            verdict=verdict, error=None, defects=[], model={}, heatmap=None, frame_shape=(4, 4), overlay=False)
+        return messages.Received(f"somad/{camera}", header, b"", None)
+
+    state = ViewState(["tcp://a:1", "tcp://b:2"], n_fails=2)
+    for i, v in enumerate(["pass", "fail", "fail", "fail"]):
+        state.apply("tcp://a:1", verdict("cam0", i, v))
+    state.apply("tcp://b:2", verdict("cam0", 0, "pass"))
+    beat = {"schema": messages.HEARTBEAT_SCHEMA, "cameras": {"../evil": {"health": {"state": "alarm"}},
+                                                             "cam0": {"status": "running", "fps": 5.0}}}
+    state.apply("tcp://b:2", messages.Received("somad/_heartbeat", beat, b"", None))
+    seen: dict = {}
+    first = state.changes(seen)
+    assert sorted(first["tiles"]) == ["tcp://a:1/cam0", "tcp://b:2/cam0"] and first["total_verdicts"] == 5
+    a = first["tiles"]["tcp://a:1/cam0"]
+    assert a["counts"] == {"pass": 1, "fail": 3, "error": 0} and [f["frame_id"] for f in a["fails"]] == [3, 2]
+    assert a["image"] is None  # no overlay, no heatmap in these messages: nothing to draw
+    assert first["tiles"]["tcp://b:2/cam0"]["camera_status"] == "running"
+    assert state.changes(seen)["tiles"] == {}  # nothing new: nothing sent again
