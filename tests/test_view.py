@@ -168,3 +168,23 @@ def test_view_state_two_endpoints_and_hostile_heartbeat() -> None:
     assert a["image"] is None  # no overlay, no heatmap in these messages: nothing to draw
     assert first["tiles"]["tcp://b:2/cam0"]["camera_status"] == "running"
     assert state.changes(seen)["tiles"] == {}  # nothing new: nothing sent again
+
+
+def test_picture_falls_back_to_the_heatmap_without_overlay() -> None:
+    from edge_somad.runtime import messages
+    from edge_somad.runtime.view_state import picture
+
+    amap = np.tile(np.linspace(0, 1, 96, dtype=np.float32), (64, 1))  # 0 .. 2x threshold, left to right
+    meta, payload = messages.encode_heatmap(amap, "png", 0.5)
+    header = messages.verdict_header(
+        camera="c", frame_id=0, captured_at=1.0, published_at=1.0, score=1.0, threshold=0.5, verdict="fail",
+        error=None, defects=[], model={}, heatmap=meta, frame_shape=(120, 160), overlay=False)
+    url = picture(messages.Received("somad/c", header, bytes(payload), None), 640)
+    assert url is not None and url.startswith("data:image/jpeg;base64,")
+    import base64
+
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+    blue, red = img[32, :, 0].astype(int), img[32, :, 2].astype(int)
+    assert img.shape == (64, 96, 3) and red[80] > blue[80] + 50 and blue[5] > red[5] + 50  # hot right, cold left
