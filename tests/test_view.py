@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import time
 import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -181,10 +183,6 @@ def test_picture_falls_back_to_the_heatmap_without_overlay() -> None:
         error=None, defects=[], model={}, heatmap=meta, frame_shape=(120, 160), overlay=False)
     url = picture(messages.Received("somad/c", header, bytes(payload), None), 640)
     assert url is not None and url.startswith("data:image/jpeg;base64,")
-    import base64
-
-    import cv2
-
     img = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
     blue, red = img[32, :, 0].astype(int), img[32, :, 2].astype(int)
     assert img.shape == (64, 96, 3) and red[80] > blue[80] + 50 and blue[5] > red[5] + 50  # hot right, cold left
