@@ -1,6 +1,6 @@
 """Screenshot of `edge-somad view` on a real model, for the README (docs/view.png).
 
-    python scripts/view_screenshot.py --model models/hazelnut_toy --video models/hazelnut_toy/line.avi
+    PYTHONPATH=. python scripts/view_screenshot.py --model models/hazelnut_toy --video models/hazelnut_toy/line.avi
 
 (`edge-somad demo` makes both.) Two cameras play the video: `line1` as recorded, `line2` at 55 %
 brightness (light ageing: input-drift alarm). Needs chromium + chromedriver, like tests/test_view.py.
