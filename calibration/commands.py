@@ -145,9 +145,22 @@ def calibrate_model(
         min_defect_area_px=area,
         details=details,
     )
-    manifest = manifest.with_calibration(estimate.threshold, calibration)
+    manifest = dataclasses.replace(manifest.with_calibration(estimate.threshold, calibration),
+                                   reference=_reference(manifest, scores, good_frames, source))
     save_manifest(model_dir, manifest)
     return manifest
+
+
+def _reference(manifest: Manifest, scores: np.ndarray, good_frames: np.ndarray, source: str) -> dict[str, Any]:
+    """Line-health references for `run`: the good scores' quantiles (score drift), and the input
+    statistics of these good frames when the fit did not store them (models fitted before)."""
+    from edge_somad.runtime import drift
+
+    ref = dict(manifest.reference)
+    ref["scores"] = drift.score_reference(scores, f"{len(scores)} good calibration images ({source}), fp32")
+    if not ref.get("input"):
+        ref["input"] = drift.input_reference(good_frames, f"{len(good_frames)} good calibration images")
+    return ref
 
 
 def _d(manifest: Manifest) -> int:

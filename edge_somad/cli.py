@@ -17,7 +17,7 @@ import typer
 from edge_somad.calibration.commands import calibrate
 from edge_somad.config import FitConfig
 from edge_somad.errors import EdgeSomadError
-from edge_somad.runtime.commands import keys, run, subscribe
+from edge_somad.runtime.commands import keys, run, subscribe, view
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 DataRoot = Annotated[Path | None, typer.Option(help="Folder holding CATEGORY/train/good (MVTec layout).")]
@@ -129,6 +129,7 @@ def _register() -> None:
     app.command("run")(run)
     app.command("subscribe")(subscribe)
     app.command("keys")(keys)
+    app.command("view")(view)
     app.command("bench")(bench)
 
 

@@ -19,6 +19,7 @@ from edge_somad.data import Category, read_image
 from edge_somad.errors import ConfigError, DatasetError
 from edge_somad.features import FeatureExtractor, make_projection
 from edge_somad.progress import Progress
+from edge_somad.runtime.drift import input_reference
 from edge_somad.runtime.preprocess import resize_frame
 from edge_somad.som import best_matching_units, train_som
 from edge_somad.stats import node_statistics, positional_statistics
@@ -120,6 +121,8 @@ def write_model(category: Category, config: FitConfig, prep: Prepared, arrays: F
         "feature_grid": list(prep.extractor.grid), "backbone_channels": list(bb.channels),
         "backbone_weights": bb.weights, "edge_somad": __version__,
         "torch": torch.__version__, "python": platform.python_version(), **info,
+        # What `run` compares live frames with (input drift), on the frames the model saw.
+        "input_stats": input_reference(frames, f"{len(fit_paths)} fit images, resized as the runtime does"),
     }
     save_model(out_dir, config, arrays, split, fit_info)
     fit_info["model_bytes"] = model_bytes(out_dir)

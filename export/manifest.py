@@ -86,6 +86,9 @@ class Manifest:
     # Thresholds for graphs whose scores differ from the fp32 graph's (INT8 quantisation noise
     # shifts Mahalanobis distances). Key: precision. `threshold` above is the fp32 one.
     precision_thresholds: dict[str, float] = field(default_factory=dict)
+    # Line-health references (runtime/drift.py): {"input": fit-image statistics, "scores": quantiles
+    # of the good calibration scores}. Empty in manifests written before: drift is then not measured.
+    reference: dict[str, Any] = field(default_factory=dict)
     schema: str = MANIFEST_SCHEMA
 
     def threshold_for(self, precision: str) -> float | None:

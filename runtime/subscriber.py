@@ -188,7 +188,9 @@ class _Sinks:
             self.csv_file.close()
 
 
-def _handle(raw: list[bytes], result: SubscribeResult, sinks: _Sinks) -> None:
+def receive(raw: list[bytes], result: SubscribeResult) -> messages.Received | None:
+    """Decode and check one received message (THE place a verdict is decoded: `subscribe` and `view`
+    both call it). Counts rejections and seq gaps in `result`; None when the message was rejected."""
     try:
         msg = messages.parse_message(raw)
         if msg.kind == "unknown":
@@ -198,18 +200,26 @@ def _handle(raw: list[bytes], result: SubscribeResult, sinks: _Sinks) -> None:
     except InputError as exc:
         result.rejected += 1
         log.error("rejected a message (%s); %d rejected so far", exc, result.rejected)
-        return
+        return None
     gap = result.seq.see(msg.topic, msg.header)
     if gap:
         log.warning("%r: %d message(s) lost before seq %s (this subscriber fell behind or reconnected)",
                     msg.topic, gap, msg.header.get("seq"))
+    if msg.kind == "status" and msg.header.get("event") == "final":
+        result.final = msg.header
+        result.seq.see_final(msg.topic.rpartition("/")[0], msg.header)
+    if msg.kind == "verdict":
+        result.verdicts += 1
+    return msg
+
+
+def _handle(raw: list[bytes], result: SubscribeResult, sinks: _Sinks) -> None:
+    msg = receive(raw, result)
+    if msg is None:
+        return
     if msg.kind != "verdict":
-        if msg.kind == "status" and msg.header.get("event") == "final":
-            result.final = msg.header
-            result.seq.see_final(msg.topic.rpartition("/")[0], msg.header)
         log.info("%r %s", msg.topic, json.dumps(msg.header)[:2000])
         return
-    result.verdicts += 1
     sinks.verdict(msg)
 
 

@@ -70,6 +70,12 @@ def test_calibrate_model_writes_threshold_pixel_rule_and_area(model_dir: Path) -
     assert cal.min_defect_area_px == min_defect_area(maps, cal.pixel_threshold)
     assert cal.details["frr_upper_95"] == est.frr_upper_95 and cal.details["note"] == est.note
     assert cal.details["chi2_fit"] == {"skipped": "no patch distances given"}
+    # line-health references for `run`: the good scores' quantiles, and input statistics (this
+    # stand-in was never fitted, so they come from the calibration frames)
+    ref = m.reference
+    assert ref["scores"]["n"] == N_HOLDOUT and len(ref["scores"]["quantiles"]) == 101
+    assert ref["scores"]["quantiles"][0] == scores.min() and ref["scores"]["quantiles"][-1] == scores.max()
+    assert ref["input"]["n"] == N_HOLDOUT and {"brightness", "contrast", "sharpness"} <= ref["input"].keys()
     assert load_manifest(model_dir) == m  # saved, and model.onnx still matches its sha256
 
 
