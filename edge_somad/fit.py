@@ -76,6 +76,7 @@ class Prepared:
     extractor: FeatureExtractor
     feats: torch.Tensor  # (n_img, N, d) projected features of the fit images
     projection: np.ndarray  # (d, C) the Gaussian (or subset) projection the extractor applies
+    input_stats: dict[str, Any]  # what `run` compares live frames with (input drift)
     device: torch.device
     started: float  # perf_counter() at the start, for fit_seconds
 
@@ -92,7 +93,9 @@ def prepare(category: Category, config: FitConfig, weights: str | None = None, d
     projection = make_projection(config, sum(backbone.info.channels))
     extractor = FeatureExtractor(backbone, config.input.height, config.input.width, projection).to(dev)
     feats = extract(extractor, frames, dev, progress=progress)
-    return Prepared(fit_paths, hold_paths, extractor, feats, projection, dev, t0)
+    # On the frames the model saw, resized as the runtime does.
+    stats = input_reference(frames, f"{len(fit_paths)} fit images, resized as the runtime does")
+    return Prepared(fit_paths, hold_paths, extractor, feats, projection, stats, dev, t0)
 
 
 def fit_arrays(prep: Prepared, config: FitConfig, progress: bool = True) -> tuple[FittedArrays, dict[str, Any]]:
@@ -121,8 +124,7 @@ def write_model(category: Category, config: FitConfig, prep: Prepared, arrays: F
         "feature_grid": list(prep.extractor.grid), "backbone_channels": list(bb.channels),
         "backbone_weights": bb.weights, "edge_somad": __version__,
         "torch": torch.__version__, "python": platform.python_version(), **info,
-        # What `run` compares live frames with (input drift), on the frames the model saw.
-        "input_stats": input_reference(frames, f"{len(fit_paths)} fit images, resized as the runtime does"),
+        "input_stats": prep.input_stats,
     }
     save_model(out_dir, config, arrays, split, fit_info)
     fit_info["model_bytes"] = model_bytes(out_dir)
