@@ -40,8 +40,11 @@ class Candidate:
 # helped PaDiM (mean image AUROC 0.895 -> 0.946) but not SOMAD.
 CANDIDATES = (Candidate("somad", "somad", "none"), Candidate("padim+zscore", "padim", "zscore"),
               Candidate("padim", "padim", "none"))
-# Synthetic defects per kind and held-out image: at least ~60 in all, as in calibrate's self-check.
+# At least ~60 synthetic defects in all (3 kinds), as in calibrate's self-check.
 MIN_SYNTHETIC = 20
+# Held-out images the selection pastes into: every candidate scores them all in eager torch, so a
+# cap keeps `auto` inside the fit budget (560x224, 231 images: 244 s with all 58 held-out images).
+MAX_SELECTION_IMAGES = 24
 
 
 def _scores(net: SomadNet, feats: torch.Tensor, batch: int = 8) -> np.ndarray:
@@ -52,7 +55,11 @@ def _scores(net: SomadNet, feats: torch.Tensor, batch: int = 8) -> np.ndarray:
 
 def self_check_features(prep: Prepared, config: FitConfig, progress: bool) -> tuple[torch.Tensor, int, list[str]]:
     """Features of the held-out good frames followed by their synthetic defects; (feats, n_good, kinds)."""
-    good = load_frames(prep.hold_paths, config)
+    paths = prep.hold_paths
+    if len(paths) > MAX_SELECTION_IMAGES:
+        pick = np.random.default_rng(config.seed).choice(len(paths), MAX_SELECTION_IMAGES, replace=False)
+        paths = [paths[i] for i in sorted(pick)]
+    good = load_frames(paths, config)
     per_kind = max(1, -(-MIN_SYNTHETIC // len(good)))
     bad, kinds = synthetic_defects(good, per_kind, config.input.pad_value, seed=config.seed)
     feats = extract(prep.extractor, np.concatenate([good, bad]), prep.device, progress=progress)
