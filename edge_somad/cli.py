@@ -122,12 +122,14 @@ def demo(
 
 def _register() -> None:
     from edge_somad.bench import bench
+    from edge_somad.runtime.bridge_commands import app as bridge_app
 
     app.command("calibrate")(calibrate)
     app.command("run")(run)
     app.command("subscribe")(subscribe)
     app.command("keys")(keys)
     app.command("bench")(bench)
+    app.add_typer(bridge_app, name="bridge")
 
 
 _register()

@@ -188,28 +188,48 @@ class _Sinks:
             self.csv_file.close()
 
 
-def _handle(raw: list[bytes], result: SubscribeResult, sinks: _Sinks) -> None:
-    try:
-        msg = messages.parse_message(raw)
-        if msg.kind == "unknown":
-            raise InputError(f"schema {str(msg.header.get('schema'))[:60]!r} is not an edge-somad message")
-        if msg.kind == "verdict":
-            messages.validate_verdict(msg)
-    except InputError as exc:
-        result.rejected += 1
-        log.error("rejected a message (%s); %d rejected so far", exc, result.rejected)
-        return
-    gap = result.seq.see(msg.topic, msg.header)
-    if gap:
-        log.warning("%r: %d message(s) lost before seq %s (this subscriber fell behind or reconnected)",
-                    msg.topic, gap, msg.header.get("seq"))
-    if msg.kind != "verdict":
+class StreamDecoder:
+    """The one place a received message is decoded, validated and gap-counted (subscribe and the bridges).
+
+    `decode` returns a validated message (verdict, heartbeat or status) or None when it was
+    rejected (counted in `result.rejected` and logged). Verdicts are not counted here: what
+    "handled" means is the caller's (a bridge counts a verdict once it is stored).
+    """
+
+    def __init__(self, result: SubscribeResult | None = None, source: str = "") -> None:
+        self.result = SubscribeResult() if result is None else result
+        self.source = f"{source}: " if source else ""  # which endpoint, when a bridge reads several
+
+    def decode(self, raw: list[bytes]) -> messages.Received | None:
+        result = self.result
+        try:
+            msg = messages.parse_message(raw)
+            if msg.kind == "unknown":
+                raise InputError(f"schema {str(msg.header.get('schema'))[:60]!r} is not an edge-somad message")
+            if msg.kind == "verdict":
+                messages.validate_verdict(msg)
+        except InputError as exc:
+            result.rejected += 1
+            log.error("%srejected a message (%s); %d rejected so far", self.source, exc, result.rejected)
+            return None
+        gap = result.seq.see(msg.topic, msg.header)
+        if gap:
+            log.warning("%s%r: %d message(s) lost before seq %s (this subscriber fell behind or reconnected)",
+                        self.source, msg.topic, gap, msg.header.get("seq"))
         if msg.kind == "status" and msg.header.get("event") == "final":
             result.final = msg.header
             result.seq.see_final(msg.topic.rpartition("/")[0], msg.header)
+        return msg
+
+
+def _handle(raw: list[bytes], decoder: StreamDecoder, sinks: _Sinks) -> None:
+    msg = decoder.decode(raw)
+    if msg is None:
+        return
+    if msg.kind != "verdict":
         log.info("%r %s", msg.topic, json.dumps(msg.header)[:2000])
         return
-    result.verdicts += 1
+    decoder.result.verdicts += 1
     sinks.verdict(msg)
 
 
@@ -228,7 +248,8 @@ def subscribe_loop(
     sock = connect_subscriber(connect, topic.encode(), curve)
     # sys.stdout looked up now, not at import: a caller (or a test runner) may have replaced it.
     sinks = _Sinks(csv_path, save_fails, sys.stdout if out is None else out, save_errors)
-    result = SubscribeResult()
+    decoder = StreamDecoder()
+    result = decoder.result
     last = time.monotonic()
     try:
         while count is None or result.verdicts < count:
@@ -238,7 +259,7 @@ def subscribe_loop(
                     break
                 continue
             last = time.monotonic()
-            _handle(sock.recv_multipart(), result, sinks)
+            _handle(sock.recv_multipart(), decoder, sinks)
     finally:
         sinks.close()
         sock.close()

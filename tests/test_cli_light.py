@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BLOCK = ["torch", "onnx", "onnxruntime", "cv2", "zmq", "tensorrt", "scipy"]
+BLOCK = ["torch", "onnx", "onnxruntime", "cv2", "zmq", "tensorrt", "scipy", "paho", "asyncua"]
 
 
 def test_help_works_with_heavy_packages_blocked() -> None:
@@ -19,5 +19,5 @@ def test_help_works_with_heavy_packages_blocked() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    for command in ("fit", "evaluate", "export", "calibrate", "run", "subscribe", "bench", "demo"):
+    for command in ("fit", "evaluate", "export", "calibrate", "run", "subscribe", "bench", "demo", "bridge"):
         assert command in out.stdout

@@ -1,0 +1,154 @@
+"""`edge-somad bridge mqtt` against a real Mosquitto and a real `run`: outage, overflow, birth and death."""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edge_somad.runtime.bridge_queue import DiskQueue, Item
+from tests.bridge_support import REPO, Consumer, Mosquitto, start_bridge, verdict_count
+from tests.test_runtime_support import defect, free_port, grey, make_model_dir, write_video
+
+N = 2000
+
+
+def _bridge_args(zmq_port: int, mqtt_port: int, box: str, tmp: Path) -> list[str]:
+    return ["mqtt", "--connect", f"tcp://127.0.0.1:{zmq_port}", "--port", str(mqtt_port), "--box", box,
+            "--queue-file", str(tmp / f"{box}.sqlite"), "--status-interval", "0.5", "--log-level", "info"]
+
+
+def test_2000_verdicts_arrive_through_a_broker_outage(tmp_path: Path) -> None:
+    model_dir = make_model_dir(tmp_path / "m")
+    frames = [defect() if i % 10 == 3 else grey() for i in range(N)]
+    video = write_video(tmp_path / "line.avi", frames)
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    consumer = Consumer(broker.port)
+    zmq_port = free_port()
+    bridge = start_bridge(_bridge_args(zmq_port, broker.port, "box1", tmp_path), tmp_path / "bridge.log")
+    run = None
+    try:
+        assert consumer.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
+        run = subprocess.Popen(
+            [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", f"c1={video}", "--model",
+             str(model_dir), "--publish", f"tcp://127.0.0.1:{zmq_port}", "--wait-subscribers", "1",
+             "--send-queue", "10000", "--log-level", "warning"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert consumer.wait_for(lambda m: verdict_count()(m) >= 300, 40), (tmp_path / "bridge.log").read_text()
+        broker.stop()  # mid-stream: `run` keeps scoring, the bridge keeps storing
+        at_stop = verdict_count()(consumer.messages)
+        time.sleep(5)  # the outage itself (a duration the scenario asks for, not a synchronisation)
+        broker.start()
+
+        def complete(_: list) -> bool:
+            return {v["mqtt_seq"] for v in consumer.json("DDATA")} == set(range(N))
+
+        assert consumer.wait_for(complete, 60), (tmp_path / "bridge.log").read_text()[-3000:]
+        assert run.wait(30) == 0, run.stderr.read()
+        bridge.send_signal(signal.SIGTERM)
+        assert consumer.wait_for(lambda m: any(json.loads(p).get("reason") == "shutdown" for t, p, _ in m
+                                               if "/NDEATH/" in t), 20)
+        assert bridge.wait(20) == 0
+    finally:
+        for proc in (run, bridge):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        consumer.close()
+        broker.stop()
+    verdicts = consumer.json("DDATA")
+    seqs = [v["mqtt_seq"] for v in verdicts]
+    duplicates = len(seqs) - len(set(seqs))  # QoS 1 after a lost connection: consumers dedupe by (camera, seq)
+    print(f"{len(seqs)} verdict messages, {duplicates} duplicates, {at_stop} before the outage")
+    assert set(seqs) == set(range(N)) and duplicates <= 400  # at most one window resent per reconnect
+    first = list(dict.fromkeys(seqs))
+    assert first == sorted(first), "first deliveries are in order"
+    by_seq = {v["mqtt_seq"]: v for v in verdicts}
+    assert [by_seq[i]["frame_id"] for i in range(N)] == list(range(N))  # the ZeroMQ header, unchanged
+    assert [by_seq[i]["verdict"] for i in range(N)] == ["fail" if i % 10 == 3 else "pass" for i in range(N)]
+    assert {v["camera"] for v in verdicts} == {"c1"} and {v["box"] for v in verdicts} == {"box1"}
+    assert all(v["schema"] == "edge-somad/verdict/1" and v["threshold"] == 0.5 for v in verdicts)
+    status = consumer.json("NSTATUS")[-1]
+    assert status["overflow"] == {} and status["upstream"] == {"missed": 0, "rejected": 0}
+    assert status["queued"] == 0 and status["stored"] == N
+    births = consumer.json("NBIRTH")
+    assert len({b["bdSeq"] for b in births}) >= 2, "the reconnect after the outage republished birth"
+    last = births[-1]
+    assert last["cameras"] == ["c1"] and last["streams"][0]["threshold"] == 0.5
+    assert last["streams"][0]["model"]["name"] == "standin" and len(last["streams"][0]["model"]["onnx_sha256"]) == 64
+    assert last["verdict_schema"] == "edge-somad/verdict/1"
+
+
+def test_sigkill_publishes_death_and_restart_republishes_birth(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    consumer = Consumer(broker.port, client_id="watcher")
+    args = _bridge_args(free_port(), broker.port, "box2", tmp_path)
+    bridge = start_bridge(args, tmp_path / "bridge.log")
+    try:
+        assert consumer.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
+        first_birth = consumer.json("NBIRTH")[0]
+        bridge.kill()  # SIGKILL: no goodbye, the broker must speak for it
+        bridge.wait(10)
+        assert consumer.wait_for(lambda m: verdict_count("NDEATH")(m) >= 1, 30)
+        death = consumer.json("NDEATH")[0]
+        assert death["bdSeq"] == first_birth["bdSeq"] and death["reason"] == "connection lost (last will)"
+        bridge = start_bridge(args, tmp_path / "bridge.log")
+        assert consumer.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 2, 20)
+        second_birth = consumer.json("NBIRTH")[1]
+        assert second_birth["bdSeq"] > death["bdSeq"]  # online: the newest birth outranks the newest death
+        late = Consumer(broker.port, client_id="late-joiner")  # retained birth and death for whoever comes later
+        try:
+            assert late.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 1 and verdict_count("NDEATH")(m) >= 1, 10)
+            assert late.json("NBIRTH")[-1]["bdSeq"] == second_birth["bdSeq"]
+            assert all(r for t, _, r in late.messages if "/NBIRTH/" in t or "/NDEATH/" in t)
+        finally:
+            late.close()
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+        consumer.close()
+        broker.stop()
+
+
+def test_unreachable_broker_is_a_warning_and_verdicts_wait(tmp_path: Path) -> None:
+    bridge = subprocess.Popen(
+        [sys.executable, "-m", "edge_somad.runtime.bridge_commands",
+         *_bridge_args(free_port(), free_port(), "box3", tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        err = ""
+        assert bridge.stderr is not None
+        while time.monotonic() < deadline and "retrying" not in err:
+            err += bridge.stderr.readline()
+        bridge.send_signal(signal.SIGTERM)
+        _, rest = bridge.communicate(timeout=20)
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+    err += rest
+    assert "retrying in" in err and "verdicts kept in" in err and "Traceback" not in err, err
+    assert bridge.returncode == 0, err
+
+
+def test_full_queue_drops_heatmaps_then_passes_never_errors_first(tmp_path: Path) -> None:
+    q = DiskQueue(tmp_path / "q.sqlite", max_items=3)
+    assert q.put_many([Item("pass", "t", b"p1"), Item("heatmap", "t", b"h1"), Item("error", "t", b"e1")]) == {}
+    assert q.put_many([Item("fail", "t", b"f1")]) == {"heatmap": 1}
+    assert q.put_many([Item("error", "t", b"e2")]) == {"pass": 1}
+    assert q.put_many([Item("pass", "t", b"p2")]) == {"pass": 1}  # nothing of rank <= pass is left: the newcomer
+    assert q.put_many([Item("error", "t", b"e3")]) == {"fail": 1}
+    assert [s.payload for s in q.peek(0, 10)] == [b"e1", b"e2", b"e3"]  # insertion order kept
+    counts = collections.Counter(q.meta_items("overflow:"))
+    assert counts == {"heatmap": 1, "pass": 2, "fail": 1}
+    q.delete([s.id for s in q.peek(0, 2)])
+    q.close()
+    again = DiskQueue(tmp_path / "q.sqlite", max_items=3)  # survives a restart: items and counters
+    assert [s.payload for s in again.peek(0, 10)] == [b"e3"] and again.size == 1
+    assert again.meta_items("overflow:")["pass"] == 2
+    again.close()
