@@ -121,7 +121,9 @@ class DiskQueue:
         if not ids:
             return
         with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")  # one commit per acknowledged batch, not one per row
             cur = self.db.executemany("DELETE FROM q WHERE id = ?", [(i,) for i in ids])
+            self.db.execute("COMMIT")
             self.size -= max(cur.rowcount, 0)
 
     def wait(self, timeout_s: float) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_somad.runtime import messages
 from edge_somad.runtime.bridge_opcua import NAMESPACE, RESULT_FIELDS, result_values
@@ -142,3 +143,76 @@ def test_opcua_bad_options_are_clear_errors(tmp_path: Path) -> None:
     res = subprocess.run([*args, "--username", "plc"], cwd=REPO, capture_output=True, text=True, timeout=60,
                          env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 2 and "--username needs a password" in res.stderr and "Traceback" not in res.stderr
+
+
+async def _serve_and(config, body) -> None:
+    """Run an OpcuaBridge in this event loop (no `run` needed: nothing is connected upstream) around body()."""
+    from edge_somad.runtime.bridge_opcua import OpcuaBridge
+
+    stop, started = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(OpcuaBridge(config).run(stop, started))
+    await asyncio.wait_for(started.wait(), 20)
+    try:
+        await body()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def _read_model(url: str, **client_setup) -> str:
+    from asyncua import Client
+
+    client = Client(url, timeout=5)
+    if "user" in client_setup:
+        client.set_user(client_setup["user"])
+        client.set_password(client_setup["password"])
+    if "security" in client_setup:
+        await client.set_security(*client_setup["security"])
+    async with client:
+        idx = await client.get_namespace_index(NAMESPACE)
+        return await client.get_node(f"ns={idx};s=sec.Model").read_value()
+
+
+def test_opcua_username_password_refuses_anonymous_and_wrong_passwords() -> None:
+    from edge_somad.runtime.bridge_opcua import OpcuaConfig
+    from edge_somad.runtime.bridge_source import SourceConfig
+
+    url = f"opc.tcp://127.0.0.1:{free_port()}/edge-somad/"
+    config = OpcuaConfig(SourceConfig((f"tcp://127.0.0.1:{free_port()}",)), box="sec", endpoint=url,
+                         username="plc", password="s3cret")
+
+    async def body() -> None:
+        assert await _read_model(url, user="plc", password="s3cret") == ""
+        for kwargs in ({}, {"user": "plc", "password": "wrong"}, {"user": "admin", "password": "s3cret"}):
+            with pytest.raises(Exception, match="Bad"):  # BadIdentityTokenInvalid / BadUserAccessDenied
+                await _read_model(url, **kwargs)
+
+    asyncio.run(_serve_and(config, body))
+
+
+def test_opcua_basic256sha256_only(tmp_path: Path) -> None:
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from edge_somad.runtime.bridge_opcua import OpcuaConfig
+    from edge_somad.runtime.bridge_source import SourceConfig
+
+    async def certs() -> None:
+        for name, uri, use in (("server", "urn:freeopcua:python:server", ExtendedKeyUsageOID.SERVER_AUTH),
+                               ("client", "urn:freeopcua:client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+            await setup_self_signed_certificate(tmp_path / f"{name}.pem", tmp_path / f"{name}.der", uri, "localhost",
+                                                [use], {"commonName": f"edge-somad test {name}"})
+
+    asyncio.run(certs())
+    url = f"opc.tcp://127.0.0.1:{free_port()}/edge-somad/"
+    config = OpcuaConfig(SourceConfig((f"tcp://127.0.0.1:{free_port()}",)), box="sec", endpoint=url,
+                         certificate=tmp_path / "server.der", private_key=tmp_path / "server.pem")
+
+    async def body() -> None:
+        secure = (SecurityPolicyBasic256Sha256, str(tmp_path / "client.der"), str(tmp_path / "client.pem"))
+        assert await _read_model(url, security=secure) == ""
+        with pytest.raises(Exception):  # noqa: B017 - asyncua raises several types for a refused policy
+            await _read_model(url)  # no security: refused
+
+    asyncio.run(_serve_and(config, body))
