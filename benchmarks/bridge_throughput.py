@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -140,11 +139,11 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for name, kw in (("live", {}), ("drain after outage", {"outage": True}), ("live + heatmaps", {"heatmaps": True})):
+        plan = (("live", {}), ("drain after outage", {"outage": True}), ("live + heatmaps", {"heatmaps": True}))
+        for name, kw in plan:
             sub = Path(d) / name.replace(" ", "_")
             sub.mkdir()
             rows.append(scenario(name, args.verdicts, sub, **kw))
-            threading.Event().wait(0.5)
     print(f"{'scenario':<20} {'verdicts':>9} {'seconds':>8} {'verdicts/s':>11}")
     for r in rows:
         print(f"{r['scenario']:<20} {r['verdicts']:>9} {r['seconds']:>8.2f} {r['per_s']:>11.0f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import subprocess
@@ -30,13 +31,15 @@ def mosquitto_binary() -> str:
 class Mosquitto:
     """`mosquitto -c CONF` on 127.0.0.1:PORT; persistence on so a stopped broker keeps its sessions."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra: str = "allow_anonymous true\n") -> None:
         self.binary = mosquitto_binary()
         self.port = free_port()
         tmp.mkdir(parents=True, exist_ok=True)
         self.conf = tmp / "mosquitto.conf"
         # max_queued_messages 0: no cap on what the broker queues for an offline persistent consumer.
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        # user: as root, mosquitto would switch to user `mosquitto`, who cannot read pytest's 0700 temp folders
+        # (persistence file, log, password file); as any other user the option is ignored.
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{extra}user {getpass.getuser()}\npersistence true\n"
                              f"persistence_location {tmp}/\nmax_queued_messages 0\nmax_inflight_messages 0\n"
                              f"log_dest file {tmp}/mosquitto.log\n")
         self.proc: subprocess.Popen | None = None
@@ -64,7 +67,8 @@ class Mosquitto:
 class Consumer:
     """A paho subscriber with a persistent session (clean_session=False), reconnecting on its own."""
 
-    def __init__(self, port: int, client_id: str = "test-consumer", topic: str = f"{ROOT}/#") -> None:
+    def __init__(self, port: int, client_id: str = "test-consumer", topic: str = f"{ROOT}/#",
+                 auth: tuple[str, str] | None = None) -> None:
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes, bool]] = []  # (topic, payload, retain)
@@ -72,6 +76,8 @@ class Consumer:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                                   clean_session=False)
         self.client.reconnect_delay_set(0.1, 0.5)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.topic = topic
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
         self.client.on_message = self._on_message

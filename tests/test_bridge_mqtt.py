@@ -152,3 +152,61 @@ def test_full_queue_drops_heatmaps_then_passes_never_errors_first(tmp_path: Path
     assert [s.payload for s in again.peek(0, 10)] == [b"e3"] and again.size == 1
     assert again.meta_items("overflow:")["pass"] == 2
     again.close()
+
+
+def test_password_broker_mqtt311_and_heatmap_topic(tmp_path: Path) -> None:
+    import os
+
+    import numpy as np
+
+    from edge_somad.runtime import messages
+    from edge_somad.runtime.publisher import Publisher
+
+    pw_file = tmp_path / "passwd"
+    broker = Mosquitto(tmp_path / "broker", extra=f"allow_anonymous false\npassword_file {pw_file}\n")  # or skip
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw_file), "bridge", "s3cret"], check=True, capture_output=True)
+    broker.start()
+    consumer = Consumer(broker.port, client_id="auth-consumer", auth=("bridge", "s3cret"))
+    pub = Publisher(f"tcp://127.0.0.1:{free_port()}", "somad", sndhwm=1000)
+    args = [*_bridge_args(int(pub.bound_endpoint.rsplit(":", 1)[1]), broker.port, "box4", tmp_path),
+            "--username", "bridge", "--mqtt-version", "3.1.1", "--heatmaps", "--heatmap-max-bytes", "1000"]
+    wrong = subprocess.Popen([sys.executable, "-m", "edge_somad.runtime.bridge_commands", *args], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "EDGE_SOMAD_BRIDGE_PASSWORD": "wrong"})
+    try:
+        err = ""
+        assert wrong.stderr is not None
+        while "retrying" not in err and wrong.poll() is None:
+            err += wrong.stderr.readline()
+        wrong.send_signal(signal.SIGTERM)
+        err += wrong.communicate(timeout=20)[1]
+        assert "refused the connection" in err and "Traceback" not in err, err
+        bridge = subprocess.Popen([sys.executable, "-m", "edge_somad.runtime.bridge_commands", *args], cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=open(tmp_path / "bridge.log", "wb"),  # noqa: SIM115
+                                  env={**os.environ, "EDGE_SOMAD_BRIDGE_PASSWORD": "s3cret"})
+        assert consumer.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
+        assert pub.wait_for_subscribers(1, 10)
+        flat, noisy = np.full((64, 96), 0.2, np.float32), np.random.default_rng(0).random((64, 96)).astype(np.float32)
+        for i in range(10):
+            meta, png = messages.encode_heatmap(flat if i % 2 == 0 else noisy, "png", 0.5)
+            header = messages.verdict_header(
+                camera="cam7", frame_id=i, captured_at=time.time(), published_at=time.time(), score=0.2,
+                threshold=0.5, verdict="pass", error=None, defects=[], model={"name": "m", "onnx_sha256": "ab"},
+                heatmap=meta, frame_shape=(64, 96), overlay=False)
+            pub.publish_verdict(header, png)
+        assert consumer.wait_for(lambda m: verdict_count()(m) >= 10 and verdict_count("DHEAT")(m) >= 5, 20)
+        assert consumer.wait_for(lambda m: any(json.loads(p)["heatmaps_too_big"] == 5 for t, p, _ in m
+                                               if "/NSTATUS/" in t), 10)
+        bridge.send_signal(signal.SIGTERM)
+        assert bridge.wait(20) == 0
+    finally:
+        for proc in (wrong, locals().get("bridge")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        consumer.close()
+        pub.close()
+        broker.stop()
+    heat = [(t, p) for t, p, _ in consumer.messages if "/DHEAT/" in t]
+    assert [t.rsplit("/", 1)[1] for t, _ in heat] == ["0", "2", "4", "6", "8"]  # topic carries the mqtt_seq
+    assert all(p.startswith(b"\x89PNG") and len(p) <= 1000 for _, p in heat)
+    assert [v["frame_id"] for v in consumer.json("DDATA")] == list(range(10))
