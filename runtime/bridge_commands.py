@@ -52,9 +52,9 @@ def _check_name(value: str, option: str) -> str:
         raise ConfigError(f"{option}: {exc} (it becomes an MQTT topic level / OPC UA browse name)") from exc
 
 
-def _on_signals(stop) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop())
+def _on_signals(stop) -> dict:
+    """SIGTERM/SIGINT call stop(); returns the previous handlers for _restore (a caller may be a test runner)."""
+    return {sig: signal.signal(sig, lambda *_: stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 @app.command("mqtt")
@@ -95,6 +95,8 @@ def mqtt(
             raise ConfigError(f"--mqtt-version {mqtt_version!r}; expected 5 or 3.1.1")
         box = _check_name(box or default_box(), "--box")
         _check_name(group, "--group")
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"--port {port}; expected 1..65535")
         for option, path in (("--ca-file", ca_file), ("--cert-file", cert_file), ("--key-file", key_file)):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{option} {path} does not exist")
@@ -115,13 +117,18 @@ def mqtt(
             queue_file=queue_file or state / f"mqtt-{box}.sqlite", queue_max=queue_max, heatmaps=heatmaps,
             heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval)
         bridge = MqttBridge(config)
-        _on_signals(bridge.request_stop)
-        counters = bridge.run()
+        previous = _on_signals(bridge.request_stop)
+        try:
+            counters = bridge.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     except EdgeSomadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"stopped: {counters.stored} verdicts stored, {counters.delivered} delivered, "
-               f"{config.queue_file} holds the rest; overflow {counters.overflow or 'none'}", err=True)
+    typer.echo(f"stopped: {counters.stored} verdicts stored, {counters.delivered} delivered this run, "
+               f"{counters.left} left in {config.queue_file} for the next start; "
+               f"overflow {counters.overflow or 'none'}", err=True)
 
 
 @app.command("opcua")

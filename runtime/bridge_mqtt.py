@@ -62,6 +62,7 @@ class Counters:
     heatmaps_too_big: int = 0
     not_png: int = 0
     connects: int = 0
+    left: int = 0  # still queued on disk at exit
     overflow: dict[str, int] = field(default_factory=dict)
 
 
@@ -227,6 +228,7 @@ class MqttBridge:
             if link is not None:
                 link.close()
             self.source.close()
+            self.counters.left = self.queue.size
             self.queue.close()
         if self._source_error is not None:
             raise self._source_error

@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_somad.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -58,10 +60,14 @@ class MqttLink:
         if config.username is not None:
             self.client.username_pw_set(config.username, config.password)
         if config.tls:
-            self.client.tls_set(ca_certs=str(config.ca_file) if config.ca_file else None,
-                                certfile=str(config.cert_file) if config.cert_file else None,
-                                keyfile=str(config.key_file) if config.key_file else None,
-                                cert_reqs=ssl.CERT_REQUIRED)
+            try:
+                self.client.tls_set(ca_certs=str(config.ca_file) if config.ca_file else None,
+                                    certfile=str(config.cert_file) if config.cert_file else None,
+                                    keyfile=str(config.key_file) if config.key_file else None,
+                                    cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: unreadable or mismatched PEM files
+                raise ConfigError(f"TLS set-up failed ({exc}); check --ca-file, --cert-file and --key-file "
+                                  "(PEM files; the key must match the certificate)") from exc
         self.connected, self.lost = threading.Event(), threading.Event()
         self.error: str | None = None
         self.acked: collections.deque[int] = collections.deque()  # mids, appended by paho's thread

@@ -232,6 +232,6 @@ def serve(config: OpcuaConfig) -> None:
 
     try:
         asyncio.run(main())
-    except OSError as exc:  # port taken, address not on this host, unreadable certificate
+    except (OSError, ValueError) as exc:  # port taken, address not on this host, unreadable certificate
         raise ConfigError(f"cannot serve OPC UA on {config.endpoint}: {exc}; pick a free port/address with "
                           "--endpoint (and check --certificate/--private-key)") from exc

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_somad.errors import InputError
+from edge_somad.errors import ConfigError, InputError
 from edge_somad.runtime import messages
 from edge_somad.runtime.curve import CurveClient, connect_subscriber
 from edge_somad.runtime.subscriber import StreamDecoder
@@ -59,8 +59,16 @@ class StreamSource:
         import zmq
 
         self.config = config
-        self.sockets = [connect_subscriber(ep, config.topic.encode(), config.curve, rcvhwm=SOURCE_RCVHWM)
-                        for ep in config.endpoints]
+        if not config.endpoints:
+            raise ConfigError("no --connect endpoint; expected at least one, e.g. tcp://line-pc:5556")
+        self.sockets = []
+        for ep in config.endpoints:
+            try:
+                self.sockets.append(connect_subscriber(ep, config.topic.encode(), config.curve, rcvhwm=SOURCE_RCVHWM))
+            except zmq.ZMQError as exc:
+                self.close()
+                raise ConfigError(f"--connect {ep[:200]!r}: {exc}; expected a ZeroMQ endpoint such as "
+                                  "tcp://line-pc:5556 (what `run --publish` binds)") from exc
         self.decoders = [StreamDecoder(source=ep) for ep in config.endpoints]
         self.infos = [StreamInfo(ep) for ep in config.endpoints]
         self.poller = zmq.Poller()

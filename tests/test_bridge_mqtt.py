@@ -210,3 +210,23 @@ def test_password_broker_mqtt311_and_heatmap_topic(tmp_path: Path) -> None:
     assert [t.rsplit("/", 1)[1] for t, _ in heat] == ["0", "2", "4", "6", "8"]  # topic carries the mqtt_seq
     assert all(p.startswith(b"\x89PNG") and len(p) <= 1000 for _, p in heat)
     assert [v["frame_id"] for v in consumer.json("DDATA")] == list(range(10))
+
+
+def test_bad_bridge_options_are_clear_errors(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edge_somad.runtime.bridge_commands import app
+
+    base = ["mqtt", "--queue-file", str(tmp_path / "q.sqlite"), "--box", "b1"]
+    cases = [(["--connect", "line-pc:5556"], "expected a ZeroMQ endpoint such as tcp://line-pc:5556"),
+             (["--port", "70000"], "--port 70000; expected 1..65535"),
+             (["--group", "a/b"], "--group: camera id 'a/b' is not allowed"),
+             (["--ca-file", str(tmp_path / "none.pem"), "--tls"], "does not exist"),
+             (["--queue-max", "0"], "--queue-max 0; expected at least 1")]
+    for extra, message in cases:
+        res = CliRunner().invoke(app, [*base, *extra])
+        assert res.exit_code == 2 and message in res.output, (extra, res.output)
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    res = CliRunner().invoke(app, [*base, "--tls", "--ca-file", str(tmp_path / "bad.pem"), "--port", str(free_port()),
+                                   "--connect", f"tcp://127.0.0.1:{free_port()}"])
+    assert res.exit_code == 2 and "TLS set-up failed" in res.output, res.output
