@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_somad.errors import ConfigError
 from edge_somad.runtime import messages
 from edge_somad.runtime.bridge_mqtt_link import BrokerConfig, MqttLink, Will
 from edge_somad.runtime.bridge_queue import DiskQueue, Item
@@ -124,6 +126,10 @@ class MqttBridge:
                             self.counters.overflow[kind] = self.counters.overflow.get(kind, 0) + n
                         log.warning("queue full (%d items, --queue-max): dropped %s; totals %s",
                                     self.queue.size, dropped, self.counters.overflow)
+        except sqlite3.Error as exc:  # disk full, file removed or locked by another bridge
+            self._source_error = ConfigError(f"queue file {self.config.queue_file}: {exc}; verdicts can no longer "
+                                             "be stored (free disk space, or give each bridge its own --queue-file)")
+            self.stop.set()
         except BaseException as exc:  # surfaced by run(): a dead reader must not look like a quiet line
             self._source_error = exc
             self.stop.set()

@@ -37,10 +37,13 @@ def test_2000_verdicts_arrive_through_a_broker_outage(tmp_path: Path) -> None:
         run = subprocess.Popen(
             [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", f"c1={video}", "--model",
              str(model_dir), "--publish", f"tcp://127.0.0.1:{zmq_port}", "--wait-subscribers", "1",
-             "--send-queue", "10000", "--log-level", "warning"],
+             "--log-level", "warning"],  # run's default --send-queue: the bridge must keep up by itself
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert consumer.wait_for(lambda m: verdict_count()(m) >= 300, 40), (tmp_path / "bridge.log").read_text()
-        broker.stop()  # mid-stream: `run` keeps scoring, the bridge keeps storing
+        # Mid-stream: `run` keeps scoring, the bridge keeps storing. SIGTERM, so the broker saves its own
+        # persistence (the consumer's session and what it had accepted for it): what a broker acknowledged
+        # and then lost in a crash is beyond any client's reach.
+        broker.stop()
         at_stop = verdict_count()(consumer.messages)
         time.sleep(5)  # the outage itself (a duration the scenario asks for, not a synchronisation)
         broker.start()
@@ -230,3 +233,37 @@ def test_bad_bridge_options_are_clear_errors(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, [*base, "--tls", "--ca-file", str(tmp_path / "bad.pem"), "--port", str(free_port()),
                                    "--connect", f"tcp://127.0.0.1:{free_port()}"])
     assert res.exit_code == 2 and "TLS set-up failed" in res.output, res.output
+
+
+def test_bridge_reads_a_curve_stream_with_its_keys(tmp_path: Path) -> None:
+    from edge_somad.runtime import messages
+    from edge_somad.runtime.curve import load_server, make_keys
+    from edge_somad.runtime.publisher import Publisher
+
+    keys = tmp_path / "keys"
+    make_keys(keys, "server")
+    make_keys(keys, "bridge")
+    (keys / "clients").mkdir()
+    (keys / "clients" / "bridge.key").write_bytes((keys / "bridge.key").read_bytes())
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    consumer = Consumer(broker.port, client_id="curve-consumer")
+    pub = Publisher(f"tcp://127.0.0.1:{free_port()}", "somad", curve=load_server(keys / "server.key_secret",
+                                                                                 keys / "clients"))
+    args = [*_bridge_args(int(pub.bound_endpoint.rsplit(":", 1)[1]), broker.port, "box5", tmp_path),
+            "--curve-server-key", str(keys / "server.key"), "--curve-secret-key", str(keys / "bridge.key_secret")]
+    bridge = start_bridge(args, tmp_path / "bridge.log")
+    try:
+        assert pub.wait_for_subscribers(1, 20), (tmp_path / "bridge.log").read_text()
+        for i in range(5):
+            pub.publish_verdict(messages.verdict_header(
+                camera="cam1", frame_id=i, captured_at=time.time(), published_at=time.time(), score=0.9,
+                threshold=0.5, verdict="fail", error=None, defects=[], model={}, heatmap=None, frame_shape=None,
+                overlay=False))
+        assert consumer.wait_for(lambda m: verdict_count()(m) >= 5, 20), (tmp_path / "bridge.log").read_text()
+    finally:
+        bridge.kill()
+        consumer.close()
+        pub.close()
+        broker.stop()
+    assert [v["frame_id"] for v in consumer.json("DDATA")] == list(range(5))
