@@ -6,6 +6,7 @@ paho-mqtt, asyncua and zmq are imported inside the bodies so `edge-somad --help`
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -24,6 +25,7 @@ OptFile = Optional[Path]  # noqa: UP045 - typer reads the annotation at runtime
 Connect = Annotated[list[str], typer.Option(
     "--connect", help="`run` endpoint to subscribe to, repeatable (one per box or line PC).")]
 PASSWORD_ENV = "EDGE_SOMAD_BRIDGE_PASSWORD"
+log = logging.getLogger("edge_somad.runtime.bridge")
 
 
 def default_box() -> str:
@@ -77,7 +79,8 @@ def mqtt(
     queue_file: Annotated[OptFile, typer.Option(
         help="SQLite store-and-forward queue [~/.local/state/edge-somad/mqtt-BOX.sqlite].")] = None,
     queue_max: Annotated[int, typer.Option(
-        help="Verdicts kept while the broker is away; beyond: passes dropped first, counted.")] = 100_000,
+        help="Messages (verdicts, heatmaps) kept while the broker is away; beyond: heatmaps, then passes dropped "
+        "first, counted.")] = 100_000,
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Publish PNG heatmaps too.")] = False,
     heatmap_max_bytes: Annotated[int, typer.Option(help="Larger heatmaps are not published (counted).")] = 262_144,
     status_interval: Annotated[float, typer.Option(help="Seconds between retained status messages.")] = 10.0,
@@ -102,6 +105,8 @@ def mqtt(
                 raise ConfigError(f"{option} {path} does not exist")
         if (ca_file or cert_file or key_file) and not tls:
             raise ConfigError("--ca-file/--cert-file/--key-file need --tls")
+        if username is not None and not tls and broker not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("--username without --tls: the password crosses the network in clear text")
         from edge_somad.runtime.bridge_mqtt import MqttBridge, MqttBridgeConfig
         from edge_somad.runtime.bridge_mqtt_link import BrokerConfig
         from edge_somad.runtime.bridge_source import SourceConfig
@@ -134,7 +139,9 @@ def mqtt(
 @app.command("opcua")
 def opcua(
     connect: Connect = ["tcp://127.0.0.1:5556"],  # noqa: B006 - typer copies list defaults
-    endpoint: Annotated[str, typer.Option(help="OPC UA endpoint to serve.")] = "opc.tcp://0.0.0.0:4840/edge-somad/",
+    endpoint: Annotated[str, typer.Option(
+        help="OPC UA endpoint to serve; loopback by default, opc.tcp://0.0.0.0:4840/edge-somad/ serves the network."
+    )] = "opc.tcp://127.0.0.1:4840/edge-somad/",
     box: Annotated[Optional[str], typer.Option(help="Name of this box in the address space [host name].")] = None,  # noqa: UP045
     username: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Require this user name (with the password from --password-file or $EDGE_SOMAD_BRIDGE_PASSWORD).")
@@ -166,6 +173,10 @@ def opcua(
         password = _password(password_file)
         if username is not None and not password:
             raise ConfigError(f"--username needs a password: --password-file FILE or ${PASSWORD_ENV}")
+        host = endpoint.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        if host not in ("127.0.0.1", "localhost", "::1") and (username is None or certificate is None):
+            log.warning("serving OPC UA on %s with %s: use --username and --certificate/--private-key on a network "
+                        "others can reach", endpoint, "anonymous access" if username is None else "no encryption")
         from edge_somad.runtime.bridge_opcua import OpcuaConfig, serve
         from edge_somad.runtime.bridge_source import SourceConfig
 

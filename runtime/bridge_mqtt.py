@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -56,6 +57,17 @@ def _dumps(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _finite(value: Any) -> Any:
+    """NaN/inf (Python's json reads them from the network) become null: MQTT consumers get strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 @dataclass
 class Counters:
     stored: int = 0
@@ -74,7 +86,11 @@ class MqttBridge:
         self.queue = DiskQueue(config.queue_file, config.queue_max)
         self.seqs = self.queue.meta_items("seq:")  # per camera: the next mqtt_seq, continued across restarts
         self.counters = Counters(overflow=self.queue.meta_items("overflow:"))
-        self.source = StreamSource(config.source)
+        try:
+            self.source = StreamSource(config.source)
+        except BaseException:
+            self.queue.close()  # releases the queue's lock: a caller may try again in this process
+            raise
         self.stop = threading.Event()
         self.birth_dirty = threading.Event()
         self.bd_seq = self.queue.get_meta("bdseq")
@@ -89,11 +105,7 @@ class MqttBridge:
         camera = h["camera"]
         seq = self.seqs.get(camera, 0)
         self.seqs[camera] = seq + 1
-        try:
-            payload = _dumps({**h, "box": self.config.box, "mqtt_seq": seq})
-        except ValueError:  # NaN/inf from the network: JSON for MQTT consumers must stay strict
-            payload = _dumps({**h, "score": None, "score_normalised": None, "box": self.config.box,
-                              "mqtt_seq": seq, "bridge_note": "non-finite numbers replaced by null"})
+        payload = _dumps(_finite({**h, "box": self.config.box, "mqtt_seq": seq}))
         items = [Item(h["verdict"], self.config.topic("DDATA", camera), payload)]
         meta = h.get("heatmap")
         if self.config.heatmaps and meta is not None:

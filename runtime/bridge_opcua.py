@@ -51,7 +51,7 @@ RESULT_FIELDS = (  # browse name, variant type name, default
 class OpcuaConfig:
     source: SourceConfig
     box: str
-    endpoint: str = "opc.tcp://0.0.0.0:4840/edge-somad/"
+    endpoint: str = "opc.tcp://127.0.0.1:4840/edge-somad/"
     username: str | None = None
     password: str | None = None
     certificate: Path | None = None  # with private_key: Basic256Sha256 Sign&Encrypt only

@@ -46,6 +46,7 @@ class DiskQueue:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_file = _exclusive(path)
             self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             # WAL + synchronous=NORMAL: a commit survives a killed process (not a power cut) at a
             # fraction of the cost of FULL; the bridge commits once per batch, not per verdict.
@@ -56,9 +57,9 @@ class DiskQueue:
             self.db.execute("CREATE INDEX IF NOT EXISTS q_rank ON q (rank, id)")
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
             self.size = int(self.db.execute("SELECT COUNT(*) FROM q").fetchone()[0])
-        except sqlite3.Error as exc:
-            raise ConfigError(f"queue file {path} cannot be used as an SQLite database ({exc}); "
-                              "give another --queue-file or remove this one") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError(f"queue file {path} cannot be used ({type(exc).__name__}: {exc}); expected a "
+                              "writable path for an SQLite database: give another --queue-file") from exc
         self.path, self.max_items = path, max_items
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
@@ -134,3 +135,18 @@ class DiskQueue:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+        self._lock_file.close()
+
+
+def _exclusive(path: Path):
+    """Hold an exclusive lock on PATH.lock: two bridges on one queue would both deliver (and steal) its items."""
+    import fcntl
+
+    f = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 - held open until close()
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        f.close()
+        raise ConfigError(f"queue file {path} is in use by another bridge; give each bridge its own "
+                          "--queue-file") from exc
+    return f

@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from edge_somad.errors import ConfigError
 from edge_somad.runtime.bridge_queue import DiskQueue, Item
 from tests.bridge_support import REPO, Consumer, Mosquitto, start_bridge, verdict_count
 from tests.test_runtime_support import defect, free_port, grey, make_model_dir, write_video
@@ -154,7 +157,20 @@ def test_full_queue_drops_heatmaps_then_passes_never_errors_first(tmp_path: Path
     again = DiskQueue(tmp_path / "q.sqlite", max_items=3)  # survives a restart: items and counters
     assert [s.payload for s in again.peek(0, 10)] == [b"e3"] and again.size == 1
     assert again.meta_items("overflow:")["pass"] == 2
+    with pytest.raises(ConfigError, match="in use by another bridge"):
+        DiskQueue(tmp_path / "q.sqlite", max_items=3)
     again.close()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot be used"):
+        DiskQueue(tmp_path / "file" / "q.sqlite", max_items=3)
+
+
+def test_non_finite_numbers_become_null_for_mqtt_consumers() -> None:
+    from edge_somad.runtime.bridge_mqtt import _dumps, _finite
+
+    header = json.loads('{"score": NaN, "latency_ms": Infinity, "defects": [{"max_score": -Infinity}], "n": 1}')
+    assert json.loads(_dumps(_finite(header))) == {"score": None, "latency_ms": None,
+                                                  "defects": [{"max_score": None}], "n": 1}
 
 
 def test_password_broker_mqtt311_and_heatmap_topic(tmp_path: Path) -> None:
