@@ -223,6 +223,12 @@ class OpcuaBridge:
 def serve(config: OpcuaConfig) -> None:
     """Blocking: serve until SIGTERM/SIGINT."""
 
+    if not log.isEnabledFor(logging.DEBUG):
+        # asyncua logs every session at INFO, and logs its own traceback for a port in use before raising
+        # it; ours says the same in one line (below), so its server logger speaks only when debugging.
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
+        logging.getLogger("asyncua.server.server").setLevel(logging.CRITICAL)
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import socket
 import subprocess
 import sys
 import time
@@ -143,6 +144,13 @@ def test_opcua_bad_options_are_clear_errors(tmp_path: Path) -> None:
     res = subprocess.run([*args, "--username", "plc"], cwd=REPO, capture_output=True, text=True, timeout=60,
                          env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 2 and "--username needs a password" in res.stderr and "Traceback" not in res.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        url = f"opc.tcp://127.0.0.1:{taken.getsockname()[1]}/edge-somad/"
+        res = subprocess.run([*args, "--endpoint", url], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and f"cannot serve OPC UA on {url}" in res.stderr
+    assert "address already in use" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
 async def _serve_and(config, body) -> None:
