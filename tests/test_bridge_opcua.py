@@ -136,21 +136,24 @@ def test_opcua_client_sees_every_verdict_of_a_50_frame_run(tmp_path: Path) -> No
     assert counters["Model"] == "standin" and bridge.returncode == 0
 
 
-def test_opcua_bad_options_are_clear_errors(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "edge_somad.runtime.bridge_commands", "opcua", "--box", "b"]
-    res = subprocess.run([*args, "--certificate", str(tmp_path / "c.der")], cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
-    assert res.returncode == 2 and "--certificate and --private-key go together" in res.stderr
-    res = subprocess.run([*args, "--username", "plc"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                         env={"PATH": "/usr/bin:/bin"})
-    assert res.returncode == 2 and "--username needs a password" in res.stderr and "Traceback" not in res.stderr
+def test_opcua_bad_options_are_clear_errors(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from edge_somad.runtime.bridge_commands import PASSWORD_ENV, app
+
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    args = ["opcua", "--box", "b", "--connect", f"tcp://127.0.0.1:{free_port()}"]
+    res = CliRunner().invoke(app, [*args, "--certificate", str(tmp_path / "c.der")])
+    assert res.exit_code == 2 and "--certificate and --private-key go together" in res.output
+    res = CliRunner().invoke(app, [*args, "--username", "plc"])
+    assert res.exit_code == 2 and "--username needs a password" in res.output
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         url = f"opc.tcp://127.0.0.1:{taken.getsockname()[1]}/edge-somad/"
-        res = subprocess.run([*args, "--endpoint", url], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and f"cannot serve OPC UA on {url}" in res.stderr
-    assert "address already in use" in res.stderr and "Traceback" not in res.stderr, res.stderr
+        res = CliRunner().invoke(app, [*args, "--endpoint", url])
+    assert res.exit_code == 2 and f"cannot serve OPC UA on {url}" in res.output
+    assert "address already in use" in res.output and "Traceback" not in res.output, res.output
 
 
 async def _serve_and(config, body) -> None:
