@@ -118,9 +118,13 @@ class MqttBridge:
         return items, {f"seq:{camera}": seq + 1}
 
     def _read(self) -> None:
+        stop_reading_at = None
         try:
-            while not self.stop.is_set():
-                batch, changed = self.source.poll(200)
+            while True:
+                if self.stop.is_set():
+                    # Stopping: still store what ZeroMQ already holds (up to 0.5 s of it), then end.
+                    stop_reading_at = stop_reading_at or time.monotonic() + 0.5
+                batch, changed = self.source.poll(0 if stop_reading_at else 200)
                 if changed:
                     self.birth_dirty.set()  # set before the verdicts are stored: birth goes out first
                 items: list[Item] = []
@@ -138,6 +142,8 @@ class MqttBridge:
                             self.counters.overflow[kind] = self.counters.overflow.get(kind, 0) + n
                         log.warning("queue full (%d items, --queue-max): dropped %s; totals %s",
                                     self.queue.size, dropped, self.counters.overflow)
+                if stop_reading_at and (not batch or time.monotonic() > stop_reading_at):
+                    break
         except sqlite3.Error as exc:  # disk full, file removed or locked by another bridge
             self._source_error = ConfigError(f"queue file {self.config.queue_file}: {exc}; verdicts can no longer "
                                              "be stored (free disk space, or give each bridge its own --queue-file)")
@@ -190,7 +196,9 @@ class MqttBridge:
             if time.monotonic() - last_status >= cfg.status_interval_s or key != status_key:
                 link.publish(cfg.topic("NSTATUS"), _dumps(self.status()), retain=True)
                 last_status, status_key = time.monotonic(), key
-            if self.stop.is_set() and ((not inflight and self.queue.size == 0) or time.monotonic() > self._drain_until):
+            reading = self._reader is not None and self._reader.is_alive()
+            drained = not inflight and self.queue.size == 0 and not reading
+            if self.stop.is_set() and (drained or time.monotonic() > self._drain_until):
                 return
             room = cfg.broker.window - len(inflight)
             rows = self.queue.peek(cursor, room) if room > 0 else []

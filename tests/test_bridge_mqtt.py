@@ -283,3 +283,44 @@ def test_bridge_reads_a_curve_stream_with_its_keys(tmp_path: Path) -> None:
         pub.close()
         broker.stop()
     assert [v["frame_id"] for v in consumer.json("DDATA")] == list(range(5))
+
+
+def test_verdicts_stored_before_a_sigkill_are_delivered_after_restart(tmp_path: Path) -> None:
+    import sqlite3
+
+    from edge_somad.runtime import messages
+    from edge_somad.runtime.publisher import Publisher
+
+    broker = Mosquitto(tmp_path / "broker")  # not started yet: the bridge can only store
+    pub = Publisher(f"tcp://127.0.0.1:{free_port()}", "somad", sndhwm=1000)
+    args = _bridge_args(int(pub.bound_endpoint.rsplit(":", 1)[1]), broker.port, "box6", tmp_path)
+    bridge = start_bridge(args, tmp_path / "bridge.log")
+    consumer = None
+    try:
+        assert pub.wait_for_subscribers(1, 20)
+        for i in range(300):
+            pub.publish_verdict(messages.verdict_header(
+                camera="cam2", frame_id=i, captured_at=time.time(), published_at=time.time(), score=0.1,
+                threshold=0.5, verdict="pass", error=None, defects=[], model={}, heatmap=None, frame_shape=None,
+                overlay=False))
+        db = sqlite3.connect(tmp_path / "box6.sqlite")
+        deadline = time.monotonic() + 20
+        while db.execute("SELECT COUNT(*) FROM q").fetchone()[0] < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert db.execute("SELECT COUNT(*) FROM q").fetchone()[0] == 300
+        db.close()
+        bridge.kill()
+        bridge.wait(10)
+        broker.start()
+        consumer = Consumer(broker.port, client_id="after-kill")
+        bridge = start_bridge(args, tmp_path / "bridge.log")
+        assert consumer.wait_for(lambda m: verdict_count()(m) >= 300, 30), (tmp_path / "bridge.log").read_text()
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+        if consumer is not None:
+            consumer.close()
+        pub.close()
+        broker.stop()
+    assert [v["mqtt_seq"] for v in consumer.json("DDATA")] == list(range(300))
+    assert [v["frame_id"] for v in consumer.json("DDATA")] == list(range(300))

@@ -84,6 +84,8 @@ async def _client_run(url: str, start_run) -> tuple[dict[str, list], dict[str, i
                     for k in ("PassCount", "FailCount", "ErrorCount")}
         counters["Drops"] = await client.get_node(f"ns={idx};s=box1.Drops").read_value()
         counters["Model"] = await client.get_node(f"ns={idx};s=box1.Model").read_value()
+        counters["HeartbeatAge"] = await client.get_node(f"ns={idx};s=box1.HeartbeatAge").read_value()
+        counters["CameraStatus"] = await client.get_node(f"ns={idx};s=box1.c1.CameraStatus").read_value()
     finally:
         await client.disconnect()
     return got, counters, headers
@@ -134,6 +136,7 @@ def test_opcua_client_sees_every_verdict_of_a_50_frame_run(tmp_path: Path) -> No
                                                                 "fail": counters["FailCount"]}
     assert counters["FailCount"] > 0 and counters["ErrorCount"] == 0 and counters["Drops"] == 0
     assert counters["Model"] == "standin" and bridge.returncode == 0
+    assert 0 <= counters["HeartbeatAge"] < 10 and counters["CameraStatus"] in ("running", "ended")
 
 
 def test_opcua_bad_options_are_clear_errors(tmp_path: Path, monkeypatch) -> None:
