@@ -101,7 +101,7 @@ class OpcuaBridge:
     def __init__(self, config: OpcuaConfig) -> None:
         self.config = config
         self.source = StreamSource(config.source)
-        self.vars: dict[tuple[str, ...], Any] = {}  # (camera|"", group, name) -> Node
+        self.vars: dict[tuple[str, ...], tuple[Any, str]] = {}  # (camera | "", [group,] name) -> (Node, variant type)
         self.counts: dict[str, dict[str, int]] = {}
 
     async def _var(self, parent, key: tuple[str, ...], vtype: str, value: Any):
