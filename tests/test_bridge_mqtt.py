@@ -324,3 +324,36 @@ def test_verdicts_stored_before_a_sigkill_are_delivered_after_restart(tmp_path: 
         broker.stop()
     assert [v["mqtt_seq"] for v in consumer.json("DDATA")] == list(range(300))
     assert [v["frame_id"] for v in consumer.json("DDATA")] == list(range(300))
+
+
+def test_hostile_messages_are_rejected_counted_and_never_published(tmp_path: Path) -> None:
+    import zmq
+
+    from edge_somad.runtime import messages
+
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    consumer = Consumer(broker.port, client_id="hostile-watch")
+    xpub = zmq.Context.instance().socket(zmq.XPUB)
+    xpub.setsockopt(zmq.LINGER, 0)
+    port = xpub.bind_to_random_port("tcp://127.0.0.1")
+    bridge = start_bridge(_bridge_args(port, broker.port, "box7", tmp_path), tmp_path / "bridge.log")
+    try:
+        assert xpub.poll(20_000), "the bridge subscribed"
+        xpub.recv()
+        good = messages.verdict_header(camera="cam3", frame_id=0, captured_at=1.0, published_at=2.0, score=0.1,
+                                       threshold=0.5, verdict="pass", error=None, defects=[], model={},
+                                       heatmap=None, frame_shape=None, overlay=False)
+        bad = [[b"somad/../x", messages.dumps({**good, "camera": "../x"}), b""],  # hostile camera id
+               [b"somad/cam3", b"\xff not json", b""],
+               [b"somad/cam3", messages.dumps({**good, "verdict": "maybe"}), b""]]
+        for parts in [*bad, [b"somad/cam3", messages.dumps(good), b""]]:
+            xpub.send_multipart(parts)
+        assert consumer.wait_for(lambda m: verdict_count()(m) >= 1 and any(
+            json.loads(p)["upstream"]["rejected"] == 3 for t, p, _ in m if "/NSTATUS/" in t), 20)
+    finally:
+        bridge.kill()
+        consumer.close()
+        xpub.close()
+        broker.stop()
+    assert [t for t, _, _ in consumer.messages if "/DDATA/" in t] == ["edge-somad/v1/line/DDATA/box7/cam3"]
