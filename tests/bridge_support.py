@@ -68,7 +68,7 @@ class Consumer:
     """A paho subscriber with a persistent session (clean_session=False), reconnecting on its own."""
 
     def __init__(self, port: int, client_id: str = "test-consumer", topic: str = f"{ROOT}/#",
-                 auth: tuple[str, str] | None = None) -> None:
+                 auth: tuple[str, str] | None = None, ca_file: Path | None = None) -> None:
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes, bool]] = []  # (topic, payload, retain)
@@ -78,6 +78,8 @@ class Consumer:
         self.client.reconnect_delay_set(0.1, 0.5)
         if auth is not None:
             self.client.username_pw_set(*auth)
+        if ca_file is not None:
+            self.client.tls_set(ca_certs=str(ca_file))
         self.topic = topic
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
         self.client.on_message = self._on_message
@@ -116,3 +118,39 @@ def start_bridge(args: list[str], log_path: Path) -> subprocess.Popen:
 
 def verdict_count(kind: str = "DDATA") -> Callable[[list[tuple[str, bytes, bool]]], int]:
     return lambda msgs: sum(1 for t, _, _ in msgs if t.split("/")[3] == kind)
+
+
+def make_tls_files(out: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it: (ca, cert, key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool, san: list | None = None):
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert("edge-somad test CA", ca_key, "edge-somad test CA", ca_key, True)
+    server = cert("localhost", server_key, "edge-somad test CA", ca_key, False,
+                  [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "ca.pem", out / "server.pem", out / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return paths

@@ -357,3 +357,39 @@ def test_hostile_messages_are_rejected_counted_and_never_published(tmp_path: Pat
         xpub.close()
         broker.stop()
     assert [t for t, _, _ in consumer.messages if "/DDATA/" in t] == ["edge-somad/v1/line/DDATA/box7/cam3"]
+
+
+def test_tls_broker_with_its_ca(tmp_path: Path) -> None:
+    from edge_somad.runtime import messages
+    from edge_somad.runtime.publisher import Publisher
+    from tests.bridge_support import make_tls_files
+
+    ca, cert, key = make_tls_files(tmp_path / "tls")
+    broker = Mosquitto(tmp_path / "broker",
+                       extra=f"allow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
+    broker.start()
+    consumer = Consumer(broker.port, client_id="tls-consumer", ca_file=ca)
+    pub = Publisher(f"tcp://127.0.0.1:{free_port()}", "somad", sndhwm=1000)
+    zmq_port = int(pub.bound_endpoint.rsplit(":", 1)[1])
+    bridge = start_bridge([*_bridge_args(zmq_port, broker.port, "box8", tmp_path), "--tls", "--ca-file", str(ca)],
+                          tmp_path / "bridge.log")
+    untrusted = start_bridge([*_bridge_args(zmq_port, broker.port, "box9", tmp_path), "--tls"],  # system CAs only
+                             tmp_path / "untrusted.log")
+    try:
+        assert pub.wait_for_subscribers(2, 20)
+        pub.publish_verdict(messages.verdict_header(
+            camera="cam4", frame_id=0, captured_at=1.0, published_at=2.0, score=0.1, threshold=0.5, verdict="pass",
+            error=None, defects=[], model={}, heatmap=None, frame_shape=None, overlay=False))
+        assert consumer.wait_for(lambda m: verdict_count()(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
+        deadline = time.monotonic() + 20
+        while "retrying" not in (tmp_path / "untrusted.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        for proc in (bridge, untrusted):
+            proc.kill()
+        consumer.close()
+        pub.close()
+        broker.stop()
+    log = (tmp_path / "untrusted.log").read_text()
+    assert "certificate verify failed" in log and "Traceback" not in log, log
+    assert not any("/box9/" in t for t, _, _ in consumer.messages)  # never published to an unverified broker
