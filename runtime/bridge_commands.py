@@ -55,7 +55,7 @@ def _check_name(value: str, option: str) -> str:
 
 
 def _on_signals(stop) -> dict:
-    """SIGTERM/SIGINT call stop(); returns the previous handlers for _restore (a caller may be a test runner)."""
+    """SIGTERM/SIGINT call stop(); returns the previous handlers, to put back (the caller may be a test runner)."""
     return {sig: signal.signal(sig, lambda *_: stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
