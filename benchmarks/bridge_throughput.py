@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -105,7 +106,7 @@ def scenario(name: str, n: int, tmp: Path, heatmaps: bool = False, outage: bool 
     consumer = Consumer(broker.port)
     pub = Publisher(f"tcp://127.0.0.1:{free_port()}", "somad", sndhwm=n + 100)
     cmd = [sys.executable, "-m", "edge_somad.runtime.bridge_commands", "mqtt", "--connect", pub.bound_endpoint,
-           "--port", str(broker.port), "--box", "bench", "--queue-file", str(tmp / f"{name}.sqlite"),
+           "--port", str(broker.port), "--box", "bench", "--queue-file", str(tmp / "queue.sqlite"),
            "--log-level", "warning", *(["--heatmaps"] if heatmaps else [])]
     bridge = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -118,7 +119,10 @@ def scenario(name: str, n: int, tmp: Path, heatmaps: bool = False, outage: bool 
         for h in hs:
             pub.publish_verdict(h, png)
         if outage:
-            time.sleep(2.0)  # all stored on disk by then (the bridge reads ~10x faster than this needs)
+            db = sqlite3.connect(tmp / "queue.sqlite")  # WAL: reading beside the bridge is fine
+            while db.execute("SELECT COUNT(*) FROM q").fetchone()[0] < n:
+                time.sleep(0.01)
+            db.close()
             broker.start()
             consumer.wait(lambda: len(consumer.times) >= 1)
             t0 = consumer.times[0]
