@@ -6,7 +6,7 @@ geometry (default model otherwise), exports, and times the exported graph with `
 own timing loop (ONNX Runtime, batch 1). Usage:
 
     python benchmarks/scale.py --root ~/.cache/edge-somad/suite --category juice_bottle \
-        --max-train 231 --sizes 224x224 560x224 --json runs/scale.json
+        --max-train 231 --sizes 224x224 560x224 [--method somad|padim|auto] --json runs/scale.json
 """
 
 from __future__ import annotations
@@ -22,20 +22,24 @@ from edge_somad.config import FitConfig, InputSpec
 from edge_somad.data import load_category
 from edge_somad.export.exporter import export_model
 from edge_somad.fit import fit_model
+from edge_somad.select import fit_auto
 
 
-def run(root: Path, category: str, max_train: int, height: int, width: int, iters: int) -> dict:
+def run(root: Path, category: str, max_train: int, height: int, width: int, iters: int, method: str) -> dict:
     cat = load_category(root, category)
-    config = FitConfig(input=InputSpec(height, width, "letterbox"))
+    config = FitConfig(method="somad" if method == "auto" else method, input=InputSpec(height, width, "letterbox"))
     # max_train images are fitted; the 10 % hold-out comes on top, as in a user's folder of n images.
     n = min(len(cat.train), round(max_train / (1 - config.holdout_fraction)))
     cat = dataclasses.replace(cat, train=cat.train[:n])
     with tempfile.TemporaryDirectory() as tmp:
-        info = fit_model(cat, config, Path(tmp), progress=False)
+        # auto = what `edge-somad fit` does by default: three candidates and a self-check on top.
+        fit = fit_auto if method == "auto" else fit_model
+        info = fit(cat, config, Path(tmp), progress=False)
         export_model(Path(tmp))
         (row,) = bench_scorers(Path(tmp), ["onnxruntime"], "fp32", [1], iters, warmup=5)
         onnx_mb = (Path(tmp) / "model.onnx").stat().st_size / 1e6
-    return {"size": f"{height}x{width}", "feature_grid": info["feature_grid"], "som_grid": info["som_grid"],
+    return {"size": f"{height}x{width}", "method": info.get("selection", {}).get("chosen", method),
+            "feature_grid": info["feature_grid"], "som_grid": info.get("som_grid") or ["-"],
             "n_train_images": info["n_train_images"], "fit_seconds": info["fit_seconds"],
             "p50_ms": row["latency_ms_p50"], "p99_ms": row["latency_ms_p99"], "onnx_mb": round(onnx_mb, 1),
             "arrays_mb": round(info["model_bytes"] / 1e6, 1)}
@@ -48,6 +52,7 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=231)
     ap.add_argument("--sizes", nargs="+", default=["224x224", "560x224"])
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--method", default="somad", choices=["somad", "padim", "auto"])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rows = []
@@ -56,7 +61,7 @@ def main() -> None:
     print(head, flush=True)
     for size in args.sizes:
         h, w = (int(v) for v in size.split("x"))
-        r = run(args.root, args.category, args.max_train, h, w, args.iters)
+        r = run(args.root, args.category, args.max_train, h, w, args.iters, args.method)
         rows.append(r)
         print(f"{r['size']:>9}{'x'.join(map(str, r['feature_grid'])):>10}{'x'.join(map(str, r['som_grid'])):>9}"
               f"{r['n_train_images']:>7}{r['fit_seconds']:>8.0f}{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}"

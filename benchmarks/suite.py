@@ -7,7 +7,7 @@ at the calibrated threshold, the synthetic self-check, fit seconds, ms per frame
 the mean over categories. Defaults are chosen on that mean, never on one category. Usage:
 
     python benchmarks/suite.py --root ~/.cache/edge-somad/suite --out runs/suite [--categories ...]
-        [--methods somad padim] [--set score_norm=none] --json runs/suite/suite.json
+        [--methods somad padim auto] [--set score_norm=none] --json runs/suite/suite.json
 
 Categories come from benchmarks/suite_data.py (see benchmarks/SUITE.md).
 """
@@ -30,6 +30,7 @@ from edge_somad.evaluate import evaluate
 from edge_somad.export.exporter import export_model
 from edge_somad.fit import fit_model
 from edge_somad.runtime.ort_scorer import OrtScorer
+from edge_somad.select import fit_auto
 from edge_somad.workflows import calibrate_holdout
 
 COLUMNS = (("image_auroc", "img AUROC", "{:.4f}"), ("pixel_auroc", "pix AUROC", "{:.4f}"), ("pro", "PRO", "{:.4f}"),
@@ -52,9 +53,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_one(root: Path, category: str, config: FitConfig, model_dir: Path) -> dict[str, Any]:
+def run_one(root: Path, category: str, config: FitConfig, model_dir: Path, auto: bool = False) -> dict[str, Any]:
     cat = load_category(root, category)
-    info = fit_model(cat, config, model_dir, progress=False)
+    # auto: the CLI's default, SOMAD or PaDiM picked by the synthetic self-check (edge_somad/select.py).
+    info = fit_auto(cat, config, model_dir, progress=False) if auto else fit_model(cat, config, model_dir,
+                                                                                    progress=False)
     export_model(model_dir)
     manifest = calibrate_holdout(model_dir, target_frr=0.005)
     spec = config.input
@@ -63,7 +66,8 @@ def run_one(root: Path, category: str, config: FitConfig, model_dir: Path) -> di
                           confusion=confusion_at_threshold)
     at = report["at_threshold"]
     return {
-        "category": category, "method": config.method, "image_auroc": report["image_auroc"],
+        "category": category, "method": "auto" if auto else config.method,
+        "chosen": info["selection"]["chosen"] if auto else None, "image_auroc": report["image_auroc"],
         "pixel_auroc": report["pixel_auroc"], "pro": report["pro"],
         "escape_rate": at["escape_rate"], "frr": at["frr"],
         "synthetic_escape": manifest.calibration.details["self_check"]["synthetic_escape_rate"],
@@ -75,7 +79,7 @@ def run_one(root: Path, category: str, config: FitConfig, model_dir: Path) -> di
 
 
 def fmt_row(label: str, row: dict[str, Any]) -> str:
-    cells = [label.ljust(28)]
+    cells = [label.ljust(36)]
     for key, _, f in COLUMNS:
         v = row.get(key)
         cells.append(("-" if v is None else f.format(v)).rjust(10))
@@ -95,21 +99,22 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path.home() / ".cache/edge-somad/suite")
     ap.add_argument("--out", type=Path, default=Path("runs/suite"))
     ap.add_argument("--categories", nargs="+")
-    ap.add_argument("--methods", nargs="+", default=["somad", "padim"], choices=["somad", "padim"])
+    ap.add_argument("--methods", nargs="+", default=["somad", "padim"], choices=["somad", "padim", "auto"])
     ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="FitConfig field=value")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     cats = args.categories or sorted(p.name for p in args.root.iterdir() if (p / "train").is_dir())
     base = dataclasses.replace(FitConfig(), **parse_overrides(args.overrides))
-    print("".join(["category / method".ljust(28)] + [h.rjust(10) for _, h, _ in COLUMNS]), flush=True)
+    print("".join(["category / method".ljust(36)] + [h.rjust(10) for _, h, _ in COLUMNS]), flush=True)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for method in args.methods:
-        config = dataclasses.replace(base, method=method)
+        config = dataclasses.replace(base, method="somad" if method == "auto" else method)
         for category in cats:
-            row = run_one(args.root, category, config, args.out / f"{category}_{method}")
+            row = run_one(args.root, category, config, args.out / f"{category}_{method}", auto=method == "auto")
             rows.append(row)
-            print(fmt_row(f"{category} / {method}", row), flush=True)
+            label = f"{category} / {method}" + (f" ({row['chosen']})" if row["chosen"] else "")
+            print(fmt_row(label, row), flush=True)
     for method in args.methods:
         print(fmt_row(f"MEAN / {method}", mean_row([r for r in rows if r["method"] == method])), flush=True)
     print(f"({len(cats)} categories, {time.perf_counter() - t0:.0f} s; config {json.dumps(base.to_dict())})")

@@ -17,7 +17,7 @@ import typer
 from edge_somad.calibration.commands import calibrate
 from edge_somad.config import FitConfig
 from edge_somad.errors import EdgeSomadError
-from edge_somad.runtime.commands import keys, run, subscribe
+from edge_somad.runtime.commands import keys, run, subscribe, view
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 DataRoot = Annotated[Path | None, typer.Option(help="Folder holding CATEGORY/train/good (MVTec layout).")]
@@ -38,13 +38,15 @@ def fit(
     height: Annotated[int, typer.Option(help="Model input height (multiple of 16).")] = 224,
     width: Annotated[int, typer.Option(help="Model input width (multiple of 16).")] = 224,
     resize: Annotated[str, typer.Option(help="letterbox | crop | stretch (stretch distorts).")] = "letterbox",
-    method: Annotated[str, typer.Option(help="somad | padim (baseline).")] = "somad",
+    method: Annotated[str, typer.Option(
+        help="auto (SOMAD or PaDiM, picked by a self-check on synthetic defects) | somad | padim (baseline)."
+    )] = "auto",
     d: Annotated[int, typer.Option(help="Projected feature dimension.")] = 64,
     projection: Annotated[str, typer.Option(help="gaussian | subset | none.")] = "gaussian",
     som_size: Annotated[int, typer.Option(help="SOM grid K (KxK); 0 = feature grid capped at 3136 nodes.")] = 0,
     topk: Annotated[int, typer.Option(help="Nearest SOM nodes searched per patch.")] = 4,
     score_norm: Annotated[str, typer.Option(
-        help="none: raw distances; zscore: standardise each position by the training maps (helps PaDiM)."
+        help="none: raw distances; zscore: standardise each position by the training maps (auto picks it)."
     )] = FitConfig.score_norm,
     image_score_top: Annotated[float, typer.Option(
         help="Image score = mean of this share of the map's hottest pixels (0 = the maximum)."
@@ -128,6 +130,7 @@ def _register() -> None:
     app.command("run")(run)
     app.command("subscribe")(subscribe)
     app.command("keys")(keys)
+    app.command("view")(view)
     app.command("bench")(bench)
     app.add_typer(bridge_app, name="bridge")
 

@@ -120,7 +120,10 @@ class FitConfig:
     # Floor of the per-position std, as a fraction of its median over positions (score_norm=zscore).
     norm_std_floor: float = 0.1
     # Share of train/good held out (never seen by the SOM) to calibrate the pass/fail threshold.
-    holdout_fraction: float = 0.1
+    # 0.2 on the development suite's mean: escapes 25 % -> 19 % and FRR 4.3 % -> 3.3 % at the
+    # calibrated threshold, image AUROC unchanged (0.968 vs 0.967); few held-out images made loose
+    # thresholds on the small categories.
+    holdout_fraction: float = 0.2
     seed: int = 0
 
     def __post_init__(self) -> None:

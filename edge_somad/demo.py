@@ -34,7 +34,8 @@ def demo_keys(folder: Path) -> tuple[Any, Any]:
 def run_demo(out: Path, publish: str, curve: bool = False) -> int:
     from edge_somad.bench import write_video
     from edge_somad.evaluate import format_table
-    from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
+    from edge_somad.runtime.launch import run_pipeline
+    from edge_somad.runtime.pipeline import PipelineConfig
     from edge_somad.runtime.subscriber import subscribe_loop
     from edge_somad.workflows import evaluate_from_cli, export_from_cli
 

@@ -32,6 +32,7 @@ class TestSet:
     masks: np.ndarray | None  # (N, H, W) bool, model space; None for image-level-only sets
     labels: np.ndarray  # (N,) int
     valid: np.ndarray  # (N, H, W) bool: pixels that show the image (False = letterbox padding)
+    resize: str = "letterbox"  # how frames went to model space (pictures map the heat back)
 
 
 def load_test_set(category: Category, spec: InputSpec) -> TestSet:
@@ -46,7 +47,7 @@ def load_test_set(category: Category, spec: InputSpec) -> TestSet:
             masks.append(resize_mask(read_mask(s, img.shape[:2]), spec.height, spec.width, spec.resize))
     labels = np.array([s.label for s in category.test])
     return TestSet(tuple(category.test), np.stack(frames), np.stack(masks) if has_masks else None, labels,
-                   np.stack(valid))
+                   np.stack(valid), spec.resize)
 
 
 def score_all(scorer: Scorer, frames: np.ndarray, batch: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
@@ -112,8 +113,16 @@ def evaluate(
 
 def write_pictures(out: Path, ts: TestSet, scores: np.ndarray, maps: np.ndarray,
                    threshold: float | None, n: int) -> list[str]:
-    """Heatmap overlays (GT contour drawn) for a spread of test images, plus ROC and PRO curves."""
+    """Heatmap overlays (GT contour drawn) for a spread of test images, plus ROC and PRO curves.
+
+    Overlays are drawn on the ORIGINAL image at its own resolution (the map is moved back through
+    the same letterbox/crop/stretch geometry the runtime uses), not on the small model-space frame:
+    a quality engineer has to be able to read the part and the defect outline.
+    """
     import cv2
+
+    from edge_somad.runtime.defects import map_to_frame
+    from edge_somad.runtime.preprocess import plan_geometry
 
     out.mkdir(parents=True, exist_ok=True)
     # One colour scale for every picture: good images' score range, so overlays are comparable.
@@ -124,8 +133,11 @@ def write_pictures(out: Path, ts: TestSet, scores: np.ndarray, maps: np.ndarray,
     for i in sorted(set(picks.tolist())):
         s = ts.samples[i]
         title = f"{s.defect_type}/{s.path.stem} score {scores[i]:.2f}"
-        mask = ts.masks[i] if ts.masks is not None else np.zeros(maps[i].shape, bool)
-        img = viz.overlay(ts.frames[i], maps[i], mask, vmin, vmax, title=title)
+        image = read_image(s.path)
+        h, w = image.shape[:2]
+        geometry = plan_geometry(h, w, maps[i].shape[0], maps[i].shape[1], ts.resize)
+        mask = read_mask(s, (h, w)) if ts.masks is not None else None
+        img = viz.overlay(image, map_to_frame(maps[i], geometry), mask, vmin, vmax, title=title)
         path = out / f"{s.defect_type}_{s.path.stem}.png"
         cv2.imwrite(str(path), img)
         written.append(path.name)

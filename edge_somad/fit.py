@@ -19,6 +19,7 @@ from edge_somad.data import Category, read_image
 from edge_somad.errors import ConfigError, DatasetError
 from edge_somad.features import FeatureExtractor, make_projection
 from edge_somad.progress import Progress
+from edge_somad.runtime.drift import input_reference
 from edge_somad.runtime.preprocess import resize_frame
 from edge_somad.som import best_matching_units, train_som
 from edge_somad.stats import node_statistics, positional_statistics
@@ -66,9 +67,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def fit_model(category: Category, config: FitConfig, out_dir: Path, weights: str | None = None,
-              device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Fit on category.train (minus the holdout) and write the model directory. Returns fit_info."""
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What every candidate model of one category shares: the split, the extractor, its features."""
+
+    fit_paths: list[Path]
+    hold_paths: list[Path]
+    extractor: FeatureExtractor
+    feats: torch.Tensor  # (n_img, N, d) projected features of the fit images
+    projection: np.ndarray  # (d, C) the Gaussian (or subset) projection the extractor applies
+    input_stats: dict[str, Any]  # what `run` compares live frames with (input drift)
+    device: torch.device
+    started: float  # perf_counter() at the start, for fit_seconds
+
+
+def prepare(category: Category, config: FitConfig, weights: str | None = None, device: str = "auto",
+            progress: bool = True) -> Prepared:
+    """Split train/good, load the backbone and projection, extract the fit images' features."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
@@ -77,30 +92,51 @@ def fit_model(category: Category, config: FitConfig, out_dir: Path, weights: str
     backbone = load_backbone(config.backbone, weights)
     projection = make_projection(config, sum(backbone.info.channels))
     extractor = FeatureExtractor(backbone, config.input.height, config.input.width, projection).to(dev)
-    feats = extract(extractor, frames, dev, progress=progress)  # (n_img, N, d)
-    h, w = extractor.grid
+    feats = extract(extractor, frames, dev, progress=progress)
+    # On the frames the model saw, resized as the runtime does.
+    stats = input_reference(frames, f"{len(fit_paths)} fit images, resized as the runtime does")
+    return Prepared(fit_paths, hold_paths, extractor, feats, projection, stats, dev, t0)
+
+
+def fit_arrays(prep: Prepared, config: FitConfig, progress: bool = True) -> tuple[FittedArrays, dict[str, Any]]:
+    """One method's arrays (SOM + node statistics, or PaDiM's per-position Gaussians) on shared features."""
     info: dict[str, Any] = {}
     if config.method == "somad":
-        arrays, info = _fit_som(feats, config, (h, w), projection, progress)
+        arrays, info = _fit_som(prep.feats, config, prep.extractor.grid, prep.projection, progress)
     else:
-        means, whiten = positional_statistics(feats.cpu(), config.eps)
-        arrays = FittedArrays(projection=projection, whiten=whiten.numpy(), means=means.numpy())
-    arrays = with_position_norm(arrays, config, feats)
+        means, whiten = positional_statistics(prep.feats.cpu(), config.eps)
+        arrays = FittedArrays(projection=prep.projection, whiten=whiten.numpy(), means=means.numpy())
+    return with_position_norm(arrays, config, prep.feats), info
+
+
+def write_model(category: Category, config: FitConfig, prep: Prepared, arrays: FittedArrays,
+                info: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Save config, arrays, split and fit_info into out_dir. Returns fit_info."""
     # Absolute paths: calibrate/evaluate may run from another working directory.
     split = {
         "category": category.name, "data_root": str(category.root.parent.resolve()),
-        "train": [str(p.resolve()) for p in fit_paths], "holdout": [str(p.resolve()) for p in hold_paths],
+        "train": [str(p.resolve()) for p in prep.fit_paths], "holdout": [str(p.resolve()) for p in prep.hold_paths],
     }
+    bb = prep.extractor.backbone.info
     fit_info = {
-        "fit_seconds": round(time.perf_counter() - t0, 2), "device": str(dev),
-        "n_train_images": len(fit_paths), "n_holdout_images": len(hold_paths),
-        "feature_grid": [h, w], "backbone_channels": list(backbone.info.channels),
-        "backbone_weights": backbone.info.weights, "edge_somad": __version__,
+        "fit_seconds": round(time.perf_counter() - prep.started, 2), "device": str(prep.device),
+        "n_train_images": len(prep.fit_paths), "n_holdout_images": len(prep.hold_paths),
+        "feature_grid": list(prep.extractor.grid), "backbone_channels": list(bb.channels),
+        "backbone_weights": bb.weights, "edge_somad": __version__,
         "torch": torch.__version__, "python": platform.python_version(), **info,
+        "input_stats": prep.input_stats,
     }
     save_model(out_dir, config, arrays, split, fit_info)
     fit_info["model_bytes"] = model_bytes(out_dir)
     return fit_info
+
+
+def fit_model(category: Category, config: FitConfig, out_dir: Path, weights: str | None = None,
+              device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Fit on category.train (minus the holdout) and write the model directory. Returns fit_info."""
+    prep = prepare(category, config, weights, device, progress)
+    arrays, info = fit_arrays(prep, config, progress)
+    return write_model(category, config, prep, arrays, info, out_dir)
 
 
 def with_position_norm(arrays: FittedArrays, config: FitConfig, feats: torch.Tensor, batch: int = 8) -> FittedArrays:

@@ -74,10 +74,17 @@ class SomadNet(nn.Module):
         d2 = self.head.distances_sq(self.features(frames))
         return d2.clamp_min(0).sqrt().reshape(-1, *self.grid)
 
+    def score_features(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected features (B, N, d) -> (anomaly_map, score): everything after the backbone.
+
+        Split out so fit's method selection scores several heads on features extracted once.
+        """
+        amap = scoring.smooth_and_upsample(self.head(feats), self.grid, self.size, self.kernel)
+        return amap, scoring.image_scores(amap, self.score_pixels)
+
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames uint8 (B, H, W, 3) BGR -> (anomaly_map (B, H, W) float32, score (B,) float32)."""
-        amap = scoring.smooth_and_upsample(self.head(self.features(frames)), self.grid, self.size, self.kernel)
-        return amap, scoring.image_scores(amap, self.score_pixels)
+        return self.score_features(self.features(frames))
 
 
 def build_net(config: FitConfig, arrays: FittedArrays, weights: str | None = None) -> SomadNet:

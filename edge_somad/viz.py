@@ -45,13 +45,13 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
 
 
 def _title_strip(width: int, title: str) -> np.ndarray:
-    scale = 0.5
+    scale = 0.5 * max(1.0, width / 640)  # readable on full-resolution pictures too
     (tw, th), base = cv2.getTextSize(title, _FONT, scale, 1)
     if tw > width - 8:  # shrink long titles to fit rather than cutting them off
         scale *= (width - 8) / tw
         (tw, th), base = cv2.getTextSize(title, _FONT, scale, 1)
     strip = np.zeros((th + base + 10, width, 3), np.uint8)
-    cv2.putText(strip, title, (4, th + 5), _FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(strip, title, (4, th + 5), _FONT, scale, (255, 255, 255), max(1, round(scale)), cv2.LINE_AA)
     return strip
 
 

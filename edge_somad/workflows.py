@@ -21,11 +21,17 @@ def fit_from_cli(category: str, data_root: Path | None, out: Path | None, backbo
     from edge_somad.fit import fit_model
 
     config = FitConfig(
-        method=method, backbone=backbone, input=InputSpec(height, width, resize), projection=projection, d=d,
+        # auto: the base config; select.fit_auto sets method and score_norm per candidate.
+        method="somad" if method == "auto" else method, backbone=backbone, input=InputSpec(height, width, resize),
+        projection=projection, d=d,
         som=SomConfig(rows=som_size, cols=som_size), topk=topk, score_norm=score_norm,
         image_score_top=image_score_top, seed=seed,
     )
     cat = resolve_category(category, data_root)
+    if method == "auto":
+        from edge_somad.select import fit_auto
+
+        return fit_auto(cat, config, out or Path("models") / category, weights=weights, device=device)
     return fit_model(cat, config, out or Path("models") / category, weights=weights, device=device)
 
 
@@ -70,7 +76,7 @@ def export_from_cli(category: str | None, model: Path | None, data_root: Path | 
         if category is None:
             raise ArtifactError(f"{model_dir} holds no fitted model; add --category X to fit it first")
         log.info("no fitted model in %s: fitting category %s with the defaults", model_dir, category)
-        fit_from_cli(category, data_root, model_dir, "efficientnet-lite0", None, 224, 224, "letterbox", "somad",
+        fit_from_cli(category, data_root, model_dir, "efficientnet-lite0", None, 224, 224, "letterbox", "auto",
                      64, "gaussian", 0, 4, FitConfig.score_norm, FitConfig.image_score_top, 0, "auto")
     manifest = export_model(model_dir)
     manifest = calibrate_holdout(model_dir, target_frr)
@@ -86,9 +92,9 @@ def export_from_cli(category: str | None, model: Path | None, data_root: Path | 
 
 def calibrate_holdout(model_dir: Path, target_frr: float) -> Manifest:
     """Threshold from the held-out good images recorded at fit time (no re-export involved)."""
-    from edge_somad.calibration.commands import calibrate_model, load_holdout_frames
+    from edge_somad.calibration.commands import DEFAULT_METHOD, calibrate_model, load_holdout_frames
     from edge_somad.runtime.backends import open_scorer
 
     frames = load_holdout_frames(model_dir)
     with open_scorer(model_dir, "onnxruntime", "fp32") as scorer:
-        return calibrate_model(model_dir, frames, target_frr, "empirical", 0.999, None, scorer)
+        return calibrate_model(model_dir, frames, target_frr, DEFAULT_METHOD, 0.999, None, scorer)

@@ -67,7 +67,17 @@ def build_manifest(model_dir: Path, report: GraphReport, previous: Manifest | No
                 "bytes": report.largest_intermediate[2]},
         },
         versions=package_versions(),
+        reference=_reference(fit_info, previous),
     )
+
+
+def _reference(fit_info: dict, previous: Manifest | None) -> dict:
+    """Line-health references: fit-image statistics from fit_info.json (fits before they existed
+    get them at the next calibrate); the calibration scores belong to the calibration, kept with it."""
+    ref = dict(previous.reference) if previous else {}
+    if fit_info.get("input_stats"):
+        ref["input"] = fit_info["input_stats"]
+    return ref
 
 
 def export_model(model_dir: Path, weights: str | None = None) -> Manifest:

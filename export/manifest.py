@@ -47,7 +47,7 @@ class Preprocessing:
 class Calibration:
     """Pass/fail decision, set by `edge-somad calibrate`. threshold None means 'not calibrated'."""
 
-    method: str = "none"  # empirical-quantile | chi2 | manual | none
+    method: str = "none"  # robust-normal | empirical-quantile | chi2 | manual | none
     target_frr: float | None = None
     n_images: int = 0
     pixel_threshold: float | None = None
@@ -86,6 +86,9 @@ class Manifest:
     # Thresholds for graphs whose scores differ from the fp32 graph's (INT8 quantisation noise
     # shifts Mahalanobis distances). Key: precision. `threshold` above is the fp32 one.
     precision_thresholds: dict[str, float] = field(default_factory=dict)
+    # Line-health references (runtime/drift.py): {"input": fit-image statistics, "scores": quantiles
+    # of the good calibration scores}. Empty in manifests written before: drift is then not measured.
+    reference: dict[str, Any] = field(default_factory=dict)
     schema: str = MANIFEST_SCHEMA
 
     def threshold_for(self, precision: str) -> float | None:

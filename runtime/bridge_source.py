@@ -1,6 +1,6 @@
 """The ZeroMQ side of both bridges: read one or more `run` endpoints, decode, track what each box is.
 
-Decoding and validation are the reference subscriber's (`subscriber.StreamDecoder`), one decoder
+Decoding and validation are the reference subscriber's (`subscriber.receive`), one StreamDecoder
 per endpoint so each endpoint's `seq` gaps are counted on their own. On top of that, StreamInfo
 keeps what a bridge announces about the stream (model, cameras, threshold, health), learnt from
 heartbeats, status events and verdicts.

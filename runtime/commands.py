@@ -1,4 +1,4 @@
-"""`edge-somad run`, `subscribe` and `keys` as typer command functions.
+"""`edge-somad run`, `subscribe`, `view` and `keys` as typer command functions.
 
 Registered by edge_somad/cli.py with `app.command("run")(run)` etc.
 Heavy imports (cv2, zmq, onnxruntime) live inside the bodies so `edge-somad --help` works anywhere.
@@ -56,16 +56,33 @@ def run(
     ] = None,
     curve_clients: Annotated[OptFile, typer.Option(
         help="CURVE: folder of the public key files (NAME.key) of the only subscribers allowed to connect.")] = None,
+    health: Annotated[bool, typer.Option("--health/--no-health", help="Camera-fault and drift monitoring "
+        "(docs/messages.md, heartbeat cameras.<id>.health).")] = True,
+    frozen_s: Annotated[float, typer.Option(help="Identical frames for this long (and --frozen-frames of them): "
+        "the camera is frozen, its frames get error verdicts.")] = 3.0,
+    frozen_frames: Annotated[int, typer.Option(help="Identical frames in a row needed for 'frozen'.")] = 10,
+    input_warn_z: Annotated[float, typer.Option(help="Input drift warn: brightness/contrast/sharpness this many "
+        "std from the fit images (rolling mean).")] = 4.0,
+    input_alarm_z: Annotated[float, typer.Option(help="Input drift alarm level (std).")] = 8.0,
+    psi_warn: Annotated[float, typer.Option(help="Score drift warn: PSI of pass scores vs calibration.")] = 0.1,
+    psi_alarm: Annotated[float, typer.Option(help="Score drift alarm: PSI.")] = 0.25,
+    score_window: Annotated[int, typer.Option(help="Pass scores in the score-drift window.")] = 200,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
     _logging(log_level)
     from edge_somad.runtime.curve import load_server
-    from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
+    from edge_somad.runtime.health import HealthConfig
+    from edge_somad.runtime.launch import run_pipeline
+    from edge_somad.runtime.pipeline import PipelineConfig
 
     try:
-        config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames,
-                                queue_size=queue_size, precision=precision, drain_timeout_s=drain_timeout)
+        health_config = HealthConfig(
+            enabled=health, frozen_s=frozen_s, frozen_frames=frozen_frames, input_warn_z=input_warn_z,
+            input_alarm_z=input_alarm_z, psi_warn=psi_warn, psi_alarm=psi_alarm, score_window=score_window,
+            score_min_samples=min(50, score_window))
+        config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
+                                precision=precision, drain_timeout_s=drain_timeout, health=health_config)
         curve = load_server(curve_secret_key, curve_clients)
         final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
                              config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)
@@ -108,6 +125,31 @@ def subscribe(
         raise typer.Exit(1)
 
 
+def view(
+    connect: Annotated[list[str], typer.Option(
+        "--connect", help="A `run` endpoint to watch, repeatable, e.g. tcp://line-pc:5556.")] = ["tcp://127.0.0.1:5556"],  # noqa: B006
+    host: Annotated[str, typer.Option(help="Address the page is served on; 0.0.0.0 shows it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port of the page.")] = 8080,
+    topic: Annotated[str, typer.Option(help="Topic prefix filter, as for subscribe.")] = "somad/",
+    fails: Annotated[int, typer.Option(help="Last N fails shown as thumbnails per camera.")] = 8,
+    curve_server_key: CurveServerKey = None,
+    curve_secret_key: CurveClientSecret = None,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "warning",
+) -> None:
+    """Live web page: per camera the latest overlay, verdict counts, fail rate, latency, health, last fails."""
+    _logging(log_level)
+    from edge_somad.runtime.curve import load_client
+    from edge_somad.runtime.view import ViewConfig, serve
+
+    try:
+        config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails)
+        serve(config, load_client(curve_server_key, curve_secret_key))
+    except EdgeSomadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
 def keys(
     name: Annotated[str, typer.Option(help="Key pair name, e.g. line-pc or plc1 (a camera-id-like word).")],
     out: Annotated[Path, typer.Option(help="Folder for NAME.key (public) and NAME.key_secret (mode 600).")] = Path(
@@ -131,6 +173,7 @@ def main() -> None:
     app.command("run")(run)
     app.command("subscribe")(subscribe)
     app.command("keys")(keys)
+    app.command("view")(view)
     app()
 
 

@@ -10,19 +10,17 @@ queued after that (or after a second signal), then the final status: every frame
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_somad.errors import ArtifactError, ConfigError, EdgeSomadError, InputError
-from edge_somad.export.manifest import Manifest, load_manifest
+from edge_somad.errors import ConfigError, InputError
+from edge_somad.export.manifest import Manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import (
     CameraEvent,
@@ -30,11 +28,10 @@ from edge_somad.runtime.camera import (
     FrameItem,
     SourceSpec,
     _Capture,
-    parse_cameras,
 )
-from edge_somad.runtime.curve import CurveServer
 from edge_somad.runtime.defects import find_defects, render_overlay
 from edge_somad.runtime.frames import check_useful_size
+from edge_somad.runtime.health import HealthConfig, LineHealth
 from edge_somad.runtime.preprocess import check_frame, plan_geometry, resize_frame
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import Scorer
@@ -54,6 +51,7 @@ class PipelineConfig:
     heartbeat_s: float = 1.0
     drain_timeout_s: float = 5.0  # on SIGTERM: at most this long scoring what is queued; the rest -> NOT_SCORED
     precision: str = "fp32"  # what the scorer runs, for the message's model block
+    health: HealthConfig = field(default_factory=HealthConfig)  # camera faults and drift (runtime/health.py)
 
     def __post_init__(self) -> None:
         if self.heatmap not in messages.HEATMAP_ENCODINGS:
@@ -128,6 +126,8 @@ class Pipeline:
             CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener)
             for cid, spec in cameras
         ]
+        self.health = LineHealth([c.id for c in self.cameras], manifest.reference, config.health,
+                                 score_drift=config.precision != "int8", on_change=self._health_event)
         limit = getattr(scorer, "max_batch", None)
         self.max_batch = max(1, min(len(self.cameras), limit or len(self.cameras)))
         pre = manifest.preprocessing
@@ -250,6 +250,10 @@ class Pipeline:
             p.resized = resize_frame(p.frame, pre.height, pre.width, pre.resize, pre.pad_value)
         except InputError as exc:
             p.error = f"bad frame: {exc}"
+            return p
+        fault = self.health.frame(item.camera, p.frame.shape[:2], p.resized, item.monotonic)
+        if fault is not None:  # a black or frozen picture says nothing about the part: never a pass
+            p.error = f"camera fault: {fault}"
         return p
 
     def _process(self, items: list[FrameItem]) -> None:
@@ -298,9 +302,15 @@ class Pipeline:
             model=self.model_info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
         self.pub.publish_verdict(header, heat, overlay)
         self.stats.verdicts[verdict] += 1
+        self.health.verdict(it.camera, verdict, p.score)
         self.stats.latencies_ms.append((time.monotonic() - it.monotonic) * 1000.0)
         if verdict == "error":
             log.warning("camera %s frame %d: error verdict: %s", it.camera, it.frame_id, p.error)
+
+    def _health_event(self, event: dict[str, Any]) -> None:
+        log.warning("camera %s health %s -> %s: %s", event["camera"], event["previous"], event["state"],
+                    "; ".join(event["reasons"]) or "all clear")
+        self.pub.publish_status({"schema": messages.STATUS_SCHEMA, "at": time.time(), **event})
 
     def _health(self, schema: str) -> dict[str, Any]:
         return {
@@ -314,80 +324,8 @@ class Pipeline:
             "security": "curve" if self.pub.curve is not None else "none",
             "handshake_failures": dict(self.pub.handshake_failures),
             "cameras": {c.id: {"status": c.status, "fps": round(c.fps(), 2), "frames": c.frames,
-                               "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue)}
+                               "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue),
+                               "health": self.health.snapshot(c.id)}
                         for c in self.cameras},
         }
 
-
-def run_pipeline(
-    model_dir: Path,
-    cameras: list[str],
-    backend: str = "auto",
-    publish: str = "tcp://127.0.0.1:5556",
-    topic_prefix: str = "somad",
-    config: PipelineConfig = PipelineConfig(),
-    wait_subscribers: int = 0,
-    handle_signals: bool = True,
-    curve: CurveServer | None = None,
-    send_queue: int = 100,
-) -> dict[str, Any]:
-    """Open everything, run until the sources end / max frames / SIGINT-SIGTERM; returns the final status.
-
-    Raises (before any frame) on an unusable model, backend or source: the command maps it to exit != 0.
-    """
-    from edge_somad.runtime.backends import open_scorer
-
-    sources = parse_cameras(cameras)
-    manifest = load_manifest(Path(model_dir))
-    if manifest.threshold_for(config.precision) is None:
-        log.warning("%s: every verdict will be 'error'", NOT_CALIBRATED)
-    scorer = open_scorer(Path(model_dir), backend, config.precision)
-    try:
-        _warm_up(scorer, manifest, Path(model_dir))
-        with Publisher(publish, topic_prefix, sndhwm=send_queue, curve=curve) as pub:
-            log.info("publishing on %s (topics %s/<camera>)", pub.bound_endpoint, topic_prefix)
-            if wait_subscribers and not pub.wait_for_subscribers(wait_subscribers, timeout_s=10.0):
-                log.warning("only %d of %d subscribers after 10 s; starting anyway",
-                            pub.subscribers, wait_subscribers)
-            pipe = Pipeline(scorer, manifest, sources, pub, config)
-            with _signals(pipe, handle_signals):
-                return pipe.run()
-    finally:
-        scorer.close()
-
-
-def _warm_up(scorer: Scorer, manifest: Manifest, model_dir: Path) -> None:
-    """First-run allocations (ORT arenas, TensorRT context) happen now, not on the first part; and a
-    graph that loads but cannot run fails here, before the line starts, as a clear error."""
-    pre = manifest.preprocessing
-    try:
-        scorer.score(np.zeros((1, pre.height, pre.width, 3), np.uint8))
-    except EdgeSomadError:
-        raise
-    except Exception as exc:  # backends raise their own types (ORT: Fail, RuntimeException, ...)
-        raise ArtifactError(
-            f"{model_dir / manifest.onnx}: the graph loaded but failed on a blank {pre.height}x{pre.width} frame "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Rebuild it where the model "
-            f"was fitted: `edge-somad export --model {model_dir}` (keeps the calibration)."
-        ) from exc
-
-
-class _signals:
-    """Route SIGINT/SIGTERM to pipeline.stop() while the loop runs (main thread only)."""
-
-    def __init__(self, pipe: Pipeline, enabled: bool) -> None:
-        self.pipe = pipe
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.saved: dict[int, Any] = {}
-
-    def __enter__(self) -> None:
-        if self.enabled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.saved[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.pipe.stop(f"signal {signal.Signals(signum).name}")
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)

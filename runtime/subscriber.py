@@ -188,48 +188,51 @@ class _Sinks:
             self.csv_file.close()
 
 
-class StreamDecoder:
-    """The one place a received message is decoded, validated and gap-counted (subscribe and the bridges).
+def receive(raw: list[bytes], result: SubscribeResult, source: str = "") -> messages.Received | None:
+    """Decode and check one received message (THE place a verdict is decoded: `subscribe`, `view` and
+    the bridges call it). Counts rejections, seq gaps and verdicts in `result`; None when the message was
+    rejected. `source` (an endpoint) prefixes the log lines of a bridge that reads several."""
+    prefix = f"{source}: " if source else ""
+    try:
+        msg = messages.parse_message(raw)
+        if msg.kind == "unknown":
+            raise InputError(f"schema {str(msg.header.get('schema'))[:60]!r} is not an edge-somad message")
+        if msg.kind == "verdict":
+            messages.validate_verdict(msg)
+    except InputError as exc:
+        result.rejected += 1
+        log.error("%srejected a message (%s); %d rejected so far", prefix, exc, result.rejected)
+        return None
+    gap = result.seq.see(msg.topic, msg.header)
+    if gap:
+        log.warning("%s%r: %d message(s) lost before seq %s (this subscriber fell behind or reconnected)",
+                    prefix, msg.topic, gap, msg.header.get("seq"))
+    if msg.kind == "status" and msg.header.get("event") == "final":
+        result.final = msg.header
+        result.seq.see_final(msg.topic.rpartition("/")[0], msg.header)
+    if msg.kind == "verdict":
+        result.verdicts += 1
+    return msg
 
-    `decode` returns a validated message (verdict, heartbeat or status) or None when it was
-    rejected (counted in `result.rejected` and logged). Verdicts are not counted here: what
-    "handled" means is the caller's (a bridge counts a verdict once it is stored).
-    """
+
+class StreamDecoder:
+    """`receive` with its own counters, one per endpoint a bridge reads (bridge_source.StreamSource)."""
 
     def __init__(self, result: SubscribeResult | None = None, source: str = "") -> None:
         self.result = SubscribeResult() if result is None else result
-        self.source = f"{source}: " if source else ""  # which endpoint, when a bridge reads several
+        self.source = source
 
     def decode(self, raw: list[bytes]) -> messages.Received | None:
-        result = self.result
-        try:
-            msg = messages.parse_message(raw)
-            if msg.kind == "unknown":
-                raise InputError(f"schema {str(msg.header.get('schema'))[:60]!r} is not an edge-somad message")
-            if msg.kind == "verdict":
-                messages.validate_verdict(msg)
-        except InputError as exc:
-            result.rejected += 1
-            log.error("%srejected a message (%s); %d rejected so far", self.source, exc, result.rejected)
-            return None
-        gap = result.seq.see(msg.topic, msg.header)
-        if gap:
-            log.warning("%s%r: %d message(s) lost before seq %s (this subscriber fell behind or reconnected)",
-                        self.source, msg.topic, gap, msg.header.get("seq"))
-        if msg.kind == "status" and msg.header.get("event") == "final":
-            result.final = msg.header
-            result.seq.see_final(msg.topic.rpartition("/")[0], msg.header)
-        return msg
+        return receive(raw, self.result, self.source)
 
 
-def _handle(raw: list[bytes], decoder: StreamDecoder, sinks: _Sinks) -> None:
-    msg = decoder.decode(raw)
+def _handle(raw: list[bytes], result: SubscribeResult, sinks: _Sinks) -> None:
+    msg = receive(raw, result)
     if msg is None:
         return
     if msg.kind != "verdict":
         log.info("%r %s", msg.topic, json.dumps(msg.header)[:2000])
         return
-    decoder.result.verdicts += 1
     sinks.verdict(msg)
 
 
@@ -248,8 +251,7 @@ def subscribe_loop(
     sock = connect_subscriber(connect, topic.encode(), curve)
     # sys.stdout looked up now, not at import: a caller (or a test runner) may have replaced it.
     sinks = _Sinks(csv_path, save_fails, sys.stdout if out is None else out, save_errors)
-    decoder = StreamDecoder()
-    result = decoder.result
+    result = SubscribeResult()
     last = time.monotonic()
     try:
         while count is None or result.verdicts < count:
@@ -259,7 +261,7 @@ def subscribe_loop(
                     break
                 continue
             last = time.monotonic()
-            _handle(sock.recv_multipart(), decoder, sinks)
+            _handle(sock.recv_multipart(), result, sinks)
     finally:
         sinks.close()
         sock.close()

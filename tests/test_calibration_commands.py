@@ -70,7 +70,27 @@ def test_calibrate_model_writes_threshold_pixel_rule_and_area(model_dir: Path) -
     assert cal.min_defect_area_px == min_defect_area(maps, cal.pixel_threshold)
     assert cal.details["frr_upper_95"] == est.frr_upper_95 and cal.details["note"] == est.note
     assert cal.details["chi2_fit"] == {"skipped": "no patch distances given"}
+    # line-health references for `run`: the good scores' quantiles, and input statistics (this
+    # stand-in was never fitted, so they come from the calibration frames)
+    ref = m.reference
+    assert ref["scores"]["n"] == N_HOLDOUT and len(ref["scores"]["quantiles"]) == 101
+    assert ref["scores"]["quantiles"][0] == scores.min() and ref["scores"]["quantiles"][-1] == scores.max()
+    assert ref["input"]["n"] == N_HOLDOUT and {"brightness", "contrast", "sharpness"} <= ref["input"].keys()
     assert load_manifest(model_dir) == m  # saved, and model.onnx still matches its sha256
+
+
+def test_calibrate_model_robust_is_the_default_rule(model_dir: Path) -> None:
+    from edge_somad.calibration.commands import DEFAULT_METHOD
+    from edge_somad.calibration.threshold import robust_threshold
+
+    frames = synthetic_frames(N_HOLDOUT, seed=13)
+    with open_scorer(model_dir, "onnxruntime", "fp32") as scorer:
+        scores, _ = score_all(scorer, frames)
+        m = calibrate_model(model_dir, frames, 0.05, DEFAULT_METHOD, 0.99, None, scorer)
+    est = robust_threshold(scores, 0.05)
+    assert DEFAULT_METHOD == "robust" and m.calibration.method == "robust-normal"
+    assert m.threshold == est.threshold and m.calibration.details["note"] == est.note
+    assert m.calibration.details["empirical"]["threshold"] == empirical_threshold(scores, 0.05).threshold
 
 
 def test_calibrate_model_chi2_with_patch_distances(model_dir: Path) -> None:

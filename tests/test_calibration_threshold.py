@@ -18,6 +18,7 @@ from edge_somad.calibration.threshold import (
     largest_area_above,
     min_defect_area,
     pixel_threshold,
+    robust_threshold,
 )
 from edge_somad.errors import ConfigError, InputError
 
@@ -203,3 +204,39 @@ def test_confusion_counts_by_hand() -> None:
 def test_confusion_rejects_mismatched_lengths() -> None:
     with pytest.raises(InputError, match="one entry per image"):
         confusion_at_threshold(np.array([0, 1]), ["good"], np.array([1.0, 2.0]), 1.5)
+
+
+@pytest.mark.parametrize(("target", "seed"), [(0.005, 0), (0.01, 1), (0.05, 2)])
+def test_robust_threshold_lands_on_true_normal_quantile(target: float, seed: int) -> None:
+    scores = np.random.default_rng(seed).normal(10.0, 2.0, 5000)
+    est = robust_threshold(scores, target)
+    assert est.threshold == pytest.approx(10.0 + 2.0 * stats.norm.ppf(1 - target), rel=0.02)
+    assert est.achieved_frr_on_calibration_set == pytest.approx(target, abs=max(0.004, target / 2))
+
+
+def test_robust_threshold_equals_float64_reference_and_ignores_one_odd_image() -> None:
+    good = np.array([9.1, 9.4, 9.6, 9.8, 10.0, 10.1, 10.3, 10.6, 20.6])  # one odd good image
+    med = np.median(good.astype(np.float64))
+    mad = 1.4826 * np.median(np.abs(good - med))
+    est = robust_threshold(good.astype(np.float32), 0.005)
+    assert est.threshold == pytest.approx(med + stats.norm.ppf(0.995) * mad, rel=1e-6)
+    assert est.threshold < 12.0 < empirical_threshold(good, 0.005).threshold  # the outlier no longer sets it
+    assert est.achieved_frr_on_calibration_set == pytest.approx(1 / 9)  # ... and is reported as rejected
+    assert "1/9 calibration images" in est.note
+
+
+@pytest.mark.parametrize(("scores", "why"), [
+    ([5.0, 6.0], "2 scores"),                    # too few to model a spread
+    ([3.0, 3.0, 3.0, 3.0, 9.0], "MAD 0"),          # ties: no spread around the median
+])
+def test_robust_threshold_falls_back_to_empirical(scores: list[float], why: str) -> None:
+    s = np.array(scores)
+    est = robust_threshold(s, 0.01)
+    assert est.threshold == empirical_threshold(s, 0.01).threshold
+    assert why in est.note and "empirical rule used" in est.note
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan"), 2.0]])
+def test_robust_threshold_rejects_bad_scores(bad: list[float]) -> None:
+    with pytest.raises(InputError):
+        robust_threshold(np.array(bad), 0.01)

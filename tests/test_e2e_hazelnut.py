@@ -32,14 +32,14 @@ def _ok(args: list[str]) -> str:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tmp_path_factory.mktemp("e2e") / "hazelnut"
     _ok(["fit", "--category", "hazelnut_toy", "--data-root", str(HAZELNUT_ROOT), "--out", str(model),
-         "--height", "128", "--width", "128", "--d", "32", "--device", "cpu"])
+         "--height", "128", "--width", "128", "--d", "32", "--device", "cpu", "--method", "somad"])
     _ok(["export", "--model", str(model), "--no-trt"])
     return model
 
 
 def test_exported_model_is_calibrated_and_complete(exported: Path) -> None:
     manifest = json.loads((exported / "manifest.json").read_text())
-    assert manifest["threshold"] > 0 and manifest["calibration"]["n_images"] == 3  # 10% of 28 held out
+    assert manifest["threshold"] > 0 and manifest["calibration"]["n_images"] == 6  # 20% of 28 held out
     assert manifest["model"]["d"] == 32 and manifest["model"]["som_grid"] == [32, 32]
     assert {p.name for p in exported.iterdir()} >= {"config.json", "arrays.npz", "model.onnx", "manifest.json"}
 

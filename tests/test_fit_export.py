@@ -68,6 +68,9 @@ def test_manifest_records_the_contract(tiny_exported: Path) -> None:
     assert m.preprocessing.resize == "letterbox" and (m.preprocessing.height, m.preprocessing.width) == (64, 96)
     assert m.model["d"] == 16 and m.model["topk"] == 4 and m.threshold is None
     assert m.model["largest_intermediate"]["bytes"] > 0
+    # input-drift reference of the fit images (fit_info.json -> manifest at export)
+    ref = m.reference["input"]
+    assert ref["n"] >= 2 and 0 < ref["brightness"]["mean"] < 255 and ref["sharpness"]["std"] >= 0
 
 
 def test_tampered_onnx_is_detected(tiny_exported: Path, tmp_path: Path) -> None:

@@ -115,7 +115,9 @@ def test_runtime_imports_no_torch(tmp_path: Path) -> None:
         import edge_somad.runtime.defects, edge_somad.runtime.messages, edge_somad.runtime.ort_scorer
         import edge_somad.runtime.pipeline_bench, edge_somad.runtime.publisher, edge_somad.runtime.subscriber
         import edge_somad.runtime.bridge_commands, edge_somad.runtime.bridge_mqtt, edge_somad.runtime.bridge_opcua
-        from edge_somad.runtime.pipeline import PipelineConfig, run_pipeline
+        import edge_somad.runtime.drift, edge_somad.runtime.health, edge_somad.runtime.view_state
+        from edge_somad.runtime.launch import run_pipeline
+        from edge_somad.runtime.pipeline import PipelineConfig
         final = run_pipeline(Path({str(d)!r}), [{str(video)!r}], publish="tcp://127.0.0.1:{free_port()}",
                              config=PipelineConfig(overlay=True), handle_signals=False)
         assert "torch" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)
@@ -145,7 +147,7 @@ def test_corrupt_graph_with_matching_sha256_is_a_clear_error(tmp_path: Path) -> 
 
 def test_graph_that_loads_but_cannot_run_is_a_clear_error(tmp_path: Path) -> None:
     from edge_somad.errors import ArtifactError
-    from edge_somad.runtime.pipeline import _warm_up
+    from edge_somad.runtime.launch import _warm_up
 
     class Broken:  # what ONNX Runtime does with a graph whose kernels fail: its own exception type
         def score(self, frames):

@@ -1,0 +1,182 @@
+"""Line health: drift statistics on known shifts, and camera faults / input drift on real video clips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_somad.errors import ConfigError
+from edge_somad.export.manifest import load_manifest, save_manifest
+from edge_somad.runtime import drift
+from edge_somad.runtime.health import CameraHealth, HealthConfig
+from edge_somad.runtime.ort_scorer import OrtScorer
+from edge_somad.runtime.pipeline import PipelineConfig
+from edge_somad.runtime.preprocess import resize_frame
+from tests.synth import _part
+from tests.test_runtime_pipeline import run_pipeline_with_sub
+from tests.test_runtime_support import H, W, make_model_dir, write_video
+
+FAST = HealthConfig(input_window=5, input_min_frames=3, frozen_s=0.0, frozen_frames=5, score_window=40,
+                    score_min_samples=20)
+
+
+def parts(n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [_part(rng, 120, 160) for _ in range(n)]
+
+
+def decoded(path: Path) -> list[np.ndarray]:
+    cap, out = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            return out
+        out.append(img)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return model_with_reference(tmp_path)
+
+
+def model_with_reference(tmp_path: Path) -> Path:
+    """The stand-in model with line-health references taken from a clean clip, as calibrate would."""
+    d = make_model_dir(tmp_path / "model")
+    frames = decoded(write_video(tmp_path / "ref.avi", parts(300, seed=1)))
+    resized = np.stack([resize_frame(f, H, W, "letterbox", 0) for f in frames])
+    scores = OrtScorer(d / "model.onnx", H, W).score(resized).scores
+    m = load_manifest(d)
+    save_manifest(d, dataclasses.replace(m, reference={
+        "input": drift.input_reference(resized, "test clip"), "scores": drift.score_reference(scores, "test clip")}))
+    return d
+
+
+def health_events(sub) -> list[dict]:
+    return [m.header for m in sub.msgs if m.kind == "status" and m.header.get("event") == "health"]
+
+
+def test_psi_and_ks_see_a_known_shift() -> None:
+    rng = np.random.default_rng(0)
+    ref = drift.score_reference(rng.normal(10.0, 1.0, 2000), "normal(10, 1)")
+    q = np.asarray(ref["quantiles"])
+    same, shifted = rng.normal(10.0, 1.0, 200), rng.normal(11.0, 1.0, 200)  # + 1 std
+    assert drift.psi(q, same) < 0.1 and drift.ks(q, same) < 0.15
+    assert drift.psi(q, shifted) > 0.25 and drift.ks(q, shifted) > 0.3
+    # and through the monitor: the same shift in pass scores -> alarm, with the numbers in the snapshot
+    cam = CameraHealth("c", {"scores": ref}, HealthConfig(score_window=200, score_min_samples=50))
+    for s in same:
+        cam.observe_verdict("pass", float(s))
+    assert cam.update() is None and cam.state == "ok"
+    for s in shifted:
+        cam.observe_verdict("pass", float(s))
+        cam.observe_verdict("fail", 99.0)  # fails are not "good" scores: ignored
+    assert cam.update() == ("ok", "alarm")
+    snap = cam.snapshot()["score_drift"]
+    assert snap["state"] == "alarm" and snap["psi"] > 0.25 and snap["n"] == 200
+
+
+def test_faults_on_frames_and_no_flapping() -> None:
+    rng = np.random.default_rng(0)
+    good = [_part(rng, H, W) for _ in range(30)]
+    cam = CameraHealth("c", {}, HealthConfig(clear_frames=5))
+    white = np.full((H, W, 3), 252, np.uint8)
+    assert cam.observe_frame((H, W), good[0], 0.0) is None
+    assert cam.observe_frame((H, W), white, 0.1).startswith("saturated frame")
+    assert cam.update() == ("ok", "alarm") and cam.reasons[0].startswith("camera fault: saturated")
+    # a fault every other frame: one alarm, held, no event per frame; it clears 5 good frames later
+    changes = []
+    for i, f in enumerate(good[1:20]):
+        cam.observe_frame((H, W), white if i % 2 == 0 and i < 8 else f, 0.2 + i / 10)
+        changes.append(cam.update())
+    assert [c for c in changes if c] == [("alarm", "ok")] and cam.faults["saturated"] == 5
+
+
+def test_health_config_rejects_inverted_thresholds() -> None:
+    with pytest.raises(ConfigError, match="warn <= alarm"):
+        HealthConfig(psi_warn=0.3, psi_alarm=0.1)
+
+
+def test_clean_clip_stays_ok(tmp_path: Path, model_dir: Path) -> None:
+    # PSI over n scores in 10 bins is ~9/n on an unchanged line: the default window (200) keeps that
+    # noise (~0.05) under the warn level (0.1) for continuous scores. The stand-in model's scores take
+    # ~13 values (k/255), which doubles the noise (0.08-0.15 between two clean clips): warn at 0.2 here.
+    video = write_video(tmp_path / "clean.avi", parts(240, seed=2))
+    config = dataclasses.replace(FAST, score_window=200, score_min_samples=200, psi_warn=0.2)
+    final, sub = run_pipeline_with_sub(model_dir, [f"line={video}"], PipelineConfig(health=config))
+    assert final["verdicts"] == {"pass": 240, "fail": 0, "error": 0}
+    assert health_events(sub) == []
+    h = final["cameras"]["line"]["health"]
+    assert h["state"] == "ok" and h["fault"] is None and h["reasons"] == []
+    assert h["input_drift"]["state"] == "ok" and abs(h["input_drift"]["brightness"]["z"]) < 2
+    assert h["score_drift"]["state"] == "ok" and h["score_drift"]["n"] == 200 and h["score_drift"]["psi"] < 0.2
+    beats = [m.header for m in sub.msgs if m.kind == "heartbeat"]
+    assert beats and all(b["cameras"]["line"]["health"]["state"] == "ok" for b in beats)
+
+
+def test_brightness_ramp_down_warns_then_alarms(tmp_path: Path, model_dir: Path) -> None:
+    frames = [np.clip(f.astype(np.float32) * (1.0 - 0.6 * i / 59), 0, 255).astype(np.uint8)
+              for i, f in enumerate(parts(60, seed=3))]
+    video = write_video(tmp_path / "ramp.avi", frames)
+    final, sub = run_pipeline_with_sub(model_dir, [f"line={video}"], PipelineConfig(health=FAST))
+    states = [e["state"] for e in health_events(sub)]
+    assert states[:2] == ["warn", "alarm"], states
+    first = health_events(sub)[0]
+    assert first["camera"] == "line" and first["previous"] == "ok"
+    assert any("brightness" in r and "below" in r for r in first["reasons"])
+    h = final["cameras"]["line"]["health"]
+    assert h["state"] == "alarm" and h["input_drift"]["brightness"]["z"] < -FAST.input_alarm_z
+    assert final["verdicts"]["error"] == 0  # dim but not black: still scored
+
+
+def test_repeated_frame_is_frozen(tmp_path: Path, model_dir: Path) -> None:
+    clip = parts(10, seed=4)
+    video = write_video(tmp_path / "frozen.avi", clip + [clip[-1]] * 20)
+    final, sub = run_pipeline_with_sub(model_dir, [f"line={video}"], PipelineConfig(health=FAST))
+    vs = sub.verdicts()
+    assert all(v["verdict"] == "pass" for v in vs[:13])  # up to 4 repeats: not yet beyond the limit
+    frozen = [v for v in vs if v["verdict"] == "error"]
+    # frame 9 and its 20 repeats are 21 identical frames; the 5th of them is the first "frozen"
+    assert len(frozen) == 21 - FAST.frozen_frames + 1
+    assert all(v["error"].startswith("camera fault: frozen stream") for v in frozen)
+    events = health_events(sub)
+    assert events and events[0]["state"] == "alarm" and "frozen" in events[0]["reasons"][0]
+    assert final["cameras"]["line"]["health"]["fault_counts"]["frozen"] == len(frozen)
+
+
+def test_black_clip_gives_error_verdicts(tmp_path: Path, model_dir: Path) -> None:
+    video = write_video(tmp_path / "black.avi", [np.zeros((120, 160, 3), np.uint8)] * 8)
+    final, sub = run_pipeline_with_sub(model_dir, [f"line={video}"], PipelineConfig(health=FAST))
+    vs = sub.verdicts()
+    assert len(vs) == 8 and all(v["verdict"] == "error" for v in vs)
+    assert all(v["error"].startswith("camera fault: black frame") and v["score"] is None for v in vs)
+    assert final["verdicts"] == {"pass": 0, "fail": 0, "error": 8}
+    assert health_events(sub)[0]["state"] == "alarm"
+
+
+def test_resolution_change_alarms(tmp_path: Path, model_dir: Path) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i, f in enumerate(parts(4, seed=5) + [cv2.resize(p, (200, 150)) for p in parts(2, seed=6)]):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), f)
+    final, sub = run_pipeline_with_sub(model_dir, [f"line={folder}"], PipelineConfig(health=FAST))
+    assert final["verdicts"]["pass"] == 6  # still scored: the picture is fine, the geometry changed
+    (event,) = health_events(sub)
+    assert event["state"] == "alarm" and "resolution changed from 160x120 to 200x150" in event["reasons"]
+
+
+def test_old_manifest_without_reference_still_runs(tmp_path: Path) -> None:
+    d = make_model_dir(tmp_path / "old")
+    path = d / "manifest.json"
+    data = json.loads(path.read_text())
+    del data["reference"]  # as written before line health existed
+    path.write_text(json.dumps(data))
+    video = write_video(tmp_path / "clean.avi", parts(12, seed=7))
+    final, _ = run_pipeline_with_sub(d, [f"line={video}"], PipelineConfig(health=FAST))
+    h = final["cameras"]["line"]["health"]
+    assert final["verdicts"]["pass"] == 12 and h["state"] == "ok"
+    assert "no input reference" in h["input_drift"]["reason"] and "no calibration scores" in h["score_drift"]["reason"]
