@@ -124,6 +124,7 @@ def demo(
 
 def _register() -> None:
     from edge_somad.bench import bench
+    from edge_somad.runtime.bridge_commands import app as bridge_app
 
     app.command("calibrate")(calibrate)
     app.command("run")(run)
@@ -131,6 +132,7 @@ def _register() -> None:
     app.command("keys")(keys)
     app.command("view")(view)
     app.command("bench")(bench)
+    app.add_typer(bridge_app, name="bridge")
 
 
 _register()

@@ -188,9 +188,11 @@ class _Sinks:
             self.csv_file.close()
 
 
-def receive(raw: list[bytes], result: SubscribeResult) -> messages.Received | None:
-    """Decode and check one received message (THE place a verdict is decoded: `subscribe` and `view`
-    both call it). Counts rejections and seq gaps in `result`; None when the message was rejected."""
+def receive(raw: list[bytes], result: SubscribeResult, source: str = "") -> messages.Received | None:
+    """Decode and check one received message (THE place a verdict is decoded: `subscribe`, `view` and
+    the bridges call it). Counts rejections, seq gaps and verdicts in `result`; None when the message was
+    rejected. `source` (an endpoint) prefixes the log lines of a bridge that reads several."""
+    prefix = f"{source}: " if source else ""
     try:
         msg = messages.parse_message(raw)
         if msg.kind == "unknown":
@@ -199,18 +201,29 @@ def receive(raw: list[bytes], result: SubscribeResult) -> messages.Received | No
             messages.validate_verdict(msg)
     except InputError as exc:
         result.rejected += 1
-        log.error("rejected a message (%s); %d rejected so far", exc, result.rejected)
+        log.error("%srejected a message (%s); %d rejected so far", prefix, exc, result.rejected)
         return None
     gap = result.seq.see(msg.topic, msg.header)
     if gap:
-        log.warning("%r: %d message(s) lost before seq %s (this subscriber fell behind or reconnected)",
-                    msg.topic, gap, msg.header.get("seq"))
+        log.warning("%s%r: %d message(s) lost before seq %s (this subscriber fell behind or reconnected)",
+                    prefix, msg.topic, gap, msg.header.get("seq"))
     if msg.kind == "status" and msg.header.get("event") == "final":
         result.final = msg.header
         result.seq.see_final(msg.topic.rpartition("/")[0], msg.header)
     if msg.kind == "verdict":
         result.verdicts += 1
     return msg
+
+
+class StreamDecoder:
+    """`receive` with its own counters, one per endpoint a bridge reads (bridge_source.StreamSource)."""
+
+    def __init__(self, result: SubscribeResult | None = None, source: str = "") -> None:
+        self.result = SubscribeResult() if result is None else result
+        self.source = source
+
+    def decode(self, raw: list[bytes]) -> messages.Received | None:
+        return receive(raw, self.result, self.source)
 
 
 def _handle(raw: list[bytes], result: SubscribeResult, sinks: _Sinks) -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: a virtual environment in .venv with edge-somad[fit,dev,view] installed.
+# Idempotent set-up: a virtual environment in .venv with edge-somad[fit,dev,view,bridge] installed
+# (+ mosquitto and chromium as root).
 # torch is pinned to 2.13.0 first: on our CI machines that is a CPU wheel on local disk, and an
 # unpinned "torch" would pull a multi-GB CUDA build. On your machine it comes from PyPI as usual.
 set -euo pipefail
@@ -13,7 +14,7 @@ python -m pip install --quiet --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
 fi
-python -m pip install --quiet -e ".[fit,dev,view]"
+python -m pip install --quiet -e ".[fit,dev,view,bridge]"
 # The `view` browser test drives a real headless chromium (Debian packages; Playwright's own browser
 # download is not used). Installed when missing and we are root with apt; otherwise that test skips.
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
@@ -23,4 +24,11 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   else
     echo "setup: chromium/chromedriver missing (needs root + apt); the view browser test will skip" >&2
   fi
+fi
+# The MQTT bridge tests start a real Mosquitto broker. Install it when missing and we may (root, apt):
+# CI runs as root; elsewhere the tests skip and say why.
+if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get install -y -qq mosquitto >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq mosquitto >/dev/null 2>&1; }; } \
+    || echo "setup: could not install mosquitto; the MQTT bridge tests will skip" >&2
 fi

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BLOCK = ["torch", "onnx", "onnxruntime", "cv2", "zmq", "tensorrt", "scipy", "aiohttp", "selenium"]
+BLOCK = ["torch", "onnx", "onnxruntime", "cv2", "zmq", "tensorrt", "scipy", "aiohttp", "selenium", "paho", "asyncua"]
 
 
 def test_help_works_with_heavy_packages_blocked() -> None:
@@ -19,5 +19,6 @@ def test_help_works_with_heavy_packages_blocked() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    for command in ("fit", "evaluate", "export", "calibrate", "run", "subscribe", "view", "keys", "bench", "demo"):
+    for command in ("fit", "evaluate", "export", "calibrate", "run", "subscribe", "view", "keys", "bench", "demo",
+                    "bridge"):
         assert command in out.stdout

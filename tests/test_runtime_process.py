@@ -114,6 +114,7 @@ def test_runtime_imports_no_torch(tmp_path: Path) -> None:
         import edge_somad.runtime.backends, edge_somad.runtime.camera, edge_somad.runtime.commands
         import edge_somad.runtime.defects, edge_somad.runtime.messages, edge_somad.runtime.ort_scorer
         import edge_somad.runtime.pipeline_bench, edge_somad.runtime.publisher, edge_somad.runtime.subscriber
+        import edge_somad.runtime.bridge_commands, edge_somad.runtime.bridge_mqtt, edge_somad.runtime.bridge_opcua
         import edge_somad.runtime.drift, edge_somad.runtime.health, edge_somad.runtime.view_state
         from edge_somad.runtime.launch import run_pipeline
         from edge_somad.runtime.pipeline import PipelineConfig

@@ -1,0 +1,133 @@
+"""One MQTT connection (paho-mqtt 2), used once and thrown away.
+
+A fresh paho client per connection attempt, on purpose: paho keeps unacknowledged QoS 1 messages
+in memory and resends them by itself on reconnect, which would duplicate what the bridge resends
+from its disk queue and hide the one place that decides what is still owed. Here the disk queue
+is that place: when a connection is lost, this object is closed and its in-memory state dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_somad.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    version: str = "5"  # "5" | "3.1.1"
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None  # None with tls: the system's trusted CAs
+    cert_file: Path | None = None  # client certificate (mutual TLS)
+    key_file: Path | None = None
+    keepalive_s: int = 10  # the broker publishes the death message within 1.5x this after a silent loss
+    window: int = 200  # QoS 1 messages in flight (unacknowledged) at once
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+
+
+class MqttLink:
+    """connect() -> publish()/acked -> close(). `lost` is set when the connection ends or was refused."""
+
+    def __init__(self, config: BrokerConfig, will: Will) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.config = config
+        protocol = mqtt.MQTTv5 if config.version == "5" else mqtt.MQTTv311
+        kwargs = {} if config.version == "5" else {"clean_session": True}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=protocol,
+                                  **kwargs)
+        self.client.max_inflight_messages_set(config.window)
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(3600, 3600)  # never paho's own reconnect: see the module docstring
+        self.client.will_set(will.topic, will.payload, qos=1, retain=True)
+        if config.username is not None:
+            self.client.username_pw_set(config.username, config.password)
+        if config.tls:
+            try:
+                self.client.tls_set(ca_certs=str(config.ca_file) if config.ca_file else None,
+                                    certfile=str(config.cert_file) if config.cert_file else None,
+                                    keyfile=str(config.key_file) if config.key_file else None,
+                                    cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: unreadable or mismatched PEM files
+                raise ConfigError(f"TLS set-up failed ({exc}); check --ca-file, --cert-file and --key-file "
+                                  "(PEM files; the key must match the certificate)") from exc
+        self.connected, self.lost = threading.Event(), threading.Event()
+        self.error: str | None = None
+        self.acked: collections.deque[int] = collections.deque()  # mids, appended by paho's thread
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.error = f"the broker refused the connection: {reason_code}"
+            self.lost.set()
+        else:
+            self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.error is None:
+            self.error = f"connection lost ({reason_code})"
+        self.lost.set()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # Runs on paho's thread with paho's locks held: only a deque append (thread-safe), no I/O.
+        if not reason_code.is_failure:
+            self.acked.append(mid)
+
+    def connect(self, timeout_s: float) -> bool:
+        """True once the broker accepted us; otherwise False with `error` saying why."""
+        try:
+            self.client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
+        except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS handshake
+            self.error = f"{type(exc).__name__}: {exc}"
+            return False
+        self.client.loop_start()
+        deadline = threading.Event()
+        for _ in range(int(timeout_s / 0.05) + 1):
+            if self.connected.is_set() or self.lost.is_set():
+                break
+            deadline.wait(0.05)
+        if not self.connected.is_set():
+            self.error = self.error or f"no CONNACK within {timeout_s:g} s"
+            self.close()
+            return False
+        return True
+
+    @property
+    def up(self) -> bool:
+        return self.connected.is_set() and not self.lost.is_set()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int | None:
+        """The message id to watch in `acked`, or None when the connection is gone."""
+        import paho.mqtt.client as mqtt
+
+        if not self.up:
+            return None
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
+
+    def close(self) -> None:
+        """Send DISCONNECT if still connected (no last will then), stop paho's thread, drop its state."""
+        try:
+            self.client.disconnect()  # also what stops paho's loop from reconnecting on its own
+        except (OSError, ValueError) as exc:  # a dead socket: nothing left to close politely
+            log.debug("disconnect: %s", exc)
+        self.client.loop_stop()

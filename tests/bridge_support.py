@@ -1,0 +1,156 @@
+"""Helpers for the bridge tests: a real Mosquitto on 127.0.0.1, an MQTT consumer, bridge processes."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.test_runtime_support import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = "edge-somad/v1"
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        pytest.skip("mosquitto is not installed and could not be (scripts/setup.sh installs the Debian package "
+                    "`mosquitto` when run as root; elsewhere: apt-get install mosquitto)")
+    return found
+
+
+class Mosquitto:
+    """`mosquitto -c CONF` on 127.0.0.1:PORT; persistence on so a stopped broker keeps its sessions."""
+
+    def __init__(self, tmp: Path, extra: str = "allow_anonymous true\n") -> None:
+        self.binary = mosquitto_binary()
+        self.port = free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.conf = tmp / "mosquitto.conf"
+        # max_queued_messages 0: no cap on what the broker queues for an offline persistent consumer.
+        # user: as root, mosquitto would switch to user `mosquitto`, who cannot read pytest's 0700 temp folders
+        # (persistence file, log, password file); as any other user the option is ignored.
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{extra}user {getpass.getuser()}\npersistence true\n"
+                             f"persistence_location {tmp}/\nmax_queued_messages 0\nmax_inflight_messages 0\n"
+                             f"log_dest file {tmp}/mosquitto.log\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        import socket
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file (sessions, queues)
+            self.proc.wait(10)
+
+
+class Consumer:
+    """A paho subscriber with a persistent session (clean_session=False), reconnecting on its own."""
+
+    def __init__(self, port: int, client_id: str = "test-consumer", topic: str = f"{ROOT}/#",
+                 auth: tuple[str, str] | None = None, ca_file: Path | None = None) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []  # (topic, payload, retain)
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                                  clean_session=False)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
+        if ca_file is not None:
+            self.client.tls_set(ca_certs=str(ca_file))
+        self.topic = topic
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=5)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self.cond:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.cond.notify_all()
+
+    def wait_for(self, pred: Callable[[list[tuple[str, bytes, bool]]], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while not pred(self.messages):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(min(left, 0.2))
+        return True
+
+    def json(self, kind: str) -> list[dict]:
+        with self.cond:
+            return [json.loads(p) for t, p, _ in self.messages if t.split("/")[3] == kind]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def start_bridge(args: list[str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "edge_somad.runtime.bridge_commands", *args], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=log)
+
+
+def verdict_count(kind: str = "DDATA") -> Callable[[list[tuple[str, bytes, bool]]], int]:
+    return lambda msgs: sum(1 for t, _, _ in msgs if t.split("/")[3] == kind)
+
+
+def make_tls_files(out: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it: (ca, cert, key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool, san: list | None = None):
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert("edge-somad test CA", ca_key, "edge-somad test CA", ca_key, True)
+    server = cert("localhost", server_key, "edge-somad test CA", ca_key, False,
+                  [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "ca.pem", out / "server.pem", out / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return paths
