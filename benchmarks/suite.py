@@ -56,8 +56,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def run_one(root: Path, category: str, config: FitConfig, model_dir: Path, auto: bool = False) -> dict[str, Any]:
     cat = load_category(root, category)
     # auto: the CLI's default, SOMAD or PaDiM picked by the synthetic self-check (edge_somad/select.py).
-    info = fit_auto(cat, config, model_dir, progress=False) if auto else fit_model(cat, config, model_dir,
-                                                                                    progress=False)
+    fit = fit_auto if auto else fit_model
+    info = fit(cat, config, model_dir, progress=False)
     export_model(model_dir)
     manifest = calibrate_holdout(model_dir, target_frr=0.005)
     spec = config.input

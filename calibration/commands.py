@@ -118,9 +118,12 @@ def calibrate_model(
     scores, maps = score_all(scorer, good_frames)
     empirical = th.empirical_threshold(scores, target_frr)
     report = th.chi2_fit_report(patch_sq_distances, _d(manifest)) if patch_sq_distances is not None else None
-    estimate = th.robust_threshold(scores, target_frr) if method == "robust" else empirical
     if method == "chi2":
         estimate = _chi2_estimate(model_dir, manifest, scores, maps, target_frr, patch_sq_distances, report)
+    elif method == "robust":
+        estimate = th.robust_threshold(scores, target_frr)
+    else:
+        estimate = empirical
     pix = th.pixel_threshold(maps, pixel_quantile)
     area = th.min_defect_area(maps, pix, min_area)
     details: dict[str, Any] = {
@@ -191,7 +194,7 @@ def _chi2_estimate(
         # chi2(d) describes raw squared Mahalanobis distances; this model's score is in z units.
         raise ConfigError(
             f"--method chi2 sets a threshold on raw Mahalanobis distances, but {model_dir} scores "
-            f"per-position standardised distances (score_norm={norm}). Use --method empirical, or "
+            f"per-position standardised distances (score_norm={norm}). Use --method robust or empirical, or "
             "fit with --score-norm none to use chi2."
         )
 

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # enough to cover a few stride-4 patches of the feature grid.
 SIZE_RANGE = (0.06, 0.16)
 KINDS = ("cutpaste", "scratch", "blob")
+# Synthetic defects of each kind in all, at least, however few held-out images there are.
+MIN_PER_KIND = 20
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,8 @@ def detectability(good_scores: np.ndarray, defect_scores: np.ndarray, kinds: lis
 def self_check(score: Callable[[np.ndarray], np.ndarray], good_frames: np.ndarray, good_scores: np.ndarray,
                threshold: float, pad_value: int) -> dict[str, Any]:
     """Synthetic defects in the held-out good frames, scored by `score` and judged at `threshold`."""
-    # At least ~60 synthetic defects however few held-out images there are (3 kinds each).
-    per_kind = max(2, math.ceil(20 / len(good_frames)))
+    # At least 3 x MIN_PER_KIND synthetic defects, and 2 of each kind per held-out image.
+    per_kind = max(2, math.ceil(MIN_PER_KIND / len(good_frames)))
     frames, kinds = synthetic_defects(good_frames, per_kind, pad_value)
     report = detectability(good_scores, score(frames), kinds, threshold)
     log.info("self-check: %.0f%% of %d synthetic defects pass at the threshold",

@@ -7,6 +7,7 @@ strictly between observed scores, so the calibration-set counts are the same und
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -130,9 +131,7 @@ def robust_threshold(good_scores: np.ndarray, target_frr: float) -> ThresholdEst
     if n < ROBUST_MIN_IMAGES or sigma <= 0:
         est = empirical_threshold(s, target_frr)
         why = f"{n} scores" if n < ROBUST_MIN_IMAGES else "all scores equal to the median (MAD 0)"
-        return ThresholdEstimate(est.threshold, est.target_frr, est.n_images, est.achieved_frr_on_calibration_set,
-                                 est.frr_upper_95, f"robust rule not applicable ({why}); empirical rule used. "
-                                 + est.note)
+        return dataclasses.replace(est, note=f"robust rule not applicable ({why}); empirical rule used. " + est.note)
     z = float(stats.norm.ppf(1.0 - target_frr))
     threshold = med + z * sigma
     rejects = int(np.count_nonzero(s >= threshold))

@@ -10,6 +10,7 @@ image AUROC on every category where the methods differed (README, "Development s
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from edge_somad.artifacts import FittedArrays
-from edge_somad.calibration.selfcheck import detectability, synthetic_defects
+from edge_somad.calibration.selfcheck import MIN_PER_KIND, detectability, synthetic_defects
 from edge_somad.config import FitConfig
 from edge_somad.data import Category
 from edge_somad.errors import ConfigError
@@ -40,8 +41,6 @@ class Candidate:
 # helped PaDiM (mean image AUROC 0.895 -> 0.946) but not SOMAD.
 CANDIDATES = (Candidate("somad", "somad", "none"), Candidate("padim+zscore", "padim", "zscore"),
               Candidate("padim", "padim", "none"))
-# At least ~60 synthetic defects in all (3 kinds), as in calibrate's self-check.
-MIN_SYNTHETIC = 20
 # Held-out images the selection pastes into: every candidate scores them all in eager torch, so a
 # cap keeps `auto` inside the fit budget (560x224, 231 images: 244 s with all 58 held-out images).
 MAX_SELECTION_IMAGES = 24
@@ -60,7 +59,7 @@ def self_check_features(prep: Prepared, config: FitConfig, progress: bool) -> tu
         pick = np.random.default_rng(config.seed).choice(len(paths), MAX_SELECTION_IMAGES, replace=False)
         paths = [paths[i] for i in sorted(pick)]
     good = load_frames(paths, config)
-    per_kind = max(1, -(-MIN_SYNTHETIC // len(good)))
+    per_kind = max(1, math.ceil(MIN_PER_KIND / len(good)))
     bad, kinds = synthetic_defects(good, per_kind, config.input.pad_value, seed=config.seed)
     feats = extract(prep.extractor, np.concatenate([good, bad]), prep.device, progress=progress)
     return feats, len(good), kinds
@@ -83,7 +82,8 @@ def fit_auto(category: Category, base: FitConfig, out_dir: Path, weights: str | 
         arrays, info = fit_arrays(prep, config, progress)
         net = SomadNet(prep.extractor, arrays, config).to(prep.device).eval()
         scores = _scores(net, feats)
-        # Threshold = max good score here: only the AUROC ranks candidates, the escape rate is informative.
+        # Only the synthetic AUROC ranks candidates; detectability's threshold argument (here the max
+        # good score) feeds its escape rate, which the selection does not use.
         report = detectability(scores[:n_good], scores[n_good:], kinds, float(scores[:n_good].max()))
         table.append({"candidate": cand.name, "method": cand.method, "score_norm": cand.score_norm,
                       "synthetic_auroc": report["synthetic_auroc"]})
