@@ -45,7 +45,13 @@ class HeadTensors:
 def _find_initializer(model: onnx.ModelProto, value: np.ndarray, what: str) -> str:
     """The initializer holding exactly `value` (the fitted array, as exported)."""
     for init in model.graph.initializer:
-        if tuple(init.dims) == value.shape and np.array_equal(numpy_helper.to_array(init), value):
+        if tuple(init.dims) != value.shape:
+            continue
+        held = numpy_helper.to_array(init)
+        # The whitening is rounded to float16 by model.Head (and large ones stored so by
+        # export/onnx_graph.store_half): the graph may hold the fitted value at that precision.
+        rounded = value.astype(np.float16).astype(held.dtype)
+        if np.array_equal(held, value) or np.array_equal(held, rounded):
             return init.name
     raise ArtifactError(
         f"no initializer of the graph equals the fitted {what} {value.shape} from arrays.npz; "
@@ -65,11 +71,19 @@ def find_head_tensors(model: onnx.ModelProto, location: np.ndarray, whiten: np.n
     for name in reached:
         for node in consumers.get(name, []):
             if node.op_type == "Sub" and node.input[1] == name:
-                return HeadTensors(node.input[0], loc, wht)
+                return HeadTensors(_unblocked(model, node.input[0]), loc, wht)
     raise ArtifactError(
         f"found {loc!r} in the graph but no Sub(features, {loc}) after it; expected the SOMAD head "
         "exported by `edge-somad export`."
     )
+
+
+def _unblocked(model: onnx.ModelProto, name: str) -> str:
+    """The whole feature tensor behind `name`: the Mahalanobis runs on patch blocks (Slice of it)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    while (node := producer.get(name)) is not None and node.op_type == "Slice":
+        name = node.input[0]
+    return name
 
 
 def int8_features(model: onnx.ModelProto, features: str, input_name: str, frames: np.ndarray) -> np.ndarray:
@@ -137,7 +151,7 @@ def refit_statistics(model_dir: Path, int8_path: Path, fit_frames: np.ndarray) -
         new_location, new_whiten = means.numpy(), whiten.numpy()
     shift = float(np.linalg.norm(new_location - location, axis=-1).mean())
     _replace(model, head.location, new_location)
-    _replace(model, head.whiten, new_whiten)
+    _replace(model, head.whiten, new_whiten, half=True)
     tensors = [head.location, head.whiten]
     if config.score_norm != "none":
         tensors += _refit_norm(model, arrays, config, feats, new_location, new_whiten)
@@ -164,10 +178,12 @@ def _refit_norm(model: onnx.ModelProto, arrays: FittedArrays, config: FitConfig,
     return names
 
 
-def _replace(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+def _replace(model: onnx.ModelProto, name: str, value: np.ndarray, half: bool = False) -> None:
     for init in model.graph.initializer:
         if init.name == name:
             old = numpy_helper.to_array(init)
+            if half:  # rounded like the fp32 graph's whitening (model.Head), in the dtype the graph holds
+                value = value.astype(np.float16).astype(old.dtype)
             if old.shape != value.shape or old.dtype != value.dtype:
                 raise ArtifactError(f"refit {name} is {value.dtype}{value.shape}; graph holds {old.dtype}{old.shape}")
             init.CopyFrom(numpy_helper.from_array(value, name))

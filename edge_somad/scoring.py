@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from edge_somad.errors import ConfigError
+
 
 def squared_distances(x: torch.Tensor, nodes: torch.Tensor, nodes_sq: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances, expanded as |x|^2 - 2 x.n + |n|^2 (one GEMM, no cdist).
@@ -23,32 +25,58 @@ def squared_distances(x: torch.Tensor, nodes: torch.Tensor, nodes_sq: torch.Tens
     return (x_sq - 2.0 * (x @ nodes.transpose(0, 1)) + nodes_sq).clamp_min(0.0)
 
 
-def ranking_distances(x: torch.Tensor, nodes: torch.Tensor, nodes_sq: torch.Tensor) -> torch.Tensor:
-    """|n|^2 - 2 x.n: the squared distance minus |x|^2, which is constant per patch.
+def search_table(nodes: torch.Tensor) -> torch.Tensor:
+    """(d+1, M) table [-2 n ; |n|^2]^T: one GEMM of [x, 1] against it gives |n|^2 - 2 x.n.
 
-    Ranking nodes (top-k, best-matching unit) does not need |x|^2, and skipping it saves two
-    elementwise passes over the (N, M) matrix, ~10% of the CPU graph's time.
+    Folding |n|^2 into the GEMM as an extra row removes a broadcast add over the (N, M) matrix
+    that the graph would otherwise write and read once more (~3 ms of a 40 ms CPU frame).
     """
-    return nodes_sq - 2.0 * (x @ nodes.transpose(0, 1))
+    return torch.cat([-2.0 * nodes, (nodes * nodes).sum(-1, keepdim=True)], dim=1).transpose(0, 1).contiguous()
 
 
-def topk_nearest(x: torch.Tensor, nodes: torch.Tensor, nodes_sq: torch.Tensor, k: int) -> torch.Tensor:
+def ranking_distances(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """|n|^2 - 2 x.n for every node (table from search_table): the squared distance minus |x|^2.
+
+    |x|^2 is constant per patch, so ranking nodes (top-k, best-matching unit) does not need it.
+    """
+    ones = torch.ones_like(x[..., :1])
+    return torch.cat([x, ones], dim=-1) @ table
+
+
+def topk_nearest(x: torch.Tensor, table: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (..., N, k) of the k nodes nearest to each patch by Euclidean distance."""
-    return torch.topk(ranking_distances(x, nodes, nodes_sq), k, dim=-1, largest=False).indices
+    return torch.topk(ranking_distances(x, table), k, dim=-1, largest=False).indices
+
+
+# Patches per Mahalanobis block. The gathered whitening factors of one block (512 x 64 x 64 floats
+# = 8 MB per candidate) stay in the CPU's cache between the Gather that writes them and the
+# MatMul that reads them; unblocked they are 51 MB per candidate and make two trips to DRAM.
+# Measured on the 2-core dev machine: the head went from 33 to 23 ms (benchmarks in the README).
+MAHALANOBIS_BLOCK = 512
 
 
 def min_mahalanobis_sq(
-    x: torch.Tensor, centers: torch.Tensor, whiten: torch.Tensor, idx: torch.Tensor
+    x: torch.Tensor, centers: torch.Tensor, whiten: torch.Tensor, idx: torch.Tensor,
+    block: int = MAHALANOBIS_BLOCK,
 ) -> torch.Tensor:
     """Minimum squared Mahalanobis distance over the candidate nodes idx.
 
     x (B, N, d); centers (M, d); whiten (M, d, d) with whiten_j^T whiten_j = inverse covariance_j
     (whiten_j = L_j^-1 for Sigma_j = L_j L_j^T); idx (B, N, k) -> (B, N).
 
-    Memory: the candidates are visited one at a time (k is static, so the loop unrolls in the
-    graph), which keeps the largest intermediate at (B, N, d, d) instead of (B, N, k, d, d), and
-    |W (x - mu)|^2 never forms a gathered precision matrix product chain.
+    Memory: patches are taken `block` at a time (static slices, so the graph unrolls them) and the
+    candidates one at a time (k is static too), which keeps the largest intermediate at
+    (B, block, d, d) instead of (B, N, k, d, d).
     """
+    n = x.shape[1]
+    parts = [_min_over_candidates(x[:, i : i + block], centers, whiten, idx[:, i : i + block])
+             for i in range(0, n, block)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _min_over_candidates(
+    x: torch.Tensor, centers: torch.Tensor, whiten: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:
     best = _candidate_sq(x, centers, whiten, idx[..., 0])
     for i in range(1, idx.shape[-1]):
         best = torch.minimum(best, _candidate_sq(x, centers, whiten, idx[..., i]))
@@ -99,22 +127,39 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     return (k / k.sum()).to(torch.float32)
 
 
-def smooth_and_upsample(
-    patch_scores: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], kernel: torch.Tensor | None
-) -> torch.Tensor:
-    """Patch scores (B, h*w) -> anomaly map (B, H, W): bilinear upsampling, then Gaussian blur.
+def smoothing_operators(
+    grid: tuple[int, int], size: tuple[int, int], sigma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A_h (H, h), A_w (W, w)) with map = A_h @ patch_scores @ A_w^T: upsample, then blur.
 
-    The blur is two separable convolutions with reflect padding, so borders are not darkened.
+    The map is bilinear upsampling (align_corners=False) followed by a Gaussian blur of `sigma`
+    pixels (radius ceil(4 sigma), reflect padding, so borders are not darkened; sigma <= 0: no
+    blur). Both are linear and separable, so each axis is one (size x grid) matrix, built here by
+    pushing the identity through exactly those torch ops in float64. In the graph that is two
+    small MatMuls (~3.5 M multiply-adds at 224x224) instead of Resize + Pad + two 33-tap
+    convolutions over the full-resolution map (~2 ms on the dev CPU).
     """
-    b = patch_scores.shape[0]
-    m = patch_scores.reshape(b, 1, grid[0], grid[1])
-    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+    kernel = gaussian_kernel1d(sigma).to(torch.float64) if sigma > 0 else None
+    return _axis_operator(grid[0], size[0], kernel), _axis_operator(grid[1], size[1], kernel)
+
+
+def _axis_operator(n: int, size: int, kernel: torch.Tensor | None) -> torch.Tensor:
+    eye = torch.eye(n, dtype=torch.float64).unsqueeze(1)  # n signals of length n, one per input cell
+    m = F.interpolate(eye, size=size, mode="linear", align_corners=False)  # (n, 1, size)
     if kernel is not None:
         r = (kernel.numel() - 1) // 2
-        m = F.pad(m, (r, r, r, r), mode="reflect")
-        m = F.conv2d(m, kernel.view(1, 1, 1, -1))
-        m = F.conv2d(m, kernel.view(1, 1, -1, 1))
-    return m[:, 0]
+        if r >= size:
+            raise ConfigError(f"smoothing radius {r} px (sigma) needs a map side > {r} px; got {size}: "
+                              "lower smoothing_sigma or raise the input size")
+        m = F.conv1d(F.pad(m, (r, r), mode="reflect"), kernel.view(1, 1, -1))
+    return m[:, 0].transpose(0, 1).to(torch.float32).contiguous()  # (size, n)
+
+
+def smooth_and_upsample(patch_scores: torch.Tensor, grid: tuple[int, int], rows_op: torch.Tensor,
+                        cols_op: torch.Tensor) -> torch.Tensor:
+    """Patch scores (B, h*w) -> anomaly map (B, H, W) with the operators of smoothing_operators."""
+    m = patch_scores.reshape(-1, grid[0], grid[1])
+    return rows_op @ m @ cols_op.transpose(0, 1)
 
 
 # TensorRT's TopK takes k <= 3840 (TopK operator docs), so the mean is capped there on huge maps.

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from edge_somad.config import SomConfig
-from edge_somad.scoring import ranking_distances
+from edge_somad.scoring import ranking_distances, search_table
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ def _grid_smooth(values: torch.Tensor, rows: int, cols: int, radius: float) -> t
 
 def best_matching_units(x: torch.Tensor, nodes: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """BMU index for each row of x (n, d), in chunks so memory stays at chunk x nodes."""
-    nodes_sq = (nodes * nodes).sum(-1)
-    out = [ranking_distances(x[i : i + chunk], nodes, nodes_sq).argmin(-1) for i in range(0, len(x), chunk)]
+    table = search_table(nodes)
+    out = [ranking_distances(x[i : i + chunk], table).argmin(-1) for i in range(0, len(x), chunk)]
     return torch.cat(out)
 
 

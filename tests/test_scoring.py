@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from edge_somad import scoring
+from edge_somad.errors import ConfigError
 from edge_somad.stats import whitening
 
 
@@ -32,9 +33,23 @@ def test_topk_mahalanobis_matches_float64_reference(b: int, n: int, m: int, d: i
             ref[bi, i] = min((x[bi, i] - centers[j]) @ inv[j] @ (x[bi, i] - centers[j]) for j in cand)
     w = whitening(torch.from_numpy(cov)).to(torch.float32)
     xt, nt = torch.from_numpy(x).float(), torch.from_numpy(nodes).float()
-    idx = scoring.topk_nearest(xt, nt, (nt * nt).sum(-1), k)
+    idx = scoring.topk_nearest(xt, scoring.search_table(nt), k)
     got = scoring.min_mahalanobis_sq(xt, torch.from_numpy(centers).float(), w, idx).double().numpy()
     np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-4)
+    # Blocking the patches (cache-sized slices in the graph) must not change a single value.
+    blocked = scoring.min_mahalanobis_sq(xt, torch.from_numpy(centers).float(), w, idx, block=3)
+    np.testing.assert_array_equal(blocked.double().numpy(), got)
+
+
+def test_ranking_table_orders_nodes_like_true_distances() -> None:
+    rng = np.random.default_rng(5)
+    x, nodes = rng.normal(size=(2, 40, 6)), rng.normal(size=(25, 6))
+    true = ((x[:, :, None, :] - nodes[None, None]) ** 2).sum(-1)
+    nt = torch.from_numpy(nodes)
+    rank = scoring.ranking_distances(torch.from_numpy(x), scoring.search_table(nt)).numpy()
+    np.testing.assert_allclose(rank + (x * x).sum(-1, keepdims=True), true, rtol=1e-10, atol=1e-10)
+    idx = scoring.topk_nearest(torch.from_numpy(x), scoring.search_table(nt), 3).numpy()
+    np.testing.assert_array_equal(np.sort(idx, -1), np.sort(np.argsort(true, -1, kind="stable")[..., :3], -1))
 
 
 def test_squared_distances_equal_brute_force() -> None:
@@ -71,15 +86,50 @@ def test_gaussian_kernel_is_normalised_and_symmetric(sigma: float) -> None:
     assert abs(k.sum() - 1) < 1e-6 and np.allclose(k, k[::-1]) and k.argmax() == k.size // 2
 
 
+def _upsample_blur_float64(scores: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:
+    """The map's definition done the obvious way: bilinear upsampling, reflect pad, 2-D Gaussian."""
+    import torch.nn.functional as F
+
+    m = torch.from_numpy(scores).unsqueeze(1)
+    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+    k = scoring.gaussian_kernel1d(sigma).double()
+    r = (k.numel() - 1) // 2
+    m = F.conv2d(F.pad(m, (r, r, r, r), mode="reflect"), torch.outer(k, k).view(1, 1, *k.shape * 2))
+    return m[:, 0].numpy()
+
+
+@pytest.mark.parametrize(("grid", "size", "sigma"), [((6, 8), (24, 32), 4.0), ((14, 7), (56, 28), 1.0),
+                                                     ((56, 56), (224, 224), 4.0), ((5, 5), (40, 40), 0.0)])
+def test_smoothing_operators_equal_the_direct_upsample_and_blur(grid, size, sigma) -> None:
+    rng = np.random.default_rng(sum(grid))
+    scores = rng.gamma(2.0, 1.0, size=(2, *grid))
+    rows_op, cols_op = scoring.smoothing_operators(grid, size, sigma)
+    assert rows_op.shape == (size[0], grid[0]) and cols_op.shape == (size[1], grid[1])
+    got = scoring.smooth_and_upsample(torch.from_numpy(scores).float().flatten(1), grid, rows_op, cols_op)
+    if sigma > 0:
+        ref = _upsample_blur_float64(scores, size, sigma)
+    else:
+        import torch.nn.functional as F
+
+        ref = F.interpolate(torch.from_numpy(scores).unsqueeze(1), size=size, mode="bilinear",
+                            align_corners=False)[:, 0].numpy()
+    np.testing.assert_allclose(got.double().numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_smoothing_preserves_constants_and_image_score_is_the_max() -> None:
-    flat = torch.full((2, 6 * 8), 3.0)
-    amap = scoring.smooth_and_upsample(flat, (6, 8), (24, 32), scoring.gaussian_kernel1d(4.0))
+    ops = scoring.smoothing_operators((6, 8), (24, 32), 4.0)
+    amap = scoring.smooth_and_upsample(torch.full((2, 6 * 8), 3.0), (6, 8), *ops)
     assert amap.shape == (2, 24, 32) and torch.allclose(amap, torch.tensor(3.0))
     spike = torch.zeros(1, 6 * 8)
     spike[0, 20] = 10.0
-    amap = scoring.smooth_and_upsample(spike, (6, 8), (24, 32), scoring.gaussian_kernel1d(1.0))
+    amap = scoring.smooth_and_upsample(spike, (6, 8), *scoring.smoothing_operators((6, 8), (24, 32), 1.0))
     assert scoring.image_scores(amap).item() == pytest.approx(amap.max().item())
     assert 0 < amap.max().item() < 10.0  # blurred, so the peak spreads
+
+
+def test_smoothing_radius_larger_than_the_map_is_refused() -> None:
+    with pytest.raises(ConfigError, match="needs a map side"):
+        scoring.smoothing_operators((4, 4), (16, 16), 4.0)  # radius 16 px on a 16 px map
 
 
 @pytest.mark.parametrize(("h", "w", "top", "expected_k"), [
