@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edge_somad.calibration.report import format_table
+from edge_somad.contracts.layout import SPLIT_NAME, read_fit_info, split_paths
+from edge_somad.contracts.names import IMAGE_SUFFIXES
 from edge_somad.errors import ArtifactError, ConfigError, DatasetError, EdgeSomadError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from edge_somad.export.manifest import Manifest
+    from edge_somad.contracts.manifest import Manifest
     from edge_somad.runtime.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,6 @@ METHODS = ("robust", "empirical", "chi2")
 # robust rule let fewer defects pass (25 % vs 32 %) at a lower test FRR (4.3 % vs 4.7 %).
 DEFAULT_METHOD = "robust"
 CALIBRATION_NAMES = {"robust": "robust-normal", "empirical": "empirical-quantile", "chi2": "chi2"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 INT8_MAX_FRAMES = 64
 SCORE_BATCH = 8
 
@@ -69,7 +70,7 @@ def run_calibrate(
     min_area: int | None, int8: bool, backend: str,
 ) -> Manifest:
     """The command's work, raising EdgeSomadError subclasses; prints the table (and int8 report)."""
-    from edge_somad.export.manifest import load_manifest
+    from edge_somad.contracts.manifest import load_manifest
 
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is unknown; expected one of {METHODS}")
@@ -110,7 +111,7 @@ def calibrate_model(
 
     from edge_somad.calibration import selfcheck
     from edge_somad.calibration import threshold as th
-    from edge_somad.export.manifest import Calibration, load_manifest, save_manifest
+    from edge_somad.contracts.manifest import Calibration, load_manifest, save_manifest
 
     if method not in METHODS:
         raise ConfigError(f"method {method!r} is unknown; expected one of {METHODS}")
@@ -223,12 +224,9 @@ def _chi2_estimate(
 
 def _feature_grid(model_dir: Path, manifest: Manifest) -> list[int] | None:
     """[h, w] of the patch grid: manifest.model (export writes it), else fit_info.json."""
-    from edge_somad.config import read_json
-
     grid = manifest.model.get("feature_grid")
-    path = Path(model_dir) / "fit_info.json"
-    if grid is None and path.is_file():
-        grid = read_json(path).get("feature_grid")
+    if grid is None:
+        grid = read_fit_info(model_dir).get("feature_grid")
     return grid if isinstance(grid, list) and len(grid) == 2 else None
 
 
@@ -253,6 +251,8 @@ def load_good_frames(
     model_dir: Path, manifest: Manifest, calibration_dir: Path | None
 ) -> tuple[np.ndarray, str]:
     """Resized uint8 BGR frames of the good calibration images, and a description of their source."""
+    from edge_somad.data import read_frames
+
     if calibration_dir is not None:
         paths = image_files(calibration_dir)
         source = f"{len(paths)} good images from {calibration_dir}"
@@ -260,7 +260,7 @@ def load_good_frames(
         paths = split_paths(model_dir, "holdout")
         if not paths:
             raise DatasetError(
-                f"{Path(model_dir) / 'split.json'} lists 0 held-out good images "
+                f"{Path(model_dir) / SPLIT_NAME} lists 0 held-out good images "
                 "(fit with holdout_fraction=0?). "
                 "Pass --calibration-dir with good images the model never saw, or re-fit with a holdout."
             )
@@ -270,7 +270,7 @@ def load_good_frames(
 
 def load_holdout_frames(model_dir: Path) -> np.ndarray:
     """Resized uint8 BGR frames of split.json's held-out good images (for export/evaluate workflows)."""
-    from edge_somad.export.manifest import load_manifest
+    from edge_somad.contracts.manifest import load_manifest
 
     return load_good_frames(model_dir, load_manifest(model_dir), None)[0]
 
@@ -283,35 +283,6 @@ def image_files(folder: Path) -> list[Path]:
     if not paths:
         raise DatasetError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} files; expected good part images")
     return paths
-
-
-def split_paths(model_dir: Path, part: str) -> list[Path]:
-    """Image paths of split.json's `part`; relative entries are under split.json's data_root."""
-    from edge_somad.config import read_json
-
-    path = Path(model_dir) / "split.json"
-    if not path.is_file():
-        raise ArtifactError(
-            f"{path} does not exist, so the held-out images are unknown. Pass --calibration-dir DIR "
-            "with good images the model never saw."
-        )
-    split = read_json(path)
-    entries = split.get(part)
-    if not isinstance(entries, list):
-        raise ArtifactError(f"{path} has no list {part!r}; expected keys train, holdout, data_root, category")
-    root = Path(str(split.get("data_root", ".")))
-    return [Path(p) if Path(p).is_absolute() else root / p for p in entries]
-
-
-def read_frames(paths: list[Path], manifest: Manifest) -> np.ndarray:
-    # The same decoder as fit (16-bit and grey files converted the same way), so calibration sees
-    # exactly the pixels the statistics were fitted on.
-    from edge_somad.data import read_image
-    from edge_somad.runtime.preprocess import batch_frames
-
-    frames = [read_image(p) for p in paths]
-    pre = manifest.preprocessing
-    return batch_frames(frames, pre.height, pre.width, pre.resize, pre.pad_value)
 
 
 def patch_sq_distances(model_dir: Path, frames: np.ndarray) -> tuple[np.ndarray | None, str]:
@@ -346,6 +317,8 @@ def int8_frames(
     """Up to 64 frames spread over the training split; the calibration frames if there is none."""
     import numpy as np
 
+    from edge_somad.data import read_frames
+
     try:
         paths = split_paths(model_dir, "train")
     except ArtifactError:
@@ -371,7 +344,7 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
     from edge_somad.calibration.int8_stats import fit_frames_for
     from edge_somad.calibration.quantize import quantize_int8
     from edge_somad.calibration.threshold import empirical_threshold
-    from edge_somad.export.manifest import load_manifest, save_manifest
+    from edge_somad.contracts.manifest import load_manifest, save_manifest
 
     manifest = load_manifest(model_dir)
     frames, from_where = int8_frames(model_dir, manifest, good_frames, source)

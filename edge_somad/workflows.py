@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_somad.config import FitConfig, InputSpec, SomConfig, read_json
+from edge_somad.contracts.manifest import Manifest
 from edge_somad.errors import ArtifactError, ConfigError
-from edge_somad.export.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ def evaluate_from_cli(model: Path, category: str | None, data_root: Path | None,
                       report: Path | None, pictures: Path | None) -> dict[str, Any]:
     from edge_somad.artifacts import load_config
     from edge_somad.calibration.threshold import confusion_at_threshold
+    from edge_somad.contracts.manifest import load_manifest
     from edge_somad.data import resolve_category
     from edge_somad.evaluate import evaluate
-    from edge_somad.export.manifest import load_manifest
     from edge_somad.runtime.backends import open_scorer
 
     split = _split(model)
@@ -84,7 +84,7 @@ def export_from_cli(category: str | None, model: Path | None, data_root: Path | 
         from edge_somad.export.trt_build import build_engine
 
         build_engine(model_dir, precision=precision)
-        from edge_somad.export.manifest import load_manifest
+        from edge_somad.contracts.manifest import load_manifest
 
         manifest = load_manifest(model_dir)
     return manifest

@@ -2,7 +2,7 @@
 
 The map lives in model space (the letterboxed/cropped/stretched HxW canvas). Thresholds and the
 minimum area come from manifest.calibration and are applied in model space, where they were
-calibrated; boxes and areas are then reported in original frame pixels via preprocess.Geometry.
+calibrated; boxes and areas are then reported in original frame pixels via contracts.geometry.Geometry.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_somad.runtime.preprocess import Geometry
+from edge_somad.contracts.geometry import Geometry
 
 # Overlay heat scale: like the PNG heatmap, 0..2x the image threshold maps to the colour map.
 OVERLAY_RANGE = 2.0

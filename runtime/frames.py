@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_somad.contracts.geometry import plan_geometry
+from edge_somad.contracts.manifest import Manifest
 from edge_somad.errors import InputError
-from edge_somad.export.manifest import Manifest
-from edge_somad.runtime.preprocess import plan_geometry
 
 # The fused graph's map grid is the stride-4 output of the backbone (edge_somad/features.py:
 # grid = (H // 4, W // 4)); used when a manifest predates `model.feature_grid`.

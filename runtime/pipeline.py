@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_somad.contracts.geometry import check_frame, plan_geometry, resize_frame
+from edge_somad.contracts.manifest import Manifest
 from edge_somad.errors import ConfigError, InputError
-from edge_somad.export.manifest import Manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import (
     CameraEvent,
@@ -32,7 +33,6 @@ from edge_somad.runtime.camera import (
 from edge_somad.runtime.defects import find_defects, render_overlay
 from edge_somad.runtime.frames import check_useful_size
 from edge_somad.runtime.health import HealthConfig, LineHealth
-from edge_somad.runtime.preprocess import check_frame, plan_geometry, resize_frame
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import Scorer
 
