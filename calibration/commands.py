@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edge_somad.calibration.report import format_table
+from edge_somad.contracts.exits import handle_errors
 from edge_somad.contracts.layout import SPLIT_NAME, read_fit_info, split_paths
 from edge_somad.contracts.names import IMAGE_SUFFIXES
 from edge_somad.errors import ArtifactError, ConfigError, DatasetError, EdgeSomadError
@@ -35,6 +36,7 @@ INT8_MAX_FRAMES = 64
 SCORE_BATCH = 8
 
 
+@handle_errors
 def calibrate(
     model: Annotated[Path, typer.Option("--model", help="Model directory (manifest.json, model.onnx).")],
     target_frr: Annotated[float, typer.Option("--target-frr", help="Target false-reject rate on good parts.")]
@@ -58,11 +60,7 @@ def calibrate(
     = "onnxruntime",
 ) -> None:
     """Set the pass/fail threshold (manifest.json) from held-out good images; optionally quantize to INT8."""
-    try:
-        run_calibrate(model, target_frr, calibration_dir, method, pixel_quantile, min_area, int8, backend)
-    except EdgeSomadError as exc:  # same contract as the other commands: message, exit code 2
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(2) from exc
+    run_calibrate(model, target_frr, calibration_dir, method, pixel_quantile, min_area, int8, backend)
 
 
 def run_calibrate(
