@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edge_somad.calibration.report import format_table
+from edge_somad.contracts.decision import fails
 from edge_somad.contracts.exits import handle_errors
 from edge_somad.contracts.layout import SPLIT_NAME, read_fit_info, split_paths
 from edge_somad.contracts.names import IMAGE_SUFFIXES
@@ -83,7 +84,7 @@ def run_calibrate(
         scorer.close()
     typer.echo(format_table(manifest))
     if int8:
-        manifest = quantize_and_check(model, frames, target_frr, source)
+        manifest = quantize_and_check(model, frames, target_frr, source, pixel_quantile)
     return manifest
 
 
@@ -209,7 +210,7 @@ def _chi2_estimate(
         n_patches, where = int(np.prod(maps.shape[1:])), "map pixels (grid unknown; conservative)"
     scale = report["scale_estimate"] if report else 1.0
     thr = th.image_chi2_threshold(_d(manifest), target_frr, n_patches, scale)
-    rejects = int(np.count_nonzero(scores >= thr))
+    rejects = int(np.count_nonzero(fails(scores, thr)))
     upper = th.clopper_pearson_upper(rejects, len(scores))
     note = (
         f"chi2({_d(manifest)}) x scale {scale:.3g}, union bound over {n_patches} patches ({where}); "
@@ -328,12 +329,14 @@ def int8_frames(
     return fallback[:INT8_MAX_FRAMES], f"{min(len(fallback), INT8_MAX_FRAMES)} of the {source}"
 
 
-def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: float, source: str) -> Manifest:
+def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: float, source: str,
+                       pixel_quantile: float = 0.999) -> Manifest:
     """Write model.int8.onnx; score the good frames with it and record its own threshold.
 
     The int8 graph's statistics are refit on its own features of the fit images when the model dir
     allows (int8_stats.fit_frames_for). Its threshold comes from int8 scores of the held-out good
-    frames, same rule as fp32: manifest.precision_thresholds["int8"], details in calibration.details.
+    frames, same rule as fp32: manifest.precision_thresholds["int8"], details in calibration.details;
+    its pixel threshold likewise from its own maps: manifest.precision_pixel_thresholds["int8"].
     """
     import dataclasses
 
@@ -341,7 +344,7 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
 
     from edge_somad.calibration.int8_stats import fit_frames_for
     from edge_somad.calibration.quantize import quantize_int8
-    from edge_somad.calibration.threshold import empirical_threshold
+    from edge_somad.calibration.threshold import empirical_threshold, pixel_threshold
     from edge_somad.contracts.manifest import load_manifest, save_manifest
 
     manifest = load_manifest(model_dir)
@@ -350,28 +353,32 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
     path = quantize_int8(model_dir, frames, fit_frames=fit_frames)
     with open_model_scorer(model_dir, "onnxruntime", "fp32") as fp32, \
             open_model_scorer(model_dir, "onnxruntime", "int8") as q8:
-        s32, s8 = score_all(fp32, good_frames)[0], score_all(q8, good_frames)[0]
+        s32, (s8, maps8) = score_all(fp32, good_frames)[0], score_all(q8, good_frames)
     rel = (s8 - s32) / np.maximum(np.abs(s32), 1e-12)
     manifest = load_manifest(model_dir)
     est = empirical_threshold(s8, target_frr)
+    pixel8 = pixel_threshold(maps8, pixel_quantile)
     check = {
         "file": path.name, "bytes": path.stat().st_size, "calibrated_on": from_where, "statistics": stats_note,
         "score_rel_diff_median": float(np.median(rel)), "score_rel_diff_max_abs": float(np.abs(rel).max()),
         "good_rejected_at_fp32_threshold":
-            None if manifest.threshold is None else int(np.count_nonzero(s8 >= manifest.threshold)),
+            None if manifest.threshold is None else int(np.count_nonzero(fails(s8, manifest.threshold))),
         "threshold": est.threshold, "achieved_frr_on_calibration_set": est.achieved_frr_on_calibration_set,
-        "frr_upper_95": est.frr_upper_95,
+        "frr_upper_95": est.frr_upper_95, "pixel_threshold": pixel8,
     }
     calibration = dataclasses.replace(
         manifest.calibration, details={**manifest.calibration.details, "int8": check})
     thresholds = {**manifest.precision_thresholds, "int8": float(est.threshold)}
-    manifest = dataclasses.replace(manifest, calibration=calibration, precision_thresholds=thresholds)
+    pixel_thresholds = {**manifest.precision_pixel_thresholds, "int8": pixel8}
+    manifest = dataclasses.replace(manifest, calibration=calibration, precision_thresholds=thresholds,
+                                   precision_pixel_thresholds=pixel_thresholds)
     save_manifest(model_dir, manifest)
     typer.echo(
         f"int8             {path.name}: {check['bytes'] / 2**20:.2f} MiB, ranges from {from_where}\n"
         f"int8 statistics  {stats_note}\n"
         f"int8 vs fp32     good scores {check['score_rel_diff_median']:+.1%} (median), "
         f"{check['good_rejected_at_fp32_threshold']}/{len(s8)} good rejected at the fp32 threshold\n"
-        f"int8 threshold   {est.threshold:.6g} (same rule, int8 scores; manifest.precision_thresholds.int8)"
+        f"int8 threshold   {est.threshold:.6g} (same rule, int8 scores; manifest.precision_thresholds.int8), "
+        f"pixel {pixel8:.6g} (int8 maps; manifest.precision_pixel_thresholds.int8)"
     )
     return manifest

@@ -41,6 +41,8 @@ class Geometry:
 def plan_geometry(src_h: int, src_w: int, dst_h: int, dst_w: int, mode: str) -> Geometry:
     if mode not in RESIZE_MODES:
         raise InputError(f"resize mode {mode!r} is unknown; expected one of {RESIZE_MODES}")
+    if src_h < 1 or src_w < 1:
+        raise InputError(f"frame shape is {src_h}x{src_w}: empty image")
     if mode == "stretch":
         return Geometry(src_h, src_w, dst_h, dst_w, dst_h / src_h, dst_w / src_w, 0, 0, 0, 0, dst_h, dst_w)
     fit = min if mode == "letterbox" else max
