@@ -20,10 +20,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_somad.contracts.names import IMAGE_SUFFIXES
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "hazelnut_toy" / "hazelnut_toy"
 DEFAULT_DST = REPO / "edge_somad" / "sample_data" / "hazelnut_toy"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 JPEG_QUALITY = 95
 
 

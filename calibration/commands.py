@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edge_somad.calibration.report import format_table
+from edge_somad.contracts.decision import fails
+from edge_somad.contracts.exits import handle_errors
+from edge_somad.contracts.layout import SPLIT_NAME, read_fit_info, split_paths
+from edge_somad.contracts.names import IMAGE_SUFFIXES
 from edge_somad.errors import ArtifactError, ConfigError, DatasetError, EdgeSomadError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from edge_somad.export.manifest import Manifest
+    from edge_somad.contracts.manifest import Manifest
     from edge_somad.runtime.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -29,11 +33,11 @@ METHODS = ("robust", "empirical", "chi2")
 # robust rule let fewer defects pass (25 % vs 32 %) at a lower test FRR (4.3 % vs 4.7 %).
 DEFAULT_METHOD = "robust"
 CALIBRATION_NAMES = {"robust": "robust-normal", "empirical": "empirical-quantile", "chi2": "chi2"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 INT8_MAX_FRAMES = 64
 SCORE_BATCH = 8
 
 
+@handle_errors
 def calibrate(
     model: Annotated[Path, typer.Option("--model", help="Model directory (manifest.json, model.onnx).")],
     target_frr: Annotated[float, typer.Option("--target-frr", help="Target false-reject rate on good parts.")]
@@ -57,11 +61,7 @@ def calibrate(
     = "onnxruntime",
 ) -> None:
     """Set the pass/fail threshold (manifest.json) from held-out good images; optionally quantize to INT8."""
-    try:
-        run_calibrate(model, target_frr, calibration_dir, method, pixel_quantile, min_area, int8, backend)
-    except EdgeSomadError as exc:  # same contract as the other commands: message, exit code 2
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(2) from exc
+    run_calibrate(model, target_frr, calibration_dir, method, pixel_quantile, min_area, int8, backend)
 
 
 def run_calibrate(
@@ -69,7 +69,7 @@ def run_calibrate(
     min_area: int | None, int8: bool, backend: str,
 ) -> Manifest:
     """The command's work, raising EdgeSomadError subclasses; prints the table (and int8 report)."""
-    from edge_somad.export.manifest import load_manifest
+    from edge_somad.contracts.manifest import load_manifest
 
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is unknown; expected one of {METHODS}")
@@ -84,7 +84,7 @@ def run_calibrate(
         scorer.close()
     typer.echo(format_table(manifest))
     if int8:
-        manifest = quantize_and_check(model, frames, target_frr, source)
+        manifest = quantize_and_check(model, frames, target_frr, source, pixel_quantile)
     return manifest
 
 
@@ -110,7 +110,7 @@ def calibrate_model(
 
     from edge_somad.calibration import selfcheck
     from edge_somad.calibration import threshold as th
-    from edge_somad.export.manifest import Calibration, load_manifest, save_manifest
+    from edge_somad.contracts.manifest import Calibration, load_manifest, save_manifest
 
     if method not in METHODS:
         raise ConfigError(f"method {method!r} is unknown; expected one of {METHODS}")
@@ -210,7 +210,7 @@ def _chi2_estimate(
         n_patches, where = int(np.prod(maps.shape[1:])), "map pixels (grid unknown; conservative)"
     scale = report["scale_estimate"] if report else 1.0
     thr = th.image_chi2_threshold(_d(manifest), target_frr, n_patches, scale)
-    rejects = int(np.count_nonzero(scores >= thr))
+    rejects = int(np.count_nonzero(fails(scores, thr)))
     upper = th.clopper_pearson_upper(rejects, len(scores))
     note = (
         f"chi2({_d(manifest)}) x scale {scale:.3g}, union bound over {n_patches} patches ({where}); "
@@ -223,12 +223,9 @@ def _chi2_estimate(
 
 def _feature_grid(model_dir: Path, manifest: Manifest) -> list[int] | None:
     """[h, w] of the patch grid: manifest.model (export writes it), else fit_info.json."""
-    from edge_somad.config import read_json
-
     grid = manifest.model.get("feature_grid")
-    path = Path(model_dir) / "fit_info.json"
-    if grid is None and path.is_file():
-        grid = read_json(path).get("feature_grid")
+    if grid is None:
+        grid = read_fit_info(model_dir).get("feature_grid")
     return grid if isinstance(grid, list) and len(grid) == 2 else None
 
 
@@ -253,6 +250,8 @@ def load_good_frames(
     model_dir: Path, manifest: Manifest, calibration_dir: Path | None
 ) -> tuple[np.ndarray, str]:
     """Resized uint8 BGR frames of the good calibration images, and a description of their source."""
+    from edge_somad.data import read_frames
+
     if calibration_dir is not None:
         paths = image_files(calibration_dir)
         source = f"{len(paths)} good images from {calibration_dir}"
@@ -260,7 +259,7 @@ def load_good_frames(
         paths = split_paths(model_dir, "holdout")
         if not paths:
             raise DatasetError(
-                f"{Path(model_dir) / 'split.json'} lists 0 held-out good images "
+                f"{Path(model_dir) / SPLIT_NAME} lists 0 held-out good images "
                 "(fit with holdout_fraction=0?). "
                 "Pass --calibration-dir with good images the model never saw, or re-fit with a holdout."
             )
@@ -270,7 +269,7 @@ def load_good_frames(
 
 def load_holdout_frames(model_dir: Path) -> np.ndarray:
     """Resized uint8 BGR frames of split.json's held-out good images (for export/evaluate workflows)."""
-    from edge_somad.export.manifest import load_manifest
+    from edge_somad.contracts.manifest import load_manifest
 
     return load_good_frames(model_dir, load_manifest(model_dir), None)[0]
 
@@ -283,35 +282,6 @@ def image_files(folder: Path) -> list[Path]:
     if not paths:
         raise DatasetError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} files; expected good part images")
     return paths
-
-
-def split_paths(model_dir: Path, part: str) -> list[Path]:
-    """Image paths of split.json's `part`; relative entries are under split.json's data_root."""
-    from edge_somad.config import read_json
-
-    path = Path(model_dir) / "split.json"
-    if not path.is_file():
-        raise ArtifactError(
-            f"{path} does not exist, so the held-out images are unknown. Pass --calibration-dir DIR "
-            "with good images the model never saw."
-        )
-    split = read_json(path)
-    entries = split.get(part)
-    if not isinstance(entries, list):
-        raise ArtifactError(f"{path} has no list {part!r}; expected keys train, holdout, data_root, category")
-    root = Path(str(split.get("data_root", ".")))
-    return [Path(p) if Path(p).is_absolute() else root / p for p in entries]
-
-
-def read_frames(paths: list[Path], manifest: Manifest) -> np.ndarray:
-    # The same decoder as fit (16-bit and grey files converted the same way), so calibration sees
-    # exactly the pixels the statistics were fitted on.
-    from edge_somad.data import read_image
-    from edge_somad.runtime.preprocess import batch_frames
-
-    frames = [read_image(p) for p in paths]
-    pre = manifest.preprocessing
-    return batch_frames(frames, pre.height, pre.width, pre.resize, pre.pad_value)
 
 
 def patch_sq_distances(model_dir: Path, frames: np.ndarray) -> tuple[np.ndarray | None, str]:
@@ -346,6 +316,8 @@ def int8_frames(
     """Up to 64 frames spread over the training split; the calibration frames if there is none."""
     import numpy as np
 
+    from edge_somad.data import read_frames
+
     try:
         paths = split_paths(model_dir, "train")
     except ArtifactError:
@@ -357,12 +329,14 @@ def int8_frames(
     return fallback[:INT8_MAX_FRAMES], f"{min(len(fallback), INT8_MAX_FRAMES)} of the {source}"
 
 
-def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: float, source: str) -> Manifest:
+def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: float, source: str,
+                       pixel_quantile: float = 0.999) -> Manifest:
     """Write model.int8.onnx; score the good frames with it and record its own threshold.
 
     The int8 graph's statistics are refit on its own features of the fit images when the model dir
     allows (int8_stats.fit_frames_for). Its threshold comes from int8 scores of the held-out good
-    frames, same rule as fp32: manifest.precision_thresholds["int8"], details in calibration.details.
+    frames, same rule as fp32: manifest.precision_thresholds["int8"], details in calibration.details;
+    its pixel threshold likewise from its own maps: manifest.precision_pixel_thresholds["int8"].
     """
     import dataclasses
 
@@ -370,8 +344,8 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
 
     from edge_somad.calibration.int8_stats import fit_frames_for
     from edge_somad.calibration.quantize import quantize_int8
-    from edge_somad.calibration.threshold import empirical_threshold
-    from edge_somad.export.manifest import load_manifest, save_manifest
+    from edge_somad.calibration.threshold import empirical_threshold, pixel_threshold
+    from edge_somad.contracts.manifest import load_manifest, save_manifest
 
     manifest = load_manifest(model_dir)
     frames, from_where = int8_frames(model_dir, manifest, good_frames, source)
@@ -379,28 +353,32 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
     path = quantize_int8(model_dir, frames, fit_frames=fit_frames)
     with open_model_scorer(model_dir, "onnxruntime", "fp32") as fp32, \
             open_model_scorer(model_dir, "onnxruntime", "int8") as q8:
-        s32, s8 = score_all(fp32, good_frames)[0], score_all(q8, good_frames)[0]
+        s32, (s8, maps8) = score_all(fp32, good_frames)[0], score_all(q8, good_frames)
     rel = (s8 - s32) / np.maximum(np.abs(s32), 1e-12)
     manifest = load_manifest(model_dir)
     est = empirical_threshold(s8, target_frr)
+    pixel8 = pixel_threshold(maps8, pixel_quantile)
     check = {
         "file": path.name, "bytes": path.stat().st_size, "calibrated_on": from_where, "statistics": stats_note,
         "score_rel_diff_median": float(np.median(rel)), "score_rel_diff_max_abs": float(np.abs(rel).max()),
         "good_rejected_at_fp32_threshold":
-            None if manifest.threshold is None else int(np.count_nonzero(s8 >= manifest.threshold)),
+            None if manifest.threshold is None else int(np.count_nonzero(fails(s8, manifest.threshold))),
         "threshold": est.threshold, "achieved_frr_on_calibration_set": est.achieved_frr_on_calibration_set,
-        "frr_upper_95": est.frr_upper_95,
+        "frr_upper_95": est.frr_upper_95, "pixel_threshold": pixel8,
     }
     calibration = dataclasses.replace(
         manifest.calibration, details={**manifest.calibration.details, "int8": check})
     thresholds = {**manifest.precision_thresholds, "int8": float(est.threshold)}
-    manifest = dataclasses.replace(manifest, calibration=calibration, precision_thresholds=thresholds)
+    pixel_thresholds = {**manifest.precision_pixel_thresholds, "int8": pixel8}
+    manifest = dataclasses.replace(manifest, calibration=calibration, precision_thresholds=thresholds,
+                                   precision_pixel_thresholds=pixel_thresholds)
     save_manifest(model_dir, manifest)
     typer.echo(
         f"int8             {path.name}: {check['bytes'] / 2**20:.2f} MiB, ranges from {from_where}\n"
         f"int8 statistics  {stats_note}\n"
         f"int8 vs fp32     good scores {check['score_rel_diff_median']:+.1%} (median), "
         f"{check['good_rejected_at_fp32_threshold']}/{len(s8)} good rejected at the fp32 threshold\n"
-        f"int8 threshold   {est.threshold:.6g} (same rule, int8 scores; manifest.precision_thresholds.int8)"
+        f"int8 threshold   {est.threshold:.6g} (same rule, int8 scores; manifest.precision_thresholds.int8), "
+        f"pixel {pixel8:.6g} (int8 maps; manifest.precision_pixel_thresholds.int8)"
     )
     return manifest

@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edge_somad.contracts.layout import ARRAYS_NAME, split_paths
+from edge_somad.data import read_frames
 from edge_somad.errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
     from edge_somad.artifacts import FittedArrays
     from edge_somad.config import FitConfig
-    from edge_somad.export.manifest import Manifest
+    from edge_somad.contracts.manifest import Manifest
 
 log = logging.getLogger(__name__)
 FEATURE_BATCH = 8
@@ -197,9 +199,6 @@ def fit_frames_for(model_dir: Path, manifest: Manifest) -> tuple[np.ndarray | No
     Without arrays.npz or the training split (e.g. a deployed box holding only the ONNX) the int8
     graph keeps the fp32 fit's statistics; the reason is printed and stored, never hidden.
     """
-    from edge_somad.artifacts import ARRAYS_NAME
-    from edge_somad.calibration.commands import read_frames, split_paths
-
     if not (Path(model_dir) / ARRAYS_NAME).is_file():
         why = f"fp32 fit's (no {ARRAYS_NAME} in {model_dir} to refit from; int8 scores run high)"
     else:

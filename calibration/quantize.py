@@ -35,8 +35,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from edge_somad.contracts.manifest import load_manifest, save_manifest, sha256_file
 from edge_somad.errors import ArtifactError, InputError
-from edge_somad.export.manifest import load_manifest, save_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _check_frames(frames: np.ndarray, height: int, width: int) -> None:
         got = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
         raise InputError(
             f"calibration frames are {got}; expected uint8 (N>=1, {height}, {width}, 3) BGR. "
-            "Resize with edge_somad.runtime.preprocess.batch_frames first."
+            "Resize with edge_somad.contracts.geometry.batch_frames first."
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edge_somad.export.manifest import Manifest
+    from edge_somad.contracts.manifest import Manifest
 
 
 def format_table(manifest: Manifest) -> str:

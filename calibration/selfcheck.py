@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_somad.contracts.decision import fails
 from edge_somad.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def detectability(good_scores: np.ndarray, defect_scores: np.ndarray, kinds: lis
     good, bad = np.asarray(good_scores, np.float64), np.asarray(defect_scores, np.float64)
     labels = np.r_[np.zeros(good.size, int), np.ones(bad.size, int)]
     kind_arr = np.asarray(kinds)
-    passed = bad < threshold  # the runtime's rule: fail when score >= threshold
+    passed = ~fails(bad, threshold)  # the runtime's rule
     return {
         "n_good": int(good.size), "n_synthetic": int(bad.size),
         "synthetic_auroc": round(image_auroc(labels, np.r_[good, bad]), 4),

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, stats
 
+from edge_somad.contracts.decision import fails
 from edge_somad.errors import ConfigError, InputError
 
 # One-sided: the question a line owner asks is "how bad can the FRR be?", not a symmetric interval.
@@ -95,7 +96,7 @@ def empirical_threshold(good_scores: np.ndarray, target_frr: float) -> Threshold
     else:
         gap = float(s[-1] - s[-2]) if n >= 2 else 0.0
         threshold = _between(float(s[-1]), float(s[-1]) + gap) if gap > 0 else _above(float(s[-1]))
-    rejects = int(np.count_nonzero(s >= threshold))
+    rejects = int(np.count_nonzero(fails(s, threshold)))
     upper = clopper_pearson_upper(rejects, n)
     return ThresholdEstimate(
         threshold=float(threshold),
@@ -134,7 +135,7 @@ def robust_threshold(good_scores: np.ndarray, target_frr: float) -> ThresholdEst
         return dataclasses.replace(est, note=f"robust rule not applicable ({why}); empirical rule used. " + est.note)
     z = float(stats.norm.ppf(1.0 - target_frr))
     threshold = med + z * sigma
-    rejects = int(np.count_nonzero(s >= threshold))
+    rejects = int(np.count_nonzero(fails(s, threshold)))
     upper = clopper_pearson_upper(rejects, n)
     note = (f"Threshold = median {med:.4g} + {z:.3f} x robust sigma {sigma:.4g} (normal model of the good "
             f"scores); {rejects}/{n} calibration images score above it. ") + _frr_note(target_frr, n, rejects, upper)
@@ -244,7 +245,7 @@ def largest_area_above(good_maps: np.ndarray, pixel_thr: float) -> int:
     largest = 0
     structure = np.ones((3, 3), bool)
     for m in _check_maps(good_maps):
-        labels, count = ndimage.label(m >= pixel_thr, structure=structure)
+        labels, count = ndimage.label(fails(m, pixel_thr), structure=structure)
         if count:
             largest = max(largest, int(np.bincount(labels.ravel())[1:].max()))
     return largest
@@ -280,7 +281,7 @@ def confusion_at_threshold(
         )
     if not np.isin(y, (0, 1)).all():
         raise InputError(f"labels hold {sorted(set(y.tolist()))}; expected only 0 (good) and 1 (defect)")
-    fail = s >= threshold
+    fail = fails(s, threshold)
     good, bad = y == 0, y == 1
     per_type: dict[str, dict[str, int]] = {}
     for name in sorted(set(types)):

@@ -14,12 +14,9 @@ from typing import Any
 import numpy as np
 
 from edge_somad.config import FitConfig, read_json, write_json
+from edge_somad.contracts.layout import ARRAYS_NAME, CONFIG_NAME, FIT_INFO_NAME, SPLIT_NAME
 from edge_somad.errors import ArtifactError
 
-ARRAYS_NAME = "arrays.npz"
-CONFIG_NAME = "config.json"
-SPLIT_NAME = "split.json"
-FIT_INFO_NAME = "fit_info.json"
 _REQUIRED = {
     "somad": ("projection", "nodes", "centers", "whiten_tril", "counts"),
     "padim": ("projection", "means", "whiten_tril"),

@@ -54,7 +54,7 @@ def open_for_bench(model_dir: Path, backend: str, precision: str) -> Any:
 def bench_scorers(model_dir: Path, backends: list[str], precision: str, batches: list[int], iters: int,
                   warmup: int, scorer_factory: ScorerFactory = open_for_bench) -> list[dict]:
     """One row per backend: p50/p99 latency at batch 1, images/s per batch, best batch, model bytes."""
-    from edge_somad.export.manifest import load_manifest
+    from edge_somad.contracts.manifest import load_manifest
 
     _check_args(backends, batches, iters, warmup)
     model_dir = Path(model_dir)

@@ -1,11 +1,13 @@
 """The `edge-somad` command line. Commands only parse options and call library functions.
 
 Heavy packages (torch, cv2, zmq, onnxruntime, tensorrt) are imported inside command bodies, so
-`edge-somad --help` works on a bare edge box.
+`edge-somad --help` works on a bare edge box. Every command is registered behind the one error
+handler (contracts/exits.py: exit codes 0 done, 1 outcome not reached, 2 error).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -16,19 +18,13 @@ import typer
 
 from edge_somad.calibration.commands import calibrate
 from edge_somad.config import FitConfig
-from edge_somad.errors import EdgeSomadError
+from edge_somad.contracts.exits import handle_errors
 from edge_somad.runtime.commands import keys, run, subscribe, view
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 DataRoot = Annotated[Path | None, typer.Option(help="Folder holding CATEGORY/train/good (MVTec layout).")]
 
 
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", err=True, fg="red")
-    raise typer.Exit(2)
-
-
-@app.command()
 def fit(
     category: Annotated[str, typer.Option(help="MVTec category, or hazelnut_toy (bundled).")] = "hazelnut_toy",
     data_root: DataRoot = None,
@@ -57,15 +53,11 @@ def fit(
     """Fit SOMAD (or the PaDiM baseline) on good training images."""
     from edge_somad.workflows import fit_from_cli
 
-    try:
-        info = fit_from_cli(category, data_root, out, backbone, weights, height, width, resize, method, d,
-                            projection, som_size, topk, score_norm, image_score_top, seed, device)
-    except EdgeSomadError as exc:
-        _fail(exc)
+    info = fit_from_cli(category, data_root, out, backbone, weights, height, width, resize, method, d,
+                        projection, som_size, topk, score_norm, image_score_top, seed, device)
     typer.echo(json.dumps(info, indent=2))
 
 
-@app.command()
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model directory.")],
     category: Annotated[str | None, typer.Option(help="[the one it was fitted on]")] = None,
@@ -79,14 +71,10 @@ def evaluate(
     from edge_somad.evaluate import format_table
     from edge_somad.workflows import evaluate_from_cli
 
-    try:
-        result = evaluate_from_cli(model, category, data_root, backend, precision, report, pictures)
-    except EdgeSomadError as exc:
-        _fail(exc)
+    result = evaluate_from_cli(model, category, data_root, backend, precision, report, pictures)
     typer.echo(format_table(result))
 
 
-@app.command()
 def export(
     category: Annotated[str | None, typer.Option(help="Fit this category first if MODEL has no fit.")] = None,
     model: Annotated[Path | None, typer.Option("--model", "--out", help="Model dir [models/CATEGORY].")] = None,
@@ -95,18 +83,30 @@ def export(
     precision: Annotated[str, typer.Option(help="TensorRT precision: fp16 | int8 | fp32.")] = "fp16",
     target_frr: Annotated[float, typer.Option(help="Calibrate at this false-reject rate.")] = 0.005,
 ) -> None:
-    """Fused ONNX graph + manifest (+ threshold, + TensorRT engine on a GPU)."""
+    """Fused ONNX graph + manifest (+ threshold when not calibrated yet, + TensorRT engine on a GPU).
+
+    An existing calibration (thresholds of every precision, the int8 graph) is kept as it is."""
     from edge_somad.workflows import export_from_cli
 
-    try:
-        manifest = export_from_cli(category, model, data_root, trt, precision, target_frr)
-    except EdgeSomadError as exc:
-        _fail(exc)
+    manifest = export_from_cli(category, model, data_root, trt, precision, target_frr)
     typer.echo(json.dumps({"onnx": manifest.onnx, "sha256": manifest.onnx_sha256, "threshold": manifest.threshold,
                            "engines": [e.path for e in manifest.engines], **manifest.model}, indent=2))
 
 
-@app.command()
+def build_engine(
+    model: Annotated[Path, typer.Option("--model", help="Exported model directory (manifest.json).")],
+    precision: Annotated[str, typer.Option(
+        help="fp16 (from model.onnx) | int8 (from model.int8.onnx, `calibrate --int8` first) | fp32.")] = "fp16",
+    max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts (cameras scored together).")] = 4,
+    workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace, GiB.")] = 2.0,
+) -> None:
+    """TensorRT engine for THIS GPU from the exported graph; recorded in manifest.engines. Needs a GPU."""
+    from edge_somad.workflows import build_engine_from_cli
+
+    info = build_engine_from_cli(model, precision, max_batch, workspace_gb)
+    typer.echo(json.dumps(dataclasses.asdict(info), indent=2))
+
+
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo model goes.")] = Path("models/hazelnut_toy"),
     publish: Annotated[str, typer.Option(help="ZeroMQ PUB endpoint.")] = "tcp://127.0.0.1:5556",
@@ -115,23 +115,19 @@ def demo(
     """The main job on the bundled Hazelnut Toy sample: fit -> export -> calibrate -> run -> verdicts."""
     from edge_somad.demo import run_demo
 
-    try:
-        code = run_demo(out, publish, curve)
-    except EdgeSomadError as exc:
-        _fail(exc)
-    raise typer.Exit(code)
+    raise typer.Exit(run_demo(out, publish, curve))
 
 
 def _register() -> None:
+    """The steps in their order, then the tools; all behind handle_errors (bridge's own sub-app too)."""
     from edge_somad.bench import bench
     from edge_somad.runtime.bridge_commands import app as bridge_app
 
-    app.command("calibrate")(calibrate)
-    app.command("run")(run)
-    app.command("subscribe")(subscribe)
-    app.command("keys")(keys)
-    app.command("view")(view)
-    app.command("bench")(bench)
+    for name, command in (("fit", fit), ("export", export), ("calibrate", calibrate),
+                          ("build-engine", build_engine), ("evaluate", evaluate), ("run", run),
+                          ("subscribe", subscribe), ("keys", keys), ("view", view), ("demo", demo),
+                          ("bench", bench)):
+        app.command(name)(handle_errors(command))
     app.add_typer(bridge_app, name="bridge")
 
 

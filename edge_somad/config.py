@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_somad.contracts.names import RESIZE_MODES
 from edge_somad.errors import ArtifactError, ConfigError
 
 CONFIG_SCHEMA = "edge-somad/fit-config/1"
@@ -18,10 +19,6 @@ METHODS = ("somad", "padim")
 # How patch distances become the map the image score is taken from: raw Mahalanobis distances, or
 # z-scored per position with statistics of the training images' own maps (see scoring.standardise).
 SCORE_NORMS = ("none", "zscore")
-# How a camera frame becomes the model's HxW input. Distorting the part is a visible choice:
-# "letterbox" keeps the aspect ratio and pads, "crop" keeps it and cuts the long side,
-# "stretch" squashes the frame to HxW.
-RESIZE_MODES = ("letterbox", "crop", "stretch")
 # Every backbone stage we use has stride <= 16, and the 'same' padding of the stride-2 convolutions
 # is only input-size independent when each stride-2 layer sees an even size.
 INPUT_MULTIPLE = 16
@@ -33,6 +30,9 @@ class InputSpec:
 
     height: int = 224
     width: int = 224
+    # How a camera frame becomes the model's HxW input. Distorting the part is a visible choice:
+    # "letterbox" keeps the aspect ratio and pads, "crop" keeps it and cuts the long side,
+    # "stretch" squashes the frame to HxW (contracts/names.RESIZE_MODES).
     resize: str = "letterbox"
     pad_value: int = 0
 

@@ -24,14 +24,18 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from edge_somad.contracts.geometry import batch_frames
+from edge_somad.contracts.names import IMAGE_SUFFIXES
 from edge_somad.errors import DatasetError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+if TYPE_CHECKING:
+    from edge_somad.contracts.manifest import Manifest
+
 SAMPLE_CATEGORY = "hazelnut_toy"
 DATA_ENV = "EDGE_SOMAD_DATA"
 MVTEC_LICENSE = "CC BY-NC-SA 4.0 (MVTec Software GmbH; non-commercial use only)"
@@ -181,6 +185,16 @@ def read_image(path: Path) -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 3:
         return np.ascontiguousarray(img)
     raise DatasetError(f"image {path} has shape {img.shape}; expected 1, 3 or 4 channels")
+
+
+def read_frames(paths: list[Path], manifest: Manifest) -> np.ndarray:
+    """Images as the graph's input batch (N, H, W, 3) uint8 BGR, resized as the manifest says.
+
+    The same decoder as fit (16-bit and grey files converted the same way), so calibration and the
+    int8 statistics see exactly the pixels the statistics were fitted on.
+    """
+    pre = manifest.preprocessing
+    return batch_frames([read_image(p) for p in paths], pre.height, pre.width, pre.resize, pre.pad_value)
 
 
 def read_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from edge_somad import metrics, viz
-from edge_somad.config import InputSpec, read_json, write_json
+from edge_somad.config import InputSpec, write_json
+from edge_somad.contracts.geometry import resize_frame, resize_mask
+from edge_somad.contracts.layout import ONNX_NAME, read_fit_info
 from edge_somad.data import Category, Sample, read_image, read_mask
-from edge_somad.runtime.preprocess import resize_frame, resize_mask
 from edge_somad.runtime.scorer import Scorer
 
 # Pixel metrics count image content only: letterbox padding is no part of any photo, and counting
@@ -90,14 +91,13 @@ def evaluate(
         "n_test_images": len(ts.samples), "n_defective": int(ts.labels.sum()),
         **compute_metrics(ts, scores, maps), "ms_per_image": round(ms, 2),
     }
-    fit_info_path = Path(model_dir) / "fit_info.json"
-    if fit_info_path.is_file():
-        fit_info = read_json(fit_info_path)
+    fit_info = read_fit_info(model_dir)
+    if fit_info:
         report["fit_seconds"] = fit_info.get("fit_seconds")
     from edge_somad.artifacts import model_bytes
 
     report["model_bytes"] = model_bytes(Path(model_dir))
-    onnx_path = Path(model_dir) / "model.onnx"
+    onnx_path = Path(model_dir) / ONNX_NAME
     report["onnx_bytes"] = onnx_path.stat().st_size if onnx_path.is_file() else None
     report["threshold"] = threshold
     if threshold is not None and confusion is not None:
@@ -121,8 +121,8 @@ def write_pictures(out: Path, ts: TestSet, scores: np.ndarray, maps: np.ndarray,
     """
     import cv2
 
+    from edge_somad.contracts.geometry import plan_geometry
     from edge_somad.runtime.defects import map_to_frame
-    from edge_somad.runtime.preprocess import plan_geometry
 
     out.mkdir(parents=True, exist_ok=True)
     # One colour scale for every picture: good images' score range, so overlays are comparable.

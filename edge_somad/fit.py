@@ -15,12 +15,12 @@ from edge_somad import __version__, scoring
 from edge_somad.artifacts import FittedArrays, model_bytes, save_model
 from edge_somad.backbones import load_backbone
 from edge_somad.config import FitConfig
+from edge_somad.contracts.geometry import resize_frame
 from edge_somad.data import Category, read_image
 from edge_somad.errors import ConfigError, DatasetError
 from edge_somad.features import FeatureExtractor, make_projection
 from edge_somad.progress import Progress
 from edge_somad.runtime.drift import input_reference
-from edge_somad.runtime.preprocess import resize_frame
 from edge_somad.som import best_matching_units, train_som
 from edge_somad.stats import node_statistics, positional_statistics
 

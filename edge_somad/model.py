@@ -16,6 +16,7 @@ from edge_somad import scoring
 from edge_somad.artifacts import FittedArrays, load_arrays, load_config
 from edge_somad.backbones import load_backbone
 from edge_somad.config import FitConfig
+from edge_somad.contracts.layout import read_fit_info
 from edge_somad.features import FeatureExtractor
 
 
@@ -105,12 +106,7 @@ def load_torch_model(model_dir: Path, weights: str | None = None) -> SomadNet:
 
 
 def _recorded_weights(model_dir: Path) -> str | None:
-    from edge_somad.config import read_json
-
-    info_path = model_dir / "fit_info.json"
-    if not info_path.is_file():
-        return None
-    path = read_json(info_path).get("backbone_weights")
+    path = read_fit_info(model_dir).get("backbone_weights")
     return path if path and Path(path).is_file() else None
 
 

@@ -66,7 +66,7 @@ def overlay(
 ) -> np.ndarray:
     """Heatmap blended onto the image, ground-truth outline in green (white halo), optional title.
 
-    amap and mask must already be at the image's size (move them with the preprocess Geometry);
+    amap and mask must already be at the image's size (move them with the contracts.geometry Geometry);
     resizing here would hide a letterbox/crop mismatch. With a title the result gains a strip on top.
     """
     image = _as_bgr(image_bgr)

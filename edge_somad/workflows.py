@@ -1,4 +1,13 @@
-"""The library side of the CLI: each command's whole job as one function (testable without typer)."""
+"""The library side of the CLI: each step's whole job as one function on a model directory
+(testable without typer). The steps, their functions and what each writes into the model directory:
+
+fit           fit_from_cli                      config.json arrays.npz split.json fit_info.json
+export        export_from_cli                   model.onnx manifest.json (calibrates only a fresh model)
+calibrate     calibration.commands.run_calibrate  manifest thresholds (+ model.int8.onnx with --int8)
+build-engine  build_engine_from_cli             model.<precision>.engine, manifest.engines
+evaluate      evaluate_from_cli                 report.json pictures/
+run           runtime.launch.run_pipeline       nothing: verdicts over ZeroMQ
+"""
 
 from __future__ import annotations
 
@@ -6,9 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edge_somad.config import FitConfig, InputSpec, SomConfig, read_json
+from edge_somad.config import FitConfig, InputSpec, SomConfig
+from edge_somad.contracts.layout import PICTURES_NAME, REPORT_NAME, is_exported, is_fitted, read_split
+from edge_somad.contracts.manifest import EngineInfo, Manifest, load_manifest
 from edge_somad.errors import ArtifactError, ConfigError
-from edge_somad.export.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -35,59 +45,62 @@ def fit_from_cli(category: str, data_root: Path | None, out: Path | None, backbo
     return fit_model(cat, config, out or Path("models") / category, weights=weights, device=device)
 
 
-def _split(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "split.json"
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing: {model_dir} was not written by `edge-somad fit`")
-    return read_json(path)
-
-
 def evaluate_from_cli(model: Path, category: str | None, data_root: Path | None, backend: str, precision: str,
                       report: Path | None, pictures: Path | None) -> dict[str, Any]:
     from edge_somad.artifacts import load_config
     from edge_somad.calibration.threshold import confusion_at_threshold
     from edge_somad.data import resolve_category
     from edge_somad.evaluate import evaluate
-    from edge_somad.export.manifest import load_manifest
     from edge_somad.runtime.backends import open_scorer
 
-    split = _split(model)
+    split = read_split(model)
     cat = resolve_category(category or split["category"], data_root or Path(split["data_root"]))
     config = load_config(model)
     threshold = None
-    if (model / "manifest.json").is_file():
+    if is_exported(model):
         threshold = load_manifest(model, verify_onnx=False).threshold_for(precision)
     elif backend != "torch":
         raise ArtifactError(f"{model} has no manifest.json: run `edge-somad export --model {model}` "
                             "or evaluate the unexported model with --backend torch")
     with open_scorer(model, backend, precision) as scorer:
-        return evaluate(model, cat, scorer, config.input, threshold, report or model / "report.json",
-                        pictures or model / "pictures", confusion=confusion_at_threshold)
+        return evaluate(model, cat, scorer, config.input, threshold, report or model / REPORT_NAME,
+                        pictures or model / PICTURES_NAME, confusion=confusion_at_threshold)
 
 
 def export_from_cli(category: str | None, model: Path | None, data_root: Path | None, trt: bool | None,
                     precision: str, target_frr: float) -> Manifest:
+    """Fit first if the directory holds no fit, export the graph, calibrate only a model that has no
+    calibration yet (a user's chi2 or --calibration-dir threshold is never replaced), build the engine."""
     from edge_somad.export.exporter import export_model, trt_wanted
 
     if model is None and category is None:
         raise ConfigError("give --category X (fits models/X when needed) or --model DIR")
     model_dir = model or Path("models") / str(category)
-    if not (model_dir / "config.json").is_file():
+    if not is_fitted(model_dir):
         if category is None:
             raise ArtifactError(f"{model_dir} holds no fitted model; add --category X to fit it first")
         log.info("no fitted model in %s: fitting category %s with the defaults", model_dir, category)
         fit_from_cli(category, data_root, model_dir, "efficientnet-lite0", None, 224, 224, "letterbox", "auto",
                      64, "gaussian", 0, 4, FitConfig.score_norm, FitConfig.image_score_top, 0, "auto")
     manifest = export_model(model_dir)
-    manifest = calibrate_holdout(model_dir, target_frr)
+    if manifest.threshold is None:
+        manifest = calibrate_holdout(model_dir, target_frr)
+    else:
+        kept = f"calibration kept ({manifest.calibration.method}, threshold {manifest.threshold:.6g}"
+        kept += f", int8 graph {manifest.int8_onnx})" if manifest.int8_onnx else ")"
+        log.info("%s; `edge-somad calibrate --model %s` recalibrates", kept, model_dir)
     if trt_wanted(trt):
-        from edge_somad.export.trt_build import build_engine
-
-        build_engine(model_dir, precision=precision)
-        from edge_somad.export.manifest import load_manifest
-
+        build_engine_from_cli(model_dir, precision)
         manifest = load_manifest(model_dir)
     return manifest
+
+
+def build_engine_from_cli(model_dir: Path, precision: str, max_batch: int = 4,
+                          workspace_gb: float = 2.0) -> EngineInfo:
+    """A TensorRT engine for this GPU from the model directory's graph (int8: model.int8.onnx)."""
+    from edge_somad.export.trt_build import build_engine
+
+    return build_engine(model_dir, precision=precision, max_batch=max_batch, workspace_gb=workspace_gb)
 
 
 def calibrate_holdout(model_dir: Path, target_frr: float) -> Manifest:

@@ -7,10 +7,11 @@ import importlib.util
 import logging
 import platform
 from pathlib import Path
+from typing import Any
 
 from edge_somad.artifacts import load_config
-from edge_somad.config import read_json
-from edge_somad.export.manifest import (
+from edge_somad.contracts.layout import is_exported, read_fit_info
+from edge_somad.contracts.manifest import (
     Calibration,
     Manifest,
     Preprocessing,
@@ -19,7 +20,8 @@ from edge_somad.export.manifest import (
     save_manifest,
     sha256_file,
 )
-from edge_somad.export.onnx_graph import INPUT_NAME, GraphReport, export_onnx
+from edge_somad.contracts.names import INPUT_NAME, MAP_NAME, SCORE_NAME
+from edge_somad.export.onnx_graph import GraphReport, export_onnx
 
 log = logging.getLogger(__name__)
 _VERSIONED = ("edge-somad", "torch", "onnx", "onnxruntime", "numpy", "opencv-python-headless", "tensorrt")
@@ -36,20 +38,22 @@ def package_versions() -> dict[str, str]:
 
 
 def build_manifest(model_dir: Path, report: GraphReport, previous: Manifest | None) -> Manifest:
-    """Manifest for a freshly exported graph. A previous calibration is kept (it does not depend on
-    the graph bytes, only on the model), but engines and the int8 graph are dropped: they were built
-    from the old ONNX and would be stale."""
+    """Manifest for a freshly exported graph. What `calibrate` and `build-engine` wrote is kept: the
+    thresholds (image and pixel, every precision) and the int8 graph depend on the fitted model, not
+    on the fp32 graph's bytes; an engine is kept only while the graph it was built from is unchanged
+    (sha256), so a stale one is dropped here instead of failing at load."""
     config = load_config(model_dir)
-    fit_info = read_json(model_dir / "fit_info.json") if (model_dir / "fit_info.json").is_file() else {}
+    fit_info = read_fit_info(model_dir)
     from edge_somad.backbones import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD
 
     wrn = config.backbone == "wide_resnet50_2"
     spec = config.input
     h, w = spec.height, spec.width
+    onnx_sha = sha256_file(report.path)
     return Manifest(
-        name=model_dir.name, onnx=report.path.name, onnx_sha256=sha256_file(report.path),
+        name=model_dir.name, onnx=report.path.name, onnx_sha256=onnx_sha,
         input=TensorSpec(INPUT_NAME, ("batch", h, w, 3), "uint8"),
-        outputs=(TensorSpec("anomaly_map", ("batch", h, w), "float32"), TensorSpec("score", ("batch",), "float32")),
+        outputs=(TensorSpec(MAP_NAME, ("batch", h, w), "float32"), TensorSpec(SCORE_NAME, ("batch",), "float32")),
         preprocessing=Preprocessing(
             height=h, width=w, resize=spec.resize, pad_value=spec.pad_value,
             mean=IMAGENET_MEAN if wrn else TF_MEAN, std=IMAGENET_STD if wrn else TF_STD,
@@ -68,7 +72,19 @@ def build_manifest(model_dir: Path, report: GraphReport, previous: Manifest | No
         },
         versions=package_versions(),
         reference=_reference(fit_info, previous),
+        **_kept(previous, onnx_sha),
     )
+
+
+def _kept(previous: Manifest | None, onnx_sha: str) -> dict[str, Any]:
+    """The int8 graph, per-precision thresholds and still-valid engines of the previous manifest."""
+    if previous is None:
+        return {}
+    engines = tuple(e for e in previous.engines
+                    if e.onnx_sha256 == (previous.int8_onnx_sha256 if e.precision == "int8" else onnx_sha))
+    return {"int8_onnx": previous.int8_onnx, "int8_onnx_sha256": previous.int8_onnx_sha256,
+            "precision_thresholds": dict(previous.precision_thresholds),
+            "precision_pixel_thresholds": dict(previous.precision_pixel_thresholds), "engines": engines}
 
 
 def _reference(fit_info: dict, previous: Manifest | None) -> dict:
@@ -84,7 +100,7 @@ def export_model(model_dir: Path, weights: str | None = None) -> Manifest:
     """Write model.onnx and manifest.json into model_dir; returns the manifest."""
     model_dir = Path(model_dir)
     previous = None
-    if (model_dir / "manifest.json").is_file():
+    if is_exported(model_dir):
         previous = load_manifest(model_dir, verify_onnx=False)
     report = export_onnx(model_dir, weights=weights)
     manifest = build_manifest(model_dir, report, previous)
@@ -99,7 +115,7 @@ def trt_wanted(flag: bool | None) -> bool:
     if importlib.util.find_spec("tensorrt") is None:
         return False
     try:
-        from edge_somad.export.trt_build import gpu_info
+        from edge_somad.runtime.trt_env import gpu_info
 
         gpu_info()
     except Exception as exc:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_somad.contracts.layout import ONNX_NAME
+from edge_somad.contracts.names import INPUT_NAME, MAP_NAME, OUTPUT_NAMES, SCORE_NAME
 from edge_somad.errors import ArtifactError
 
-INPUT_NAME = "frames"
-OUTPUT_NAMES = ("anomaly_map", "score")
 OPSET = 17
 # Operators in TensorRT's ONNX operator support matrix (onnx-tensorrt docs/operators.md) that
 # this graph may use. Anything else fails the export instead of failing later on the Jetson.
@@ -44,7 +44,7 @@ def export_onnx(model_dir: Path, out_path: Path | None = None, weights: str | No
     from edge_somad.model import load_torch_model
 
     model_dir = Path(model_dir)
-    out_path = out_path or model_dir / "model.onnx"
+    out_path = out_path or model_dir / ONNX_NAME
     net = load_torch_model(model_dir, weights)
     h, w = net.size
     dummy = torch.zeros(2, h, w, 3, dtype=torch.uint8)
@@ -54,7 +54,7 @@ def export_onnx(model_dir: Path, out_path: Path | None = None, weights: str | No
         warnings.simplefilter("ignore")
         torch.onnx.export(
             net, (dummy,), str(out_path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
+            dynamic_axes={INPUT_NAME: {0: "batch"}, MAP_NAME: {0: "batch"}, SCORE_NAME: {0: "batch"}},
             opset_version=OPSET, do_constant_folding=True, dynamo=False,
         )
     store_half(out_path)

@@ -28,26 +28,14 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError, EngineMismatchError
-from edge_somad.export.manifest import EngineInfo, Manifest, load_manifest, save_manifest, sha256_file
+from edge_somad.contracts.engines import engine_path
+from edge_somad.contracts.layout import FP16_ONNX_NAME, TIMING_CACHE_NAME
+from edge_somad.contracts.manifest import EngineInfo, Manifest, load_manifest, save_manifest, sha256_file
+from edge_somad.contracts.names import INPUT_NAME, PRECISIONS
+from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError
+from edge_somad.runtime.trt_env import gpu_info, import_tensorrt
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "fp16", "int8")
-MIN_TENSORRT = (10, 0)
-TIMING_CACHE_NAME = "trt.timing.cache"
-FP16_ONNX_NAME = "model.fp16.onnx"
-GPU_INSTALL_HINT = "pip install 'edge-somad[gpu]'  (TensorRT >= 10, pycuda)"
-
-
-def engine_path(model_dir: Path, precision: str) -> Path:
-    """DIR/model.<precision>.engine."""
-    _check_precision(precision)
-    return Path(model_dir) / f"model.{precision}.engine"
-
-
-def rebuild_command(model_dir: Path, precision: str) -> str:
-    return f"edge-somad export --model {model_dir} --trt --precision {precision}"
 
 
 def profile_shapes(height: int, width: int, max_batch: int) -> tuple[tuple[int, ...], ...]:
@@ -61,39 +49,6 @@ def profile_shapes(height: int, width: int, max_batch: int) -> tuple[tuple[int, 
     if height < 1 or width < 1:
         raise ConfigError(f"input size {height}x{width}; expected positive height and width")
     return (1, height, width, 3), (max_batch, height, width, 3), (max_batch, height, width, 3)
-
-
-def check_engine_compat(info: EngineInfo, trt_version: str, gpu_name: str, compute_capability: str,
-                        onnx_sha256: str, model_dir: Path) -> None:
-    """Raise EngineMismatchError unless the engine was built here, with this TensorRT, from this graph.
-
-    TensorRT engines are specific to the GPU model and the exact TensorRT version they were built
-    with; onnx_sha256 is the graph the manifest names now (a re-export makes the engine stale).
-    """
-    built = f"{info.gpu_name} (compute {info.compute_capability}) with TensorRT {info.tensorrt_version}"
-    here = f"{gpu_name} (compute {compute_capability}) with TensorRT {trt_version}"
-    problems = []
-    if info.gpu_name != gpu_name:
-        problems.append(f"GPU: built for {info.gpu_name}, running on {gpu_name}")
-    if info.compute_capability != compute_capability:
-        problems.append(f"compute capability: built for {info.compute_capability}, "
-                        f"running on {compute_capability}")
-    if info.tensorrt_version != trt_version:
-        problems.append(f"TensorRT: built with {info.tensorrt_version}, running {trt_version}")
-    if info.onnx_sha256 != onnx_sha256:
-        problems.append(f"ONNX graph: built from sha256 {info.onnx_sha256[:12]}…, the manifest now names "
-                        f"{onnx_sha256[:12]}… (the model was re-exported or recalibrated after the build)")
-    if problems:
-        raise EngineMismatchError(
-            f"TensorRT engine {Path(model_dir) / info.path} ({info.precision}) does not match this machine: "
-            + "; ".join(problems) + f". Built for {built}; here: {here}. Engines only run on the GPU and "
-            "TensorRT version they were built with. "
-            f"Rebuild it here: `{rebuild_command(model_dir, info.precision)}`"
-        )
-
-
-def find_engine(manifest: Manifest, precision: str) -> EngineInfo | None:
-    return next((e for e in manifest.engines if e.precision == precision), None)
 
 
 def source_onnx(model_dir: Path, manifest: Manifest, precision: str) -> tuple[Path, str]:
@@ -114,49 +69,6 @@ def source_onnx(model_dir: Path, manifest: Manifest, precision: str) -> tuple[Pa
     return path, manifest.int8_onnx_sha256
 
 
-def import_tensorrt() -> ModuleType:
-    """`import tensorrt`, or BackendUnavailableError saying what to install (>= 10 required)."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"TensorRT is not installed ({exc}); the tensorrt backend needs it. Install: {GPU_INSTALL_HINT}"
-        ) from exc
-    version = str(getattr(trt, "__version__", "0"))
-    if _version_tuple(version) < MIN_TENSORRT:
-        raise BackendUnavailableError(
-            f"TensorRT {version} found; edge-somad needs TensorRT >= {'.'.join(map(str, MIN_TENSORRT))} "
-            "(strongly typed networks, named-tensor execute_async_v3 API). Upgrade: " + GPU_INSTALL_HINT
-        )
-    return trt
-
-
-def import_pycuda() -> ModuleType:
-    """`pycuda.driver`, initialised; no torch.cuda in the runtime."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"pycuda is not installed ({exc}); the tensorrt backend uses it for GPU buffers. "
-            f"Install: {GPU_INSTALL_HINT}"
-        ) from exc
-    try:
-        cuda.init()
-        if cuda.Device.count() < 1:
-            raise BackendUnavailableError("no CUDA GPU visible (pycuda reports 0 devices)")
-    except cuda.Error as exc:
-        raise BackendUnavailableError(f"CUDA driver could not start ({exc}); is this a GPU machine?") from exc
-    return cuda
-
-
-def gpu_info(device: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor") of CUDA device `device`."""
-    cuda = import_pycuda()
-    dev = cuda.Device(device)
-    major, minor = dev.compute_capability()
-    return str(dev.name()), f"{major}.{minor}"
-
-
 def build_engine(model_dir: Path, precision: str = "fp16", max_batch: int = 4,
                  workspace_gb: float = 2.0) -> EngineInfo:
     """Build DIR/model.<precision>.engine for this GPU and record it in manifest.engines."""
@@ -168,8 +80,7 @@ def build_engine(model_dir: Path, precision: str = "fp16", max_batch: int = 4,
     pre = manifest.preprocessing
     shapes = profile_shapes(pre.height, pre.width, max_batch)
     src, src_sha = source_onnx(model_dir, manifest, precision)
-    trt = import_tensorrt()
-    gpu_name, cc = gpu_info()
+    trt, (gpu_name, cc) = _gpu_here(precision)
     if precision == "fp16":
         from edge_somad.export.fp16 import to_fp16
 
@@ -183,6 +94,18 @@ def build_engine(model_dir: Path, precision: str = "fp16", max_batch: int = 4,
     engines = (*(e for e in manifest.engines if e.precision != precision), info)
     save_manifest(model_dir, dataclasses.replace(manifest, engines=engines))
     return info
+
+
+def _gpu_here(precision: str) -> tuple[ModuleType, tuple[str, str]]:
+    """tensorrt and (GPU name, compute capability), or the error that this step needs a GPU."""
+    try:
+        return import_tensorrt(), gpu_info()
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(
+            f"building a {precision} TensorRT engine needs an NVIDIA GPU with TensorRT on this machine: {exc}. "
+            "Engines are specific to the GPU and TensorRT version they are built with: run build-engine on the "
+            "target device (Jetson or GPU PC); the ONNX graphs run anywhere with --backend onnxruntime."
+        ) from exc
 
 
 def _build_serialized(trt: ModuleType, onnx_path: Path, shapes: tuple[tuple[int, ...], ...],
@@ -201,7 +124,7 @@ def _build_serialized(trt: ModuleType, onnx_path: Path, shapes: tuple[tuple[int,
         # TF32 is on by default and would run the float32 Mahalanobis tail at 10 mantissa bits.
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
-    profile.set_shape("frames", *shapes)
+    profile.set_shape(INPUT_NAME, *shapes)
     config.add_optimization_profile(profile)
     cache = _load_timing_cache(config, cache_path)
     blob = builder.build_serialized_network(network, config)
@@ -232,11 +155,3 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is unknown; expected one of {PRECISIONS}")
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for p in version.split(".")[:2]:
-        digits = "".join(c for c in p if c.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)

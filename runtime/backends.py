@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_somad.contracts.engines import find_engine, rebuild_command
+from edge_somad.contracts.manifest import Manifest, load_manifest, sha256_file
+from edge_somad.contracts.names import PRECISIONS
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError
-from edge_somad.export.manifest import Manifest, load_manifest, sha256_file
 from edge_somad.runtime.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 
@@ -34,7 +35,8 @@ class BackendChoice:
 
 
 def _engine_for(manifest: Manifest, precision: str) -> str | None:
-    return next((e.path for e in manifest.engines if e.precision == precision), None)
+    info = find_engine(manifest, precision)
+    return info.path if info else None
 
 
 def _onnxruntime(manifest: Manifest, precision: str, ort_providers: Sequence[str], why: str) -> BackendChoice:
@@ -83,7 +85,8 @@ def select_backend(
             have = [e.precision for e in manifest.engines] or "none"
             raise ArtifactError(
                 f"no TensorRT engine for precision {precision} in the manifest (engines: {have}). "
-                "Build one for this GPU first (see docs), or pick a precision that has an engine."
+                f"Build one on this GPU first (`{rebuild_command(Path('DIR'), precision)}`), "
+                "or pick a precision that has an engine."
             )
         return BackendChoice("tensorrt", precision, engine, reason="requested explicitly")
     if backend == "torch":

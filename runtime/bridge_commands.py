@@ -16,7 +16,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_somad.errors import ConfigError, EdgeSomadError
+from edge_somad.contracts.exits import handle_errors
+from edge_somad.errors import ConfigError
 from edge_somad.runtime.commands import CurveClientSecret, CurveServerKey, _logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -60,6 +61,7 @@ def _on_signals(stop) -> dict:
 
 
 @app.command("mqtt")
+@handle_errors
 def mqtt(
     connect: Connect = ["tcp://127.0.0.1:5556"],  # noqa: B006 - typer copies list defaults
     broker: Annotated[str, typer.Option(help="MQTT broker host name or address.")] = "127.0.0.1",
@@ -93,50 +95,47 @@ def mqtt(
     _logging(log_level)
     from edge_somad.runtime.curve import load_client
 
-    try:
-        if mqtt_version not in ("5", "3.1.1"):
-            raise ConfigError(f"--mqtt-version {mqtt_version!r}; expected 5 or 3.1.1")
-        box = _check_name(box or default_box(), "--box")
-        _check_name(group, "--group")
-        if port is not None and not 0 < port < 65536:
-            raise ConfigError(f"--port {port}; expected 1..65535")
-        for option, path in (("--ca-file", ca_file), ("--cert-file", cert_file), ("--key-file", key_file)):
-            if path is not None and not path.is_file():
-                raise ConfigError(f"{option} {path} does not exist")
-        if (ca_file or cert_file or key_file) and not tls:
-            raise ConfigError("--ca-file/--cert-file/--key-file need --tls")
-        if username is not None and not tls and broker not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("--username without --tls: the password crosses the network in clear text")
-        from edge_somad.runtime.bridge_mqtt import MqttBridge, MqttBridgeConfig
-        from edge_somad.runtime.bridge_mqtt_link import BrokerConfig
-        from edge_somad.runtime.bridge_source import SourceConfig
+    if mqtt_version not in ("5", "3.1.1"):
+        raise ConfigError(f"--mqtt-version {mqtt_version!r}; expected 5 or 3.1.1")
+    box = _check_name(box or default_box(), "--box")
+    _check_name(group, "--group")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"--port {port}; expected 1..65535")
+    for option, path in (("--ca-file", ca_file), ("--cert-file", cert_file), ("--key-file", key_file)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{option} {path} does not exist")
+    if (ca_file or cert_file or key_file) and not tls:
+        raise ConfigError("--ca-file/--cert-file/--key-file need --tls")
+    if username is not None and not tls and broker not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("--username without --tls: the password crosses the network in clear text")
+    from edge_somad.runtime.bridge_mqtt import MqttBridge, MqttBridgeConfig
+    from edge_somad.runtime.bridge_mqtt_link import BrokerConfig
+    from edge_somad.runtime.bridge_source import SourceConfig
 
-        state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "edge-somad"
-        config = MqttBridgeConfig(
-            broker=BrokerConfig(host=broker, port=port or (8883 if tls else 1883), version=mqtt_version,
-                                client_id=f"edge-somad-{group}-{box}", username=username,
-                                password=_password(password_file), tls=tls, ca_file=ca_file, cert_file=cert_file,
-                                key_file=key_file),
-            source=SourceConfig(tuple(connect), topic, load_client(curve_server_key, curve_secret_key)),
-            box=box, group=group, root=topic_root.strip("/"),
-            queue_file=queue_file or state / f"mqtt-{box}.sqlite", queue_max=queue_max, heatmaps=heatmaps,
-            heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval)
-        bridge = MqttBridge(config)
-        previous = _on_signals(bridge.request_stop)
-        try:
-            counters = bridge.run()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    except EdgeSomadError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "edge-somad"
+    config = MqttBridgeConfig(
+        broker=BrokerConfig(host=broker, port=port or (8883 if tls else 1883), version=mqtt_version,
+                            client_id=f"edge-somad-{group}-{box}", username=username,
+                            password=_password(password_file), tls=tls, ca_file=ca_file, cert_file=cert_file,
+                            key_file=key_file),
+        source=SourceConfig(tuple(connect), topic, load_client(curve_server_key, curve_secret_key)),
+        box=box, group=group, root=topic_root.strip("/"),
+        queue_file=queue_file or state / f"mqtt-{box}.sqlite", queue_max=queue_max, heatmaps=heatmaps,
+        heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval)
+    bridge = MqttBridge(config)
+    previous = _on_signals(bridge.request_stop)
+    try:
+        counters = bridge.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     typer.echo(f"stopped: {counters.stored} verdicts stored, {counters.delivered} delivered this run, "
                f"{counters.left} left in {config.queue_file} for the next start; "
                f"overflow {counters.overflow or 'none'}", err=True)
 
 
 @app.command("opcua")
+@handle_errors
 def opcua(
     connect: Connect = ["tcp://127.0.0.1:5556"],  # noqa: B006 - typer copies list defaults
     endpoint: Annotated[str, typer.Option(
@@ -162,32 +161,28 @@ def opcua(
     _logging(log_level)
     from edge_somad.runtime.curve import load_client
 
-    try:
-        box = _check_name(box or default_box(), "--box")
-        if (certificate is None) != (private_key is None):
-            raise ConfigError("--certificate and --private-key go together (Basic256Sha256 needs both)")
-        for option, path in (("--certificate", certificate), ("--private-key", private_key)):
-            if path is not None and not path.is_file():
-                raise ConfigError(f"{option} {path} does not exist")
-        cameras = tuple(_check_name(c, "--camera") for c in camera or ())
-        password = _password(password_file)
-        if username is not None and not password:
-            raise ConfigError(f"--username needs a password: --password-file FILE or ${PASSWORD_ENV}")
-        host = endpoint.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
-        if host not in ("127.0.0.1", "localhost", "::1") and (username is None or certificate is None):
-            log.warning("serving OPC UA on %s with %s: use --username and --certificate/--private-key on a network "
-                        "others can reach", endpoint, "anonymous access" if username is None else "no encryption")
-        from edge_somad.runtime.bridge_opcua import OpcuaConfig, serve
-        from edge_somad.runtime.bridge_source import SourceConfig
+    box = _check_name(box or default_box(), "--box")
+    if (certificate is None) != (private_key is None):
+        raise ConfigError("--certificate and --private-key go together (Basic256Sha256 needs both)")
+    for option, path in (("--certificate", certificate), ("--private-key", private_key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{option} {path} does not exist")
+    cameras = tuple(_check_name(c, "--camera") for c in camera or ())
+    password = _password(password_file)
+    if username is not None and not password:
+        raise ConfigError(f"--username needs a password: --password-file FILE or ${PASSWORD_ENV}")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    if host not in ("127.0.0.1", "localhost", "::1") and (username is None or certificate is None):
+        log.warning("serving OPC UA on %s with %s: use --username and --certificate/--private-key on a network "
+                    "others can reach", endpoint, "anonymous access" if username is None else "no encryption")
+    from edge_somad.runtime.bridge_opcua import OpcuaConfig, serve
+    from edge_somad.runtime.bridge_source import SourceConfig
 
-        config = OpcuaConfig(source=SourceConfig(tuple(connect), topic, load_client(curve_server_key,
-                                                                                     curve_secret_key)),
-                             endpoint=endpoint, box=box, username=username, password=password,
-                             certificate=certificate, private_key=private_key, cameras=cameras)
-        serve(config)
-    except EdgeSomadError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    config = OpcuaConfig(source=SourceConfig(tuple(connect), topic, load_client(curve_server_key,
+                                                                                 curve_secret_key)),
+                         endpoint=endpoint, box=box, username=username, password=password,
+                         certificate=certificate, private_key=private_key, cameras=cameras)
+    serve(config)
 
 
 if __name__ == "__main__":

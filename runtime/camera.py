@@ -21,13 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_somad.contracts.names import IMAGE_SUFFIXES
 from edge_somad.errors import ConfigError, InputError
 from edge_somad.runtime.frames import read_image_file
 from edge_somad.runtime.messages import check_camera_id
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LIVE_KINDS = ("index", "stream")
 _NOT_IN_IDS = ("/", "\\", ":")  # a '=' after one of these belongs to a path or URL, not to an id
 

@@ -1,6 +1,6 @@
 """`edge-somad run`, `subscribe`, `view` and `keys` as typer command functions.
 
-Registered by edge_somad/cli.py with `app.command("run")(run)` etc.
+Each behind the one error handler (contracts/exits.handle_errors); registered by edge_somad/cli.py.
 Heavy imports (cv2, zmq, onnxruntime) live inside the bodies so `edge-somad --help` works anywhere.
 `python -m edge_somad.runtime.commands run|subscribe|keys ...` runs them without the main CLI.
 """
@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_somad.errors import EdgeSomadError
+from edge_somad.contracts.exits import EXIT_NOT_MET, handle_errors
 
 OptFile = Optional[Path]  # noqa: UP045 - typer reads the annotation at runtime
 CurveServerKey = Annotated[OptFile, typer.Option(
@@ -29,6 +29,7 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+@handle_errors
 def run(
     camera: Annotated[list[str], typer.Option(
         "--camera", help="Source, repeatable: camera index (0), video file, image folder, rtsp:// or "
@@ -76,23 +77,20 @@ def run(
     from edge_somad.runtime.launch import run_pipeline
     from edge_somad.runtime.pipeline import PipelineConfig
 
-    try:
-        health_config = HealthConfig(
-            enabled=health, frozen_s=frozen_s, frozen_frames=frozen_frames, input_warn_z=input_warn_z,
-            input_alarm_z=input_alarm_z, psi_warn=psi_warn, psi_alarm=psi_alarm, score_window=score_window,
-            score_min_samples=min(50, score_window))
-        config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
-                                precision=precision, drain_timeout_s=drain_timeout, health=health_config)
-        curve = load_server(curve_secret_key, curve_clients)
-        final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
-                             config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)
-    except EdgeSomadError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    health_config = HealthConfig(
+        enabled=health, frozen_s=frozen_s, frozen_frames=frozen_frames, input_warn_z=input_warn_z,
+        input_alarm_z=input_alarm_z, psi_warn=psi_warn, psi_alarm=psi_alarm, score_window=score_window,
+        score_min_samples=min(50, score_window))
+    config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
+                            precision=precision, drain_timeout_s=drain_timeout, health=health_config)
+    curve = load_server(curve_secret_key, curve_clients)
+    final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
+                         config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)
     typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, messages sent per topic {final['sent']}",
                err=True)
 
 
+@handle_errors
 def subscribe(
     connect: Annotated[str, typer.Option(help="Publisher endpoint, e.g. tcp://line-pc:5556")] = "tcp://127.0.0.1:5556",
     topic: Annotated[str, typer.Option(help="Topic prefix filter, e.g. somad/ or somad/cam0")] = "somad/",
@@ -111,20 +109,17 @@ def subscribe(
     from edge_somad.runtime.curve import load_client
     from edge_somad.runtime.subscriber import subscribe_loop
 
-    try:
-        curve = load_client(curve_server_key, curve_secret_key)
-        res = subscribe_loop(connect, topic, csv, save_fails, count, timeout, curve=curve)
-    except EdgeSomadError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    curve = load_client(curve_server_key, curve_secret_key)
+    res = subscribe_loop(connect, topic, csv, save_fails, count, timeout, curve=curve)
     typer.echo(f"{res.verdicts} verdicts, {res.missed} missed (seq gaps), {res.rejected} rejected", err=True)
     if count is not None and res.verdicts < count:
         hint = " (with CURVE: check the keys; the publisher logs handshake failures)" if curve else ""
         typer.echo(f"error: received {res.verdicts} of {count} verdicts before the {timeout}s timeout{hint}",
                    err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_NOT_MET)
 
 
+@handle_errors
 def view(
     connect: Annotated[list[str], typer.Option(
         "--connect", help="A `run` endpoint to watch, repeatable, e.g. tcp://line-pc:5556.")] = ["tcp://127.0.0.1:5556"],  # noqa: B006
@@ -142,14 +137,11 @@ def view(
     from edge_somad.runtime.curve import load_client
     from edge_somad.runtime.view import ViewConfig, serve
 
-    try:
-        config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails)
-        serve(config, load_client(curve_server_key, curve_secret_key))
-    except EdgeSomadError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails)
+    serve(config, load_client(curve_server_key, curve_secret_key))
 
 
+@handle_errors
 def keys(
     name: Annotated[str, typer.Option(help="Key pair name, e.g. line-pc or plc1 (a camera-id-like word).")],
     out: Annotated[Path, typer.Option(help="Folder for NAME.key (public) and NAME.key_secret (mode 600).")] = Path(
@@ -158,11 +150,7 @@ def keys(
     """Make a CURVE key pair (standard ZeroMQ certificate files) for `run` or `subscribe`."""
     from edge_somad.runtime.curve import make_keys
 
-    try:
-        public, secret = make_keys(out, name)
-    except EdgeSomadError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    public, secret = make_keys(out, name)
     typer.echo(f"public key: {public}  (give this one away: the publisher's to subscribers as "
                f"--curve-server-key, a subscriber's into the publisher's --curve-clients folder)")
     typer.echo(f"secret key: {secret}  (stays on this machine: --curve-secret-key)")
@@ -170,10 +158,8 @@ def keys(
 
 def main() -> None:
     app = typer.Typer(add_completion=False, help="edge-somad runtime commands")
-    app.command("run")(run)
-    app.command("subscribe")(subscribe)
-    app.command("keys")(keys)
-    app.command("view")(view)
+    for name, command in (("run", run), ("subscribe", subscribe), ("keys", keys), ("view", view)):
+        app.command(name)(command)
     app()
 
 

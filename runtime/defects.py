@@ -2,7 +2,7 @@
 
 The map lives in model space (the letterboxed/cropped/stretched HxW canvas). Thresholds and the
 minimum area come from manifest.calibration and are applied in model space, where they were
-calibrated; boxes and areas are then reported in original frame pixels via preprocess.Geometry.
+calibrated; boxes and areas are then reported in original frame pixels via contracts.geometry.Geometry.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_somad.runtime.preprocess import Geometry
+from edge_somad.contracts.decision import fails
+from edge_somad.contracts.geometry import Geometry
+from edge_somad.runtime.verdict import Verdict
 
 # Overlay heat scale: like the PNG heatmap, 0..2x the image threshold maps to the colour map.
 OVERLAY_RANGE = 2.0
@@ -27,11 +29,12 @@ def find_defects(
     """Connected components of map >= pixel_threshold -> [{x, y, w, h, area_px, max_score}].
 
     x, y, w, h, area_px are in original frame pixels; max_score in the map's raw units. Empty when
-    there is no pixel threshold (the model was not calibrated for localisation).
+    there is no pixel threshold (the model was not calibrated for localisation). The map must be
+    finite: a Verdict's is (judge checked it); defects_of takes one.
     """
-    if pixel_threshold is None or not np.isfinite(anomaly_map).all():
+    if pixel_threshold is None:
         return []
-    mask = (anomaly_map >= pixel_threshold).astype(np.uint8)
+    mask = fails(anomaly_map, pixel_threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     out = []
     area_scale = 1.0 / (geometry.scale_x * geometry.scale_y)
@@ -49,6 +52,13 @@ def find_defects(
         })
     out.sort(key=lambda d: -d["max_score"])
     return out
+
+
+def defects_of(verdict: Verdict, pixel_threshold: float | None, min_area_px: int = 0) -> list[dict[str, Any]]:
+    """The defect regions of a verdict's map (none for a verdict without a map or geometry)."""
+    if verdict.anomaly_map is None or verdict.geometry is None:
+        return []
+    return find_defects(verdict.anomaly_map, verdict.geometry, pixel_threshold, min_area_px)
 
 
 def box_to_frame(x: int, y: int, w: int, h: int, g: Geometry) -> tuple[int, int, int, int] | None:
@@ -82,23 +92,23 @@ def map_to_frame(anomaly_map: np.ndarray, g: Geometry) -> np.ndarray:
 
 def render_overlay(
     frame: np.ndarray,
-    anomaly_map: np.ndarray | None,
-    geometry: Geometry,
-    threshold: float | None,
+    verdict: Verdict,
     defects: list[dict[str, Any]],
-    verdict: str,
     jpeg_quality: int = 80,
-) -> bytes:
-    """JPEG for operators: frame + heat (0..2x threshold) + defect boxes + verdict text."""
+) -> bytes | None:
+    """JPEG for operators: frame + heat (0..2x threshold) + defect boxes + verdict text.
+
+    None when the JPEG cannot be encoded: the message then carries no overlay part and says so.
+    """
     view = frame.copy()
-    if anomaly_map is not None and threshold and np.isfinite(anomaly_map).all():
-        heat = np.clip(map_to_frame(anomaly_map, geometry) / threshold, 0, OVERLAY_RANGE)
+    if verdict.normalised_map is not None and verdict.geometry is not None:
+        heat = np.clip(map_to_frame(verdict.normalised_map, verdict.geometry), 0, OVERLAY_RANGE)
         heat_u8 = (heat * (255.0 / OVERLAY_RANGE)).astype(np.uint8)
         coloured = cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET)
         view = cv2.addWeighted(view, 0.6, coloured, 0.4, 0)
-    colour = {"pass": (0, 200, 0), "fail": (0, 0, 255)}.get(verdict, (0, 200, 255))
+    colour = {"pass": (0, 200, 0), "fail": (0, 0, 255)}.get(verdict.verdict, (0, 200, 255))
     for d in defects:
         cv2.rectangle(view, (d["x"], d["y"]), (d["x"] + d["w"] - 1, d["y"] + d["h"] - 1), (0, 0, 255), 2)
-    cv2.putText(view, verdict.upper(), (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, colour, 2, cv2.LINE_AA)
+    cv2.putText(view, verdict.verdict.upper(), (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, colour, 2, cv2.LINE_AA)
     ok, buf = cv2.imencode(".jpg", view, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-    return buf.tobytes() if ok else b""
+    return buf.tobytes() if ok and len(buf) else None

@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_somad.contracts.geometry import Geometry, plan_geometry
+from edge_somad.contracts.manifest import Manifest
 from edge_somad.errors import InputError
-from edge_somad.export.manifest import Manifest
-from edge_somad.runtime.preprocess import plan_geometry
 
 # The fused graph's map grid is the stride-4 output of the backbone (edge_somad/features.py:
 # grid = (H // 4, W // 4)); used when a manifest predates `model.feature_grid`.
@@ -127,8 +127,14 @@ def patch_stride(manifest: Manifest) -> tuple[float, float]:
 def check_useful_size(frame_h: int, frame_w: int, manifest: Manifest) -> None:
     """InputError if the model cannot usefully inspect a frame of this size (module docstring)."""
     pre = manifest.preprocessing
+    check_useful_geometry(plan_geometry(frame_h, frame_w, pre.height, pre.width, pre.resize), manifest)
+
+
+def check_useful_geometry(g: Geometry, manifest: Manifest) -> None:
+    """check_useful_size for a frame whose geometry is planned already (the runtime plans it once)."""
+    pre = manifest.preprocessing
     sy, sx = patch_stride(manifest)
-    g = plan_geometry(frame_h, frame_w, pre.height, pre.width, pre.resize)
+    frame_h, frame_w = g.src_h, g.src_w
     content_h, content_w = min(g.new_h, pre.height), min(g.new_w, pre.width)
     if g.scale_y > sy or g.scale_x > sx or content_h < sy or content_w < sx:
         raise InputError(

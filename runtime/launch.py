@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from edge_somad.contracts.manifest import Manifest, load_manifest
 from edge_somad.errors import ArtifactError, EdgeSomadError
-from edge_somad.export.manifest import Manifest, load_manifest
 from edge_somad.runtime.camera import parse_cameras
 from edge_somad.runtime.curve import CurveServer
-from edge_somad.runtime.pipeline import NOT_CALIBRATED, Pipeline, PipelineConfig
+from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import Scorer
+from edge_somad.runtime.verdict import NOT_CALIBRATED
 
 log = logging.getLogger(__name__)
 

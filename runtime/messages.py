@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from edge_somad.errors import InputError
+from edge_somad.runtime.verdict import VERDICTS, Verdict
 
 VERDICT_SCHEMA = "edge-somad/verdict/1"
 HEARTBEAT_SCHEMA = "edge-somad/heartbeat/1"
@@ -27,7 +28,6 @@ STATUS_SCHEMA = "edge-somad/status/1"
 HEARTBEAT_TOPIC = "_heartbeat"
 STATUS_TOPIC = "_status"
 HEATMAP_ENCODINGS = ("png", "f16", "none")
-VERDICTS = ("pass", "fail", "error")
 # PNG heatmaps carry map / threshold clipped to [0, PNG_RANGE] and scaled to 0..255, so 127.5 is the
 # threshold and 255 means "twice the threshold or more", whatever the model's raw units are.
 PNG_RANGE = 2.0
@@ -63,21 +63,43 @@ def encode_heatmap(
 ) -> tuple[dict | None, bytes | np.ndarray]:
     """Encode a (H, W) float map -> (header["heatmap"] metadata, payload); (None, b"") if none.
 
-    The payload is a numpy buffer so the publisher can hand it to ZeroMQ without a copy.
+    The payload is a numpy buffer so the publisher can hand it to ZeroMQ without a copy. For a map
+    of unknown origin; the pipeline encodes its Verdict's (already checked) with heatmap_of.
     """
+    if not np.isfinite(anomaly_map).all():
+        _check_encoding(encoding)
+        return None, b""
+    normalised = None if threshold is None or threshold <= 0 else anomaly_map / threshold
+    return _encode(anomaly_map, normalised, encoding, threshold)
+
+
+def heatmap_of(verdict: Verdict, encoding: str) -> tuple[dict | None, bytes | np.ndarray]:
+    """The heatmap part of a verdict message: its map (finite by construction), or none."""
+    if verdict.anomaly_map is None:
+        _check_encoding(encoding)
+        return None, b""
+    return _encode(verdict.anomaly_map, verdict.normalised_map, encoding, verdict.threshold)
+
+
+def _check_encoding(encoding: str) -> None:
     if encoding not in HEATMAP_ENCODINGS:
         raise InputError(f"heatmap encoding {encoding!r} is unknown; expected one of {HEATMAP_ENCODINGS}")
-    if encoding == "none" or not np.isfinite(anomaly_map).all():
+
+
+def _encode(anomaly_map: np.ndarray, normalised: np.ndarray | None, encoding: str,
+            threshold: float | None) -> tuple[dict | None, bytes | np.ndarray]:
+    _check_encoding(encoding)
+    if encoding == "none":
         return None, b""
     shape = [int(anomaly_map.shape[0]), int(anomaly_map.shape[1])]
     if encoding == "f16":
         data = np.ascontiguousarray(anomaly_map, dtype="<f2")
         return {"encoding": "f16", "shape": shape, "dtype": "float16", "vmax": None}, data
-    if threshold is None or threshold <= 0:
+    if normalised is None or threshold is None:
         # Without a threshold there is no scale to normalise by, and guessing one (e.g. the map's own
         # max) would make a good part look as alarming as a bad one.
         return None, b""
-    png = normalise_map(anomaly_map, threshold)
+    png = to_uint8(normalised)
     # Level 1: the map is smooth, so fast compression is within ~10% of the best size at 1/4 the time.
     ok, buf = cv2.imencode(".png", png, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
@@ -87,8 +109,12 @@ def encode_heatmap(
 
 def normalise_map(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
     """uint8 map: 0 = 0, 127/128 = threshold, 255 = PNG_RANGE * threshold or more."""
-    scaled = np.clip(anomaly_map / threshold, 0.0, PNG_RANGE) * (255.0 / PNG_RANGE)
-    return np.round(scaled).astype(np.uint8)
+    return to_uint8(anomaly_map / threshold)
+
+
+def to_uint8(normalised: np.ndarray) -> np.ndarray:
+    """A map in threshold units (1.0 = threshold) as the PNG heatmap's uint8 levels."""
+    return np.round(np.clip(normalised, 0.0, PNG_RANGE) * (255.0 / PNG_RANGE)).astype(np.uint8)
 
 
 def decode_heatmap(meta: dict | None, payload: bytes) -> np.ndarray | None:
@@ -186,9 +212,27 @@ def verdict_header(
     frame_shape: tuple[int, int] | None,
     overlay: bool,
 ) -> dict[str, Any]:
-    if verdict not in VERDICTS:
-        raise InputError(f"verdict {verdict!r}; expected one of {VERDICTS}")
+    """The header of a verdict from loose values (bridges, tools, tests); the pipeline uses header_of."""
     finite = score is not None and bool(np.isfinite(score))
+    return header_of(Verdict(verdict, error, float(score) if finite else None, threshold), camera=camera,
+                     frame_id=frame_id, captured_at=captured_at, published_at=published_at, defects=defects,
+                     model=model, heatmap=heatmap, frame_shape=frame_shape, overlay=overlay)
+
+
+def header_of(
+    v: Verdict,
+    *,
+    camera: str,
+    frame_id: int,
+    captured_at: float,
+    published_at: float,
+    defects: list[dict[str, Any]],
+    model: dict[str, Any],
+    heatmap: dict | None,
+    frame_shape: tuple[int, int] | None,
+    overlay: bool,
+) -> dict[str, Any]:
+    """The JSON header (docs/messages.md) of a Verdict; `overlay` says whether a 4th part follows."""
     return {
         "schema": VERDICT_SCHEMA,
         "frame_id": int(frame_id),
@@ -196,11 +240,11 @@ def verdict_header(
         "captured_at": captured_at,
         "published_at": published_at,
         "latency_ms": round((published_at - captured_at) * 1000.0, 3),
-        "score": float(score) if finite else None,
-        "score_normalised": float(score) / threshold if finite and threshold else None,
-        "threshold": threshold,
-        "verdict": verdict,
-        "error": error,
+        "score": v.score,
+        "score_normalised": v.score_normalised,
+        "threshold": v.threshold,
+        "verdict": v.verdict,
+        "error": v.error,
         "defects": defects,
         "model": model,
         "heatmap": heatmap,

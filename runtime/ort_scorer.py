@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_somad.contracts.names import INPUT_NAME, OUTPUT_NAMES
 from edge_somad.errors import ArtifactError, BackendUnavailableError
 from edge_somad.runtime.scorer import ScoreResult, check_batch
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "frames"
-OUTPUT_NAMES = ("anomaly_map", "score")
 # Providers that, once asked for, must really run the graph (CPU is always there).
 ACCELERATORS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
 

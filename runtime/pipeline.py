@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_somad.contracts.geometry import check_frame, plan_geometry, resize_planned
+from edge_somad.contracts.manifest import Manifest
 from edge_somad.errors import ConfigError, InputError
-from edge_somad.export.manifest import Manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import (
     CameraEvent,
@@ -29,16 +30,15 @@ from edge_somad.runtime.camera import (
     SourceSpec,
     _Capture,
 )
-from edge_somad.runtime.defects import find_defects, render_overlay
-from edge_somad.runtime.frames import check_useful_size
+from edge_somad.runtime.defects import defects_of, render_overlay
+from edge_somad.runtime.frames import check_useful_geometry
 from edge_somad.runtime.health import HealthConfig, LineHealth
-from edge_somad.runtime.preprocess import check_frame, plan_geometry, resize_frame
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import Scorer
+from edge_somad.runtime.verdict import judge, unscored
 
 log = logging.getLogger(__name__)
 
-NOT_CALIBRATED = "model not calibrated: run edge-somad calibrate"
 NOT_SCORED = "not scored: shutdown"
 
 
@@ -86,17 +86,6 @@ class Stats:
     @property
     def published(self) -> int:
         return sum(self.verdicts.values())
-
-
-def decide(score: float | None, amap: np.ndarray | None, threshold: float | None) -> tuple[str, str | None]:
-    """(verdict, error). Anything doubtful is an error, never a pass."""
-    if score is None or amap is None:
-        return "error", "no score"
-    if not np.isfinite(score) or not np.isfinite(amap).all():
-        return "error", "non-finite score or anomaly map (NaN/inf) from the scorer"
-    if threshold is None:
-        return "error", NOT_CALIBRATED
-    return ("fail" if score >= threshold else "pass"), None
 
 
 class Pipeline:
@@ -245,9 +234,10 @@ class Pipeline:
         pre = self.manifest.preprocessing
         try:
             p.frame = check_frame(item.image)
-            check_useful_size(p.frame.shape[0], p.frame.shape[1], self.manifest)
+            # Planned once: the resize, the size check, the defect boxes and the overlay all use it.
             p.geometry = plan_geometry(p.frame.shape[0], p.frame.shape[1], pre.height, pre.width, pre.resize)
-            p.resized = resize_frame(p.frame, pre.height, pre.width, pre.resize, pre.pad_value)
+            check_useful_geometry(p.geometry, self.manifest)
+            p.resized = resize_planned(p.frame, p.geometry, pre.resize, pre.pad_value)
         except InputError as exc:
             p.error = f"bad frame: {exc}"
             return p
@@ -277,35 +267,28 @@ class Pipeline:
             self._publish(p)
 
     def _publish(self, p: _Prepared) -> None:
-        threshold = self.manifest.threshold_for(self.config.precision)
-        if p.error is None:
-            verdict, p.error = decide(p.score, p.amap, threshold)
-            if verdict == "error" and p.error != NOT_CALIBRATED:
-                p.amap = None  # output of a scorer that produced NaN/inf: publish none of it
-        else:
-            verdict = "error"
-        cal = self.manifest.calibration
-        defects: list[dict] = []
-        meta, heat = None, b""
-        if p.amap is not None and p.geometry is not None:
-            defects = find_defects(p.amap, p.geometry, cal.pixel_threshold, cal.min_defect_area_px)
-            meta, heat = messages.encode_heatmap(p.amap, self.config.heatmap, threshold)
+        precision = self.config.precision
+        threshold = self.manifest.threshold_for(precision)
+        # The one decision for this frame; defects, heatmap, overlay and header read it.
+        v = judge(p.score, p.amap, threshold, p.geometry) if p.error is None else unscored(p.error, threshold)
+        defects = defects_of(v, self.manifest.pixel_threshold_for(precision),
+                             self.manifest.calibration.min_defect_area_px)
+        meta, heat = messages.heatmap_of(v, self.config.heatmap)
         overlay = None
         if self.config.overlay and p.frame is not None:
-            overlay = render_overlay(p.frame, p.amap, p.geometry, threshold, defects, verdict)
+            overlay = render_overlay(p.frame, v, defects)
         it = p.item
         shape = p.frame.shape[:2] if p.frame is not None else None
         published_at = time.time()
-        header = messages.verdict_header(
-            camera=it.camera, frame_id=it.frame_id, captured_at=it.captured_at, published_at=published_at,
-            score=p.score, threshold=threshold, verdict=verdict, error=p.error, defects=defects,
-            model=self.model_info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
+        header = messages.header_of(
+            v, camera=it.camera, frame_id=it.frame_id, captured_at=it.captured_at, published_at=published_at,
+            defects=defects, model=self.model_info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
         self.pub.publish_verdict(header, heat, overlay)
-        self.stats.verdicts[verdict] += 1
-        self.health.verdict(it.camera, verdict, p.score)
+        self.stats.verdicts[v.verdict] += 1
+        self.health.verdict(it.camera, v.verdict, v.score)
         self.stats.latencies_ms.append((time.monotonic() - it.monotonic) * 1000.0)
-        if verdict == "error":
-            log.warning("camera %s frame %d: error verdict: %s", it.camera, it.frame_id, p.error)
+        if v.verdict == "error":
+            log.warning("camera %s frame %d: error verdict: %s", it.camera, it.frame_id, v.error)
 
     def _health_event(self, event: dict[str, Any]) -> None:
         log.warning("camera %s health %s -> %s: %s", event["camera"], event["previous"], event["state"],

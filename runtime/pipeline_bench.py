@@ -20,14 +20,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_somad.contracts.geometry import resize_frame
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.backends import open_scorer
 from edge_somad.runtime.camera import SourceSpec
 from edge_somad.runtime.curve import CurveClient, CurveServer, connect_subscriber, load_client, load_server, make_keys
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
-from edge_somad.runtime.preprocess import resize_frame
 from edge_somad.runtime.publisher import Publisher
 
 

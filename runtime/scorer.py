@@ -31,7 +31,7 @@ class Scorer(Protocol):
     width: int
 
     def score(self, frames: np.ndarray) -> ScoreResult:
-        """frames: (B, height, width, 3) uint8 BGR, already resized (see runtime.preprocess)."""
+        """frames: (B, height, width, 3) uint8 BGR, already resized (see edge_somad.contracts.geometry)."""
         ...
 
     def close(self) -> None: ...
@@ -45,7 +45,7 @@ def check_batch(frames: np.ndarray, height: int, width: int, max_batch: int | No
     if frames.ndim != 4 or frames.shape[1:] != (height, width, 3):
         raise InputError(
             f"frames shape {frames.shape}; expected (B, {height}, {width}, 3). "
-            "Resize with edge_somad.runtime.preprocess.batch_frames first."
+            "Resize with edge_somad.contracts.geometry.batch_frames first."
         )
     if frames.shape[0] < 1 or (max_batch is not None and frames.shape[0] > max_batch):
         raise InputError(f"batch size {frames.shape[0]}; expected 1..{max_batch or 'any'}")

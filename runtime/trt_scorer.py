@@ -14,19 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_somad.contracts.engines import check_engine_compat, engine_path, find_engine, rebuild_command
+from edge_somad.contracts.manifest import Manifest
+from edge_somad.contracts.names import INPUT_NAME, MAP_NAME, SCORE_NAME
 from edge_somad.errors import ArtifactError, EdgeSomadError
-from edge_somad.export.manifest import Manifest
-from edge_somad.export.trt_build import (
-    check_engine_compat,
-    engine_path,
-    find_engine,
-    import_pycuda,
-    import_tensorrt,
-    rebuild_command,
-)
 from edge_somad.runtime.scorer import ScoreResult, check_batch
+from edge_somad.runtime.trt_env import import_pycuda, import_tensorrt
 
-_IO = {"frames": np.uint8, "anomaly_map": np.float32, "score": np.float32}
+_IO = {INPUT_NAME: np.uint8, MAP_NAME: np.float32, SCORE_NAME: np.float32}
 
 
 class TensorRTScorer:
@@ -80,7 +75,7 @@ class TensorRTScorer:
         self._check_io(trt, path)
         self._context = self._engine.create_execution_context()
         # Resolve the output shapes at max_batch once, then allocate pinned host + device buffers.
-        self._context.set_input_shape("frames", (self.max_batch, self.height, self.width, 3))
+        self._context.set_input_shape(INPUT_NAME, (self.max_batch, self.height, self.width, 3))
         cuda = self._cuda
         self._host, self._dev = {}, {}
         for name, dtype in _IO.items():
@@ -93,8 +88,8 @@ class TensorRTScorer:
     def _check_io(self, trt, path: Path) -> None:
         """The engine must have exactly the graph contract's tensors, names and dtypes."""
         # trt.DataType compared directly: trt.nptype() lacks uint8 in some 10.x releases.
-        want = {"frames": ("in", trt.DataType.UINT8), "anomaly_map": ("out", trt.DataType.FLOAT),
-                "score": ("out", trt.DataType.FLOAT)}
+        want = {INPUT_NAME: ("in", trt.DataType.UINT8), MAP_NAME: ("out", trt.DataType.FLOAT),
+                SCORE_NAME: ("out", trt.DataType.FLOAT)}
         got = {}
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
@@ -112,18 +107,18 @@ class TensorRTScorer:
         cuda, h, d = self._cuda, self._host, self._dev
         self._ctx.push()
         try:
-            h["frames"][:b] = frames  # into pinned memory: the async copy needs page-locked source
-            cuda.memcpy_htod_async(d["frames"], h["frames"][:b], self._stream)
-            self._context.set_input_shape("frames", (b, self.height, self.width, 3))
+            h[INPUT_NAME][:b] = frames  # into pinned memory: the async copy needs page-locked source
+            cuda.memcpy_htod_async(d[INPUT_NAME], h[INPUT_NAME][:b], self._stream)
+            self._context.set_input_shape(INPUT_NAME, (b, self.height, self.width, 3))
             if not self._context.execute_async_v3(self._stream.handle):
                 raise EdgeSomadError(f"TensorRT execute_async_v3 failed for a batch of {b} (see its log)")
-            for name in ("anomaly_map", "score"):
+            for name in (MAP_NAME, SCORE_NAME):
                 cuda.memcpy_dtoh_async(h[name][:b], d[name], self._stream)
             self._stream.synchronize()
         finally:
             self._ctx.pop()
         # Copies: the pinned buffers are overwritten by the next call.
-        return ScoreResult(scores=h["score"][:b].copy(), maps=h["anomaly_map"][:b].copy())
+        return ScoreResult(scores=h[SCORE_NAME][:b].copy(), maps=h[MAP_NAME][:b].copy())
 
     def close(self) -> None:
         if getattr(self, "_ctx", None) is None:

@@ -18,7 +18,12 @@ from edge_somad.calibration.commands import (
     run_calibrate,
     score_all,
 )
-from edge_somad.calibration.threshold import empirical_threshold, image_chi2_threshold, min_defect_area
+from edge_somad.calibration.threshold import (
+    empirical_threshold,
+    image_chi2_threshold,
+    min_defect_area,
+    pixel_threshold,
+)
 from edge_somad.errors import ArtifactError, ConfigError, DatasetError
 from edge_somad.export.manifest import load_manifest, sha256_file
 from edge_somad.runtime.backends import open_scorer
@@ -147,8 +152,10 @@ def test_cli_calibrate_int8(model_dir: Path) -> None:
     assert "int8 statistics  fp32 fit's" in result.output
     assert check["score_rel_diff_max_abs"] < 0.1
     with open_scorer(model_dir, "onnxruntime", "int8") as q8:
-        s8 = score_all(q8, load_holdout_frames(model_dir))[0]
+        s8, maps8 = score_all(q8, load_holdout_frames(model_dir))
     assert check["threshold"] == empirical_threshold(s8, 0.1).threshold  # int8's own threshold
+    assert m.pixel_threshold_for("int8") == pixel_threshold(maps8, 0.999)  # and its own pixel threshold
+    assert m.pixel_threshold_for("fp16") == m.pixel_threshold_for("fp32") == m.calibration.pixel_threshold
     assert "int8 threshold" in result.output
     assert m.threshold is not None  # the threshold survives the int8 manifest update
 

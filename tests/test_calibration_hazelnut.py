@@ -9,8 +9,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from edge_somad.calibration.commands import read_frames, run_calibrate, score_all
+from edge_somad.calibration.commands import run_calibrate, score_all
 from edge_somad.calibration.threshold import confusion_at_threshold
+from edge_somad.data import read_frames
 from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime.backends import open_scorer
 

@@ -12,12 +12,13 @@ import pytest
 from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import SourceSpec
-from edge_somad.runtime.defects import find_defects, map_to_frame, render_overlay
+from edge_somad.runtime.defects import defects_of, find_defects, map_to_frame, render_overlay
 from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.pipeline_bench import bench_pipeline
 from edge_somad.runtime.preprocess import plan_geometry, resize_frame, resize_mask
 from edge_somad.runtime.publisher import Publisher
+from edge_somad.runtime.verdict import judge, unscored
 from tests.test_runtime_support import FakeDriver, H, W, defect, free_port, grey, make_model_dir, write_video
 
 
@@ -74,8 +75,11 @@ def test_overlay_is_a_frame_sized_jpeg() -> None:
     g = plan_geometry(120, 160, H, W, "letterbox")
     resized = resize_frame(frame, H, W, "letterbox").astype(np.float32)
     amap = (resized[..., 0] - resized[..., 2]) / 255
-    jpeg = render_overlay(frame, amap, g, 0.5, find_defects(amap, g, 0.5), "fail")
-    assert jpeg[:2] == b"\xff\xd8" and len(jpeg) > 1000
+    v = judge(float(amap.max()), amap, 0.5, g)
+    jpeg = render_overlay(frame, v, defects_of(v, 0.5))
+    assert v.verdict == "fail" and jpeg[:2] == b"\xff\xd8" and len(jpeg) > 1000
+    wide = np.zeros((2, 70000, 3), np.uint8)  # beyond JPEG's 65500 px: no overlay, not an empty one
+    assert render_overlay(wide, unscored("bad frame", 0.5), []) is None
 
 
 class LiveFrames(FakeDriver):

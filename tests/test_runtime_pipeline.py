@@ -16,9 +16,10 @@ from edge_somad.runtime import messages
 from edge_somad.runtime.camera import SourceSpec, parse_cameras
 from edge_somad.runtime.curve import CurveClient, connect_subscriber
 from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import NOT_CALIBRATED, Pipeline, PipelineConfig, decide
+from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import ScoreResult
+from edge_somad.runtime.verdict import NOT_CALIBRATED, judge
 from tests.test_runtime_support import (
     THRESHOLD,
     FakeDriver,
@@ -79,13 +80,19 @@ def model_dir(tmp_path: Path) -> Path:
     return make_model_dir(tmp_path / "model")
 
 
-def test_decide_never_passes_on_doubt() -> None:
+def test_judge_never_passes_on_doubt() -> None:
     ok = np.zeros((2, 2), np.float32)
-    assert decide(0.1, ok, 0.5) == ("pass", None)
-    assert decide(0.5, ok, 0.5) == ("fail", None)
-    assert decide(float("nan"), ok, 0.5)[0] == "error"
-    assert decide(0.1, np.array([[np.inf]]), 0.5)[0] == "error"
-    assert decide(0.1, ok, None) == ("error", NOT_CALIBRATED)
+    assert (judge(0.1, ok, 0.5).verdict, judge(0.1, ok, 0.5).error) == ("pass", None)
+    assert judge(0.5, ok, 0.5).verdict == "fail"  # at the threshold: fail
+    nan = judge(float("nan"), ok, 0.5)
+    assert nan.verdict == "error" and nan.score is None and nan.anomaly_map is None  # nothing of it published
+    inf = judge(0.1, np.array([[np.inf]]), 0.5)
+    assert inf.verdict == "error" and inf.anomaly_map is None and inf.normalised_map is None
+    uncal = judge(0.1, ok, None)
+    assert (uncal.verdict, uncal.error) == ("error", NOT_CALIBRATED)
+    assert uncal.anomaly_map is not None and uncal.normalised_map is None  # real map, no scale to normalise by
+    half = judge(0.25, np.full((2, 2), 0.25, np.float32), 0.5)
+    assert half.score_normalised == 0.5 and np.allclose(half.normalised_map, 0.5)
 
 
 def test_video_verdicts_schema_heatmap_defects(tmp_path: Path, model_dir: Path) -> None:
@@ -120,6 +127,19 @@ def test_video_verdicts_schema_heatmap_defects(tmp_path: Path, model_dir: Path) 
     assert final["verdicts"] == {"pass": 4, "fail": 4, "error": 0} and final["sent"]["line1"] == 8
     assert [v["seq"] for v in vs] == list(range(8))  # per-topic numbers: a subscriber counts its own gaps
     assert sub.msgs[-1].header["event"] == "final"
+
+
+def test_overlay_flag_matches_the_overlay_part(tmp_path: Path, model_dir: Path) -> None:
+    """A frame JPEG cannot hold (wider than 65500 px): no overlay part, and the header says so."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    assert cv2.imwrite(str(folder / "0.png"), grey())
+    assert cv2.imwrite(str(folder / "1.png"), np.zeros((2, 70000, 3), np.uint8))
+    _, sub = run_pipeline_with_sub(model_dir, [f"cam={folder}"], PipelineConfig(overlay=True, heatmap="none"))
+    msgs = sorted((m for m in sub.msgs if m.kind == "verdict"), key=lambda m: m.header["frame_id"])
+    assert [m.header["verdict"] for m in msgs] == ["pass", "error"]  # the strip is too thin to inspect
+    assert msgs[0].header["overlay"] is True and msgs[0].overlay[:2] == b"\xff\xd8"
+    assert msgs[1].header["overlay"] is False and msgs[1].overlay is None
 
 
 def test_f16_heatmap_two_cameras_batched(tmp_path: Path, model_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""export/trt_build.py: pure helpers on CPU; engine builds on a GPU (marked gpu)."""
+"""export/trt_build.py and contracts/engines.py: pure helpers on CPU; engine builds on a GPU (marked gpu)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_somad.contracts.engines import check_engine_compat, engine_path, rebuild_command
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError, EngineMismatchError
 from edge_somad.export.manifest import EngineInfo, load_manifest, save_manifest, sha256_file
-from edge_somad.export.trt_build import (
-    build_engine,
-    check_engine_compat,
-    engine_path,
-    import_tensorrt,
-    profile_shapes,
-    rebuild_command,
-)
+from edge_somad.export.trt_build import build_engine, profile_shapes
+from edge_somad.runtime.trt_env import import_tensorrt
 from tests.test_trt_tinymodel import make_model_dir, random_frames, run_ort
 
 INFO = EngineInfo(path="model.fp16.engine", precision="fp16", tensorrt_version="10.8.0.43",
@@ -44,7 +39,7 @@ def test_mismatch_names_it_and_gives_the_rebuild_command(tmp_path: Path, field: 
     msg = str(err.value)
     for w in words:
         assert w in msg
-    assert f"edge-somad export --model {tmp_path} --trt --precision fp16" in msg
+    assert f"edge-somad build-engine --model {tmp_path} --precision fp16" in msg
 
 
 def test_every_mismatch_is_listed(tmp_path: Path) -> None:
@@ -66,7 +61,7 @@ def test_engine_path_naming(tmp_path: Path) -> None:
     assert engine_path(tmp_path, "int8").name == "model.int8.engine"
     with pytest.raises(ConfigError, match="precision"):
         engine_path(tmp_path, "bf16")
-    cmd = "edge-somad export --model models/x --trt --precision int8"
+    cmd = "edge-somad build-engine --model models/x --precision int8"
     assert rebuild_command(Path("models/x"), "int8") == cmd
 
 

@@ -27,7 +27,7 @@ def test_no_engine_for_the_precision_gives_the_build_command(tmp_path: Path) -> 
     manifest = _with_engine(model_dir, "int8")
     with pytest.raises(ArtifactError) as err:
         TensorRTScorer(model_dir, manifest, "fp16")
-    assert f"edge-somad export --model {model_dir} --trt --precision fp16" in str(err.value)
+    assert f"edge-somad build-engine --model {model_dir} --precision fp16" in str(err.value)
     assert "built: int8" in str(err.value)
 
 
