@@ -149,7 +149,8 @@ def scorer_threads(scorer: Any, cpu: CpuInfo) -> RowThreads:
 
         n, note = ort_session_threads(sess, cpu)
         providers = sess.get_providers()
-        gpu = gpu_name() if providers and providers[0] != "CPUExecutionProvider" else None
+        # A GPU row must never be measured against the CPU GEMM: name it even when the name is unknown.
+        gpu = (gpu_name() or "GPU (name unknown)") if providers and providers[0] != "CPUExecutionProvider" else None
         return RowThreads(f"onnxruntime {ort.__version__}", n, note, gpu)
     if getattr(scorer, "backend", None) == "tensorrt":
         try:
@@ -158,7 +159,7 @@ def scorer_threads(scorer: Any, cpu: CpuInfo) -> RowThreads:
             lib = f"tensorrt {tensorrt.__version__}"
         except ImportError:
             lib = "tensorrt"
-        return RowThreads(lib, None, "GPU", gpu_name())
+        return RowThreads(lib, None, "GPU", gpu_name() or "GPU (name unknown)")
     return RowThreads(type(scorer).__name__, None, "unknown scorer type")
 
 
