@@ -7,11 +7,15 @@ Every requested backend gets a row; one that cannot run here is reported as
 "unavailable: <reason>" (never silently dropped), so a table from a CPU box and one from a Jetson
 differ only in which rows have numbers. The "torch-unfused" row is the same model in eager torch
 (TorchScorer) on CPU: the reference the fused ONNX/TensorRT graphs are compared against.
+Every table comes with the machine line (CPU, SIMD flags, cores, threads and library of each row),
+the graph's FLOP/byte count per frame and each row's achieved GFLOP/s as a fraction of an fp32
+GEMM of the same FLOP count timed in the same run (edge_somad.machine, edge_somad.graph_cost).
 Heavy modules (onnxruntime, torch, tensorrt, cv2) are imported inside functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -55,8 +59,10 @@ def bench_scorers(model_dir: Path, backends: list[str], precision: str, batches:
                   warmup: int, scorer_factory: ScorerFactory = open_for_bench) -> list[dict]:
     """One row per backend: p50/p99 latency at batch 1, images/s per batch, best batch, model bytes."""
     from edge_somad.contracts.manifest import load_manifest
+    from edge_somad.machine import cpu_info, scorer_threads
 
     _check_args(backends, batches, iters, warmup)
+    cpu = cpu_info()
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir)
     h, w = manifest.preprocessing.height, manifest.preprocessing.width
@@ -74,7 +80,9 @@ def bench_scorers(model_dir: Path, backends: list[str], precision: str, batches:
             continue
         try:
             measured = _measure(scorer, frames, batches, iters, warmup)
-            row.update(status="ok", device=str(scorer.device), **measured)
+            rt = scorer_threads(scorer, cpu)
+            row.update(status="ok", device=str(scorer.device), **measured, library=rt.library,
+                       threads=rt.threads, threads_note=rt.note, gpu=rt.gpu)
         finally:
             scorer.close()
         rows.append(row)
@@ -124,6 +132,42 @@ def _add_speedups(rows: list[dict]) -> None:
             r["speedup_vs_torch"] = round(ref["latency_ms_p50"] / r["latency_ms_p50"], 2)
 
 
+def machine_and_cost(model_dir: Path, rows: list[dict], iters: int = 20) -> dict[str, Any]:
+    """The machine line, the graph's FLOPs/bytes per frame, a GEMM peak per CPU thread count; annotates rows.
+
+    Each ok row gains achieved_gflops (graph FLOPs / p50 at batch 1) and, on CPU, peak_fraction:
+    its share of an fp32 GEMM of the same FLOP count, timed now with the row's thread count.
+    Counting needs the onnx package, which the edge install lacks: then the lines say so.
+    """
+    from edge_somad.machine import RowThreads, cpu_info, machine_line
+
+    cpu = cpu_info()
+    ok = [r for r in rows if r["status"] == "ok"]
+    threads = {r["backend"]: RowThreads(r["library"], r["threads"], r["threads_note"], r["gpu"])
+               for r in ok if "library" in r}
+    out: dict[str, Any] = {"machine": {"line": machine_line(cpu, threads), "cpu": dataclasses.asdict(cpu)}}
+    try:
+        import onnx  # noqa: F401  (graph_cost and the GEMM graph are built with it)
+    except ImportError:
+        why = "unavailable: counting FLOPs needs the onnx package (pip install onnx)"
+        return {**out, "graph_cost": None, "graph_cost_line": f"graph cost: {why}", "peak": [],
+                "peak_line": f"peak: {why}"}
+    from edge_somad.contracts.manifest import load_manifest
+    from edge_somad.graph_cost import graph_cost
+    from edge_somad.machine import efficiency, measure_gemm_peak
+
+    model_dir = Path(model_dir)
+    cost = graph_cost(model_dir / load_manifest(model_dir).onnx)
+    peaks = {t: measure_gemm_peak(cost.flops, t, iters=iters)
+             for t in dict.fromkeys(r.get("threads") for r in ok if not r.get("gpu"))}
+    for r in ok:  # a GPU row gets achieved GFLOP/s only: a CPU GEMM is not its yardstick
+        r.update(efficiency(r["latency_ms_p50"], 1, cost.flops, None if r.get("gpu") else peaks[r.get("threads")]))
+    return {**out, "graph_cost": cost.as_dict(), "graph_cost_line": cost.summary(),
+            "peak": [dataclasses.asdict(p) for p in peaks.values()],
+            "peak_line": "; ".join(f"peak: {p.what}: {p.m}x{p.k}x{p.n}, {_fmt(p.threads)} threads, "
+                                   f"{p.gflops} GFLOP/s p50 (best {p.best_gflops})" for p in peaks.values())}
+
+
 def _artifact(model_dir: Path, manifest: Any, backend: str, precision: str) -> dict[str, Any]:
     """The file a backend runs, and its size (None when it does not exist here)."""
     from edge_somad.export.trt_build import engine_path
@@ -149,7 +193,8 @@ def model_sizes(model_dir: Path) -> dict[str, int]:
 
 def format_table(rows: list[dict]) -> str:
     """Plain-text table; unavailable rows say why instead of showing numbers."""
-    head = ("backend", "precision", "device", "p50 ms", "p99 ms", "img/s", "@batch", "x torch", "model MB")
+    head = ("backend", "precision", "device", "threads", "p50 ms", "p99 ms", "img/s", "@batch", "x torch",
+            "GFLOP/s", "% peak", "model MB")
     cells = {id(r): _cells(r) for r in rows if r["status"] == "ok"}
     widths = [max(len(c[i]) for c in [head, *cells.values()]) for i in range(len(head))]
     for i, key in ((0, "backend"), (1, "precision")):
@@ -166,9 +211,11 @@ def format_table(rows: list[dict]) -> str:
 
 def _cells(r: dict) -> tuple[str, ...]:
     mb = "-" if r.get("model_bytes") is None else f"{r['model_bytes'] / 1e6:.2f}"
-    return (r["backend"], r["precision"], r["device"], f"{r['latency_ms_p50']:.2f}",
+    frac = r.get("peak_fraction")
+    return (r["backend"], r["precision"], r["device"], _fmt(r.get("threads")), f"{r['latency_ms_p50']:.2f}",
             f"{r['latency_ms_p99']:.2f}", _fmt(r["throughput_ips"]), _fmt(r["best_batch"]),
-            _fmt(r.get("speedup_vs_torch")), mb)
+            _fmt(r.get("speedup_vs_torch")), _fmt(r.get("achieved_gflops")),
+            "-" if frac is None else f"{100 * frac:.1f}", mb)
 
 
 def sample_images(limit: int = 32) -> list[Path]:
@@ -257,11 +304,16 @@ def bench(
     except EdgeSomadError as exc:  # bad arguments, model dir not exported: same exit as the other commands
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(2) from exc
+    truth = machine_and_cost(model, rows, iters=max(5, min(iters, 20)))
+    typer.echo(truth["machine"]["line"])
     typer.echo(format_table(rows))
+    typer.echo(truth["graph_cost_line"])
+    if truth["peak_line"]:
+        typer.echo(truth["peak_line"])
     sizes = model_sizes(model)
     typer.echo("artifacts: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()))
     result: dict[str, Any] = {"model": str(model), "precision": precision, "iters": iters, "warmup": warmup,
-                              "sizes": sizes, "results": rows}
+                              "sizes": sizes, "results": rows, **truth}
     if pipeline:
         result["pipeline"] = _pipeline(model, rows, precision, max(iters, 2), video, curve)
         for p in result["pipeline"]:

@@ -72,6 +72,11 @@ def test_rows_for_every_backend_with_unavailable_explained(model_dir: Path) -> N
     assert ort_row["throughput_ips"] == max(timed[b]["images_per_s"] for b in (1, 2))
     # warm-up + timed calls, per measured batch size (batch 1 timed once, batch 4 failed on its first call)
     assert opened["onnxruntime"].calls == (2 + 5) * 2 and opened["onnxruntime"].closed
+    import onnxruntime as ort
+
+    # the threads the session really has (ORT default: one per physical core), and the library version
+    assert ort_row["library"] == f"onnxruntime {ort.__version__}" and ort_row["gpu"] is None
+    assert ort_row["threads"] == _physical_cores() and "default" in ort_row["threads_note"]
 
     torch_row = by[B.TORCH_REF]
     assert torch_row["model_file"] == "arrays.npz" and torch_row["latency_ms_p50"] >= 10.0
@@ -82,6 +87,12 @@ def test_rows_for_every_backend_with_unavailable_explained(model_dir: Path) -> N
     table = B.format_table(rows)
     assert "unavailable: tensorrt is not installed here" in table
     assert table.splitlines()[0].split()[:2] == ["backend", "precision"]
+
+
+def _physical_cores() -> int | None:
+    from edge_somad.machine import cpu_info
+
+    return cpu_info().physical
 
 
 def test_real_backends_on_this_machine(model_dir: Path) -> None:
@@ -116,7 +127,24 @@ def test_cli_prints_table_and_writes_json(model_dir: Path, tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     assert "tensorrt" in res.output and "unavailable:" in res.output
     assert "model.onnx" in res.output  # artifact sizes line
+    import onnxruntime as ort
+
+    from edge_somad.graph_cost import graph_cost
+
+    lines = res.output.splitlines()
+    assert lines[0].startswith("machine: ") and f"onnxruntime {ort.__version__}" in lines[0]
+    assert "GFLOP/s  % peak" in lines[1]
+    assert any(ln.startswith("graph cost per frame") for ln in lines)
+    assert any(ln.startswith("peak: fp32 GEMM") for ln in lines)
     data = json.loads(out.read_text())
+    assert data["machine"]["line"] == lines[0]
+    cost = graph_cost(model_dir / "model.onnx")
+    assert data["graph_cost"]["gflop_per_frame"] == round(cost.flops / 1e9, 4) > 0
+    row = data["results"][0]
+    achieved = cost.flops / (row["latency_ms_p50"] / 1e3) / 1e9
+    assert row["achieved_gflops"] == round(achieved, 3)
+    (peak,) = data["peak"]
+    assert peak["threads"] == row["threads"] and row["peak_fraction"] == round(achieved / peak["gflops"], 3)
     assert [r["backend"] for r in data["results"]] == ["onnxruntime", "tensorrt"]
     assert data["sizes"]["model.onnx"] == (model_dir / "model.onnx").stat().st_size
     assert data["sizes"]["arrays.npz"] > 0
@@ -190,3 +218,12 @@ def test_write_video_keeps_native_size_and_refuses_mixed_sizes(tmp_path: Path) -
     assert ok and frame.shape == (48, 64, 3)
     with pytest.raises(ConfigError, match=r"b\.png is 64x64; the video is 64x48"):
         B.write_video([a, b], tmp_path / "w.avi", None)
+
+
+def test_machine_line_without_onnx_says_what_is_missing(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge install has onnxruntime but not onnx: the machine line still prints, the cost says why not."""
+    rows = B.bench_scorers(model_dir, ["onnxruntime"], "fp32", [1], iters=2, warmup=0)
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # makes `import onnx` raise ImportError
+    truth = B.machine_and_cost(model_dir, rows)
+    assert truth["machine"]["line"].startswith("machine: ") and truth["graph_cost"] is None
+    assert "pip install onnx" in truth["graph_cost_line"] and "peak_fraction" not in rows[0]
