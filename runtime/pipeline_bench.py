@@ -257,7 +257,7 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
         fps = float("nan")
     lat = np.asarray([x[0] for x in got] or [np.nan])
     by_cam: dict[str, list[int]] = {}
-    for x in sorted(got, key=lambda x: x[1]):
+    for x in got:  # as the SUB received them: ZeroMQ keeps one publisher's order
         by_cam.setdefault(x[2], []).append(x[3])
     return {
         "cameras": n,
