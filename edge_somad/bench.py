@@ -1,7 +1,7 @@
 """Benchmark the scorers of one model directory in one run: latency, throughput, artifact size.
 
 `edge-somad bench --model models/bottle --backend onnxruntime --backend tensorrt --precision fp16
- --batch 1 --batch 4 --iters 100 --json bench.json [--pipeline [--video clip.avi]]`
+ --batch 1 --batch 4 --iters 100 --json bench.json [--pipeline [--video clip.avi]] [--cameras 1 --cameras 4]`
 
 Every requested backend gets a row; one that cannot run here is reported as
 "unavailable: <reason>" (never silently dropped), so a table from a CPU box and one from a Jetson
@@ -296,6 +296,9 @@ def bench(
         "--video", help="Clip for --pipeline; default: made from the bundled test images.")] = None,
     curve: Annotated[bool, typer.Option(
         "--curve", help="--pipeline with CURVE on both ends (throwaway keys): the cost of encryption.")] = False,
+    cameras: Annotated[list[int] | None, typer.Option(
+        "--cameras", help="Repeatable: time the whole pipeline with N looping replays of the clip as cameras "
+        "(--iters frames each), against the bare scorer's best frames/s over batch 1, 2, 4, 8.")] = None,
 ) -> None:
     """Latency (p50/p99 at batch 1), throughput (best batch) and model size per backend."""
     backends = list(backend or DEFAULT_BACKENDS)
@@ -319,6 +322,16 @@ def bench(
         for p in result["pipeline"]:
             typer.echo(f"pipeline {p['backend']}: " + ", ".join(f"{k}={v}" for k, v in p.items()
                                                                  if k != "backend"))
+    if cameras:
+        from edge_somad.runtime.pipeline_bench import format_cameras_table
+
+        result["cameras"] = _cameras(model, rows, precision, max(iters, 2), video, list(cameras))
+        ok = [r for r in result["cameras"] if "unavailable" not in r]
+        if ok:
+            typer.echo(format_cameras_table(ok))
+        for r in result["cameras"]:
+            if "unavailable" in r:
+                typer.echo(f"cameras {r['backend']}: unavailable: {r['unavailable']}")
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
         typer.echo(f"wrote {json_out}")
@@ -340,6 +353,24 @@ def _pipeline(model: Path, rows: list[dict], precision: str, frames: int, video:
         for name in runnable:
             try:
                 out.append({"backend": name, **bench_pipeline(model, video, name, precision, frames, curve)})
+            except UNAVAILABLE as exc:
+                out.append({"backend": name, "unavailable": str(exc)})
+    return out
+
+
+def _cameras(model: Path, rows: list[dict], precision: str, frames: int, video: Path | None,
+             counts: list[int]) -> list[dict]:
+    """bench_cameras for every runtime backend whose scorer ran: N looping replays of one clip."""
+    from edge_somad.runtime.pipeline_bench import bench_cameras
+
+    runnable = [r["backend"] for r in rows if r["status"] == "ok" and r["backend"] != TORCH_REF]
+    out: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="edge-somad-bench-") as tmp:
+        if video is None and runnable:  # the replays loop: the sample images once are enough
+            video = write_video(sample_images(), Path(tmp) / "cameras.avi", VIDEO_SIZE)
+        for name in runnable:
+            try:
+                out.extend(bench_cameras(model, video, name, precision, counts, frames))
             except UNAVAILABLE as exc:
                 out.append({"backend": name, "unavailable": str(exc)})
     return out

@@ -4,7 +4,8 @@ One capture thread per source feeds a small bounded queue. Live sources (index, 
 OLDEST frame when the queue is full, so the scorer always works on the freshest part on the line,
 and count the drops. Replay sources (file, folder) wait for room instead: a replay exists to score
 every frame (validation, demos, benchmarks), and nothing is lost by waiting.
-Live sources reconnect with exponential backoff; replay sources end with an `ended` event.
+Live sources reconnect with exponential backoff; replay sources end with an `ended` event, or,
+with `loop=True` (benchmarks: N cameras from one clip), start again from the first frame.
 A frame that cannot be decoded becomes a FrameItem with `error` set, never silence.
 """
 
@@ -36,6 +37,12 @@ _NOT_IN_IDS = ("/", "\\", ":")  # a '=' after one of these belongs to a path or 
 class SourceSpec:
     kind: str  # index | file | stream | folder
     target: int | str
+    loop: bool = False  # replays only: start again at the end instead of ending (bench --cameras)
+
+    def __post_init__(self) -> None:
+        if self.loop and self.kind in LIVE_KINDS:
+            raise ConfigError(f"loop=True for a live {self.kind} source {self.target!r}; only a video file or "
+                              "an image folder can be replayed in a loop")
 
     @property
     def live(self) -> bool:
@@ -135,6 +142,13 @@ class DropOldestQueue:
             self._items.append(item)
             self._cond.notify_all()
 
+    def wait_room(self, stop: threading.Event) -> None:
+        """Replay: block until put() would not have to wait (or stop). Reading the next frame only then
+        stamps it when it was read, not a batch earlier, and leaves no read frame waiting outside."""
+        with self._cond:
+            while len(self._items) >= self.maxsize and not stop.is_set():
+                self._cond.wait(0.1)
+
     def pop(self) -> FrameItem | None:
         """Non-blocking; caller holds or takes the shared condition."""
         with self._cond:
@@ -155,6 +169,7 @@ class _Capture:
         self.files: list[Path] = []
         self.pos = 0
         self.total = 0
+        self._read_this_pass = 0  # frames delivered since the last (re)start: a loop must make progress
         self.cap: cv2.VideoCapture | None = None
         if spec.kind == "folder":
             folder = Path(str(spec.target))
@@ -170,6 +185,23 @@ class _Capture:
 
     def read(self) -> tuple[str, np.ndarray | None, str | None]:
         """-> ("frame", img, None) | ("error", None, why) | ("end", None, why)."""
+        kind, img, why = self._read_once()
+        if kind == "end" and self.spec.loop and self._read_this_pass > 0:
+            # Loop from the start. Only after a pass that produced a frame: an empty folder or a file
+            # that decodes nothing ends as before instead of spinning here forever.
+            self._rewind()
+            kind, img, why = self._read_once()
+        if kind == "frame":
+            self._read_this_pass += 1
+        return kind, img, why
+
+    def _rewind(self) -> None:
+        self.pos, self._read_this_pass = 0, 0
+        if self.cap is not None:  # reopen rather than seek: seeking is unreliable for some codecs
+            self.cap.release()
+            self.cap = cv2.VideoCapture(self.spec.target)
+
+    def _read_once(self) -> tuple[str, np.ndarray | None, str | None]:
         if self.spec.kind == "folder":
             if self.pos >= len(self.files):
                 return "end", None, f"folder replay finished ({self.total} images)"
@@ -296,6 +328,10 @@ class CameraSource:
     def _pump(self, cap: _Capture) -> str:
         """Read until the source ends, fails (live) or stop; returns why it stopped."""
         while not self._stop.is_set():
+            if not self._drop:
+                self.queue.wait_room(self._stop)
+                if self._stop.is_set():
+                    break
             kind, img, why = cap.read()
             if kind == "frame":
                 self._emit(img, None)

@@ -45,6 +45,11 @@ def run(
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Add a JPEG overlay.")] = False,
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after N verdicts in total.")] = None,  # noqa: UP045
     queue_size: Annotated[int, typer.Option(help="Frames buffered per camera (live: oldest dropped).")] = 2,
+    max_batch: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Frames per scorer call, across cameras. Default: the number of cameras (within the graph's "
+        "batch limit); more lets a camera with frames queued fill the batch.")] = None,
+    batch_wait_ms: Annotated[float, typer.Option(
+        help="How long a partial batch waits for the other cameras' frames (0: never).")] = 5.0,
     wait_subscribers: Annotated[int, typer.Option(
         help="Wait (<= 10 s) for this many subscriptions before scoring (demos/tests).")] = 0,
     send_queue: Annotated[int, typer.Option(
@@ -82,7 +87,8 @@ def run(
         input_alarm_z=input_alarm_z, psi_warn=psi_warn, psi_alarm=psi_alarm, score_window=score_window,
         score_min_samples=min(50, score_window))
     config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
-                            precision=precision, drain_timeout_s=drain_timeout, health=health_config)
+                            precision=precision, drain_timeout_s=drain_timeout, health=health_config,
+                            max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     curve = load_server(curve_secret_key, curve_clients)
     final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
                          config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)

@@ -53,7 +53,13 @@ class OrtScorer:
             opts.intra_op_num_threads = int(intra_op_threads)
         if os.environ.get("EDGE_SOMAD_ORT_SPIN", "0") != "1":
             # ORT's idle workers spin-wait by default; on a small edge CPU that steals the cores the
-            # capture, resize and publish threads need between inferences.
+            # capture, resize and publish threads need between and during inferences. Measured on the
+            # 2-core dev box (bottle 224x224, `bench --cameras 4`, spin off/on interleaved, machine
+            # shared so rough): the pipeline ran 10.3 / 19.0 frames/s with spinning off against
+            # 6.9 / 16.7 with it on, although the BARE loop is faster spinning (quiet, batch 1:
+            # 38.7 ms against 48.2 ms). The pipeline is what runs on a line, so off;
+            # EDGE_SOMAD_ORT_SPIN=1 turns it back on for a lone scorer with nothing beside it.
+            # intra_op_num_threads stays at ORT's default, one per physical core.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=requested)

@@ -1,5 +1,10 @@
 """The inspection loop: capture threads -> one resize -> scorer -> verdict -> ZeroMQ.
 
+Frames waiting from several cameras are scored as ONE batch (a partial batch waits at most
+`batch_wait_ms` for the rest), so more cameras cost no throughput: a batch scores more frames/s than
+calls of 1 (a little on a CPU, far more on a GPU). Batch k's verdicts are encoded and published on a
+second thread (runtime/outbox.py) while batch k+1 is scored.
+
 Never `pass` on doubt: a bad, truncated or too small frame, a scorer exception, a NaN/inf score or
 map, or a model without a threshold all give an `error` verdict with the reason, and the loop goes
 on. SIGINT/SIGTERM stop the cameras (replays stop reading), score what is already queued within
@@ -33,6 +38,7 @@ from edge_somad.runtime.camera import (
 from edge_somad.runtime.defects import defects_of, render_overlay
 from edge_somad.runtime.frames import check_useful_geometry
 from edge_somad.runtime.health import HealthConfig, LineHealth
+from edge_somad.runtime.outbox import Outbox
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import Scorer
 from edge_somad.runtime.verdict import judge, unscored
@@ -52,6 +58,12 @@ class PipelineConfig:
     drain_timeout_s: float = 5.0  # on SIGTERM: at most this long scoring what is queued; the rest -> NOT_SCORED
     precision: str = "fp32"  # what the scorer runs, for the message's model block
     health: HealthConfig = field(default_factory=HealthConfig)  # camera faults and drift (runtime/health.py)
+    # Frames per scorer call. None: the number of cameras, within the scorer's static batch limit;
+    # larger lets a camera with several frames queued fill the batch (replays, bursts).
+    max_batch: int | None = None
+    # A partial batch waits this long for the other cameras' frames. Small: a frame's latency grows
+    # by it, and cameras that run freely (replays, a busy line) have frames queued anyway.
+    batch_wait_ms: float = 5.0
 
     def __post_init__(self) -> None:
         if self.heatmap not in messages.HEATMAP_ENCODINGS:
@@ -64,6 +76,10 @@ class PipelineConfig:
             raise ConfigError(f"--drain-timeout {self.drain_timeout_s}; expected >= 0 seconds")
         if self.heartbeat_s <= 0:
             raise ConfigError(f"heartbeat interval {self.heartbeat_s}; expected > 0 seconds")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ConfigError(f"--max-batch {self.max_batch}; expected >= 1 (or leave it out: one per camera)")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ConfigError(f"--batch-wait-ms {self.batch_wait_ms:g}; expected 0..1000 ms (0: never wait)")
 
 
 @dataclass
@@ -81,11 +97,19 @@ class _Prepared:
 class Stats:
     frames_scored: int = 0
     verdicts: dict[str, int] = field(default_factory=lambda: {v: 0 for v in messages.VERDICTS})
-    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=10000))
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=1000))  # capture -> publish, recent
+    score_calls: int = 0  # scorer calls; frames_scored / score_calls = mean batch
+    max_batch_seen: int = 0
 
     @property
     def published(self) -> int:
         return sum(self.verdicts.values())
+
+    def latency(self) -> dict[str, Any]:
+        """The heartbeat's `latency_ms` block: capture -> publish over the last (up to 1000) verdicts."""
+        lat = np.fromiter(list(self.latencies_ms), np.float64)
+        p50, p99 = np.percentile(lat, (50, 99)).round(3).tolist() if lat.size else (None, None)
+        return {"p50": p50, "p99": p99, "n": int(lat.size)}
 
 
 class Pipeline:
@@ -111,14 +135,22 @@ class Pipeline:
                 messages.check_camera_id(cid)
             except InputError as exc:
                 raise ConfigError(str(exc)) from exc
-        self.cameras = [
-            CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener)
-            for cid, spec in cameras
-        ]
+        self.cameras = [CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener)
+                        for cid, spec in cameras]
         self.health = LineHealth([c.id for c in self.cameras], manifest.reference, config.health,
                                  score_drift=config.precision != "int8", on_change=self._health_event)
         limit = getattr(scorer, "max_batch", None)
-        self.max_batch = max(1, min(len(self.cameras), limit or len(self.cameras)))
+        if config.max_batch is not None and limit is not None and config.max_batch > limit:
+            raise ConfigError(f"--max-batch {config.max_batch}; this {scorer.backend} graph takes at most {limit} "
+                              f"frames per call (static batch). Give --max-batch {limit} or less, or leave it out.")
+        want = config.max_batch or len(self.cameras)
+        self.max_batch = max(1, min(want, limit) if limit else want)
+        self._wait_s = config.batch_wait_ms / 1000.0
+        self._taken = 0  # frames taken from the camera queues: each gets exactly one verdict
+        # LineHealth and the latency window are written by the loop (frames) and the publisher
+        # thread (verdicts), and read for the heartbeat: one lock for both.
+        self._lock = threading.Lock()
+        self._outbox: Outbox[list[_Prepared]] = Outbox(self._publish_batch, depth=2)
         pre = manifest.preprocessing
         self._size = (pre.height, pre.width)
         self._rr = 0
@@ -138,6 +170,7 @@ class Pipeline:
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self._started = time.monotonic()
+        self._outbox.start()
         for cam in self.cameras:
             cam.start()
         self.status = "running"
@@ -166,8 +199,8 @@ class Pipeline:
         log.info("stopping: %s", reason)
         for cam in self.cameras:
             cam.stop()
-        with self._cond:
-            self._cond.notify_all()  # replay threads waiting for queue room
+        with self._cond:  # replay threads waiting for queue room
+            self._cond.notify_all()
         for cam in self.cameras:
             if not cam.join(2.0):
                 log.warning("camera %s did not stop within 2 s (stuck in the capture driver)", cam.id)
@@ -177,6 +210,7 @@ class Pipeline:
             self._process(self._collect(self._budget(self.max_batch), timeout=0.0))
         if drain and self._budget(1):
             self._report_unscored()
+        self._outbox.close()  # every verdict is out before the final status
         self._flush_events()
         self.status = "stopped" if drain else "ended"
         final = self._health(messages.STATUS_SCHEMA)
@@ -187,38 +221,52 @@ class Pipeline:
     def _report_unscored(self) -> None:
         """Every frame read gets a verdict: those left after the drain limit are errors, not silence."""
         why = "second signal" if self._abort.is_set() else f"drain limit {self.config.drain_timeout_s:g} s reached"
-        left = 0
+        left: list[_Prepared] = []
         for cam in self.cameras:
             while (item := cam.queue.pop()) is not None:
-                self._publish(_Prepared(item, error=f"{NOT_SCORED} ({why})"))
-                left += 1
-        if left:
+                left.append(_Prepared(item, error=f"{NOT_SCORED} ({why})"))
+        self._taken += len(left)
+        if left:  # behind the scored batches still in the outbox: per-camera order holds
+            self._emit(left)
             log.warning("%d queued frame(s) published as '%s' (%s); raise --drain-timeout to score them",
-                        left, NOT_SCORED, why)
+                        len(left), NOT_SCORED, why)
 
     def _budget(self, n: int) -> int:
+        # Counted on frames taken, not published: publishing lags scoring by up to two batches.
         if self.config.max_frames is None:
             return n
-        return max(0, min(n, self.config.max_frames - self.stats.published))
+        return max(0, min(n, self.config.max_frames - self._taken))
 
     def _queued(self) -> int:
         return sum(len(c.queue) for c in self.cameras)
 
     def _collect(self, n: int, timeout: float) -> list[FrameItem]:
-        """Up to n items, at most one per camera (round robin), waiting up to timeout for the first."""
+        """Up to n items, round robin: one per camera per pass, so every camera gets a place in the
+        batch and a camera with several frames queued fills what the others leave. Waits up to
+        `timeout` for the first frame, then up to batch_wait_ms for the batch to fill while a camera
+        could still add a frame."""
         with self._cond:
             if not self._queued() and timeout > 0 and not self._stop.is_set():
                 self._cond.wait(timeout)
+            if n > 1 and self._wait_s > 0 and 0 < self._queued() < n:
+                deadline = time.monotonic() + self._wait_s
+                while (self._queued() < n and self._can_grow() and not self._stop.is_set()
+                       and (left := deadline - time.monotonic()) > 0):
+                    self._cond.wait(left)  # every put notifies
             items: list[FrameItem] = []
             cams = self.cameras[self._rr:] + self.cameras[:self._rr]
             self._rr = (self._rr + 1) % len(self.cameras)
-            for cam in cams:
-                if len(items) >= n:
-                    break
-                item = cam.queue.pop()
-                if item is not None:
-                    items.append(item)
+            while len(items) < n and self._queued():  # we hold the lock: each pass takes at least one
+                for cam in cams:
+                    if len(items) < n and (item := cam.queue.pop()) is not None:
+                        items.append(item)
+            self._taken += len(items)
             return items
+
+    def _can_grow(self) -> bool:
+        """Could a frame still join this batch? Only from a camera that reads and has queue room (a
+        full live queue replaces its oldest frame, a full replay waits: neither adds one)."""
+        return any(not c.finished and len(c.queue) < c.queue.maxsize for c in self.cameras)
 
     def _flush_events(self) -> None:
         while self._events:
@@ -241,12 +289,15 @@ class Pipeline:
         except InputError as exc:
             p.error = f"bad frame: {exc}"
             return p
-        fault = self.health.frame(item.camera, p.frame.shape[:2], p.resized, item.monotonic)
+        with self._lock:
+            fault = self.health.frame(item.camera, p.frame.shape[:2], p.resized, item.monotonic)
         if fault is not None:  # a black or frozen picture says nothing about the part: never a pass
             p.error = f"camera fault: {fault}"
         return p
 
     def _process(self, items: list[FrameItem]) -> None:
+        if not items:
+            return
         prepared = [self._prepare(it) for it in items]
         good = [p for p in prepared if p.error is None]
         if good:
@@ -259,10 +310,19 @@ class Pipeline:
                 for p, s, m in zip(good, scores, maps, strict=True):
                     p.score, p.amap = float(s), m
                 self.stats.frames_scored += len(good)
+                self.stats.score_calls += 1
+                self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(good))
             except Exception as exc:  # the line keeps running; these frames are reported as errors
                 log.exception("scorer failed on a batch of %d", len(good))
                 for p in good:
                     p.error = f"scorer failed: {type(exc).__name__}: {exc}"
+        self._emit(prepared)
+
+    def _emit(self, prepared: list[_Prepared]) -> None:
+        """To the publisher thread (in order, at most two batches behind), or here when it is not running."""
+        (self._outbox.put if self._outbox.accepting else self._publish_batch)(prepared)
+
+    def _publish_batch(self, prepared: list[_Prepared]) -> None:
         for p in prepared:
             self._publish(p)
 
@@ -285,8 +345,9 @@ class Pipeline:
             defects=defects, model=self.model_info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
         self.pub.publish_verdict(header, heat, overlay)
         self.stats.verdicts[v.verdict] += 1
-        self.health.verdict(it.camera, v.verdict, v.score)
-        self.stats.latencies_ms.append((time.monotonic() - it.monotonic) * 1000.0)
+        with self._lock:
+            self.health.verdict(it.camera, v.verdict, v.score)
+            self.stats.latencies_ms.append((time.monotonic() - it.monotonic) * 1000.0)
         if v.verdict == "error":
             log.warning("camera %s frame %d: error verdict: %s", it.camera, it.frame_id, v.error)
 
@@ -296,11 +357,18 @@ class Pipeline:
         self.pub.publish_status({"schema": messages.STATUS_SCHEMA, "at": time.time(), **event})
 
     def _health(self, schema: str) -> dict[str, Any]:
+        with self._lock:
+            health = {c.id: self.health.snapshot(c.id) for c in self.cameras}
+            latency = self.stats.latency()
         return {
             "schema": schema, "at": time.time(), "uptime_s": round(time.monotonic() - self._started, 3),
             "status": self.status, "model": self.model_info,
             "frames_scored": self.stats.frames_scored, "published": self.stats.published,
             "errors": self.stats.verdicts["error"], "verdicts": dict(self.stats.verdicts),
+            "latency_ms": latency,
+            "batches": {"max_batch": self.max_batch, "max_seen": self.stats.max_batch_seen,
+                        "calls": self.stats.score_calls,
+                        "mean": round(self.stats.frames_scored / max(1, self.stats.score_calls), 3)},
             # Per-subscriber losses are invisible to a publisher (ZeroMQ drops per peer, silently):
             # `sent` per topic lets each subscriber compare with the `seq` numbers it received.
             "sent": dict(self.pub.sent), "subscribers": self.pub.subscribers,
@@ -308,7 +376,7 @@ class Pipeline:
             "handshake_failures": dict(self.pub.handshake_failures),
             "cameras": {c.id: {"status": c.status, "fps": round(c.fps(), 2), "frames": c.frames,
                                "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue),
-                               "health": self.health.snapshot(c.id)}
+                               "health": health[c.id]}
                         for c in self.cameras},
         }
 

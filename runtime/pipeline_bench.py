@@ -6,6 +6,10 @@ Same video, same backend: (a) the bare scorer on the pre-resized frames, batch 1
 headers the subscriber actually received.
 overhead_pct = 100 * (scorer_fps / pipeline_fps - 1): the extra time per frame the pipeline adds.
 With curve=True both ends use CURVE (throwaway keys), so the cost of encryption shows up in it.
+
+`bench_cameras` does the same with N cameras, each a looping replay of the clip, batched across
+cameras by the pipeline, against the bare scorer's BEST frames/s over batch sizes 1, 2, 4, 8 (the
+most this scorer can do on this machine, whatever the batch): ratio = pipeline / bare best.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from edge_somad.contracts.geometry import resize_frame
 from edge_somad.contracts.manifest import load_manifest
-from edge_somad.errors import ConfigError
+from edge_somad.errors import ConfigError, InputError
 from edge_somad.runtime import messages
 from edge_somad.runtime.backends import open_scorer
 from edge_somad.runtime.camera import SourceSpec
@@ -60,9 +64,9 @@ def _bare_scorer_fps(scorer: Any, frames: list[np.ndarray], h: int, w: int, mode
     return len(batch) / (time.perf_counter() - t0)
 
 
-def _receive(endpoint: str, expected: int, ready: threading.Event, out: list[tuple[float, float]],
+def _receive(endpoint: str, expected: int, ready: threading.Event, out: list[tuple[float, float, str, int]],
              curve: CurveClient | None) -> None:
-    """Collect (latency_ms, published_at) of each verdict."""
+    """Collect (latency_ms, published_at, camera, frame_id) of each verdict."""
     # rcvhwm 0: the benchmark's subscriber keeps up; never lose a sample
     sock = connect_subscriber(endpoint, b"", curve, rcvhwm=0)
     ready.set()
@@ -70,7 +74,8 @@ def _receive(endpoint: str, expected: int, ready: threading.Event, out: list[tup
         while len(out) < expected and sock.poll(5000):
             msg = messages.parse_message(sock.recv_multipart())
             if msg.kind == "verdict":
-                out.append((float(msg.header["latency_ms"]), float(msg.header["published_at"])))
+                h = msg.header
+                out.append((float(h["latency_ms"]), float(h["published_at"]), str(h["camera"]), int(h["frame_id"])))
     finally:
         sock.close()
 
@@ -104,7 +109,7 @@ def _bench(model_dir: Path, video: Path, backend: str, precision: str, frames: i
     try:
         scorer_fps = _bare_scorer_fps(scorer, images, pre.height, pre.width, pre.resize, pre.pad_value)
         endpoint = f"tcp://127.0.0.1:{_free_port()}"
-        latencies: list[tuple[float, float]] = []
+        latencies: list[tuple[float, float, str, int]] = []
         with Publisher(endpoint, "bench", sndhwm=1000, curve=server) as pub:
             ready = threading.Event()
             rx = threading.Thread(target=_receive, args=(endpoint, len(images), ready, latencies, client),
@@ -143,3 +148,138 @@ def _bench(model_dir: Path, video: Path, backend: str, precision: str, frames: i
         "backend": scorer.backend,
         "device": scorer.device,
     }
+
+
+# ---------------------------------------------------------------- N cameras, batched across cameras
+
+BARE_BATCHES = (1, 2, 4, 8)
+
+
+class _Counting:
+    """The scorer as the pipeline sees it, recording the size of every batch it is given."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.sizes = inner, []
+        self.backend, self.device = inner.backend, inner.device
+        self.height, self.width = inner.height, inner.width
+        self.max_batch = getattr(inner, "max_batch", None)
+
+    def score(self, frames: np.ndarray) -> Any:
+        self.sizes.append(len(frames))
+        return self.inner.score(frames)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def bare_best(scorer: Any, resized: list[np.ndarray], batches: tuple[int, ...] = BARE_BATCHES,
+              calls: int = 5) -> dict[str, Any]:
+    """The bare scorer's frames/s per batch size (median of `calls` timed calls after one warm-up) and
+    the best of them. Sizes above the scorer's limit are skipped, not failed."""
+    per: dict[int, float] = {}
+    for b in batches:
+        x = np.stack([resized[i % len(resized)] for i in range(b)])
+        try:
+            scorer.score(x)  # warm-up: this batch size's first-run allocations
+        except InputError:  # e.g. a static-batch graph or engine smaller than b
+            continue
+        t = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            scorer.score(x)
+            t.append(time.perf_counter() - t0)
+        per[b] = round(b / float(np.median(t)), 2)
+    if not per:
+        raise ConfigError(f"the scorer ran none of the batch sizes {batches}; expected at least batch 1 to run")
+    best = max(per, key=per.__getitem__)
+    return {"best_fps": per[best], "best_batch": best, "fps_per_batch": per}
+
+
+def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, cameras: list[int],
+                  frames_per_camera: int, max_batch: int | None = None, batch_wait_ms: float = 5.0,
+                  scorer: Any = None) -> list[dict]:
+    """One row per camera count: the whole pipeline with N looping replays of `video` ->
+    {cameras, pipeline_fps, bare_best_fps, bare_best_batch, ratio, latency_p50_ms, latency_p99_ms,
+    mean_batch, ...}. The bare scorer is timed before AND after the pipeline runs and the better of
+    the two is kept, so a machine that got busier half-way does not flatter the ratio.
+    `scorer` (already open) replaces open_scorer, for tests; it is closed here either way."""
+    if not cameras or min(cameras) < 1:
+        raise ConfigError(f"--cameras {cameras}; expected one or more counts >= 1")
+    if frames_per_camera < 2:
+        raise ConfigError(f"frames per camera {frames_per_camera}; expected >= 2")
+    manifest = load_manifest(Path(model_dir))
+    pre = manifest.preprocessing
+    resized = [resize_frame(f, pre.height, pre.width, pre.resize, pre.pad_value)
+               for f in _read_frames(Path(video), 8)]
+    scorer = scorer if scorer is not None else open_scorer(Path(model_dir), backend, precision)
+    try:
+        before = bare_best(scorer, resized)
+        rows = [_run_cameras(scorer, manifest, Path(video), n, frames_per_camera * n, precision, max_batch,
+                             batch_wait_ms) for n in cameras]
+        after = bare_best(scorer, resized)
+    finally:
+        scorer.close()
+    bare = max(before, after, key=lambda r: r["best_fps"])
+    for r in rows:
+        r.update(bare_best_fps=bare["best_fps"], bare_best_batch=bare["best_batch"],
+                 bare_fps_per_batch=bare["fps_per_batch"], ratio=round(r["pipeline_fps"] / bare["best_fps"], 3),
+                 backend=scorer.backend, device=scorer.device)
+    return rows
+
+
+def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, precision: str,
+                 max_batch: int | None, batch_wait_ms: float) -> dict[str, Any]:
+    counting = _Counting(scorer)
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    got: list[tuple[float, float, str, int]] = []
+    with Publisher(endpoint, "bench", sndhwm=max(1000, total)) as pub:
+        ready = threading.Event()
+        rx = threading.Thread(target=_receive, args=(endpoint, total, ready, got, None), daemon=True)
+        rx.start()
+        ready.wait(5)
+        pub.wait_for_subscribers(1, timeout_s=5.0)
+        # queue_size 1: a replay reads as fast as the line scores, so a deeper queue only holds frames
+        # that wait one more batch each (latency) without adding throughput: the next frame of every
+        # camera is read while the current batch is scored. A live camera never builds that backlog
+        # (it drops its oldest frame), whatever --queue-size is.
+        config = PipelineConfig(heatmap="png", max_frames=total, precision=precision, max_batch=max_batch,
+                                batch_wait_ms=batch_wait_ms, queue_size=1)
+        cams = [(f"cam{i}", SourceSpec("file", str(video), loop=True)) for i in range(n)]
+        final = Pipeline(counting, manifest, cams, pub, config).run()
+        rx.join(10)
+    stamps = sorted(x[1] for x in got)
+    first = counting.sizes[0] if counting.sizes else 1
+    # Steady state: frames published after the first batch, over the time after it (a batch's
+    # verdicts go out together, so first-to-last would count the first batch for free).
+    if len(stamps) > first + 1 and stamps[-1] > stamps[first - 1]:
+        fps = (len(stamps) - first) / (stamps[-1] - stamps[first - 1])
+    else:
+        fps = float("nan")
+    lat = np.asarray([x[0] for x in got] or [np.nan])
+    by_cam: dict[str, list[int]] = {}
+    for x in got:  # as the SUB received them: ZeroMQ keeps one publisher's order
+        by_cam.setdefault(x[2], []).append(x[3])
+    return {
+        "cameras": n,
+        "frames": final["published"],
+        "received": len(got),
+        "pipeline_fps": round(fps, 2),
+        "latency_p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "latency_p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "mean_batch": round(float(np.mean(counting.sizes)), 2) if counting.sizes else None,
+        "max_batch": max(counting.sizes) if counting.sizes else None,
+        "out_of_order": sum(ids != sorted(ids) for ids in by_cam.values()),
+        "errors": final["errors"],
+    }
+
+
+def format_cameras_table(rows: list[dict]) -> str:
+    """Plain-text table of bench_cameras rows."""
+    head = ("backend", "cameras", "frames/s", "bare best", "@batch", "ratio", "p50 ms", "p99 ms", "mean batch",
+            "errors")
+    body = [(r["backend"], str(r["cameras"]), f"{r['pipeline_fps']:.2f}", f"{r['bare_best_fps']:.2f}",
+             str(r["bare_best_batch"]), f"{r['ratio']:.2f}", f"{r['latency_p50_ms']:.1f}",
+             f"{r['latency_p99_ms']:.1f}", str(r["mean_batch"]), str(r["errors"])) for r in rows]
+    widths = [max(len(c[i]) for c in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in [head, *body])

@@ -1,0 +1,95 @@
+"""`bench --cameras N`: the whole pipeline with N looping replays, against the bare scorer's best."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_somad import bench as B
+from edge_somad.errors import ConfigError
+from edge_somad.export.manifest import Calibration, load_manifest, save_manifest
+from edge_somad.runtime.pipeline_bench import bench_cameras, format_cameras_table
+from edge_somad.runtime.preprocess import resize_frame
+from tests.test_bench import OrtTiny
+from tests.test_trt_tinymodel import make_model_dir
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    return B.write_video(B.sample_images(limit=5), tmp_path / "clip.avi", (160, 120))
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, clip: Path) -> Path:
+    """The tiny graph, calibrated at the median score of the clip's frames: passes and fails both,
+    so the pipeline encodes PNG heatmaps and finds defects as it would on a line."""
+    import cv2
+
+    d = make_model_dir(tmp_path / "tiny")
+    m = load_manifest(d)
+    cap = cv2.VideoCapture(str(clip))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(resize_frame(got[1], m.preprocessing.height, m.preprocessing.width, m.preprocessing.resize))
+    cap.release()
+    scores = OrtTiny(d).score(np.stack(frames)).scores
+    t = float(np.median(scores))
+    save_manifest(d, dataclasses.replace(m, threshold=t, calibration=Calibration(
+        method="manual", pixel_threshold=t, min_defect_area_px=4)))
+    return d
+
+
+def test_cli_cameras_two_runs_end_to_end_and_prints_the_table(model_dir: Path, tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    app.command()(B.bench)
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["--model", str(model_dir), "--backend", "onnxruntime", "--batch", "1",
+                                   "--iters", "12", "--warmup", "1", "--cameras", "2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("backend") and "cameras" in line)
+    assert lines[head].split()[:4] == ["backend", "cameras", "frames/s", "bare"]
+    assert lines[head + 1].split()[:2] == ["onnxruntime", "2"]
+    (row,) = json.loads(out.read_text())["cameras"]
+    # 12 frames per camera, every one received by the real SUB, in per-camera order, none an error
+    assert row["cameras"] == 2 and row["frames"] == 24 and row["received"] == 24
+    assert row["out_of_order"] == 0 and row["errors"] == 0
+    assert row["pipeline_fps"] > 0 and row["bare_best_fps"] > 0
+    assert row["ratio"] == round(row["pipeline_fps"] / row["bare_best_fps"], 3)
+    assert row["bare_best_batch"] in (1, 2, 4, 8)
+    assert row["bare_best_fps"] == max(row["bare_fps_per_batch"].values())
+    assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"]
+    assert row["max_batch"] <= 2  # default: one frame per camera per call
+
+
+def test_batches_form_across_looping_cameras_with_a_slow_scorer(model_dir: Path, clip: Path) -> None:
+    """The clip has 5 frames and each camera runs 10: the replays loop. With scoring slower than
+    decoding, every camera has a frame waiting, so calls are batches of all three cameras."""
+    scorer = OrtTiny(model_dir, delay_s=0.03)
+    rows = bench_cameras(model_dir, clip, "onnxruntime", "fp32", [3], 10, scorer=scorer)
+    (row,) = rows
+    assert row["frames"] == 30 and row["received"] == 30 and row["out_of_order"] == 0
+    assert row["max_batch"] == 3 and row["mean_batch"] > 2.0
+    assert scorer.closed
+    table = format_cameras_table(rows)
+    assert table.splitlines()[1].split()[:2] == ["onnxruntime", "3"]
+
+
+def test_cameras_with_a_scorer_limited_to_two_frames(model_dir: Path, clip: Path) -> None:
+    scorer = OrtTiny(model_dir, max_batch=2)
+    (row,) = bench_cameras(model_dir, clip, "onnxruntime", "fp32", [3], 4, scorer=scorer)
+    assert set(row["bare_fps_per_batch"]) == {1, 2}  # 4 and 8 skipped: above the graph's limit
+    assert row["max_batch"] <= 2 and row["frames"] == 12
+
+
+def test_bad_camera_counts_are_config_errors(model_dir: Path, clip: Path) -> None:
+    for counts in ([], [0]):
+        with pytest.raises(ConfigError, match="--cameras"):
+            bench_cameras(model_dir, clip, "onnxruntime", "fp32", counts, 4, scorer=OrtTiny(model_dir))
