@@ -382,8 +382,8 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
     manifest = load_manifest(model_dir)
     frames, from_where = int8_frames(model_dir, manifest, good_frames, source)
     fit_frames, stats_note = fit_frames_for(model_dir, manifest)
-    path = quantize_int8(model_dir, frames, fit_frames=fit_frames)
     try:
+        path = quantize_int8(model_dir, frames, fit_frames=fit_frames)
         gate_set = int8_gate.synthetic_set(good_frames, manifest.preprocessing.pad_value)
         with open_model_scorer(model_dir, "onnxruntime", "fp32") as fp32, \
                 open_model_scorer(model_dir, "onnxruntime", "int8") as q8:
@@ -427,4 +427,3 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
         f"int8 threshold   {est.threshold:.6g} (same rule, int8 scores; manifest.precision_thresholds.int8)"
     )
     return manifest
-
