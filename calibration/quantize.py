@@ -14,6 +14,18 @@ Two measures keep int8 within 0.005 AUROC/PRO of fp32 (MVTec bottle, docs in cal
   Only Conv inputs (the activation after Clip/Add, and weights) carry Q/DQ, as TensorRT expects.
 - Quantization-aware statistics (calibration/int8_stats.py): with `fit_frames`, the int8 graph's
   centres/whitening are refit on the int8 backbone's own features of the fit images.
+
+The same graph gives the same numbers on every x86-64 CPU. ONNX Runtime's CPU EP runs a quantized
+Conv whose output stays float as DequantizeLinear + float Conv, and fuses DQ -> Conv -> Q (a Conv
+whose output is another quantized Conv's input: the project convs of blocks without a residual)
+into QLinearConv, an integer kernel. On x86 that kernel shifts int8 activations to uint8 and
+multiplies u8 x s8; without VNNI (AVX2, AVX-512 without VNNI, SSE4.1) it uses VPMADDUBSW, which
+adds two u8*s8 products into a *saturating* int16: 2 * 255 * 127 = 64770 > 32767, so full-range
+weights clip there and not on a VNNI CPU. Those Convs get 7-bit weights (reduce_range: |w| <= 64,
+and 2 * 255 * 64 = 32640 cannot saturate; `u8s8_pair_bound` checks every written graph); the
+others keep 8 bits, which they only ever use in float. 7 bits everywhere cost bottle PRO 0.0044
+against fp32 instead of 0.0020. U8U8 would avoid saturation too, but TensorRT runs only signed
+int8 Q/DQ; S8S8 alone does not, since ORT turns s8 activations into u8 on x86.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -51,6 +64,9 @@ HEAD_OP_TYPES = frozenset(
 # Ops whose output is metadata about a tensor, not pixels/features derived from it.
 SHAPE_OP_TYPES = frozenset({"Shape", "Size"})
 CALIBRATION_BATCH = 8
+# VPMADDUBSW (x86 u8s8 without VNNI) sums two u8*s8 products into a saturating int16.
+INT16_MAX = 32767
+U8_MAX = 255  # ORT on x86 shifts int8 activations to uint8 (zero point + 128): any value 0..255
 
 
 class FrameReader(CalibrationDataReader):
@@ -167,7 +183,19 @@ def quantize_int8(
             calibrate_method=CalibrationMethod.MinMax,
             # No Q/DQ on Conv outputs: their range is the pre-ReLU6 one (see module docstring).
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                           "OpTypesToExcludeOutputQuantization": ["Conv"]},
+                           "OpTypesToExcludeOutputQuantization": ["Conv"],
+                           # 7-bit weights (|w| <= 64) where ORT runs an integer kernel: no u8s8
+                           # pair sum can saturate int16 on any x86 CPU (module docstring).
+                           "TensorQuantOverrides": {w: [{"axis": 0, "reduce_range": True}]
+                                                    for w in integer_conv_weights(model, convs)}},
+        )
+    bound = u8s8_pair_bound(onnx.load(str(out_path), load_external_data=False))
+    if bound > INT16_MAX:
+        raise ArtifactError(
+            f"{out_path.name}: a u8 x s8 weight pair of an integer Conv can sum to {bound} > {INT16_MAX}, "
+            "which saturates ONNX Runtime's int8 kernels on x86 CPUs without VNNI; expected 7-bit weights "
+            "(reduce_range) on every Conv whose output is quantized. This onnxruntime version quantizes "
+            "differently: report it with `pip show onnxruntime`."
         )
     if fit_frames is not None:
         from edge_somad.calibration.int8_stats import refit_statistics
@@ -176,3 +204,42 @@ def quantize_int8(
     manifest = dataclasses.replace(manifest, int8_onnx=out_name, int8_onnx_sha256=sha256_file(out_path))
     save_manifest(model_dir, manifest)
     return out_path
+
+
+def integer_conv_weights(model: onnx.ModelProto, convs: list[str]) -> list[str]:
+    """Weight initializers of the Convs (of `convs`) whose output is quantized too: another one's input.
+
+    Those become QLinearConv in ONNX Runtime, an integer kernel; the other quantized Convs keep a
+    float output and run as DequantizeLinear + float Conv.
+    """
+    names, inits = set(convs), {i.name for i in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.name in names]
+    quantized = {n.input[0] for n in nodes}
+    return [n.input[1] for n in nodes if n.output[0] in quantized and n.input[1] in inits]
+
+
+def u8s8_pair_bound(model: onnx.ModelProto) -> int:
+    """Largest |a0*w0 + a1*w1| an x86 u8 x s8 kernel (VPMADDUBSW) could form in this Q/DQ graph.
+
+    Counts the Convs ONNX Runtime can run as integer kernels: weight from a DequantizeLinear of a
+    constant and output read by a QuantizeLinear (DQ -> Conv -> Q, fused into QLinearConv); with a
+    float output the Conv runs in float. Activations are bounded by U8_MAX whatever their scale (ORT
+    on x86 sees them as uint8), weights by their largest |q - zero point|. At most INT16_MAX: no CPU
+    can saturate. 0 when no such Conv exists.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    worst = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2 or node.output[0] not in quantized:
+            continue
+        dq = producer.get(node.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64)
+        zp = numpy_helper.to_array(inits[dq.input[2]]).astype(np.int64) if len(dq.input) > 2 and dq.input[2] else 0
+        if np.ndim(zp) == 1 and q.ndim > 1:  # per-channel zero points along the output axis
+            zp = zp.reshape((-1,) + (1,) * (q.ndim - 1))
+        worst = max(worst, 2 * U8_MAX * int(np.abs(q - zp).max()))
+    return worst

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 from edge_somad.calibration.commands import run_calibrate, score_all
+from edge_somad.calibration.int8_gate import MAX_DROP
 from edge_somad.calibration.threshold import confusion_at_threshold
 from edge_somad.data import read_frames
 from edge_somad.export.manifest import load_manifest
@@ -54,6 +55,10 @@ def test_calibrate_real_hazelnut_model(hazelnut: tuple[Path, object]) -> None:
     assert m.int8_onnx == "model.int8.onnx" and load_manifest(model_dir).int8_onnx_sha256
     q8 = det["int8"]
     assert q8["statistics"].startswith("refit on int8 features of")
+    # The accuracy gate passes on this real model at the real limit, and records what it measured.
+    assert q8["usable"] and q8["accuracy_drop"]["usable"], q8["accuracy_drop"]
+    assert q8["accuracy_drop"]["limit"] == MAX_DROP and q8["accuracy_drop"]["max_drop"] <= MAX_DROP
+    assert q8["accuracy_drop"]["fp32"]["image_auroc"] > 0.9  # the synthetic defects are detectable
     # Refit statistics put int8 good scores on the fp32 scale (before: +30..60% on this model).
     assert abs(q8["score_rel_diff_median"]) < INT8_GOOD_SCORE_RTOL, q8
     # The int8 threshold comes from int8 scores of the held-out good images and passes all of them.

@@ -17,8 +17,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_somad.calibration.quantize import backbone_convs, quantize_int8
-from edge_somad.errors import InputError
+from edge_somad.calibration import quantize
+from edge_somad.calibration.quantize import INT16_MAX, backbone_convs, quantize_int8, u8s8_pair_bound
+from edge_somad.errors import ArtifactError, InputError
 from edge_somad.export.manifest import (
     Manifest,
     Preprocessing,
@@ -51,11 +52,13 @@ def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(arr), name)
 
 
-def _graph(nodes_fk: np.ndarray | None, rng: np.random.Generator) -> onnx.ModelProto:
+def _graph(nodes_fk: np.ndarray | None, rng: np.random.Generator, chained: bool = False) -> onnx.ModelProto:
     """Features-only graph when nodes_fk is None (to pick SOM nodes), else the full contract graph.
 
     Like the real export: a shape-path Concat before the backbone (Shape -> Concat -> Reshape),
     two backbone stages fused by Resize + Concat, a 1x1 projection Conv, then the distance head.
+    chained: conv2 reads conv1's raw output (like EfficientNet's project conv -> next block), so
+    that output is quantized and ONNX Runtime runs conv1 as an integer QLinearConv.
     """
     w1 = rng.normal(0, 0.3, (C, 3, 3, 3)).astype(np.float32)
     w2 = rng.normal(0, 0.2, (C, C, 3, 3)).astype(np.float32)
@@ -87,6 +90,11 @@ def _graph(nodes_fk: np.ndarray | None, rng: np.random.Generator) -> onnx.ModelP
         helper.make_node("Conv", ["multi", "proj"], ["z"], name="head_projection"),
         helper.make_node("Transpose", ["z"], ["feat"], perm=[0, 2, 3, 1]),
     ]
+    if chained:  # conv1 -> conv2 directly; the head's first stage is the upsampled second one
+        nodes = [n for n in nodes if n.output[0] != "r1"]
+        by_output = {n.output[0]: n for n in nodes}
+        by_output["c2"].input[0] = "c1"
+        by_output["multi"].input[0] = "r2up"
     frames = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", H, W, 3])
     if nodes_fk is None:
         out = helper.make_tensor_value_info("feat", TensorProto.FLOAT, ["batch", H // 2, W // 2, D])
@@ -121,15 +129,15 @@ def _graph(nodes_fk: np.ndarray | None, rng: np.random.Generator) -> onnx.ModelP
     return model
 
 
-def make_standin_model_dir(root: Path, seed: int = 0) -> Path:
+def make_standin_model_dir(root: Path, seed: int = 0, chained: bool = False) -> Path:
     """A model dir with model.onnx (contract graph) and manifest.json; SOM nodes = real features."""
     model_dir = root / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    feats_model = _graph(None, np.random.default_rng(seed))
+    feats_model = _graph(None, np.random.default_rng(seed), chained)
     sess = ort.InferenceSession(feats_model.SerializeToString(), providers=["CPUExecutionProvider"])
     feats = sess.run(None, {"frames": synthetic_frames(8, seed + 100)})[0].reshape(-1, D)
     som = feats[np.random.default_rng(seed).choice(len(feats), K, replace=False)]
-    onnx.save(_graph(som, np.random.default_rng(seed)), str(model_dir / "model.onnx"))
+    onnx.save(_graph(som, np.random.default_rng(seed), chained), str(model_dir / "model.onnx"))
     manifest = Manifest(
         name="standin",
         onnx="model.onnx",
@@ -212,3 +220,47 @@ def test_quantize_rejects_bad_frames(tmp_path: Path, frames: np.ndarray) -> None
     model_dir = make_standin_model_dir(tmp_path)
     with pytest.raises(InputError, match="calibration frames"):
         quantize_int8(model_dir, frames)
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Conv name -> its quantized weight (the constant behind the DequantizeLinear feeding input 1)."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return {n.name: inits[producer[n.input[1]].input[0]] for n in model.graph.node
+            if n.op_type == "Conv" and n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear"}
+
+
+def test_no_u8s8_pair_can_saturate_on_cpus_without_vnni(tmp_path: Path) -> None:
+    """x86 without VNNI sums two u8 x s8 products in a saturating int16 (VPMADDUBSW): any integer
+    Conv must keep 2 * 255 * |w| <= 32767, whatever CPU runs the test."""
+    model_dir = make_standin_model_dir(tmp_path, chained=True)
+    int8_path = quantize_int8(model_dir, synthetic_frames(24, seed=1))
+    model = onnx.load(str(int8_path))
+    w = _weights(model)
+    # conv1's output is conv2's (quantized) input: an integer kernel, so 7-bit weights, range used.
+    assert w["backbone_conv1"].dtype == np.int8 and 32 < np.abs(w["backbone_conv1"].astype(int)).max() <= 64
+    # conv2's output stays float (ReLU, then the head): it keeps full 8-bit weights.
+    assert np.abs(w["backbone_conv2"].astype(int)).max() == 127
+    assert 2 * 255 * 64 == u8s8_pair_bound(model) <= INT16_MAX
+    # What the installed onnxruntime really runs as integer kernels: every one has 7-bit weights.
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # CPU-independent fusions
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int8_path), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in optimized.graph.initializer}
+    integer = [n for n in optimized.graph.node if n.op_type in {"QLinearConv", "ConvInteger", "MatMulInteger",
+                                                                  "QLinearMatMul", "QGemm", "MatMulIntegerToFloat"}]
+    assert [n.op_type for n in integer] == ["QLinearConv"]  # conv1; conv2 runs as DQ + float Conv
+    for node in integer:
+        weight = inits[node.input[3]].astype(int) - inits[node.input[5]].astype(int).reshape(-1, 1, 1, 1)
+        assert 2 * 255 * np.abs(weight).max() <= INT16_MAX
+
+
+def test_quantize_refuses_a_graph_that_could_saturate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = make_standin_model_dir(tmp_path, chained=True)
+    # Without the 7-bit override the integer Conv gets full-range weights: 2 * 255 * 127 = 64770.
+    monkeypatch.setattr(quantize, "integer_conv_weights", lambda model, convs: [])
+    with pytest.raises(ArtifactError, match="64770 > 32767, which saturates"):
+        quantize_int8(model_dir, synthetic_frames(24, seed=1))
+    assert load_manifest(model_dir).int8_onnx is None  # never recorded
