@@ -25,7 +25,7 @@ TRT_ALLOWED_OPS = frozenset({
     "Identity", "MatMul", "Max", "Min", "Mul", "Neg", "Pad", "ReduceMax", "ReduceMean", "ReduceSum", "Relu",
     "Reshape", "Resize", "Shape", "Slice", "Sqrt", "Squeeze", "Sub", "TopK", "Transpose",
     "Unsqueeze", "Sigmoid", "BatchNormalization", "MaxPool", "Equal", "Where", "ConstantOfShape",
-    "Range", "Split", "QuantizeLinear", "DequantizeLinear",
+    "Range", "Split", "QuantizeLinear", "DequantizeLinear", "ReduceMin", "GatherElements",
 })
 
 

@@ -46,10 +46,26 @@ def test_ranking_table_orders_nodes_like_true_distances() -> None:
     x, nodes = rng.normal(size=(2, 40, 6)), rng.normal(size=(25, 6))
     true = ((x[:, :, None, :] - nodes[None, None]) ** 2).sum(-1)
     nt = torch.from_numpy(nodes)
-    rank = scoring.ranking_distances(torch.from_numpy(x), scoring.search_table(nt)).numpy()
+    rank = scoring.ranking_distances(torch.from_numpy(x), scoring.search_table(nt, group=1)).numpy()
     np.testing.assert_allclose(rank + (x * x).sum(-1, keepdims=True), true, rtol=1e-10, atol=1e-10)
     idx = scoring.topk_nearest(torch.from_numpy(x), scoring.search_table(nt), 3).numpy()
     np.testing.assert_array_equal(np.sort(idx, -1), np.sort(np.argsort(true, -1, kind="stable")[..., :3], -1))
+
+
+@pytest.mark.parametrize(("m", "group", "k"), [(3136, 32, 4), (100, 8, 4), (37, 8, 3), (50, 16, 1), (12, 32, 4)])
+def test_grouped_topk_is_exact(m: int, group: int, k: int) -> None:
+    """The two-stage search returns exactly the k nearest nodes (float64 sort), padding never wins."""
+    rng = np.random.default_rng(m + group)
+    # Clustered nodes: many near-equal distances, the case where a lossy search would slip.
+    nodes = rng.normal(size=(m, 8)) + 3 * rng.normal(size=(1 + m // 10, 8))[rng.integers(0, 1 + m // 10, m)]
+    x = rng.normal(size=(2, 64, 8)) * 2
+    table = scoring.search_table(torch.from_numpy(nodes), group)
+    assert table.shape[1] % group == 0 and table.shape[1] - m < group
+    got = scoring.topk_nearest(torch.from_numpy(x), table, k, group).numpy()
+    true = ((x[:, :, None, :] - nodes[None, None]) ** 2).sum(-1)
+    ref = np.argsort(true, -1, kind="stable")[..., :k]
+    np.testing.assert_array_equal(np.sort(got, -1), np.sort(ref, -1))
+    assert got.max() < m
 
 
 def test_squared_distances_equal_brute_force() -> None:
