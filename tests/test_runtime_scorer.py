@@ -39,6 +39,30 @@ def test_ort_scorer_matches_numpy(tmp_path: Path) -> None:
     np.testing.assert_allclose(res.scores, score, atol=1e-6)
 
 
+def test_cpu_scorer_runs_a_batch_image_by_image_with_the_same_result(tmp_path: Path) -> None:
+    """On CPU a batch is run one image per session call (its best rate); results equal a whole-batch run."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (4, H, W, 3), dtype=np.uint8)
+    with OrtScorer(build_onnx(tmp_path / "m.onnx"), H, W) as s:
+        assert s.whole_batches is False
+        calls: list[int] = []
+        run = s._sess.run
+
+        class Spy:  # records the batch of every session call, then runs it
+            def run(self, names: list[str], feed: dict) -> list:
+                calls.append(len(feed["frames"]))
+                return run(names, feed)
+
+        s._sess = Spy()
+        split = s.score(frames)
+        s.whole_batches = True
+        whole = s.score(frames)
+    assert calls == [1, 1, 1, 1, 4]
+    np.testing.assert_array_equal(split.maps, whole.maps)
+    np.testing.assert_array_equal(split.scores, whole.scores)
+    np.testing.assert_allclose(split.maps, reference(frames)[0], atol=1e-6)
+
+
 def test_ort_scorer_rejects_wrong_batch(tmp_path: Path) -> None:
     with OrtScorer(build_onnx(tmp_path / "m.onnx"), H, W) as s, pytest.raises(InputError, match="expected"):
         s.score(np.zeros((1, H + 1, W, 3), np.uint8))
