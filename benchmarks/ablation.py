@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge_somad.config import FitConfig, InputSpec, SomConfig
 from edge_somad.data import load_category
-from edge_somad.evaluate import compute_metrics, load_test_set, score_all
+from edge_somad.evaluate import compute_metrics, load_test_set, score_timed
 from edge_somad.export.exporter import export_model
 from edge_somad.fit import fit_model
 from edge_somad.runtime.ort_scorer import OrtScorer
@@ -61,7 +61,7 @@ def run(name: str, config: FitConfig, category_name: str, data_root: Path) -> di
         export_model(Path(tmp))
         ts = load_test_set(category, config.input)
         with OrtScorer(Path(tmp) / "model.onnx", config.input.height, config.input.width) as scorer:
-            scores, maps, ms = score_all(scorer, ts.frames)
+            scores, maps, ms = score_timed(scorer, ts.frames)
     m = compute_metrics(ts, scores, maps)
     return {"variant": name, "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"], "pro": m["pro"],
             "fit_seconds": info["fit_seconds"], "model_bytes": info["model_bytes"], "ort_ms": round(ms, 1)}

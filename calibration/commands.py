@@ -233,10 +233,10 @@ def score_all(scorer: Scorer, frames: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """Scores (N,) and maps (N, H, W) float32 for a stack of frames, in batches the scorer accepts."""
     import numpy as np
 
-    from edge_somad.evaluate import score_all as score_batches
+    from edge_somad.evaluate import score_timed
 
     batch = min(SCORE_BATCH, getattr(scorer, "max_batch", None) or SCORE_BATCH)
-    scores, maps, _ = score_batches(scorer, frames, batch)
+    scores, maps, _ = score_timed(scorer, frames, batch)
     return scores.astype(np.float32), maps.astype(np.float32)
 
 

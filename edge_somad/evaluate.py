@@ -51,8 +51,9 @@ def load_test_set(category: Category, spec: InputSpec) -> TestSet:
                    np.stack(valid), spec.resize)
 
 
-def score_all(scorer: Scorer, frames: np.ndarray, batch: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
-    """Scores (N,), maps (N, H, W) and mean milliseconds per image."""
+def score_timed(scorer: Scorer, frames: np.ndarray, batch: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
+    """Scores (N,) float64, maps (N, H, W) and mean milliseconds per image (calibration.commands.score_all
+    is the untimed float32 pair the calibration steps use)."""
     scores, maps = [], []
     t0 = time.perf_counter()
     for i in range(0, len(frames), batch):
@@ -85,7 +86,7 @@ def evaluate(
     confusion: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     ts = load_test_set(category, spec)
-    scores, maps, ms = score_all(scorer, ts.frames)
+    scores, maps, ms = score_timed(scorer, ts.frames)
     report: dict[str, Any] = {
         "category": category.name, "backend": scorer.backend, "device": scorer.device,
         "n_test_images": len(ts.samples), "n_defective": int(ts.labels.sum()),

@@ -1,9 +1,10 @@
 """The inspection loop: capture threads -> one resize -> scorer -> verdict -> ZeroMQ.
 
 Frames waiting from several cameras are scored as ONE batch (a partial batch waits at most
-`batch_wait_ms` for the rest), so more cameras cost no throughput: a batch scores more frames/s than
-calls of 1 (a little on a CPU, far more on a GPU). Batch k's verdicts are encoded and published on a
-second thread (runtime/outbox.py) while batch k+1 is scored.
+`batch_wait_ms` for the rest), so more cameras cost no throughput: on a GPU a batch scores more
+frames/s than calls of 1; a CPU scorer runs it image by image, its best rate (runtime/ort_scorer.py).
+Batch k's verdicts are encoded and published on a second thread (runtime/outbox.py) while batch k+1
+is scored.
 
 Never `pass` on doubt: a bad, truncated or too small frame, a scorer exception, a NaN/inf score or
 map, or a model without a threshold all give an `error` verdict with the reason, and the loop goes

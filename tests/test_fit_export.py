@@ -15,7 +15,7 @@ from edge_somad.artifacts import load_arrays, load_config
 from edge_somad.config import FitConfig
 from edge_somad.data import load_category
 from edge_somad.errors import ArtifactError, ConfigError
-from edge_somad.evaluate import compute_metrics, load_test_set, score_all
+from edge_somad.evaluate import compute_metrics, load_test_set, score_timed
 from edge_somad.export.manifest import load_manifest
 from edge_somad.export.onnx_graph import TRT_ALLOWED_OPS, check_graph
 from edge_somad.model import load_torch_model
@@ -35,7 +35,7 @@ def test_fit_writes_a_loadable_model_without_nans(tiny_fitted: Path, tiny_config
 def test_synthetic_defects_are_found(tiny_fitted: Path, synth_root: Path, tiny_config: FitConfig) -> None:
     cat = load_category(synth_root, "widget")
     ts = load_test_set(cat, tiny_config.input)
-    scores, maps, _ = score_all(TorchScorer(tiny_fitted), ts.frames, batch=4)
+    scores, maps, _ = score_timed(TorchScorer(tiny_fitted), ts.frames, batch=4)
     m = compute_metrics(ts, scores, maps)
     assert m["image_auroc"] == 1.0 and m["pixel_auroc"] > 0.9
 
