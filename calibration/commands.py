@@ -13,12 +13,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edge_somad.calibration.frames import (
+    SCORE_BATCH,
+    load_good_frames,
+    open_model_scorer,
+    score_all,
+)
+from edge_somad.calibration.int8_step import quantize_and_check
 from edge_somad.calibration.report import format_table
 from edge_somad.contracts.decision import fails
 from edge_somad.contracts.exits import handle_errors
-from edge_somad.contracts.layout import SPLIT_NAME, read_fit_info, split_paths
-from edge_somad.contracts.names import IMAGE_SUFFIXES
-from edge_somad.errors import ArtifactError, ConfigError, DatasetError, EdgeSomadError
+from edge_somad.contracts.layout import read_fit_info
+from edge_somad.errors import ArtifactError, ConfigError, EdgeSomadError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,8 +39,6 @@ METHODS = ("robust", "empirical", "chi2")
 # robust rule let fewer defects pass (25 % vs 32 %) at a lower test FRR (4.3 % vs 4.7 %).
 DEFAULT_METHOD = "robust"
 CALIBRATION_NAMES = {"robust": "robust-normal", "empirical": "empirical-quantile", "chi2": "chi2"}
-INT8_MAX_FRAMES = 64
-SCORE_BATCH = 8
 
 
 @handle_errors
@@ -229,61 +233,6 @@ def _feature_grid(model_dir: Path, manifest: Manifest) -> list[int] | None:
     return grid if isinstance(grid, list) and len(grid) == 2 else None
 
 
-def score_all(scorer: Scorer, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N,) and maps (N, H, W) float32 for a stack of frames, in batches the scorer accepts."""
-    import numpy as np
-
-    from edge_somad.evaluate import score_timed
-
-    batch = min(SCORE_BATCH, getattr(scorer, "max_batch", None) or SCORE_BATCH)
-    scores, maps, _ = score_timed(scorer, frames, batch)
-    return scores.astype(np.float32), maps.astype(np.float32)
-
-
-def open_model_scorer(model_dir: Path, backend: str, precision: str = "fp32") -> Scorer:
-    from edge_somad.runtime.backends import open_scorer
-
-    return open_scorer(model_dir, backend, precision)
-
-
-def load_good_frames(
-    model_dir: Path, manifest: Manifest, calibration_dir: Path | None
-) -> tuple[np.ndarray, str]:
-    """Resized uint8 BGR frames of the good calibration images, and a description of their source."""
-    from edge_somad.data import read_frames
-
-    if calibration_dir is not None:
-        paths = image_files(calibration_dir)
-        source = f"{len(paths)} good images from {calibration_dir}"
-    else:
-        paths = split_paths(model_dir, "holdout")
-        if not paths:
-            raise DatasetError(
-                f"{Path(model_dir) / SPLIT_NAME} lists 0 held-out good images "
-                "(fit with holdout_fraction=0?). "
-                "Pass --calibration-dir with good images the model never saw, or re-fit with a holdout."
-            )
-        source = f"{len(paths)} held-out good images (split.json)"
-    return read_frames(paths, manifest), source
-
-
-def load_holdout_frames(model_dir: Path) -> np.ndarray:
-    """Resized uint8 BGR frames of split.json's held-out good images (for export/evaluate workflows)."""
-    from edge_somad.contracts.manifest import load_manifest
-
-    return load_good_frames(model_dir, load_manifest(model_dir), None)[0]
-
-
-def image_files(folder: Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"--calibration-dir {folder} is not a folder; expected a folder of good images")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise DatasetError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} files; expected good part images")
-    return paths
-
-
 def patch_sq_distances(model_dir: Path, frames: np.ndarray) -> tuple[np.ndarray | None, str]:
     """Squared patch distances (N, h, w) from the torch model, or (None, why not). Never raises."""
     try:
@@ -310,98 +259,3 @@ def patch_sq_distances(model_dir: Path, frames: np.ndarray) -> tuple[np.ndarray 
     return np.concatenate(out), ""
 
 
-def int8_frames(
-    model_dir: Path, manifest: Manifest, fallback: np.ndarray, source: str
-) -> tuple[np.ndarray, str]:
-    """Up to 64 frames spread over the training split; the calibration frames if there is none."""
-    import numpy as np
-
-    from edge_somad.data import read_frames
-
-    try:
-        paths = split_paths(model_dir, "train")
-    except ArtifactError:
-        paths = []
-    if paths:
-        idx = np.unique(np.linspace(0, len(paths) - 1, min(INT8_MAX_FRAMES, len(paths))).round().astype(int))
-        return read_frames([paths[i] for i in idx], manifest), f"{len(idx)} training-split images"
-    log.warning("no training split in %s; INT8 ranges come from the calibration images", model_dir)
-    return fallback[:INT8_MAX_FRAMES], f"{min(len(fallback), INT8_MAX_FRAMES)} of the {source}"
-
-
-def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: float, source: str,
-                       pixel_quantile: float = 0.999, max_drop: float | None = None) -> Manifest:
-    """Write model.int8.onnx, measure its accuracy drop, and record it with its own thresholds if usable.
-
-    The int8 graph's statistics are refit on its own features of the fit images when the model dir
-    allows (int8_stats.fit_frames_for). Its drop against fp32 is measured on the good frames and
-    synthetic defects pasted into them (int8_gate; limit max_drop, default int8_gate.MAX_DROP). Over
-    the limit the manifest names no int8 graph — `--precision int8` then refuses to run — and an
-    ArtifactError gives the numbers. Usable: its threshold comes from int8 scores of the good frames,
-    same rule as fp32: manifest.precision_thresholds["int8"], details in calibration.details; its
-    pixel threshold likewise from its own maps: manifest.precision_pixel_thresholds["int8"].
-    """
-    import dataclasses
-
-    import numpy as np
-
-    from edge_somad.calibration import int8_gate
-    from edge_somad.calibration.int8_stats import fit_frames_for
-    from edge_somad.calibration.quantize import quantize_int8
-    from edge_somad.calibration.threshold import empirical_threshold, pixel_threshold
-    from edge_somad.contracts.manifest import load_manifest, save_manifest
-
-    limit = int8_gate.MAX_DROP if max_drop is None else max_drop
-    manifest = load_manifest(model_dir)
-    frames, from_where = int8_frames(model_dir, manifest, good_frames, source)
-    fit_frames, stats_note = fit_frames_for(model_dir, manifest)
-    try:
-        path = quantize_int8(model_dir, frames, fit_frames=fit_frames)
-        gate_set = int8_gate.synthetic_set(good_frames, manifest.preprocessing.pad_value)
-        with open_model_scorer(model_dir, "onnxruntime", "fp32") as fp32, \
-                open_model_scorer(model_dir, "onnxruntime", "int8") as q8:
-            r32, r8 = score_all(fp32, gate_set.frames), score_all(q8, gate_set.frames)
-        drop = int8_gate.int8_drop(gate_set, r32, r8, limit)
-    except BaseException:
-        save_manifest(model_dir, int8_gate.without_int8(load_manifest(model_dir)))  # never left unchecked
-        raise
-    # The good frames come first in the gate set: their int8 scores and maps set int8's thresholds.
-    s32, s8, maps8 = r32[0][:len(good_frames)], r8[0][:len(good_frames)], r8[1][:len(good_frames)]
-    rel = (s8 - s32) / np.maximum(np.abs(s32), 1e-12)
-    manifest = load_manifest(model_dir)
-    est = empirical_threshold(s8, target_frr)
-    pixel8 = pixel_threshold(maps8, pixel_quantile)
-    check = {
-        "file": path.name, "bytes": path.stat().st_size, "calibrated_on": from_where, "statistics": stats_note,
-        "usable": drop["usable"], "accuracy_drop": drop,
-        "score_rel_diff_median": float(np.median(rel)), "score_rel_diff_max_abs": float(np.abs(rel).max()),
-        "good_rejected_at_fp32_threshold":
-            None if manifest.threshold is None else int(np.count_nonzero(fails(s8, manifest.threshold))),
-        "threshold": est.threshold, "achieved_frr_on_calibration_set": est.achieved_frr_on_calibration_set,
-        "frr_upper_95": est.frr_upper_95, "pixel_threshold": pixel8,
-    }
-    calibration = dataclasses.replace(
-        manifest.calibration, details={**manifest.calibration.details, "int8": check})
-    if not drop["usable"]:
-        save_manifest(model_dir, dataclasses.replace(int8_gate.without_int8(manifest), calibration=calibration))
-        raise ArtifactError(
-            f"int8 not usable: the {int8_gate.LABELS[drop['worst_metric']]} drop {drop['max_drop']:.4f} exceeds "
-            f"{limit}; {int8_gate.summary(drop)}. {path.name} is kept for inspection but manifest.json "
-            "no longer names it, so `--precision int8` refuses to run; the fp32 calibration is saved. "
-            "Use fp32 (or fp16 on TensorRT), or retry `calibrate --int8` after fitting on more good images."
-        )
-    thresholds = {**manifest.precision_thresholds, "int8": float(est.threshold)}
-    pixel_thresholds = {**manifest.precision_pixel_thresholds, "int8": pixel8}
-    manifest = dataclasses.replace(manifest, calibration=calibration, precision_thresholds=thresholds,
-                                   precision_pixel_thresholds=pixel_thresholds)
-    save_manifest(model_dir, manifest)
-    typer.echo(
-        f"int8             {path.name}: {check['bytes'] / 2**20:.2f} MiB, ranges from {from_where}\n"
-        f"int8 statistics  {stats_note}\n"
-        f"int8 accuracy    usable: {int8_gate.summary(drop)}\n"
-        f"int8 vs fp32     good scores {check['score_rel_diff_median']:+.1%} (median), "
-        f"{check['good_rejected_at_fp32_threshold']}/{len(s8)} good rejected at the fp32 threshold\n"
-        f"int8 threshold   {est.threshold:.6g} (same rule, int8 scores; manifest.precision_thresholds.int8), "
-        f"pixel {pixel8:.6g} (int8 maps; manifest.precision_pixel_thresholds.int8)"
-    )
-    return manifest

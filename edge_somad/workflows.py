@@ -105,7 +105,8 @@ def build_engine_from_cli(model_dir: Path, precision: str, max_batch: int = 4,
 
 def calibrate_holdout(model_dir: Path, target_frr: float) -> Manifest:
     """Threshold from the held-out good images recorded at fit time (no re-export involved)."""
-    from edge_somad.calibration.commands import DEFAULT_METHOD, calibrate_model, load_holdout_frames
+    from edge_somad.calibration.commands import DEFAULT_METHOD, calibrate_model
+    from edge_somad.calibration.frames import load_holdout_frames
     from edge_somad.runtime.backends import open_scorer
 
     frames = load_holdout_frames(model_dir)

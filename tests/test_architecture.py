@@ -30,6 +30,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "calibration.threshold", "calibration.selfcheck", "export.fp16", "machine", "graph_cost"),
     2: ("fit", "select", "evaluate", "export.onnx_graph", "export.exporter", "export.trt_build", "export.manifest",
         "calibration.commands", "calibration.quantize", "calibration.int8_stats", "calibration.int8_gate",
+        "calibration.int8_step", "calibration.frames",
         "calibration.report", "runtime.pipeline", "runtime.outbox", "runtime.launch", "runtime.view_state",
         "runtime.view", "runtime.bridge_source",
         "runtime.bridge_mqtt", "runtime.bridge_opcua"),

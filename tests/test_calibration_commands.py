@@ -16,14 +16,9 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from edge_somad.calibration import int8_gate, quantize
-from edge_somad.calibration.commands import (
-    calibrate,
-    calibrate_model,
-    load_holdout_frames,
-    quantize_and_check,
-    run_calibrate,
-    score_all,
-)
+from edge_somad.calibration.commands import calibrate, calibrate_model, run_calibrate
+from edge_somad.calibration.frames import load_holdout_frames, score_all
+from edge_somad.calibration.int8_step import quantize_and_check
 from edge_somad.calibration.threshold import (
     empirical_threshold,
     image_chi2_threshold,

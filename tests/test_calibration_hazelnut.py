@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from edge_somad.calibration.commands import run_calibrate, score_all
+from edge_somad.calibration.commands import run_calibrate
+from edge_somad.calibration.frames import score_all
 from edge_somad.calibration.int8_gate import MAX_DROP
 from edge_somad.calibration.threshold import confusion_at_threshold
 from edge_somad.data import read_frames

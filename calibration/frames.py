@@ -1,0 +1,75 @@
+"""What the calibration steps read and score: good frames (held-out split or a folder) and their
+scores/maps through a runtime scorer. Shared by calibrate (commands.py) and the int8 step
+(int8_step.py), so neither imports the other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_somad.contracts.layout import SPLIT_NAME, split_paths
+from edge_somad.contracts.names import IMAGE_SUFFIXES
+from edge_somad.errors import DatasetError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edge_somad.contracts.manifest import Manifest
+    from edge_somad.runtime.scorer import Scorer
+
+SCORE_BATCH = 8
+
+
+def score_all(scorer: Scorer, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N,) and maps (N, H, W) float32 for a stack of frames, in batches the scorer accepts."""
+    import numpy as np
+
+    from edge_somad.evaluate import score_timed
+
+    batch = min(SCORE_BATCH, getattr(scorer, "max_batch", None) or SCORE_BATCH)
+    scores, maps, _ = score_timed(scorer, frames, batch)
+    return scores.astype(np.float32), maps.astype(np.float32)
+
+
+def open_model_scorer(model_dir: Path, backend: str, precision: str = "fp32") -> Scorer:
+    from edge_somad.runtime.backends import open_scorer
+
+    return open_scorer(model_dir, backend, precision)
+
+
+def load_good_frames(
+    model_dir: Path, manifest: Manifest, calibration_dir: Path | None
+) -> tuple[np.ndarray, str]:
+    """Resized uint8 BGR frames of the good calibration images, and a description of their source."""
+    from edge_somad.data import read_frames
+
+    if calibration_dir is not None:
+        paths = image_files(calibration_dir)
+        source = f"{len(paths)} good images from {calibration_dir}"
+    else:
+        paths = split_paths(model_dir, "holdout")
+        if not paths:
+            raise DatasetError(
+                f"{Path(model_dir) / SPLIT_NAME} lists 0 held-out good images "
+                "(fit with holdout_fraction=0?). "
+                "Pass --calibration-dir with good images the model never saw, or re-fit with a holdout."
+            )
+        source = f"{len(paths)} held-out good images (split.json)"
+    return read_frames(paths, manifest), source
+
+
+def load_holdout_frames(model_dir: Path) -> np.ndarray:
+    """Resized uint8 BGR frames of split.json's held-out good images (for export/evaluate workflows)."""
+    from edge_somad.contracts.manifest import load_manifest
+
+    return load_good_frames(model_dir, load_manifest(model_dir), None)[0]
+
+
+def image_files(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"--calibration-dir {folder} is not a folder; expected a folder of good images")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DatasetError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} files; expected good part images")
+    return paths
