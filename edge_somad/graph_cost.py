@@ -55,17 +55,11 @@ class GraphCost:
 def graph_cost(model: Any) -> GraphCost:
     """Count MACs and bytes of an onnx.ModelProto or a path to one, at batch 1."""
     import onnx
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     if isinstance(model, (str, Path)):
         model = onnx.load(str(model))
-    m = copy.deepcopy(model)
-    for inp in m.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = 1  # the dynamic batch axis
-    inferred = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
-    shapes, dtypes = _shapes(inferred)
+    inferred = infer_batch1(model)
+    shapes, dtypes = static_shapes(inferred)
     macs = dict.fromkeys(MAC_OPS, 0)
     gather = 0
     unresolved = []
@@ -85,6 +79,19 @@ def graph_cost(model: Any) -> GraphCost:
     return GraphCost(macs, _weight_bytes(model), gather, tuple(unresolved))
 
 
+def infer_batch1(model: Any) -> Any:
+    """A copy of the model with the dynamic batch axis set to 1 and every shape ONNX Runtime's
+    symbolic inference can resolve (onnx's own gives up after the exporter's Shape/Reshape arithmetic)."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    m = copy.deepcopy(model)
+    for inp in m.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1  # the dynamic batch axis
+    return SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+
+
 def _node_macs(node: Any, shapes: dict[str, tuple[int, ...]]) -> int | None:
     out = shapes.get(node.output[0])
     ins = [shapes.get(name) for name in node.input[:2]]
@@ -102,7 +109,7 @@ def _node_macs(node: Any, shapes: dict[str, tuple[int, ...]]) -> int | None:
     return int(np.prod(out)) * int(a[-1])  # MatMul: (..., m, k) @ (..., k, n) -> (..., m, n)
 
 
-def _shapes(model: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+def static_shapes(model: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     """Static shapes (and element sizes) of every named tensor: values, I/O, initializers, Constants."""
     from onnx import helper
 

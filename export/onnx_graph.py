@@ -133,27 +133,24 @@ def _check_io(graph: object, height: int, width: int, path: Path) -> None:
 
 
 def _largest(model: object) -> tuple[str, tuple[int, ...], int]:
-    """Largest intermediate tensor at batch 1, from ONNX Runtime's symbolic shape inference.
+    """Largest tensor a frame creates at batch 1 (shapes from edge_somad.graph_cost.infer_batch1).
 
-    onnx's own inference gives up after the exporter's Shape/Reshape arithmetic, which hides
-    exactly the tensors that matter (the gathered whitening factors).
+    Tensors computed from constants alone (the Cast of the float16 whitening, see store_half) are
+    folded once when the runtime loads the graph, so they are weights, not per-frame intermediates.
     """
-    import copy
+    from edge_somad.graph_cost import infer_batch1, static_shapes
 
-    import onnx
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    m = copy.deepcopy(model)
-    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
-    inferred = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+    inferred = infer_batch1(model)
+    shapes, itemsize = static_shapes(inferred)
+    constant = {i.name for i in inferred.graph.initializer}
     best = ("", (), 0)
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        tt = vi.type.tensor_type
-        if not tt.elem_type or any(not d.HasField("dim_value") for d in tt.shape.dim):
+    for node in inferred.graph.node:  # topological order: a node's inputs are known before it
+        if all(name in constant for name in node.input if name):
+            constant.update(node.output)
             continue
-        shape = tuple(int(d.dim_value) for d in tt.shape.dim)
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
-        nbytes = int(np.prod(shape)) * itemsize
-        if nbytes > best[2]:
-            best = (vi.name, shape, nbytes)
+        for name in node.output:
+            if name in shapes:
+                nbytes = int(np.prod(shapes[name])) * itemsize[name]
+                if nbytes > best[2]:
+                    best = (name, shapes[name], nbytes)
     return best

@@ -135,3 +135,21 @@ def test_split_paths_are_absolute(tiny_fitted: Path) -> None:
     split = json.loads((tiny_fitted / "split.json").read_text())
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in split["train"] + split["holdout"])
     assert Path(split["data_root"]).is_absolute()
+
+
+def test_largest_intermediate_skips_tensors_folded_from_constants() -> None:
+    """The float16-stored whitening's Cast is folded at load: a weight, not a per-frame tensor."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_somad.export.onnx_graph import _largest
+
+    table = numpy_helper.from_array(np.ones((64, 64), np.float16), "w_f16")  # 16 kB once cast to float32
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["w_f16"], ["w"], to=TensorProto.FLOAT),
+         helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 64])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    assert _largest(model) == ("y", (1, 8, 64), 8 * 64 * 4)  # not the 16 kB cast table "w"
