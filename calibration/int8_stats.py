@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edge_somad.artifacts import held_whitening
 from edge_somad.contracts.layout import ARRAYS_NAME, split_paths
 from edge_somad.data import read_frames
 from edge_somad.errors import ArtifactError
@@ -44,16 +45,15 @@ class HeadTensors:
     whiten: str  # (M|N, d, d)
 
 
-def _find_initializer(model: onnx.ModelProto, value: np.ndarray, what: str) -> str:
-    """The initializer holding exactly `value` (the fitted array, as exported)."""
+def _find_initializer(model: onnx.ModelProto, value: np.ndarray, what: str, half: bool = False) -> str:
+    """The initializer holding exactly `value` (the fitted array, as exported). `half`: the whitening,
+    which graphs exported since artifacts.held_whitening hold at float16 precision (in float16 or
+    float32); earlier exports hold it exactly, and stay usable."""
     for init in model.graph.initializer:
         if tuple(init.dims) != value.shape:
             continue
         held = numpy_helper.to_array(init)
-        # The whitening is rounded to float16 by model.Head (and large ones stored so by
-        # export/onnx_graph.store_half): the graph may hold the fitted value at that precision.
-        rounded = value.astype(np.float16).astype(held.dtype)
-        if np.array_equal(held, value) or np.array_equal(held, rounded):
+        if np.array_equal(held, value) or (half and np.array_equal(held, held_whitening(value).astype(held.dtype))):
             return init.name
     raise ArtifactError(
         f"no initializer of the graph equals the fitted {what} {value.shape} from arrays.npz; "
@@ -63,7 +63,8 @@ def _find_initializer(model: onnx.ModelProto, value: np.ndarray, what: str) -> s
 
 def find_head_tensors(model: onnx.ModelProto, location: np.ndarray, whiten: np.ndarray) -> HeadTensors:
     """Locate the head's inputs by value: location init -> (Gather) -> Sub(features, ·)."""
-    loc, wht = _find_initializer(model, location, "centres/means"), _find_initializer(model, whiten, "whitening")
+    loc = _find_initializer(model, location, "centres/means")
+    wht = _find_initializer(model, whiten, "whitening", half=True)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -184,8 +185,8 @@ def _replace(model: onnx.ModelProto, name: str, value: np.ndarray, half: bool = 
     for init in model.graph.initializer:
         if init.name == name:
             old = numpy_helper.to_array(init)
-            if half:  # rounded like the fp32 graph's whitening (model.Head), in the dtype the graph holds
-                value = value.astype(np.float16).astype(old.dtype)
+            if half:  # the whitening: held like the fp32 graph's (artifacts.held_whitening), in its dtype
+                value = held_whitening(value).astype(old.dtype)
             if old.shape != value.shape or old.dtype != value.dtype:
                 raise ArtifactError(f"refit {name} is {value.dtype}{value.shape}; graph holds {old.dtype}{old.shape}")
             init.CopyFrom(numpy_helper.from_array(value, name))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edge_somad import scoring
-from edge_somad.artifacts import FittedArrays, load_arrays, load_config
+from edge_somad.artifacts import FittedArrays, held_whitening, load_arrays, load_config
 from edge_somad.backbones import load_backbone
 from edge_somad.config import FitConfig
 from edge_somad.contracts.layout import read_fit_info
@@ -32,11 +32,8 @@ class Head(nn.Module):
         self.method = config.method
         self.topk = config.topk
         t = torch.from_numpy
-        # The whitening factors are ~90 % of the graph's bytes, so the exported graph stores them in
-        # float16 (export/onnx_graph.py). Every backend uses these same rounded values, torch included,
-        # so there is one set of numbers; distances still accumulate in float32. Measured on bottle:
-        # patch distances move by 3e-5 (median) / 7e-5 (max) relative.
-        self.register_buffer("whiten", t(arrays.whiten).to(torch.float16).to(torch.float32))
+        # Held at float16 precision, like the exported graph's (artifacts.held_whitening says why).
+        self.register_buffer("whiten", t(held_whitening(arrays.whiten)))
         if config.method == "somad":
             self.register_buffer("search", scoring.search_table(t(arrays.nodes)))
             self.register_buffer("centers", t(arrays.centers))
