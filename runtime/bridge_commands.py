@@ -18,13 +18,14 @@ import typer
 
 from edge_somad.contracts.exits import handle_errors
 from edge_somad.errors import ConfigError
-from edge_somad.runtime.commands import CurveClientSecret, CurveServerKey, _logging
+from edge_somad.runtime.commands import CurveClientSecret, CurveServerKey, LogLevel, _logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Factory integration: verdicts from `run` to an MQTT broker or an OPC UA server.")
 OptFile = Optional[Path]  # noqa: UP045 - typer reads the annotation at runtime
 Connect = Annotated[list[str], typer.Option(
     "--connect", help="`run` endpoint to subscribe to, repeatable (one per box or line PC).")]
+TopicFilter = Annotated[str, typer.Option(help="ZeroMQ topic prefix filter.")]
 PASSWORD_ENV = "EDGE_SOMAD_BRIDGE_PASSWORD"
 log = logging.getLogger("edge_somad.runtime.bridge")
 
@@ -86,10 +87,10 @@ def mqtt(
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Publish PNG heatmaps too.")] = False,
     heatmap_max_bytes: Annotated[int, typer.Option(help="Larger heatmaps are not published (counted).")] = 262_144,
     status_interval: Annotated[float, typer.Option(help="Seconds between retained status messages.")] = 10.0,
-    topic: Annotated[str, typer.Option(help="ZeroMQ topic prefix filter.")] = "somad/",
+    topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
-    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Publish verdicts to an MQTT broker (birth/death, per-camera seq, QoS 1, disk queue while it is away)."""
     _logging(log_level)
@@ -152,10 +153,10 @@ def opcua(
     camera: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
         "--camera", help="Camera id to show before its first verdict (repeatable), so PLC programs bind at start."
     )] = None,
-    topic: Annotated[str, typer.Option(help="ZeroMQ topic prefix filter.")] = "somad/",
+    topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
-    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Serve the last result, counters and health of each camera over OPC UA (names after OPC 40100)."""
     _logging(log_level)

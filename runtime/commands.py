@@ -22,6 +22,7 @@ CurveServerKey = Annotated[OptFile, typer.Option(
 CurveClientSecret = Annotated[OptFile, typer.Option(
     help="CURVE: this subscriber's own secret key file (NAME.key_secret); its NAME.key must be in the "
     "publisher's --curve-clients folder.")]
+LogLevel = Annotated[str, typer.Option(help="debug | info | warning | error")]
 
 
 def _logging(level: str) -> None:
@@ -73,7 +74,7 @@ def run(
     psi_warn: Annotated[float, typer.Option(help="Score drift warn: PSI of pass scores vs calibration.")] = 0.1,
     psi_alarm: Annotated[float, typer.Option(help="Score drift alarm: PSI.")] = 0.25,
     score_window: Annotated[int, typer.Option(help="Pass scores in the score-drift window.")] = 200,
-    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
     _logging(log_level)
