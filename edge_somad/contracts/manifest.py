@@ -14,6 +14,7 @@ from typing import Any
 
 from edge_somad.config import read_json, write_json
 from edge_somad.contracts.layout import MANIFEST_NAME
+from edge_somad.contracts.manifest_check import check_manifest_dict
 from edge_somad.errors import ArtifactError
 
 MANIFEST_SCHEMA = "edge-somad/manifest/1"
@@ -120,12 +121,16 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Build from parsed JSON; every field is type- and range-checked first (contracts/manifest_check)."""
+        if not isinstance(data, dict):
+            raise ArtifactError(f"manifest.json holds a {type(data).__name__}; expected a JSON object")
         data = dict(data)
         if data.get("schema") != MANIFEST_SCHEMA:
             raise ArtifactError(
                 f"manifest schema {data.get('schema')!r} is not supported: expected {MANIFEST_SCHEMA!r}. "
                 "Re-export with `edge-somad export --model DIR`."
             )
+        check_manifest_dict(data)
         try:
             return cls(
                 input=_tensor(data.pop("input")),
@@ -167,7 +172,10 @@ def load_manifest(model_dir: Path, verify_onnx: bool = True) -> Manifest:
             f"{path} does not exist: {model_dir} is not an exported model. "
             f"Run `edge-somad export --model {model_dir}` first."
         )
-    manifest = Manifest.from_dict(read_json(path))
+    try:
+        manifest = Manifest.from_dict(read_json(path))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from exc
     if verify_onnx:
         onnx_path = model_dir / manifest.onnx
         if not onnx_path.is_file():
