@@ -7,6 +7,10 @@ every frame (validation, demos, benchmarks), and nothing is lost by waiting.
 Live sources reconnect with exponential backoff; replay sources end with an `ended` event, or,
 with `loop=True` (benchmarks: N cameras from one clip), start again from the first frame.
 A frame that cannot be decoded becomes a FrameItem with `error` set, never silence.
+A source that cannot be opened, or does not answer within `open_report_s`, is `unavailable` at once
+(an event), and a live source that delivers nothing for a few frame intervals is `stalled` (the
+pipeline asks `stalled_for`): a dead camera is never silent. A shared ReadBudget (`--max-frames`)
+stops every capture thread once that many frames were read, so no frame is read and left unanswered.
 """
 
 from __future__ import annotations
@@ -19,34 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from edge_somad.contracts.names import IMAGE_SUFFIXES
 from edge_somad.errors import ConfigError, InputError
-from edge_somad.runtime.frames import read_image_file
+from edge_somad.runtime.capture import LIVE_KINDS, SourceSpec, _Capture, folder_warning
 from edge_somad.runtime.messages import check_camera_id
+
+__all__ = ["LIVE_KINDS", "CameraEvent", "CameraSource", "DropOldestQueue", "FrameItem", "ReadBudget", "SourceSpec",
+           "_Capture", "parse_cameras", "parse_source"]
 
 log = logging.getLogger(__name__)
 
-LIVE_KINDS = ("index", "stream")
 _NOT_IN_IDS = ("/", "\\", ":")  # a '=' after one of these belongs to a path or URL, not to an id
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    kind: str  # index | file | stream | folder
-    target: int | str
-    loop: bool = False  # replays only: start again at the end instead of ending (bench --cameras)
-
-    def __post_init__(self) -> None:
-        if self.loop and self.kind in LIVE_KINDS:
-            raise ConfigError(f"loop=True for a live {self.kind} source {self.target!r}; only a video file or "
-                              "an image folder can be replayed in a loop")
-
-    @property
-    def live(self) -> bool:
-        return self.kind in LIVE_KINDS
 
 
 @dataclass
@@ -62,7 +50,7 @@ class FrameItem:
 @dataclass(frozen=True)
 class CameraEvent:
     camera: str
-    status: str  # running | reconnecting | ended | stopped
+    status: str  # running | unavailable | reconnecting | stalled | ended | stopped
     detail: str
     at: float
 
@@ -76,6 +64,8 @@ def parse_source(spec: str) -> SourceSpec:
         return SourceSpec("stream", s)
     p = Path(s).expanduser()
     if p.is_dir():
+        if (why := folder_warning(p)) is not None:
+            log.warning("%s", why)
         return SourceSpec("folder", str(p))
     if p.is_file():
         return SourceSpec("file", str(p))
@@ -161,73 +151,38 @@ class DropOldestQueue:
         return len(self._items)
 
 
-class _Capture:
-    """What the thread reads from: cv2.VideoCapture, or a sorted image folder."""
+class ReadBudget:
+    """Frames all capture threads may still read together (`--max-frames`); None: no limit."""
 
-    def __init__(self, spec: SourceSpec) -> None:
-        self.spec = spec
-        self.files: list[Path] = []
-        self.pos = 0
-        self.total = 0
-        self._read_this_pass = 0  # frames delivered since the last (re)start: a loop must make progress
-        self.cap: cv2.VideoCapture | None = None
-        if spec.kind == "folder":
-            folder = Path(str(spec.target))
-            self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            self.total = len(self.files)
-        else:
-            self.cap = cv2.VideoCapture(spec.target)
-            if spec.kind == "file" and self.cap.isOpened():
-                self.total = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
 
-    def opened(self) -> bool:
-        return self.spec.kind == "folder" or bool(self.cap is not None and self.cap.isOpened())
+    def take(self) -> bool:
+        """Claim one read; False once the limit is reached (the thread then ends its source)."""
+        with self._lock:
+            if self.limit is not None and self.used >= self.limit:
+                return False
+            self.used += 1
+            return True
 
-    def read(self) -> tuple[str, np.ndarray | None, str | None]:
-        """-> ("frame", img, None) | ("error", None, why) | ("end", None, why)."""
-        kind, img, why = self._read_once()
-        if kind == "end" and self.spec.loop and self._read_this_pass > 0:
-            # Loop from the start. Only after a pass that produced a frame: an empty folder or a file
-            # that decodes nothing ends as before instead of spinning here forever.
-            self._rewind()
-            kind, img, why = self._read_once()
-        if kind == "frame":
-            self._read_this_pass += 1
-        return kind, img, why
+    def give_back(self) -> None:
+        with self._lock:
+            self.used = max(0, self.used - 1)
 
-    def _rewind(self) -> None:
-        self.pos, self._read_this_pass = 0, 0
-        if self.cap is not None:  # reopen rather than seek: seeking is unreliable for some codecs
-            self.cap.release()
-            self.cap = cv2.VideoCapture(self.spec.target)
-
-    def _read_once(self) -> tuple[str, np.ndarray | None, str | None]:
-        if self.spec.kind == "folder":
-            if self.pos >= len(self.files):
-                return "end", None, f"folder replay finished ({self.total} images)"
-            path = self.files[self.pos]
-            self.pos += 1
-            img, why = read_image_file(path)  # whole files only: a truncated JPEG is an error, not a part
-            return ("error", None, why) if img is None else ("frame", img, None)
-        if self.cap is None:
-            return "end", None, "capture released"
-        ok, img = self.cap.read()
-        if ok and img is not None:
-            self.pos += 1
-            return "frame", img, None
-        if self.spec.kind == "file" and self.total > 0 and self.pos < self.total:
-            # The header promised more frames: the file is truncated or corrupt from here on.
-            failed_at, self.pos = self.pos, self.total
-            return "error", None, f"video decode failed at frame {failed_at} of {self.total} (truncated?)"
-        return "end", None, "end of stream"
-
-    def release(self) -> None:
-        if self.cap is not None:
-            self.cap.release()
+    @property
+    def spent(self) -> bool:
+        return self.limit is not None and self.used >= self.limit
 
 
 class CameraSource:
-    """A capture thread for one source. Status: starting | running | reconnecting | ended | stopped."""
+    """A capture thread for one source.
+
+    Status: starting | running | unavailable (cannot open / no answer yet) | reconnecting (a live
+    source was lost) | ended | stopped. `stalled_for` adds the pipeline's view of a running live
+    source that delivers nothing.
+    """
 
     def __init__(
         self,
@@ -239,17 +194,28 @@ class CameraSource:
         backoff_s: tuple[float, float] = (0.5, 10.0),
         drop_when_full: bool | None = None,
         opener: Callable[[SourceSpec], _Capture] = _Capture,
+        budget: ReadBudget | None = None,
+        open_report_s: float = 1.0,
+        stall_frames: float = 5.0,
+        stall_min_s: float = 1.0,
     ) -> None:
         self.id = camera_id
         self.spec = spec
         self.queue = DropOldestQueue(queue_size, cond)
         self.status = "starting"
+        self.detail = ""
         self.frames = 0
         self.read_errors = 0
+        self.started_at = time.monotonic()
+        self._running_since = self.started_at
+        self.last_frame_at: float | None = None  # monotonic time of the last item read (frame or error)
         self._drop = spec.live if drop_when_full is None else drop_when_full
         self._on_event = on_event
         self._backoff = backoff_s
         self._opener = opener
+        self._budget = budget
+        self._open_report_s = open_report_s
+        self._stall = (stall_frames, stall_min_s)
         self._stop = threading.Event()
         self._next_id = 0
         self._times: deque[float] = deque(maxlen=32)
@@ -264,11 +230,36 @@ class CameraSource:
     def finished(self) -> bool:
         return self.status in ("ended", "stopped")
 
-    def fps(self) -> float:
+    def fps(self, now: float | None = None) -> float:
+        """Frames per second over the last 32 frames; 0 while the source is not delivering (not
+        running, or stalled): a stale rate would say the camera is fine."""
+        if self.status != "running" or self.stalled_for(time.monotonic() if now is None else now) is not None:
+            return 0.0
         t = list(self._times)
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
 
+    def stall_limit(self) -> float:
+        """Seconds without a frame after which a running live source is stalled: `stall_frames`
+        median frame intervals, at least `stall_min_s`."""
+        frames, floor = self._stall
+        t = list(self._times)
+        interval = float(np.median(np.diff(t))) if len(t) > 2 else 0.0
+        return max(frames * interval, floor)
+
+    def stalled_for(self, now: float) -> float | None:
+        """Seconds since the last frame of a running live source past its stall limit, else None."""
+        if not self.spec.live or self.status != "running":
+            return None
+        since = self.last_frame_at if self.last_frame_at is not None else self.started_at
+        age = now - max(since, self._running_since)
+        return age if age > self.stall_limit() else None
+
+    def no_frame_for(self, now: float) -> float:
+        """Seconds since this source last delivered anything (since start if never)."""
+        return now - (self.last_frame_at if self.last_frame_at is not None else self.started_at)
+
     def start(self) -> None:
+        self.started_at = self._running_since = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
@@ -279,16 +270,22 @@ class CameraSource:
         return not self._thread.is_alive()
 
     def _set(self, status: str, detail: str) -> None:
-        self.status = status
+        if status == "running":
+            self._running_since = time.monotonic()
+        self.status, self.detail = status, detail
         log.info("camera %s: %s (%s)", self.id, status, detail)
         if self._on_event is not None:
             self._on_event(CameraEvent(self.id, status, detail, time.time()))
         with self.queue._cond:  # wake the consumer: it may be waiting for "all ended"
             self.queue._cond.notify_all()
 
+    def _claim(self) -> bool:
+        return self._budget is None or self._budget.take()
+
     def _emit(self, image: np.ndarray | None, error: str | None) -> None:
         item = FrameItem(self.id, self._next_id, time.time(), time.monotonic(), image, error)
         self._next_id += 1
+        self.last_frame_at = item.monotonic
         if error is None:
             self.frames += 1
             self._times.append(item.monotonic)
@@ -296,17 +293,51 @@ class CameraSource:
             self.read_errors += 1
         self.queue.put(item, block=not self._drop, stop=self._stop)
 
+    def _open(self) -> tuple[_Capture | None, str | None]:
+        """Open in a helper thread: report `unavailable` if it has not answered within open_report_s
+        (a driver or server can block for tens of seconds), and give up waiting on stop."""
+        box: list[_Capture | BaseException] = []
+        done, abandoned = threading.Event(), threading.Event()
+
+        def attempt() -> None:
+            try:
+                box.append(self._opener(self.spec))
+            except Exception as exc:  # a folder that vanished, a driver error: reported, retried
+                box.append(exc)
+            done.set()
+            if abandoned.is_set() and not isinstance(box[0], BaseException):
+                box[0].release()  # nobody will read it: free the device or connection
+
+        threading.Thread(target=attempt, name=f"open-{self.id}", daemon=True).start()
+        if not done.wait(self._open_report_s):
+            self._set("unavailable", f"opening {self.spec.kind} {self.spec.target}: no answer after "
+                                     f"{self._open_report_s:g} s")
+            while not done.wait(0.1):
+                if self._stop.is_set():
+                    abandoned.set()
+                    return None, "stop requested"
+        got = box[0]
+        if isinstance(got, BaseException):
+            return None, f"cannot open {self.spec.target}: {type(got).__name__}: {got}"
+        return got, None
+
     def _run(self) -> None:
         delay = self._backoff[0]
         while not self._stop.is_set():
-            cap = self._opener(self.spec)
+            cap, why = self._open()
+            if self._stop.is_set():
+                if cap is not None:
+                    cap.release()
+                break
             try:
-                if not cap.opened():
+                if cap is None or not cap.opened():
+                    why = why or f"cannot open {self.spec.target}"
                     if not self.spec.live:
-                        self._emit(None, f"cannot open {self.spec.kind} {self.spec.target}")
-                        self._set("ended", f"cannot open {self.spec.target}")
+                        if self._claim():  # a replay that never starts still answers with one error
+                            self._emit(None, f"cannot open {self.spec.kind} {self.spec.target}")
+                        self._set("ended", why)
                         return
-                    self._set("reconnecting", f"cannot open {self.spec.target}; retry in {delay:g}s")
+                    self._set("unavailable", f"{why}; retry in {delay:g}s")
                     self._stop.wait(delay)
                     delay = min(delay * 2, self._backoff[1])
                     continue
@@ -314,11 +345,12 @@ class CameraSource:
                 delay = self._backoff[0]
                 why = self._pump(cap)
             finally:
-                cap.release()
+                if cap is not None:
+                    cap.release()
             if self._stop.is_set():
                 break
-            if not self.spec.live:
-                self._set("ended", why)
+            if not self.spec.live or (self._budget is not None and self._budget.spent):
+                self._set("ended", str(why))
                 return
             self._set("reconnecting", f"{why}; retry in {delay:g}s")
             self._stop.wait(delay)
@@ -326,12 +358,14 @@ class CameraSource:
         self._set("stopped", "stop requested")
 
     def _pump(self, cap: _Capture) -> str:
-        """Read until the source ends, fails (live) or stop; returns why it stopped."""
+        """Read until the source ends, fails (live), the read budget is spent or stop; returns why."""
         while not self._stop.is_set():
             if not self._drop:
                 self.queue.wait_room(self._stop)
                 if self._stop.is_set():
                     break
+            if not self._claim():
+                return f"max frames ({self._budget.limit if self._budget else 0}) reached"
             kind, img, why = cap.read()
             if kind == "frame":
                 self._emit(img, None)
@@ -340,5 +374,7 @@ class CameraSource:
                 if self.spec.live:  # a live camera that returns nothing is unplugged: reconnect
                     return str(why)
             else:
+                if self._budget is not None:
+                    self._budget.give_back()  # nothing was read: another camera may use it
                 return str(why)
         return "stop requested"

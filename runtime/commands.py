@@ -74,6 +74,12 @@ def run(
     psi_warn: Annotated[float, typer.Option(help="Score drift warn: PSI of pass scores vs calibration.")] = 0.1,
     psi_alarm: Annotated[float, typer.Option(help="Score drift alarm: PSI.")] = 0.25,
     score_window: Annotated[int, typer.Option(help="Pass scores in the score-drift window.")] = 200,
+    camera_timeout: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="End the run with exit code 1 when a camera has delivered no frame for this many seconds "
+        "(cannot open, reconnecting or stalled). Default: keep retrying.")] = None,
+    camera_alarm: Annotated[float, typer.Option(
+        help="A camera that cannot be opened, reconnects or stalls is health `warn` at once and `alarm` after "
+        "this many seconds.")] = 5.0,
     log_level: LogLevel = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
@@ -86,15 +92,18 @@ def run(
     health_config = HealthConfig(
         enabled=health, frozen_s=frozen_s, frozen_frames=frozen_frames, input_warn_z=input_warn_z,
         input_alarm_z=input_alarm_z, psi_warn=psi_warn, psi_alarm=psi_alarm, score_window=score_window,
-        score_min_samples=min(50, score_window))
+        score_min_samples=min(50, score_window), unavailable_alarm_s=camera_alarm)
     config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
                             precision=precision, drain_timeout_s=drain_timeout, health=health_config,
-                            max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+                            max_batch=max_batch, batch_wait_ms=batch_wait_ms, camera_timeout_s=camera_timeout)
     curve = load_server(curve_secret_key, curve_clients)
     final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
                          config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)
     typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, messages sent per topic {final['sent']}",
                err=True)
+    if final.get("camera_timeout"):
+        typer.echo(f"error: {final['reason']}", err=True)
+        raise typer.Exit(EXIT_NOT_MET)
 
 
 @handle_errors

@@ -55,8 +55,13 @@ def find_defects(
 
 
 def defects_of(verdict: Verdict, pixel_threshold: float | None, min_area_px: int = 0) -> list[dict[str, Any]]:
-    """The defect regions of a verdict's map (none for a verdict without a map or geometry)."""
-    if verdict.anomaly_map is None or verdict.geometry is None:
+    """The defect regions of a failing verdict's map.
+
+    Only a `fail` has defects: a box is a region at or above the pixel threshold ON A REJECTED PART.
+    A pass (below the image threshold) may still hold pixels above the pixel threshold; boxing them
+    would show a PLC or operator "PASS" with a defect, so it gets none (its heatmap still shows them).
+    """
+    if verdict.verdict != "fail" or verdict.anomaly_map is None or verdict.geometry is None:
         return []
     return find_defects(verdict.anomaly_map, verdict.geometry, pixel_threshold, min_area_px)
 

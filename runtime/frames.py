@@ -29,6 +29,8 @@ from edge_somad.errors import InputError
 # grid = (H // 4, W // 4)); used when a manifest predates `model.feature_grid`.
 ARCHITECTURE_STRIDE = 4
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Largest frame decoded from a file: 50 MP (an 8K frame is 33 MP). Decoded BGR it is 150 MB.
+MAX_FRAME_PIXELS = 50_000_000
 _TRUNCATED = "truncated: the file ends before its {}; the decoder would fill the rest with made-up pixels"
 
 
@@ -100,8 +102,73 @@ def encoded_image_problem(data: bytes) -> str | None:
     return None
 
 
-def read_image_file(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """(image, None) for a complete, decodable file; (None, reason) otherwise."""
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: frame header
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8 " and len(data) >= 30:
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order = {b"II": "little", b"MM": "big"}.get(data[:2])
+    if order is None or len(data) < 8:
+        return None
+    at = int.from_bytes(data[4:8], order)  # type: ignore[arg-type]
+    if at + 2 > len(data):
+        return None
+    size: dict[int, int] = {}
+    for k in range(int.from_bytes(data[at:at + 2], order)):  # type: ignore[arg-type]
+        e = at + 2 + 12 * k
+        if e + 12 > len(data):
+            break
+        tag, kind = int.from_bytes(data[e:e + 2], order), int.from_bytes(data[e + 2:e + 4], order)  # type: ignore[arg-type]
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+            width = 2 if kind == 3 else 4
+            size[tag] = int.from_bytes(data[e + 8:e + 8 + width], order)  # type: ignore[arg-type]
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) declared by an image file's header, read without decoding; None if unknown."""
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    if data[:2] == b"BM" and len(data) >= 26:
+        return (abs(int.from_bytes(data[18:22], "little", signed=True)),
+                abs(int.from_bytes(data[22:26], "little", signed=True)))
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    return _tiff_size(data)
+
+
+def read_image_file(path: Path, max_pixels: int = MAX_FRAME_PIXELS) -> tuple[np.ndarray | None, str | None]:
+    """(image, None) for a complete, decodable file within the pixel budget; (None, reason) otherwise.
+
+    The budget is checked on the header before decoding: a few-kB PNG can declare 20000x20000
+    pixels, 1.2 GB once decoded. A file whose size cannot be read from the header is refused too.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -109,6 +176,13 @@ def read_image_file(path: Path) -> tuple[np.ndarray | None, str | None]:
     problem = encoded_image_problem(data)
     if problem is not None:
         return None, f"image {Path(path).name}: {problem}"
+    size = image_size(data)
+    if size is None:
+        return None, (f"image {Path(path).name}: its header declares no readable width and height "
+                      "(PNG, JPEG, BMP, WebP and TIFF are read); not decoded")
+    if size[0] * size[1] > max_pixels:
+        return None, (f"image {Path(path).name} declares {size[0]}x{size[1]} pixels, above the frame budget of "
+                      f"{max_pixels / 1e6:g} MP; not decoded. Resize the images or point the camera at smaller ones.")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         return None, f"cannot decode image {Path(path).name} ({len(data)} bytes)"

@@ -25,6 +25,7 @@ from edge_somad.errors import ConfigError
 from edge_somad.runtime import drift
 
 STATES = ("ok", "warn", "alarm")
+DRIFT_PARTS = ("input_drift", "score_drift")
 _RANK = {s: i for i, s in enumerate(STATES)}
 
 
@@ -57,6 +58,8 @@ class HealthConfig:
     psi_alarm: float = 0.25
     ks_warn: float = 0.2
     ks_alarm: float = 0.35
+    # A camera that cannot be opened, is reconnecting or has stalled: warn at once, alarm after this.
+    unavailable_alarm_s: float = 5.0
     # A state goes UP at once but comes DOWN only after this many frames in a row would lower it: a
     # value hovering at a threshold must not send a `_status` event per frame.
     clear_frames: int = 10
@@ -75,6 +78,8 @@ class HealthConfig:
         if not 1 <= self.score_min_samples <= self.score_window:
             raise ConfigError(f"score_min_samples {self.score_min_samples}; expected 1..score_window "
                               f"({self.score_window})")
+        if self.unavailable_alarm_s < 0:
+            raise ConfigError(f"camera unavailable alarm after {self.unavailable_alarm_s:g} s; expected >= 0 s")
         if self.clear_frames < 1:
             raise ConfigError(f"clear_frames {self.clear_frames}; expected >= 1")
         if self.frozen_s < 0 or self.frozen_frames < 2:
@@ -98,7 +103,13 @@ class CameraHealth:
         self.score_q = np.asarray(scores, np.float64) if scores and score_drift else None
         self.state = "ok"
         self.reasons: list[str] = []
+        self.new_reasons: list[str] = []  # reasons whose kind was not among the previous state's
+        self._kinds: set[str] = set()
         self.fault: str | None = None
+        # A frame identical to the one before while the stream is not (yet) declared frozen: it says
+        # nothing new about the line, so its verdict must not be `pass` (the pipeline makes it an error).
+        self.repeated: str | None = None
+        self.link: tuple[str, str, float] | None = None  # (status, detail, seconds without a frame)
         self.faults = {"black": 0, "saturated": 0, "frozen": 0, "resolution": 0}
         self.resolution: tuple[int, int] | None = None
         self.resolution_changed: str | None = None
@@ -116,6 +127,7 @@ class CameraHealth:
         Returns the camera fault that makes this frame unusable, or None."""
         if not self.config.enabled:
             return None
+        self.repeated = None
         self._check_resolution(shape)
         metrics = drift.frame_metrics(resized)
         fault = self._flat_fault(metrics) or self._frozen_fault(resized, at)
@@ -165,37 +177,48 @@ class CameraHealth:
         held = at - self._same_since
         if self._same + 1 >= self.config.frozen_frames and held >= self.config.frozen_s:
             return f"frozen stream ({self._same + 1} identical frames over {held:.1f} s)"
+        self.repeated = (f"frozen stream suspected ({self._same + 1} identical frames over {held:.1f} s; "
+                         f"declared at {self.config.frozen_frames} frames and {self.config.frozen_s:g} s)")
         return None
 
     # -- state -------------------------------------------------------------------------------------
     def update(self) -> tuple[str, str] | None:
-        """Recompute the state; returns (previous, new) when it changed, for a `_status` event."""
+        """Recompute the state; returns (previous, new) when it changed or a new kind of reason
+        appeared (then `new_reasons` lists them; previous may equal new), for a `_status` event."""
         if not self.config.enabled:
             return None
         snap = self._drift()
-        reasons = []
+        reasons: list[tuple[str, str]] = []  # (kind, text): a kind is what makes an event "new"
         if self.fault:
-            reasons.append(f"camera fault: {self.fault}")
+            reasons.append((f"fault {self.fault.split(' ', 1)[0]}", f"camera fault: {self.fault}"))
         if self.resolution_changed:
-            reasons.append(self.resolution_changed)
-        for part in ("input_drift", "score_drift"):
-            if snap[part]["state"] != "ok":
-                reasons.append(f"{part.replace('_', ' ')} {snap[part]['state']}: {snap[part]['reason']}")
+            reasons.append(("resolution", self.resolution_changed))
         state = "alarm" if self.fault or self.resolution_changed else "ok"
-        state = worst(state, snap["input_drift"]["state"], snap["score_drift"]["state"])
+        if self.link is not None:
+            status, detail, for_s = self.link
+            reasons.append((f"camera {status}", f"camera {status}: {detail} (no frame for {for_s:.1f} s)"))
+            state = worst(state, "alarm" if for_s >= self.config.unavailable_alarm_s else "warn")
+        for part in DRIFT_PARTS:
+            if snap[part]["state"] != "ok":
+                reasons.append((part, f"{part.replace('_', ' ')} {snap[part]['state']}: {snap[part]['reason']}"))
+                state = worst(state, snap[part]["state"])
         if _RANK[state] < _RANK[self.state]:
             self._calm += 1
             if self._calm < self.config.clear_frames:
                 return None  # hold the higher state (and its reasons) a little longer
         self._calm = 0
-        previous, self.state, self.reasons = self.state, state, reasons
-        return (previous, state) if previous != state else None
+        kinds = {k for k, _ in reasons}
+        self.new_reasons = [text for k, text in reasons if k not in self._kinds]
+        previous, self.state, self.reasons, self._kinds = self.state, state, [t for _, t in reasons], kinds
+        return (previous, state) if previous != state or self.new_reasons else None
 
     def snapshot(self) -> dict[str, Any]:
         """The heartbeat's `cameras.<id>.health` block (documented in docs/messages.md)."""
         if not self.config.enabled:
             return {"state": "ok", "enabled": False}
-        return {"state": self.state, "reasons": list(self.reasons), "fault": self.fault,
+        link = None if self.link is None else {"status": self.link[0], "detail": self.link[1],
+                                               "no_frame_s": round(self.link[2], 3)}
+        return {"state": self.state, "reasons": list(self.reasons), "fault": self.fault, "link": link,
                 "fault_counts": dict(self.faults),
                 "resolution": list(self.resolution) if self.resolution else None, **self._drift()}
 
@@ -265,10 +288,24 @@ class LineHealth:
         if cam is None:
             return
         cam.observe_verdict(verdict, score)
+        self._update(cam)
+
+    def link(self, camera: str, problem: tuple[str, str, float] | None) -> None:
+        """The camera's connection: (status, detail, seconds without a frame) or None when delivering."""
+        cam = self.cameras[camera]
+        cam.link = problem
+        self._update(cam)
+
+    def repeated(self, camera: str) -> str | None:
+        """Why the camera's last frame must not pass (identical to the one before), or None."""
+        return self.cameras[camera].repeated
+
+    def _update(self, cam: CameraHealth) -> None:
         change = cam.update()
         if change is not None:
-            self._on_change({"event": "health", "camera": camera, "previous": change[0], "state": change[1],
-                             "reasons": list(cam.reasons), "health": cam.snapshot()})
+            self._on_change({"event": "health", "camera": cam.camera, "previous": change[0], "state": change[1],
+                             "reasons": list(cam.reasons), "new_reasons": list(cam.new_reasons),
+                             "health": cam.snapshot()})
 
     def snapshot(self, camera: str) -> dict[str, Any]:
         return self.cameras[camera].snapshot()

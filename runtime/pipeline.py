@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,13 +33,16 @@ from edge_somad.runtime.camera import (
     CameraEvent,
     CameraSource,
     FrameItem,
+    ReadBudget,
     SourceSpec,
     _Capture,
 )
+from edge_somad.runtime.camera_watch import CameraWatch
 from edge_somad.runtime.defects import defects_of, render_overlay
 from edge_somad.runtime.frames import check_useful_geometry
-from edge_somad.runtime.health import HealthConfig, LineHealth
+from edge_somad.runtime.health import LineHealth
 from edge_somad.runtime.outbox import Outbox
+from edge_somad.runtime.pipeline_config import PipelineConfig, Stats
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import Scorer
 from edge_somad.runtime.verdict import judge, unscored
@@ -47,40 +50,6 @@ from edge_somad.runtime.verdict import judge, unscored
 log = logging.getLogger(__name__)
 
 NOT_SCORED = "not scored: shutdown"
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    heatmap: str = "png"  # png | f16 | none
-    overlay: bool = False
-    max_frames: int | None = None  # stop after this many verdicts in total
-    queue_size: int = 2
-    heartbeat_s: float = 1.0
-    drain_timeout_s: float = 5.0  # on SIGTERM: at most this long scoring what is queued; the rest -> NOT_SCORED
-    precision: str = "fp32"  # what the scorer runs, for the message's model block
-    health: HealthConfig = field(default_factory=HealthConfig)  # camera faults and drift (runtime/health.py)
-    # Frames per scorer call. None: the number of cameras, within the scorer's static batch limit;
-    # larger lets a camera with several frames queued fill the batch (replays, bursts).
-    max_batch: int | None = None
-    # A partial batch waits this long for the other cameras' frames. Small: a frame's latency grows
-    # by it, and cameras that run freely (replays, a busy line) have frames queued anyway.
-    batch_wait_ms: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.heatmap not in messages.HEATMAP_ENCODINGS:
-            raise ConfigError(f"--heatmap {self.heatmap!r}; expected one of {messages.HEATMAP_ENCODINGS}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ConfigError(f"--max-frames {self.max_frames}; expected >= 1 (or leave it out)")
-        if self.queue_size < 1:
-            raise ConfigError(f"--queue-size {self.queue_size}; expected >= 1")
-        if self.drain_timeout_s < 0:
-            raise ConfigError(f"--drain-timeout {self.drain_timeout_s}; expected >= 0 seconds")
-        if self.heartbeat_s <= 0:
-            raise ConfigError(f"heartbeat interval {self.heartbeat_s}; expected > 0 seconds")
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ConfigError(f"--max-batch {self.max_batch}; expected >= 1 (or leave it out: one per camera)")
-        if not 0 <= self.batch_wait_ms <= 1000:
-            raise ConfigError(f"--batch-wait-ms {self.batch_wait_ms:g}; expected 0..1000 ms (0: never wait)")
 
 
 @dataclass
@@ -92,25 +61,7 @@ class _Prepared:
     error: str | None = None
     score: float | None = None
     amap: np.ndarray | None = None
-
-
-@dataclass
-class Stats:
-    frames_scored: int = 0
-    verdicts: dict[str, int] = field(default_factory=lambda: {v: 0 for v in messages.VERDICTS})
-    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=1000))  # capture -> publish, recent
-    score_calls: int = 0  # scorer calls; frames_scored / score_calls = mean batch
-    max_batch_seen: int = 0
-
-    @property
-    def published(self) -> int:
-        return sum(self.verdicts.values())
-
-    def latency(self) -> dict[str, Any]:
-        """The heartbeat's `latency_ms` block: capture -> publish over the last (up to 1000) verdicts."""
-        lat = np.fromiter(list(self.latencies_ms), np.float64)
-        p50, p99 = np.percentile(lat, (50, 99)).round(3).tolist() if lat.size else (None, None)
-        return {"p50": p50, "p99": p99, "n": int(lat.size)}
+    repeated: str | None = None  # identical to the camera's previous frame: must not pass
 
 
 class Pipeline:
@@ -136,8 +87,14 @@ class Pipeline:
                 messages.check_camera_id(cid)
             except InputError as exc:
                 raise ConfigError(str(exc)) from exc
-        self.cameras = [CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener)
+        # Shared by every capture thread: with --max-frames N, N frames are read in total, so every
+        # frame read is taken and answered (a replay would otherwise have read queue_size more).
+        self.reads = ReadBudget(config.max_frames)
+        self.cameras = [CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener,
+                                     budget=self.reads, open_report_s=config.open_report_s,
+                                     stall_frames=config.stall_frames, stall_min_s=config.stall_min_s)
                         for cid, spec in cameras]
+        self._kinds = {cid: spec.kind for cid, spec in cameras}
         self.health = LineHealth([c.id for c in self.cameras], manifest.reference, config.health,
                                  score_drift=config.precision != "int8", on_change=self._health_event)
         limit = getattr(scorer, "max_batch", None)
@@ -151,6 +108,8 @@ class Pipeline:
         # LineHealth and the latency window are written by the loop (frames) and the publisher
         # thread (verdicts), and read for the heartbeat: one lock for both.
         self._lock = threading.Lock()
+        self.watch = CameraWatch(self.cameras, self.health, self._lock, self.pub.publish_status,
+                                 config.camera_timeout_s)
         self._outbox: Outbox[list[_Prepared]] = Outbox(self._publish_batch, depth=2)
         pre = manifest.preprocessing
         self._size = (pre.height, pre.width)
@@ -183,9 +142,14 @@ class Pipeline:
                 break
             batch = self._collect(self._budget(self.max_batch), timeout=0.1)
             self._flush_events()
+            if (why := self.watch.check()) is not None:
+                reason = why
+                break
             if batch:
                 self._process(batch)
             elif all(c.finished for c in self.cameras) and not self._queued():
+                if self.reads.spent:
+                    reason = f"max frames ({self.config.max_frames}) reached"
                 break
             if self._budget(1) == 0:
                 reason = f"max frames ({self.config.max_frames}) reached"
@@ -209,19 +173,19 @@ class Pipeline:
         while (drain and self._queued() and time.monotonic() < deadline and self._budget(1)
                and not self._abort.is_set()):
             self._process(self._collect(self._budget(self.max_batch), timeout=0.0))
-        if drain and self._budget(1):
-            self._report_unscored()
+        self._report_unscored()  # normally nothing is left: the drain limit, a second signal, a camera timeout
         self._outbox.close()  # every verdict is out before the final status
         self._flush_events()
         self.status = "stopped" if drain else "ended"
         final = self._health(messages.STATUS_SCHEMA)
-        final.update(event="final", reason=reason)
+        final.update(event="final", reason=reason, camera_timeout=self.watch.timed_out)
         self.pub.publish_status(final)
         return final
 
     def _report_unscored(self) -> None:
         """Every frame read gets a verdict: those left after the drain limit are errors, not silence."""
-        why = "second signal" if self._abort.is_set() else f"drain limit {self.config.drain_timeout_s:g} s reached"
+        why = ("second signal" if self._abort.is_set() else "camera timeout" if self.watch.timed_out
+               else f"drain limit {self.config.drain_timeout_s:g} s reached")
         left: list[_Prepared] = []
         for cam in self.cameras:
             while (item := cam.queue.pop()) is not None:
@@ -292,6 +256,9 @@ class Pipeline:
             return p
         with self._lock:
             fault = self.health.frame(item.camera, p.frame.shape[:2], p.resized, item.monotonic)
+            # Files of a folder are separate pictures, not a stream that can freeze: identical ones are
+            # identical parts. Live sources and video files are streams.
+            p.repeated = self.health.repeated(item.camera) if self._kinds[item.camera] != "folder" else None
         if fault is not None:  # a black or frozen picture says nothing about the part: never a pass
             p.error = f"camera fault: {fault}"
         return p
@@ -332,6 +299,10 @@ class Pipeline:
         threshold = self.manifest.threshold_for(precision)
         # The one decision for this frame; defects, heatmap, overlay and header read it.
         v = judge(p.score, p.amap, threshold, p.geometry) if p.error is None else unscored(p.error, threshold)
+        if p.repeated is not None and v.verdict == "pass":
+            # A repeat of the previous frame may be a frozen camera before it can be declared one: it
+            # shows no new part, so it never passes (a fail stays a fail: rejecting is safe).
+            v = unscored(f"camera fault: {p.repeated}", threshold, p.geometry)
         defects = defects_of(v, self.manifest.pixel_threshold_for(precision),
                              self.manifest.calibration.min_defect_area_px)
         meta, heat = messages.heatmap_of(v, self.config.heatmap)
@@ -375,7 +346,7 @@ class Pipeline:
             "sent": dict(self.pub.sent), "subscribers": self.pub.subscribers,
             "security": "curve" if self.pub.curve is not None else "none",
             "handshake_failures": dict(self.pub.handshake_failures),
-            "cameras": {c.id: {"status": c.status, "fps": round(c.fps(), 2), "frames": c.frames,
+            "cameras": {c.id: {"status": self.watch.status(c), "fps": round(c.fps(), 2), "frames": c.frames,
                                "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue),
                                "health": health[c.id]}
                         for c in self.cameras},

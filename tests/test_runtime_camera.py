@@ -129,12 +129,13 @@ class FastLive(FakeDriver):
 def test_live_source_drops_oldest_when_consumer_is_slow() -> None:
     cam, _ = start(SourceSpec("stream", "rtsp://fake"), queue_size=2, opener=FastLive)
     time.sleep(0.3)  # nobody consumes
+    assert cam.fps() > 0
     cam.stop()
     assert cam.join(2.0)
     assert cam.drops > 10 and len(cam.queue) == 2
     a, b = cam.queue.pop(), cam.queue.pop()
     assert b.frame_id == a.frame_id + 1 and b.frame_id == cam.frames - 1  # the two freshest frames
-    assert cam.fps() > 0 and cam.status == "stopped"
+    assert cam.fps() == 0 and cam.status == "stopped"  # no stale rate once it stopped
 
 
 def test_unreachable_stream_reconnects_with_backoff() -> None:
@@ -142,7 +143,7 @@ def test_unreachable_stream_reconnects_with_backoff() -> None:
     time.sleep(0.6)
     cam.stop()
     assert cam.join(3.0)
-    retries = [e for e in events if e.status == "reconnecting"]
+    retries = [e for e in events if e.status == "unavailable"]  # never opened: unavailable, not reconnecting
     assert len(retries) >= 3
     assert "retry in 0.1s" in retries[1].detail and "retry in 0.2s" in retries[-1].detail  # doubled, capped
     assert len(cam.queue) == 0 and events[-1].status == "stopped"

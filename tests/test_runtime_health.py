@@ -138,11 +138,14 @@ def test_repeated_frame_is_frozen(tmp_path: Path, model_dir: Path) -> None:
     video = write_video(tmp_path / "frozen.avi", clip + [clip[-1]] * 20)
     final, sub = run_pipeline_with_sub(model_dir, [f"line={video}"], PipelineConfig(health=FAST))
     vs = sub.verdicts()
-    assert all(v["verdict"] == "pass" for v in vs[:13])  # up to 4 repeats: not yet beyond the limit
-    frozen = [v for v in vs if v["verdict"] == "error"]
-    # frame 9 and its 20 repeats are 21 identical frames; the 5th of them is the first "frozen"
-    assert len(frozen) == 21 - FAST.frozen_frames + 1
-    assert all(v["error"].startswith("camera fault: frozen stream") for v in frozen)
+    assert len(vs) == 30 and all(v["verdict"] == "pass" for v in vs[:10])  # ten different parts
+    # No frame of the frozen stream passes: frame 9's 20 repeats are errors, suspected until the
+    # limit (5 identical frames) is reached, then declared frozen.
+    assert all(v["verdict"] == "error" for v in vs[10:])
+    suspected = [v for v in vs[10:] if "frozen stream suspected" in v["error"]]
+    frozen = [v for v in vs[10:] if v not in suspected]
+    assert len(suspected) == FAST.frozen_frames - 2 and len(frozen) == 21 - FAST.frozen_frames + 1
+    assert all(v["error"].startswith("camera fault: frozen stream (") for v in frozen)
     events = health_events(sub)
     assert events and events[0]["state"] == "alarm" and "frozen" in events[0]["reasons"][0]
     assert final["cameras"]["line"]["health"]["fault_counts"]["frozen"] == len(frozen)

@@ -86,7 +86,7 @@ def test_sigterm_scores_queue_publishes_final_status_exit_0(tmp_path: Path) -> N
             got.append(m)
             verdicts = [g for g in got if g.kind == "verdict"]
             if not sent and len(verdicts) == 5 and any(
-                    g.header.get("status") == "reconnecting" for g in got if g.kind == "status"):
+                    g.header.get("status") == "unavailable" for g in got if g.kind == "status"):
                 proc.send_signal(signal.SIGTERM)
                 sent = True
             if m.kind == "status" and m.header.get("event") == "final":
@@ -102,7 +102,7 @@ def test_sigterm_scores_queue_publishes_final_status_exit_0(tmp_path: Path) -> N
     final = got[-1].header
     assert (final["event"], final["reason"], final["status"]) == ("final", "signal SIGTERM", "stopped")
     assert final["verdicts"]["fail"] == 5
-    assert final["cameras"]["live"]["status"] in ("reconnecting", "stopped")
+    assert final["cameras"]["live"]["status"] in ("unavailable", "stopped")
 
 
 def test_runtime_imports_no_torch(tmp_path: Path) -> None:
