@@ -129,7 +129,11 @@ def calibrate_model(
     else:
         estimate = empirical
     pix = th.pixel_threshold(maps, pixel_quantile)
-    area = th.min_defect_area(maps, pix, min_area)
+    # Boxes are drawn at the box level (runtime/defects.box_threshold: never below the image
+    # threshold), so the smallest defect region is measured on the good maps at that level too.
+    from edge_somad.runtime.defects import box_threshold
+
+    area = th.min_defect_area(maps, box_threshold(pix, estimate.threshold) or pix, min_area)
     details: dict[str, Any] = {
         **dataclasses.asdict(estimate),
         "source": source,
@@ -137,7 +141,7 @@ def calibrate_model(
         "good_scores": {"min": float(scores.min()), "median": _median(scores), "max": float(scores.max())},
         "pixel_rule": f"quantile {pixel_quantile} of all good-map pixels (an observed value)",
         "min_area_rule": "given by the user" if min_area is not None
-        else "largest 8-connected region >= pixel threshold on any good map + 1",
+        else "largest 8-connected region >= the box level (max of pixel and image threshold) on any good map + 1",
         "chi2_fit": report if report is not None else {"skipped": chi2_skip_reason},
     }
     if method != "empirical":

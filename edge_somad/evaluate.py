@@ -80,10 +80,54 @@ def compute_metrics(ts: TestSet, scores: np.ndarray, maps: np.ndarray) -> dict[s
     return out
 
 
+def box_report(ts: TestSet, scores: np.ndarray, maps: np.ndarray, threshold: float | None,
+               pixel_threshold: float | None, min_area_px: int = 0) -> dict[str, Any]:
+    """How well the runtime's defect boxes sit on the real defects (report key `boxes`).
+
+    For every defective test image with a mask that the model fails at `threshold`, the boxes the
+    runtime would publish (runtime/defects.find_defects with defects.box_threshold, in original
+    image pixels) are matched with the ground-truth boxes (8-connected components of the mask):
+    `median_iou` is the median over predicted boxes of each one's best IoU with a ground-truth box,
+    `median_iou_gt` the median over ground-truth boxes of the best IoU with a predicted box (0 when
+    missed), `frame_share` the median share of the image the boxes cover.
+    """
+    from edge_somad.contracts.geometry import plan_geometry
+    from edge_somad.runtime.defects import box_threshold, find_defects
+
+    if ts.masks is None or threshold is None or pixel_threshold is None:
+        return {"median_iou": None, "why": "needs ground-truth masks, an image threshold and a pixel threshold"}
+    per_pred: list[float] = []
+    per_gt: list[float] = []
+    shares: list[float] = []
+    no_box = 0
+    for i, s in enumerate(ts.samples):
+        if s.label != 1 or scores[i] < threshold:  # only a fail carries boxes (contracts/decision.fails)
+            continue
+        image = read_image(s.path)
+        h, w = image.shape[:2]
+        gt = metrics.mask_boxes(read_mask(s, (h, w)))
+        geometry = plan_geometry(h, w, maps[i].shape[0], maps[i].shape[1], ts.resize)
+        cut = box_threshold(pixel_threshold, threshold, maps[i])
+        boxes = [(d["x"], d["y"], d["w"], d["h"]) for d in find_defects(maps[i], geometry, cut, min_area_px)]
+        no_box += not boxes
+        a, b = metrics.best_ious(boxes, gt)
+        per_pred += a
+        per_gt += b
+        shares.append(sum(bw * bh for _, _, bw, bh in boxes) / float(h * w))
+
+    def med(v: list[float]) -> float | None:
+        return round(float(np.median(v)), 4) if v else None
+
+    return {"median_iou": med(per_pred), "median_iou_gt": med(per_gt), "frame_share": med(shares),
+            "n_images": len(shares), "n_boxes": len(per_pred), "n_gt_boxes": len(per_gt),
+            "fails_without_box": no_box}
+
+
 def evaluate(
     model_dir: Path, category: Category, scorer: Scorer, spec: InputSpec, threshold: float | None,
     report_path: Path | None, pictures_dir: Path | None, n_pictures: int = 12,
     confusion: Callable[..., dict[str, Any]] | None = None,
+    pixel_threshold: float | None = None, min_area_px: int = 0,
 ) -> dict[str, Any]:
     ts = load_test_set(category, spec)
     scores, maps, ms = score_timed(scorer, ts.frames)
@@ -104,6 +148,8 @@ def evaluate(
     if threshold is not None and confusion is not None:
         types = [s.defect_type for s in ts.samples]
         report["at_threshold"] = confusion(ts.labels, types, scores, threshold)
+    report["boxes"] = box_report(ts, scores, maps, threshold, pixel_threshold, min_area_px)
+    report["box_iou"] = report["boxes"]["median_iou"]
     if pictures_dir is not None:
         report["pictures"] = write_pictures(pictures_dir, ts, scores, maps, threshold, n_pictures)
     if report_path is not None:
@@ -162,6 +208,10 @@ def format_table(report: dict[str, Any]) -> str:
         ("ms / image", f"{report['ms_per_image']:.1f}"), ("fit seconds", str(report.get("fit_seconds"))),
         ("model bytes", f"{report['model_bytes']:,}"),
     ]
+    if report.get("box_iou") is not None:
+        b = report["boxes"]
+        rows.append(("box IoU (median)", f"{b['median_iou']:.3f} over {b['n_boxes']} boxes on {b['n_images']} "
+                     f"failed defective images; boxes cover {100 * b['frame_share']:.0f} % of an image"))
     for t, v in report["image_auroc_per_type"].items():
         rows.append((f"  image AUROC {t}", f"{v:.4f}"))
     at = report.get("at_threshold")

@@ -192,3 +192,34 @@ def pro_score(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, valid
     """Area under the PRO curve for FPR in [0, fpr_limit], divided by fpr_limit (MVTec AD: in [0, 1])."""
     fpr, pro = pro_curve(masks, maps, fpr_limit, valid=valid)
     return _trapezoid(pro, fpr) / fpr_limit
+
+
+# -- defect boxes ------------------------------------------------------------------------------------
+# A PLC or operator acts on the published boxes, not on the map: how well they sit on the real
+# defect is measured as the IoU of each predicted box with the ground-truth box it overlaps most.
+
+Box = tuple[int, int, int, int]  # x, y, w, h in pixels
+
+
+def mask_boxes(mask: np.ndarray) -> list[Box]:
+    """Bounding boxes of the 8-connected components of a ground-truth mask (x, y, w, h)."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, np.uint8), connectivity=8)
+    return [tuple(int(v) for v in stats[i, :4]) for i in range(1, n)]  # type: ignore[misc]
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def best_ious(pred: list[Box], gt: list[Box]) -> tuple[list[float], list[float]]:
+    """(for each predicted box its best IoU with a ground-truth box, for each ground-truth box its best
+    IoU with a predicted box); 0 where the other side has none."""
+    table = np.array([[box_iou(p, g) for g in gt] for p in pred], np.float64).reshape(len(pred), len(gt))
+    per_pred = table.max(axis=1).tolist() if gt else [0.0] * len(pred)
+    per_gt = table.max(axis=0).tolist() if pred else [0.0] * len(gt)
+    return per_pred, per_gt

@@ -56,15 +56,19 @@ def evaluate_from_cli(model: Path, category: str | None, data_root: Path | None,
     split = read_split(model)
     cat = resolve_category(category or split["category"], data_root or Path(split["data_root"]))
     config = load_config(model)
-    threshold = None
+    threshold = pixel_threshold = None
+    min_area = 0
     if is_exported(model):
-        threshold = load_manifest(model, verify_onnx=False).threshold_for(precision)
+        manifest = load_manifest(model, verify_onnx=False)
+        threshold, pixel_threshold = manifest.threshold_for(precision), manifest.pixel_threshold_for(precision)
+        min_area = manifest.calibration.min_defect_area_px
     elif backend != "torch":
         raise ArtifactError(f"{model} has no manifest.json: run `edge-somad export --model {model}` "
                             "or evaluate the unexported model with --backend torch")
     with open_scorer(model, backend, precision) as scorer:
         return evaluate(model, cat, scorer, config.input, threshold, report or model / REPORT_NAME,
-                        pictures or model / PICTURES_NAME, confusion=confusion_at_threshold)
+                        pictures or model / PICTURES_NAME, confusion=confusion_at_threshold,
+                        pixel_threshold=pixel_threshold, min_area_px=min_area)
 
 
 def export_from_cli(category: str | None, model: Path | None, data_root: Path | None, trt: bool | None,
