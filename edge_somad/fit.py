@@ -15,12 +15,12 @@ from edge_somad import __version__, scoring
 from edge_somad.artifacts import FittedArrays, model_bytes, save_model
 from edge_somad.backbones import load_backbone
 from edge_somad.config import FitConfig
-from edge_somad.contracts.geometry import resize_frame
+from edge_somad.contracts.geometry import plan_geometry, resize_frame
 from edge_somad.data import Category, read_image
 from edge_somad.errors import ConfigError, DatasetError
 from edge_somad.features import FeatureExtractor, make_projection
 from edge_somad.progress import Progress
-from edge_somad.runtime.drift import input_reference
+from edge_somad.runtime.drift import Box, content_box, input_reference
 from edge_somad.som import best_matching_units, train_som
 from edge_somad.stats import node_statistics, positional_statistics
 
@@ -40,11 +40,18 @@ def split_train(paths: tuple[Path, ...], fraction: float, seed: int) -> tuple[li
     return fit, hold
 
 
-def load_frames(paths: list[Path], config: FitConfig) -> np.ndarray:
-    """Read and resize images exactly as the runtime will: (N, H, W, 3) uint8 BGR."""
+def load_frames(paths: list[Path], config: FitConfig, boxes: list[Box] | None = None) -> np.ndarray:
+    """Read and resize images exactly as the runtime will: (N, H, W, 3) uint8 BGR. Appends each
+    frame's content box on the canvas to `boxes` when given (input statistics leave padding out)."""
     spec = config.input
-    return np.stack([resize_frame(read_image(p), spec.height, spec.width, spec.resize, spec.pad_value)
-                     for p in paths])
+    frames = []
+    for p in paths:
+        img = read_image(p)
+        frames.append(resize_frame(img, spec.height, spec.width, spec.resize, spec.pad_value))
+        if boxes is not None:
+            boxes.append(content_box(plan_geometry(img.shape[0], img.shape[1], spec.height, spec.width,
+                                                   spec.resize)))
+    return np.stack(frames)
 
 
 def extract(extractor: FeatureExtractor, frames: np.ndarray, device: torch.device, batch: int = 8,
@@ -88,13 +95,14 @@ def prepare(category: Category, config: FitConfig, weights: str | None = None, d
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
     fit_paths, hold_paths = split_train(category.train, config.holdout_fraction, config.seed)
-    frames = load_frames(fit_paths, config)
+    boxes: list[Box] = []
+    frames = load_frames(fit_paths, config, boxes)
     backbone = load_backbone(config.backbone, weights)
     projection = make_projection(config, sum(backbone.info.channels))
     extractor = FeatureExtractor(backbone, config.input.height, config.input.width, projection).to(dev)
     feats = extract(extractor, frames, dev, progress=progress)
     # On the frames the model saw, resized as the runtime does.
-    stats = input_reference(frames, f"{len(fit_paths)} fit images, resized as the runtime does")
+    stats = input_reference(frames, f"{len(fit_paths)} fit images, resized as the runtime does", boxes)
     return Prepared(fit_paths, hold_paths, extractor, feats, projection, stats, dev, t0)
 
 

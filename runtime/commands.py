@@ -71,9 +71,11 @@ def run(
     input_warn_z: Annotated[float, typer.Option(help="Input drift warn: brightness/contrast/sharpness this many "
         "std from the fit images (rolling mean).")] = 4.0,
     input_alarm_z: Annotated[float, typer.Option(help="Input drift alarm level (std).")] = 8.0,
-    psi_warn: Annotated[float, typer.Option(help="Score drift warn: PSI of pass scores vs calibration.")] = 0.1,
-    psi_alarm: Annotated[float, typer.Option(help="Score drift alarm: PSI.")] = 0.25,
-    score_window: Annotated[int, typer.Option(help="Pass scores in the score-drift window.")] = 200,
+    score_window: Annotated[int, typer.Option(help="Scores (pass and fail) in the score-drift window, compared "
+        "with the calibration scores by a two-sample KS test (docs/health.md).")] = 200,
+    fail_rate_warn: Annotated[float, typer.Option(help="Health warn when this share of the last 50 parts "
+        "failed.")] = 0.2,
+    fail_rate_alarm: Annotated[float, typer.Option(help="Health alarm at this fail share.")] = 0.5,
     camera_timeout: Annotated[Optional[float], typer.Option(  # noqa: UP045
         help="End the run with exit code 1 when a camera has delivered no frame for this many seconds "
         "(cannot open, reconnecting or stalled). Default: keep retrying.")] = None,
@@ -91,7 +93,8 @@ def run(
 
     health_config = HealthConfig(
         enabled=health, frozen_s=frozen_s, frozen_frames=frozen_frames, input_warn_z=input_warn_z,
-        input_alarm_z=input_alarm_z, psi_warn=psi_warn, psi_alarm=psi_alarm, score_window=score_window,
+        input_alarm_z=input_alarm_z, fail_rate_warn=fail_rate_warn, fail_rate_alarm=fail_rate_alarm,
+        score_window=score_window,
         score_min_samples=min(50, score_window), unavailable_alarm_s=camera_alarm)
     config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
                             precision=precision, drain_timeout_s=drain_timeout, health=health_config,

@@ -8,10 +8,14 @@ metrics are taken on the model-input frame (already resized), never the full cam
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from edge_somad.contracts.geometry import Geometry
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1 on the model canvas
 
 INPUT_METRICS = ("brightness", "contrast", "sharpness")
 N_QUANTILES = 101  # 0 %, 1 %, ... 100 %: enough for 10 PSI bins and a KS CDF, and 2 kB of JSON
@@ -25,12 +29,35 @@ def grey(frame: np.ndarray) -> np.ndarray:
     return f[..., 0] * 0.114 + f[..., 1] * 0.587 + f[..., 2] * 0.299
 
 
-def frame_metrics(frame: np.ndarray) -> dict[str, float]:
-    """brightness = mean luma, contrast = std of luma, sharpness = variance of the 4-neighbour Laplacian."""
+def content_box(g: Geometry) -> Box:
+    """Where the frame's own pixels lie on the model canvas: letterbox padding is no part of the
+    picture, and a square fit image letterboxed to a 4:3 camera's canvas would otherwise "drift"
+    in brightness, contrast and sharpness by its black bands alone."""
+    return g.top, min(g.dst_h, g.top + g.new_h), g.left, min(g.dst_w, g.left + g.new_w)
+
+
+def frame_metrics(frame: np.ndarray, box: Box | None = None) -> dict[str, float]:
+    """brightness = mean luma, contrast = std of luma, sharpness = variance of the 4-neighbour Laplacian,
+    over the frame's content `box` (the whole frame when None)."""
+    if box is not None:
+        frame = frame[box[0]:box[1], box[2]:box[3]]
     g = grey(frame)
+    if min(g.shape) < 3:
+        return {"brightness": float(g.mean()), "contrast": float(g.std()), "sharpness": 0.0}
     lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
     return {"brightness": float(g.mean()), "contrast": float(g.std()), "sharpness": float(lap.var())}
 
+
+def blockiness(frame: np.ndarray, block: int = 8) -> float | None:
+    """JPEG/MJPG block artefacts: mean |step| across the 8-pixel block borders over the mean |step|
+    everywhere (rows and columns). About 1.0 for an uncompressed picture; 1.2-1.9 for MJPG or JPEG
+    q75 at 224x224 (docs/health.md). None for a frame too small to hold two blocks."""
+    g = grey(frame)
+    if min(g.shape) < 2 * block:
+        return None
+    dx, dy = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
+    edge = dx[:, block - 1::block].mean() + dy[block - 1::block, :].mean()
+    return float(edge / max(dx.mean() + dy.mean(), 1e-6))
 
 def comparable(metric: str, value: float) -> float:
     """The scale a metric is compared on. Sharpness spans decades (focus, texture, noise), so it is
@@ -38,9 +65,11 @@ def comparable(metric: str, value: float) -> float:
     return float(np.log1p(max(value, 0.0))) if metric == "sharpness" else float(value)
 
 
-def input_reference(frames: Iterable[np.ndarray], source: str) -> dict[str, Any]:
-    """Mean/std per metric (on the comparable scale) of good frames resized as the runtime does."""
-    rows = [frame_metrics(f) for f in frames]
+def input_reference(frames: Iterable[np.ndarray], source: str, boxes: Sequence[Box] | None = None) -> dict[str, Any]:
+    """Mean/std per metric (on the comparable scale) of good frames resized as the runtime does,
+    each over its content box (content_box) when given."""
+    frames = list(frames)
+    rows = [frame_metrics(f, boxes[i] if boxes is not None else None) for i, f in enumerate(frames)]
     if not rows:
         return {}
     out: dict[str, Any] = {"n": len(rows), "source": source}
@@ -87,3 +116,30 @@ def ks(quantiles: np.ndarray, sample: np.ndarray) -> float:
     above = np.arange(1, n + 1) / n - ref_right
     below = ref_left - np.arange(0, n) / n
     return float(max(above.max(), below.max(), 0.0))
+
+
+def ks_above(quantiles: np.ndarray, sample: np.ndarray) -> float:
+    """One-sided KS distance: how far the sample's scores lie ABOVE the reference (the largest
+    F_reference(x) - F_sample(x)); 0 when they are not higher anywhere."""
+    q = np.asarray(quantiles, np.float64)
+    s = np.sort(np.asarray(sample, np.float64))
+    below = np.searchsorted(q, s, side="left") / len(q) - np.arange(0, len(s)) / len(s)
+    return float(max(below.max(), 0.0))
+
+
+def ks_pvalue(d: float, n: int, m: int, one_sided: bool = False) -> float:
+    """p-value of a two-sample KS distance d between samples of n and m values (asymptotic
+    Kolmogorov distribution with Stephens' small-sample correction; one-sided: exp(-2 lambda^2)).
+    Small n or m make a large d likely by chance: 6 calibration scores against 20 frames reach
+    d = 0.5 about one time in five."""
+    if n < 1 or m < 1:
+        return 1.0
+    en = np.sqrt(n * m / (n + m))
+    lam = (en + 0.12 + 0.11 / en) * d
+    if one_sided:
+        return float(min(1.0, np.exp(-2.0 * lam * lam)))
+    if lam < 0.2:
+        return 1.0
+    k = np.arange(1, 101)
+    p = 2.0 * np.sum((-1.0) ** (k - 1) * np.exp(-2.0 * k * k * lam * lam))
+    return float(min(1.0, max(0.0, p)))

@@ -1,94 +1,37 @@
-"""Line health per camera: camera faults, input drift and score drift -> a state ok | warn | alarm.
+"""Line health per camera: camera faults, link, drift, fail rate, compression -> ok | warn | alarm.
 
 A model goes wrong quietly: the light ages, the lens defocuses, a camera freezes on one frame, a
-new batch shifts every score. None of it raises an error, so this monitor watches three things and
-the pipeline reports them in every heartbeat and as `_status` events when a camera's state changes:
+new batch shifts every score. None of it raises an error, so this monitor watches these and the
+pipeline reports them in every heartbeat and as `_status` events when a camera's state changes or a
+new kind of reason appears (docs/health.md):
 
 - camera faults (per frame): black or saturated frames, a frozen stream (identical frames for
   `frozen_s` seconds AND `frozen_frames` frames while frames keep coming), a resolution change.
   A black, saturated or frozen frame is not scored: its verdict is `error` "camera fault: ...".
-- input drift: rolling mean of brightness / contrast / sharpness vs the fit images' statistics,
-  as z-scores (std floored: fit images are often more alike than a line ever is).
-- score drift: rolling window of `pass` scores vs the calibration scores' distribution (PSI, KS).
-Numpy only; thresholds in HealthConfig (CLI options on `run`).
+- the camera's link (runtime/camera_watch.py): unavailable, reconnecting or stalled.
+- input drift, score drift (all scored frames), fail rate and compression: runtime/health_parts.py.
+Numpy only; thresholds in HealthConfig (runtime/health_config.py, CLI options on `run`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from edge_somad.errors import ConfigError
-from edge_somad.runtime import drift
+from edge_somad.runtime import drift, health_parts
+from edge_somad.runtime.health_config import HealthConfig
+
+__all__ = ["DRIFT_PARTS", "STATES", "CameraHealth", "HealthConfig", "LineHealth", "worst"]
 
 STATES = ("ok", "warn", "alarm")
-DRIFT_PARTS = ("input_drift", "score_drift")
+DRIFT_PARTS = ("input_drift", "score_drift", "fail_rate", "compression")
 _RANK = {s: i for i, s in enumerate(STATES)}
 
 
 def worst(*states: str) -> str:
     return max(states, key=_RANK.__getitem__, default="ok")
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    enabled: bool = True
-    # camera faults
-    black_level: float = 16.0  # mean luma below this AND flat (std < flat_std): black frame
-    saturated_level: float = 240.0  # mean luma above this AND flat: saturated frame
-    flat_std: float = 8.0
-    frozen_s: float = 3.0  # identical frames for at least this long ...
-    frozen_frames: int = 10  # ... and at least this many of them (a 1 fps camera is not frozen in 2 frames)
-    frozen_tolerance: float = 0.0  # mean |difference| in grey levels still counted as "identical"
-    # input drift (z-scores of the rolling mean against the fit images)
-    input_window: int = 30
-    input_min_frames: int = 10
-    input_warn_z: float = 4.0
-    input_alarm_z: float = 8.0
-    brightness_std_floor: float = 3.0  # grey levels
-    contrast_std_floor: float = 2.0  # grey levels
-    sharpness_std_floor: float = 0.15  # on log(1 + variance of the Laplacian): about +-15 %
-    # score drift (pass scores against the calibration scores)
-    score_window: int = 200
-    score_min_samples: int = 50
-    psi_warn: float = 0.1
-    psi_alarm: float = 0.25
-    ks_warn: float = 0.2
-    ks_alarm: float = 0.35
-    # A camera that cannot be opened, is reconnecting or has stalled: warn at once, alarm after this.
-    unavailable_alarm_s: float = 5.0
-    # A state goes UP at once but comes DOWN only after this many frames in a row would lower it: a
-    # value hovering at a threshold must not send a `_status` event per frame.
-    clear_frames: int = 10
-
-    def __post_init__(self) -> None:
-        pairs = (("input warn/alarm z", self.input_warn_z, self.input_alarm_z),
-                 ("PSI warn/alarm", self.psi_warn, self.psi_alarm), ("KS warn/alarm", self.ks_warn, self.ks_alarm))
-        for name, warn, alarm in pairs:
-            if not 0 < warn <= alarm:
-                raise ConfigError(f"{name} thresholds {warn:g}/{alarm:g}; expected 0 < warn <= alarm")
-        if self.input_window < 1 or self.score_window < 1:
-            raise ConfigError(f"windows {self.input_window}/{self.score_window}; expected >= 1 frame")
-        if not 1 <= self.input_min_frames <= self.input_window:
-            raise ConfigError(f"input_min_frames {self.input_min_frames}; expected 1..input_window "
-                              f"({self.input_window})")
-        if not 1 <= self.score_min_samples <= self.score_window:
-            raise ConfigError(f"score_min_samples {self.score_min_samples}; expected 1..score_window "
-                              f"({self.score_window})")
-        if self.unavailable_alarm_s < 0:
-            raise ConfigError(f"camera unavailable alarm after {self.unavailable_alarm_s:g} s; expected >= 0 s")
-        if self.clear_frames < 1:
-            raise ConfigError(f"clear_frames {self.clear_frames}; expected >= 1")
-        if self.frozen_s < 0 or self.frozen_frames < 2:
-            raise ConfigError(f"frozen limit {self.frozen_s:g} s / {self.frozen_frames} frames; expected "
-                              ">= 0 s and >= 2 frames")
-
-    def floor(self, metric: str) -> float:
-        return {"brightness": self.brightness_std_floor, "contrast": self.contrast_std_floor,
-                "sharpness": self.sharpness_std_floor}[metric]
 
 
 class CameraHealth:
@@ -101,6 +44,9 @@ class CameraHealth:
         scores = (reference.get("scores") or {}).get("quantiles")
         # int8 scores are on another scale than the fp32 calibration scores: no comparison then.
         self.score_q = np.asarray(scores, np.float64) if scores and score_drift else None
+        # How many calibration scores the quantiles summarise: the KS test's reference size. Older
+        # manifests did not record it; 20 is a cautious guess (fewer -> fewer false alarms).
+        self.score_n = int((reference.get("scores") or {}).get("n") or 20)
         self.state = "ok"
         self.reasons: list[str] = []
         self.new_reasons: list[str] = []  # reasons whose kind was not among the previous state's
@@ -115,6 +61,8 @@ class CameraHealth:
         self.resolution_changed: str | None = None
         self._metrics: deque[dict[str, float]] = deque(maxlen=config.input_window)
         self._scores: deque[float] = deque(maxlen=config.score_window)
+        self._outcomes: deque[bool] = deque(maxlen=config.fail_window)  # True = fail
+        self._blocky: deque[float] = deque(maxlen=config.input_window)
         self._prev: np.ndarray | None = None
         self._same = 0  # consecutive frames identical to the one before
         self._same_since = 0.0
@@ -122,28 +70,39 @@ class CameraHealth:
         self._calm = 0  # consecutive updates that would lower the state
 
     # -- per frame ---------------------------------------------------------------------------------
-    def observe_frame(self, shape: tuple[int, int], resized: np.ndarray, at: float) -> str | None:
-        """Record one decoded frame (original shape, model-input frame, monotonic time).
+    def observe_frame(self, shape: tuple[int, int], resized: np.ndarray, at: float,
+                      content: drift.Box | None = None, frame: np.ndarray | None = None,
+                      scale: float = 0.0) -> str | None:
+        """Record one decoded frame: original shape, model-input frame, monotonic time; optionally the
+        frame's content box on the canvas (padding left out of the metrics), the original frame and
+        its scale onto the model (for compression at model resolution).
         Returns the camera fault that makes this frame unusable, or None."""
         if not self.config.enabled:
             return None
         self.repeated = None
         self._check_resolution(shape)
-        metrics = drift.frame_metrics(resized)
+        metrics = drift.frame_metrics(resized, content)
         fault = self._flat_fault(metrics) or self._frozen_fault(resized, at)
         self.fault = fault
         if fault is None:
             # Faulty frames stay out of the drift windows: a black frame is a fault, not "drift".
             self._metrics.append(metrics)
+            if frame is not None and scale >= self.config.blocky_scale:
+                b = drift.blockiness(frame)
+                if b is not None:
+                    self._blocky.append(b)
             self._cache = None
         else:
             self.faults[fault.split(" ", 1)[0]] += 1
         return fault
 
     def observe_verdict(self, verdict: str, score: float | None) -> None:
-        if self.config.enabled and verdict == "pass" and score is not None and self.score_q is not None:
+        if not self.config.enabled or verdict not in ("pass", "fail"):
+            return
+        self._outcomes.append(verdict == "fail")
+        if score is not None and self.score_q is not None:
             self._scores.append(score)
-            self._cache = None
+        self._cache = None
 
     def _check_resolution(self, shape: tuple[int, int]) -> None:
         shape = (int(shape[0]), int(shape[1]))
@@ -224,52 +183,14 @@ class CameraHealth:
 
     def _drift(self) -> dict[str, Any]:
         if self._cache is None:
-            self._cache = {"input_drift": self._input_drift(), "score_drift": self._score_drift()}
+            c = self.config
+            self._cache = {
+                "input_drift": health_parts.input_drift(self._metrics, self.input_ref, c),
+                "score_drift": health_parts.score_drift(self._scores, self.score_q, self.score_n, c),
+                "fail_rate": health_parts.fail_rate(self._outcomes, c),
+                "compression": health_parts.compression(self._blocky, c),
+            }
         return self._cache
-
-    def _input_drift(self) -> dict[str, Any]:
-        c = self.config
-        n = len(self._metrics)
-        out: dict[str, Any] = {"state": "ok", "reason": None, "n": n}
-        if not self.input_ref:
-            return {**out, "reason": "no input reference in manifest.json (re-export or recalibrate the model)"}
-        if n < c.input_min_frames:
-            return out
-        worst_z, worst_m = 0.0, ""
-        for m in drift.INPUT_METRICS:
-            ref = self.input_ref.get(m)
-            if not ref:
-                continue
-            value = float(np.mean([r[m] for r in self._metrics]))
-            z = (drift.comparable(m, value) - ref["mean"]) / max(ref["std"], c.floor(m))
-            out[m] = {"value": round(value, 3), "z": round(z, 2)}
-            if abs(z) > abs(worst_z):
-                worst_z, worst_m = z, m
-        level = abs(worst_z)
-        state = "alarm" if level >= c.input_alarm_z else "warn" if level >= c.input_warn_z else "ok"
-        if state != "ok":
-            direction = "above" if worst_z > 0 else "below"
-            out["reason"] = f"{worst_m} {abs(worst_z):.1f} std {direction} the fit images"
-        out["state"] = state
-        return out
-
-    def _score_drift(self) -> dict[str, Any]:
-        c = self.config
-        n = len(self._scores)
-        out: dict[str, Any] = {"state": "ok", "reason": None, "n": n, "psi": None, "ks": None}
-        if self.score_q is None:
-            return {**out, "reason": "no calibration scores in manifest.json (or int8 run): not measured"}
-        if n < c.score_min_samples:
-            return out
-        sample = np.fromiter(self._scores, np.float64, n)
-        p, k = drift.psi(self.score_q, sample), drift.ks(self.score_q, sample)
-        out["psi"], out["ks"] = round(p, 4), round(k, 4)
-        state = worst("alarm" if p >= c.psi_alarm else "warn" if p >= c.psi_warn else "ok",
-                      "alarm" if k >= c.ks_alarm else "warn" if k >= c.ks_warn else "ok")
-        if state != "ok":
-            out["reason"] = f"PSI {p:.3f}, KS {k:.3f} of the last {n} pass scores vs calibration"
-        out["state"] = state
-        return out
 
 
 class LineHealth:
@@ -280,8 +201,9 @@ class LineHealth:
         self.cameras = {cid: CameraHealth(cid, reference, config, score_drift) for cid in cameras}
         self._on_change = on_change
 
-    def frame(self, camera: str, shape: tuple[int, int], resized: np.ndarray, at: float) -> str | None:
-        return self.cameras[camera].observe_frame(shape, resized, at)
+    def frame(self, camera: str, shape: tuple[int, int], resized: np.ndarray, at: float,
+              content: drift.Box | None = None, frame: np.ndarray | None = None, scale: float = 0.0) -> str | None:
+        return self.cameras[camera].observe_frame(shape, resized, at, content, frame, scale)
 
     def verdict(self, camera: str, verdict: str, score: float | None) -> None:
         cam = self.cameras.get(camera)

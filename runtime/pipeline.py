@@ -39,6 +39,7 @@ from edge_somad.runtime.camera import (
 )
 from edge_somad.runtime.camera_watch import CameraWatch
 from edge_somad.runtime.defects import defects_of, render_overlay
+from edge_somad.runtime.drift import content_box
 from edge_somad.runtime.frames import check_useful_geometry
 from edge_somad.runtime.health import LineHealth
 from edge_somad.runtime.outbox import Outbox
@@ -255,7 +256,9 @@ class Pipeline:
             p.error = f"bad frame: {exc}"
             return p
         with self._lock:
-            fault = self.health.frame(item.camera, p.frame.shape[:2], p.resized, item.monotonic)
+            g = p.geometry
+            fault = self.health.frame(item.camera, p.frame.shape[:2], p.resized, item.monotonic,
+                                      content_box(g), p.frame, min(g.scale_x, g.scale_y))
             # Files of a folder are separate pictures, not a stream that can freeze: identical ones are
             # identical parts. Live sources and video files are streams.
             p.repeated = self.health.repeated(item.camera) if self._kinds[item.camera] != "folder" else None

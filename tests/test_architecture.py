@@ -26,6 +26,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "runtime.scorer", "runtime.ort_scorer", "runtime.trt_scorer", "runtime.torch_scorer", "runtime.trt_env",
         "runtime.backends", "runtime.preprocess", "runtime.messages", "runtime.verdict", "runtime.defects",
         "runtime.frames", "runtime.capture", "runtime.camera", "runtime.camera_watch", "runtime.pipeline_config",
+        "runtime.health_config", "runtime.health_parts",
         "runtime.drift", "runtime.health", "runtime.curve",
         "runtime.publisher", "runtime.subscriber", "runtime.bridge_queue", "runtime.bridge_mqtt_link",
         "calibration.threshold", "calibration.selfcheck", "export.fp16", "machine", "graph_cost"),
