@@ -2,7 +2,7 @@
 
 - input drift: rolling mean of brightness / contrast / sharpness vs the fit images, as z-scores
   (std floored: fit images are often more alike than a line ever is). Codec tolerance: JPEG/MJPG at
-  the camera's resolution moves these by at most 0.26 log units of sharpness (z <= 1.7 at the floor,
+  the camera's resolution moves these by at most 0.33 log units of sharpness (z <= 2.2 at the floor,
   docs/health.md), below the warn level.
 - score drift: the scores of every scored frame (pass AND fail: a model gone blind fails everything,
   which pass scores alone never show) above the calibration scores, one-sided two-sample KS with
