@@ -96,7 +96,7 @@ def test_three_video_cameras_share_batches_one_verdict_each_in_order(tmp_path: P
 
 def test_one_camera_delivers_several_queued_frames_when_max_batch_allows(tmp_path: Path, model_dir: Path) -> None:
     n = 16
-    video = write_video(tmp_path / "v.avi", [grey() if i % 3 else defect() for i in range(n)])
+    video = write_video(tmp_path / "v.avi", [level(100 + i) if i % 3 else defect() for i in range(n)])  # no repeats
     scorer = SlowSpy(OrtScorer(model_dir / "model.onnx", H, W), delay_s=0.03)
     config = PipelineConfig(heatmap="none", max_batch=4, queue_size=4)
     final, sub = run_with_sub(model_dir, [("c", SourceSpec("file", str(video)))], scorer, config)

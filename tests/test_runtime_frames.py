@@ -56,7 +56,10 @@ def test_empty_and_undecodable_files(tmp_path: Path) -> None:
     (tmp_path / "junk.tif").write_bytes(b"II*\x00 not really a tiff")
     assert read_image_file(tmp_path / "zero.jpg") == (None, "image zero.jpg: empty file (0 bytes)")
     img, why = read_image_file(tmp_path / "junk.tif")
-    assert img is None and "cannot decode" in why
+    assert img is None and "declares no readable width and height" in why  # refused before decoding
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+    img, why = read_image_file(tmp_path / "junk.png")  # whole, but no IHDR: nothing to decode
+    assert img is None and "no readable width" in why
 
 
 def test_minimum_useful_size_comes_from_the_model_geometry(tmp_path: Path) -> None:
