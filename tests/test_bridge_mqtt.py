@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_somad.errors import ConfigError
@@ -27,7 +28,8 @@ def _bridge_args(zmq_port: int, mqtt_port: int, box: str, tmp: Path) -> list[str
 
 def test_2000_verdicts_arrive_through_a_broker_outage(tmp_path: Path) -> None:
     model_dir = make_model_dir(tmp_path / "m")
-    frames = [defect() if i % 10 == 3 else grey() for i in range(N)]
+    # passes of different grey levels: a frame identical to the one before never passes (frozen camera)
+    frames = [defect() if i % 10 == 3 else np.full_like(grey(), 100 + i % 50) for i in range(N)]
     video = write_video(tmp_path / "line.avi", frames)
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
