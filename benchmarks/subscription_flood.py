@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import itertools
 import json
 import socketserver
 import subprocess
@@ -101,7 +102,7 @@ class Listener(threading.Thread):
 
     def max_gap(self, since: float) -> float:
         times = [t for t in self.beats if t >= since]
-        return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
+        return max((b - a for a, b in itertools.pairwise(times)), default=float("inf"))
 
 
 def wait(cond: Any, timeout_s: float, what: str) -> None:

@@ -95,7 +95,10 @@ def _hooks(limits: DecodeLimits) -> dict[str, Any]:
     def parse_int(text: str) -> int:
         if len(text) > limits.max_number_chars:
             raise _Refused(f"an integer of {len(text)} digits; expected at most {limits.max_number_chars}")
-        return int(text)
+        value = int(text)
+        if not -(1 << 63) <= value < (1 << 63):  # every field is a 64-bit integer (OPC UA Int64, numpy)
+            raise _Refused(f"the integer {text[:24]}... outside the 64-bit range")
+        return value
 
     def parse_float(text: str) -> float:
         if len(text) > limits.max_number_chars:
