@@ -150,6 +150,10 @@ def make_app(config: ViewConfig, curve: CurveClient | None = None) -> Any:
 def serve(config: ViewConfig, curve: CurveClient | None = None) -> None:
     """Serve until Ctrl-C / SIGTERM (aiohttp's run_app handles both)."""
     web = _aiohttp()
+    from edge_somad.runtime.curve import connect_subscriber
+
+    for endpoint in config.endpoints:  # a mistyped endpoint is an error now (exit 2), not a receiver that retries
+        connect_subscriber(endpoint, config.topic.encode(), curve).close()
     app = make_app(config, curve)
     print(f"edge-somad view: http://{config.host}:{config.port}/  (watching {', '.join(config.endpoints)})",
           flush=True)

@@ -76,6 +76,8 @@ def test_csv_numbers_stay_numbers_and_formulas_are_neutralised() -> None:
 def test_subscribe_option_errors_exit_2() -> None:
     from edge_somad.cli import app
 
+    res = CliRunner().invoke(app, ["view", "--connect", "nope"])
+    assert res.exit_code == 2 and "error: --connect 'nope'" in res.output, res.output
     for args, text in ((["--connect", "nope"], "--connect 'nope'"), (["--count", "-1"], "--count -1"),
                        (["--timeout", "0"], "--timeout 0"), (["--max-message-mb", "0"], "--max-message-mb")):
         res = CliRunner().invoke(app, ["subscribe", *args])
