@@ -1,0 +1,114 @@
+"""Where each development-suite category comes from: one ``Source`` per category (read by suite_data.py).
+
+Every source names a public GitHub repository fetched with the ``fetch`` tool, the commit it was read at, the
+folder and the layout its files come in, and the licence as the repository states it. benchmarks/SUITE.md says
+the same in prose, with counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Source:
+    """One category taken from one fetched repository."""
+
+    category: str
+    repo: str  # owner/name on GitHub
+    commit: str  # pinned commit (need not be HEAD)
+    path: str  # folder inside the repository ("" = the repository root)
+    licence: str
+    # "mvtec": train/good, test/<type>, ground_truth/<type>; "pairs": <split>/images + <split>/masks;
+    # "labelme_wear": wear sequences with labelme polygons (BSData); "graded_csv": one folder + a graded label list.
+    layout: str
+    test_good: str = "test/good"  # mvtec: folder of held-out good images ("" = take every 5th train image)
+    mask_name: str = "{stem}_mask.png"  # mvtec: mask file name inside ground_truth/<type>/
+    train_splits: tuple[str, ...] = ("train",)  # pairs: splits whose empty-mask images are train/good
+    test_splits: tuple[str, ...] = ("test",)  # pairs: splits whose empty-mask images are test/good
+    subset: str = ""  # labelme_wear: image-name suffix kept; graded_csv: value of the label list's third column
+    max_side: int = 0  # longer side kept for this category (0 = the --max-side option)
+    max_train: int = 350  # caps keep the suite runnable on two cores; evenly spaced over the sorted names
+    max_test_good: int = 0  # 0 = no cap
+    max_test_defective: int = 0
+    note: str = ""
+
+
+SOURCES: tuple[Source, ...] = (
+    Source(
+        category="juice_bottle",
+        repo="jasonjin34/logicAD",
+        commit="f222feb67c7644d12c057990ca6b3a1b034c60b7",
+        path="datasets/juice_bottle",
+        licence="CC BY-NC-SA 4.0 (MVTec Software GmbH; MVTec LOCO AD, license.txt/readme.txt in the folder)",
+        layout="mvtec",
+        test_good="validation/good",
+        mask_name="{stem}.png",
+        note=(
+            "MVTec LOCO AD juice_bottle from the repo history (refs/pull/13/head; at HEAD datasets/ are symlinks): "
+            "train/good 335, validation/good 54, test/logical_anomalies 142 + flattened masks. LOCO's test/good (94) "
+            "and structural_anomalies (94) are not in the copy; validation/good is used as test/good."
+        ),
+    ),
+    Source(
+        category="metal_plate",
+        repo="BupeshKumarR/defect-segmentation-for-mpdd",
+        commit="5d8b9cddfa7af2f145bafaaf6eca53294f5aa7b0",
+        path="data_supervised/metal_plate",
+        licence="MPDD (Jezek et al., 2021), research use; licence not stated in the host repo (unverified)",
+        layout="pairs",
+        train_splits=("train", "val"),
+        test_splits=("test",),
+        note=(
+            "MPDD metal_plate re-split by the host repo (prepare_segmentation.py: 512x512, train+val = MPDD "
+            "train/good + 70% of defective, test = MPDD test/good + rest; one mask per image, empty for good; "
+            "10 defective images stored twice). Defect types are lost: all defective images -> 'defective'."
+        ),
+    ),
+    Source(
+        category="ball_screw",
+        repo="2Obe/BSData",
+        commit="7204b28a621733c01cd75899ed9ea27f6ea0b9e3",
+        path="",
+        licence="CC BY-SA 4.0 (LICENSE in the repository; Schlagenhauf & Landwehr, KIT, 2021)",
+        layout="labelme_wear",
+        subset="crop_2",
+        max_side=1130,
+        max_test_good=170,
+        note=(
+            "BSData ball-screw-drive spindle surfaces, BSD type 2, crop_2 frames (1130x460, 15 camera positions x "
+            "57 frames taken over weeks of wear). Pitting is annotated as labelme polygons. A frame of a position "
+            "before that position's first annotated frame is good; unannotated frames after it are dropped "
+            "(annotation gaps, not shown to be pitting-free). Split by position: even-numbered positions (sorted "
+            "by name) -> train/good, odd-numbered -> test/good and test/pitting, so no test image shows a surface "
+            "seen in training. crop_1 frames (1540x645, nearly all pitted) and BSD type 1 (varying sizes, all "
+            "pitted) are not used."
+        ),
+    ),
+    Source(
+        category="solar_cell_poly",
+        repo="zae-bayern/elpv-dataset",
+        commit="411fd729dad19511883306aa85e52f1962cba581",
+        path="src/elpv_dataset/data",
+        licence="CC BY-NC-SA 4.0 for the images (LICENSE; code Apache-2.0)",
+        layout="graded_csv",
+        subset="poly",
+        max_test_good=130,
+        max_test_defective=120,
+        note=(
+            "ELPV electroluminescence images of polycrystalline solar cells (300x300 grey, 44 modules). Each cell is "
+            "graded 0, 1/3, 2/3 or 1 (defect probability): 0 -> good, 1 -> defective (cracks, inactive regions, "
+            "finger interruptions), 1/3 and 2/3 (uncertain) dropped. No pixel masks: image-level labels only. "
+            "Good cells: every 5th sorted name -> test/good, the rest -> train/good."
+        ),
+    ),
+)
+
+# Categories already kept under --shared (relative path of the MVTec-layout folder).
+SHARED_LINKS: dict[str, str] = {
+    "bottle": "mvtec_ad/bottle",
+    "toothbrush": "mvtec_ad/toothbrush",
+    "screw": "mvtec_ad/screw",
+    "hazelnut_toy": "hazelnut_toy/hazelnut_toy",
+    "magnetic_tile": "magnetic_tile/magnetic_tile",
+}
