@@ -102,6 +102,23 @@ SOURCES: tuple[Source, ...] = (
             "Good cells: every 5th sorted name -> test/good, the rest -> train/good."
         ),
     ),
+    Source(
+        category="solar_cell_mono",
+        repo="zae-bayern/elpv-dataset",
+        commit="411fd729dad19511883306aa85e52f1962cba581",
+        path="src/elpv_dataset/data",
+        licence="CC BY-NC-SA 4.0 for the images (LICENSE; code Apache-2.0)",
+        layout="graded_csv",
+        subset="mono",
+        max_train=25,
+        max_test_defective=125,
+        note=(
+            "Few-shot category: ELPV electroluminescence images of monocrystalline solar cells (300x300 grey), "
+            "graded as for solar_cell_poly (0 -> good, 1 -> defective, 1/3 and 2/3 dropped; no pixel masks). "
+            "The set has 588 good mono cells; train/good is capped at 25 evenly spaced names (of the 470 left "
+            "after every 5th sorted name -> test/good) to stand for a line with few good parts."
+        ),
+    ),
 )
 
 # Categories already kept under --shared (relative path of the MVTec-layout folder).
