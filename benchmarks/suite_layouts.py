@@ -242,9 +242,57 @@ def build_graded_csv(snap: Snapshot, src: Source, out: Writer) -> str:
             f"({len(defective)} before caps); grades 1/3 and 2/3 dropped; no masks")
 
 
+def manifest_mask(data: bytes, where: str) -> np.ndarray:
+    """A Ground Truth mask PNG as 0/255: its alpha channel where it has one (the colour fringe is transparent)."""
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise SystemExit(f"{where}: does not decode as an image")
+    if mask.ndim == 3:
+        mask = mask[..., 3] if mask.shape[2] == 4 else mask.max(axis=2)
+    return np.where(mask > 127, 255, 0).astype(np.uint8)
+
+
+def build_gt_manifest(snap: Snapshot, src: Source, out: Writer) -> str:
+    """SageMaker Ground Truth manifest (JSON lines): ``anomaly-label`` 0 -> train/good, 1 with ``anomaly-mask-ref``
+    -> test/<mask class>; files whose path starts with ``test_good`` -> test/good."""
+    files = snap.files(src.path)
+    if src.manifest not in files:
+        raise SystemExit(f"{src.category}: manifest {src.path}/{src.manifest} missing in {snap.git_dir}")
+    base = str(PurePosixPath(src.manifest).parent.parent)  # manifest refs are relative to the dataset folder
+    train: list[str] = []
+    defective: dict[str, str] = {}
+    classes: set[str] = set()
+    for n, line in enumerate(snap.read(files[src.manifest]).decode().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        image = f"{base}/{row['source-ref']}"
+        if image not in files:
+            raise SystemExit(f"{src.category}: manifest line {n} names {image}, which the snapshot lacks")
+        if row["anomaly-label"] == 0:
+            train.append(image)
+        elif "anomaly-mask-ref" in row:
+            defective[image] = f"{base}/{row['anomaly-mask-ref']}"
+            colours = row["anomaly-mask-ref-metadata"]["internal-color-map"].values()
+            classes.update(c["class-name"] for c in colours if c["class-name"] != "BACKGROUND")
+    defect = classes.pop() if len(classes) == 1 else "defective"
+    held = [p for p in files if p.startswith(src.test_good) and p.lower().endswith(IMAGE_EXTS)]
+    write_split(snap, src, out, files, train, held, (), defect)
+    for p in spread(sorted(defective), src.max_test_defective):
+        stem = PurePosixPath(p).stem
+        img = out.image(f"test/{defect}/{stem}.png", snap.read(files[p]))
+        if img is not None:
+            mask = manifest_mask(snap.read(files[defective[p]]), defective[p])
+            out.mask(f"ground_truth/{defect}/{stem}_mask.png", mask, img.shape)
+    return (f"manifest label 0 -> train/good ({len(train)} before the cap), label 1 with a mask -> test/{defect} "
+            f"({len(defective)}; mask = alpha > 127), {src.test_good}* -> test/good ({len(held)}); test images "
+            f"without a mask are not used")
+
+
 BUILDERS: dict[str, Callable[[Snapshot, Source, Writer], str]] = {
     "mvtec": build_mvtec,
     "pairs": build_pairs,
     "labelme_wear": build_labelme_wear,
     "graded_csv": build_graded_csv,
+    "gt_manifest": build_gt_manifest,
 }

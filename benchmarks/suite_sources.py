@@ -20,13 +20,15 @@ class Source:
     path: str  # folder inside the repository ("" = the repository root)
     licence: str
     # "mvtec": train/good, test/<type>, ground_truth/<type>; "pairs": <split>/images + <split>/masks;
-    # "labelme_wear": wear sequences with labelme polygons (BSData); "graded_csv": one folder + a graded label list.
+    # "labelme_wear": wear sequences with labelme polygons (BSData); "graded_csv": one folder + a graded label list;
+    # "gt_manifest": a SageMaker Ground Truth manifest with masks (test_good = path prefix of the good test images).
     layout: str
     test_good: str = "test/good"  # mvtec: folder of held-out good images ("" = take every 5th train image)
     mask_name: str = "{stem}_mask.png"  # mvtec: mask file name inside ground_truth/<type>/
     train_splits: tuple[str, ...] = ("train",)  # pairs: splits whose empty-mask images are train/good
     test_splits: tuple[str, ...] = ("test",)  # pairs: splits whose empty-mask images are test/good
     subset: str = ""  # labelme_wear: image-name suffix kept; graded_csv: value of the label list's third column
+    manifest: str = ""  # gt_manifest: the Ground Truth manifest, relative to path
     max_side: int = 0  # longer side kept for this category (0 = the --max-side option)
     max_train: int = 350  # caps keep the suite runnable on two cores; evenly spaced over the sorted names
     max_test_good: int = 0  # 0 = no cap
@@ -117,6 +119,24 @@ SOURCES: tuple[Source, ...] = (
             "graded as for solar_cell_poly (0 -> good, 1 -> defective, 1/3 and 2/3 dropped; no pixel masks). "
             "The set has 588 good mono cells; train/good is capped at 25 evenly spaced names (of the 470 left "
             "after every 5th sorted name -> test/good) to stand for a line with few good parts."
+        ),
+    ),
+    Source(
+        category="cookie",
+        repo="aws-samples/amazon-lookout-for-vision",
+        commit="14bed61caa82d07bcbd32ca583359eacfd954c30",
+        path="computer-vision-defect-detection/cookie-dataset",
+        licence="CC BY-SA 4.0 (the repository's LICENSE/LICENSE-SUMMARY; sample code MIT-0)",
+        layout="gt_manifest",
+        manifest="dataset-files/manifests/template.manifest",
+        test_good="test-images/test-normal-",
+        max_train=30,
+        note=(
+            "Few-shot object category: photos of chocolate-chip cookies on a baking tray (576x768 portrait), each "
+            "cookie shaped and placed differently. The Ground Truth manifest labels 31 training photos normal and "
+            "32 anomalous (cracked / broken), the latter with segmentation masks (RGBA, class colour #23A436; "
+            "the alpha channel > 127 is the mask). test-images/ holds 14 test-normal and 8 test-anomaly photos "
+            "without masks; the 8 are not used. train/good is capped at 30 of the 31 normals."
         ),
     ),
 )

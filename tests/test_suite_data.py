@@ -129,3 +129,47 @@ def test_only_rejects_an_unknown_category(tmp_path: Path, capsys: pytest.Capture
     assert suite_data.main(["--out", str(tmp_path), "--only", "no_such_category"]) == 2
     assert "no_such_category" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def _rgba_mask(h: int, w: int, rows: slice, cols: slice) -> bytes:
+    """A Ground Truth-style mask: class colour everywhere in a band, opaque only inside the labelled box."""
+    mask = np.zeros((h, w, 4), np.uint8)
+    mask[rows, :, :3] = (54, 164, 35)  # colour fringe beyond the box stays transparent
+    mask[rows, cols, 3] = 255
+    return cv2.imencode(".png", mask)[1].tobytes()
+
+
+def test_gt_manifest_takes_labels_from_the_manifest_and_the_mask_from_the_alpha_channel(tmp_path: Path) -> None:
+    meta = {"internal-color-map": {"0": {"class-name": "cracked", "hex-color": "#23A436"}}}
+    lines = [{"source-ref": "training-images/normal-1.jpg", "anomaly-label": 0},
+             {"source-ref": "training-images/normal-2.jpg", "anomaly-label": 0},
+             {"source-ref": "training-images/normal-3.jpg", "anomaly-label": 0},
+             {"source-ref": "training-images/anomaly-1.jpg", "anomaly-label": 1,
+              "anomaly-mask-ref": "mask-images/anomaly-1.png", "anomaly-mask-ref-metadata": meta}]
+    files = {f"c/dataset-files/{row['source-ref']}": _png() for row in lines}
+    files["c/dataset-files/mask-images/anomaly-1.png"] = _rgba_mask(20, 40, slice(4, 9), slice(10, 30))
+    files["c/dataset-files/manifests/template.manifest"] = "\n".join(json.dumps(r) for r in lines).encode()
+    files["c/test-images/test-normal-1.jpg"] = _png()
+    files["c/test-images/test-anomaly-1.jpg"] = _png()  # no mask: left out
+    mirror, commit = _snapshot(tmp_path, files)
+    src = Source(category="ck", repo="o/r", commit=commit, path="c", licence="test", layout="gt_manifest",
+                 manifest="dataset-files/manifests/template.manifest", test_good="test-images/test-normal-",
+                 max_train=2)
+    suite_data.build(src, mirror, tmp_path / "out", max_side=512)
+    root = tmp_path / "out" / "ck"
+    assert _names(root / "train" / "good") == ["normal-1", "normal-2"]  # capped at 2
+    assert _names(root / "test" / "good") == ["test-normal-1"]
+    assert _names(root / "test") == ["cracked", "good"]
+    mask = cv2.imread(str(root / "ground_truth" / "cracked" / "anomaly-1_mask.png"), cv2.IMREAD_UNCHANGED)
+    expected = np.zeros((20, 40), np.uint8)
+    expected[4:9, 10:30] = 255
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_gt_manifest_rejects_a_manifest_that_names_a_missing_image(tmp_path: Path) -> None:
+    line = json.dumps({"source-ref": "training-images/gone.jpg", "anomaly-label": 0})
+    mirror, commit = _snapshot(tmp_path, {"c/dataset-files/manifests/m.manifest": line.encode()})
+    src = Source(category="ck", repo="o/r", commit=commit, path="c", licence="test", layout="gt_manifest",
+                 manifest="dataset-files/manifests/m.manifest", test_good="test-images/test-normal-")
+    with pytest.raises(SystemExit, match="line 1"):
+        suite_data.build(src, mirror, tmp_path / "out", max_side=512)
