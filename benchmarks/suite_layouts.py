@@ -192,7 +192,8 @@ def build_labelme_wear(snap: Snapshot, src: Source, out: Writer) -> str:
     sequences: dict[str, list[tuple[str, str]]] = {}
     for p in files:
         parts = PurePosixPath(p).stem.split("_")
-        if p.startswith("data/") and p.endswith(".jpg") and len(parts) == 6 and "_".join(parts[4:]) == src.subset:
+        in_data = str(PurePosixPath(p).parent) == "data"  # data/BSD/test/ holds a stray copy of one frame
+        if in_data and p.endswith(".jpg") and len(parts) == 6 and "_".join(parts[4:]) == src.subset:
             sequences.setdefault("_".join((parts[0], *parts[2:4])), []).append((parts[1], p))
     if not sequences:
         raise SystemExit(f"{src.category}: no data/*_{src.subset}.jpg frames in {snap.git_dir}")

@@ -82,9 +82,9 @@ SOURCES: tuple[Source, ...] = (
             "57 frames taken over weeks of wear). Pitting is annotated as labelme polygons. A frame of a position "
             "before that position's first annotated frame is good; unannotated frames after it are dropped "
             "(annotation gaps, not shown to be pitting-free). Split by position: even-numbered positions (sorted "
-            "by name) -> train/good, odd-numbered -> test/good and test/pitting, so no test image shows a surface "
-            "seen in training. crop_1 frames (1540x645, nearly all pitted) and BSD type 1 (varying sizes, all "
-            "pitted) are not used."
+            "by name) -> train/good, odd-numbered -> test/good and test/pitting, so test frames come from camera "
+            "positions not used for training. A stray copy of one frame in data/BSD/test/ is ignored. crop_1 frames "
+            "(1540x645, nearly all pitted) and BSD type 1 (varying sizes, all pitted) are not used."
         ),
     ),
     Source(

@@ -60,8 +60,8 @@ def test_labelme_wear_splits_by_position_and_drops_frames_after_the_first_annota
         # position 200_090 (index 1 -> test): one clean frame, pitting, then an unannotated frame
         "data/01_t1_200_090_crop_2.jpg": _png(), "data/01_t2_200_090_crop_2.jpg": _png(),
         "label/01_t2_200_090_crop_2.json": _labelme(box), "data/01_t3_200_090_crop_2.jpg": _png(),
-        # another crop of the same position: not this subset
-        "data/01_t1_200_090_crop_1.jpg": _png(),
+        # another crop of the same position: not this subset; a copy in a subfolder: not a frame of the sequence
+        "data/01_t1_200_090_crop_1.jpg": _png(), "data/BSD/test/01_t0_200_090_crop_2.jpg": _png(),
     }
     mirror, commit = _snapshot(tmp_path, files)
     src = Source(category="bs", repo="o/r", commit=commit, path="", licence="test", layout="labelme_wear",
