@@ -243,6 +243,20 @@ def build_graded_csv(snap: Snapshot, src: Source, out: Writer) -> str:
             f"({len(defective)} before caps); grades 1/3 and 2/3 dropped; no masks")
 
 
+def build_class_folders(snap: Snapshot, src: Source, out: Writer) -> str:
+    """``<path>/<subset>/`` holds the good images, every other subfolder one defect type; no masks, no split."""
+    files = {p: s for p, s in snap.files(src.path).items() if p.lower().endswith(IMAGE_EXTS) and p.count("/") == 1}
+    good = sorted(p for p in files if p.startswith(src.subset + "/"))
+    if not good:
+        raise SystemExit(f"{src.category}: no images in {src.path}/{src.subset}/ of {snap.git_dir}")
+    write_split(snap, src, out, files, [p for i, p in enumerate(good) if i % 5 != 4], good[4::5], (), "")
+    types = sorted({p.split("/")[0] for p in files} - {src.subset})
+    for defect in types:
+        write_split(snap, src, out, files, (), (), [p for p in files if p.startswith(defect + "/")], defect)
+    return (f"{src.subset}/ -> good (every 5th sorted -> test/good), {', '.join(t + '/' for t in types)} -> "
+            f"test/<same name>; no masks")
+
+
 def manifest_mask(data: bytes, where: str) -> np.ndarray:
     """A Ground Truth mask PNG as 0/255: its alpha channel where it has one (the colour fringe is transparent)."""
     mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -296,4 +310,5 @@ BUILDERS: dict[str, Callable[[Snapshot, Source, Writer], str]] = {
     "labelme_wear": build_labelme_wear,
     "graded_csv": build_graded_csv,
     "gt_manifest": build_gt_manifest,
+    "class_folders": build_class_folders,
 }

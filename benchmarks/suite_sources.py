@@ -21,13 +21,14 @@ class Source:
     licence: str
     # "mvtec": train/good, test/<type>, ground_truth/<type>; "pairs": <split>/images + <split>/masks;
     # "labelme_wear": wear sequences with labelme polygons (BSData); "graded_csv": one folder + a graded label list;
-    # "gt_manifest": a SageMaker Ground Truth manifest with masks (test_good = path prefix of the good test images).
+    # "gt_manifest": a SageMaker Ground Truth manifest with masks (test_good = path prefix of the good test images);
+    # "class_folders": one folder of good images (subset) and one per defect type, image-level only.
     layout: str
     test_good: str = "test/good"  # mvtec: folder of held-out good images ("" = take every 5th train image)
     mask_name: str = "{stem}_mask.png"  # mvtec: mask file name inside ground_truth/<type>/
     train_splits: tuple[str, ...] = ("train",)  # pairs: splits whose empty-mask images are train/good
     test_splits: tuple[str, ...] = ("test",)  # pairs: splits whose empty-mask images are test/good
-    subset: str = ""  # labelme_wear: image-name suffix kept; graded_csv: value of the label list's third column
+    subset: str = ""  # labelme_wear: image-name suffix; graded_csv: the label list's third column; class_folders: good
     manifest: str = ""  # gt_manifest: the Ground Truth manifest, relative to path
     max_side: int = 0  # longer side kept for this category (0 = the --max-side option)
     max_train: int = 350  # caps keep the suite runnable on two cores; evenly spaced over the sorted names
@@ -137,6 +138,20 @@ SOURCES: tuple[Source, ...] = (
             "32 anomalous (cracked / broken), the latter with segmentation masks (RGBA, class colour #23A436; "
             "the alpha channel > 127 is the mask). test-images/ holds 14 test-normal and 8 test-anomaly photos "
             "without masks; the 8 are not used. train/good is capped at 30 of the 31 normals."
+        ),
+    ),
+    Source(
+        category="alien_toy",
+        repo="aws-samples/amazon-lookout-for-vision",
+        commit="14bed61caa82d07bcbd32ca583359eacfd954c30",
+        path="aliens-dataset",
+        licence="CC BY-SA 4.0 (the repository's LICENSE/LICENSE-SUMMARY; sample code MIT-0)",
+        layout="class_folders",
+        subset="normal",
+        note=(
+            "Green plastic alien figurines on white (550x380), photographed one by one, so pose and placement vary a "
+            "little between good samples. normal/ 58, anomaly/ 60 (missing or broken limbs and head, marker "
+            "scribbles). No masks and no split: every 5th sorted normal -> test/good (11)."
         ),
     ),
 )

@@ -173,3 +173,17 @@ def test_gt_manifest_rejects_a_manifest_that_names_a_missing_image(tmp_path: Pat
                  manifest="dataset-files/manifests/m.manifest", test_good="test-images/test-normal-")
     with pytest.raises(SystemExit, match="line 1"):
         suite_data.build(src, mirror, tmp_path / "out", max_side=512)
+
+
+def test_class_folders_hold_out_every_5th_good_and_keep_each_other_folder_as_a_defect_type(tmp_path: Path) -> None:
+    files = {f"a/normal/{i}.png": _png() for i in range(10)}
+    files |= {"a/anomaly/0.png": _png(), "a/scratch/0.png": _png(), "a/normal/nested/9.png": _png()}
+    mirror, commit = _snapshot(tmp_path, files)
+    src = Source(category="al", repo="o/r", commit=commit, path="a", licence="test", layout="class_folders",
+                 subset="normal")
+    row = suite_data.build(src, mirror, tmp_path / "out", max_side=512)
+    root = tmp_path / "out" / "al"
+    assert _names(root / "test" / "good") == ["4", "9"]
+    assert _names(root / "train" / "good") == ["0", "1", "2", "3", "5", "6", "7", "8"]  # nested/ is not read
+    assert _names(root / "test") == ["anomaly", "good", "scratch"]
+    assert row["test_defective"] == "2" and row["masks"] == "0"
