@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.suite_loo import Row, choose, leave_one_out, row_of
-from benchmarks.suite_thresholds import RULES, SHIPPED_RULE, apply_rule
+from benchmarks.suite_thresholds import RULES, SHIPPED_RULE, apply_rule, transfer
 
 SHIPPED = "lite0@224 | somad s256 k4 | sig4 top0.01"
 BASELINE = "lite0@224 | padim | sig4 top0.01"
@@ -107,6 +107,12 @@ def report(rows: list[Row], cats: list[str], max_frr: float) -> dict[str, Any]:
             ref = mean_summary([summary(row_of(rows, setting, c, setting_of), SHIPPED_RULE) for c in cats])
             refs[label] = ref
             print(f"{label:16s}" + "".join(x.rjust(10) for x in mean_cells(ref)) + f" |  [{setting}] / {SHIPPED_RULE}")
+    print(f"\nThreshold transfer under [{chosen}] / {rule_in}: held-out goods vs test goods (robust sigmas of the "
+          "held-out scores)")
+    print(f"{'category':16s}{'held out':>9s}{'shift':>9s}{'margin':>9s}{'test FRR':>10s}")
+    for c in cats:
+        t = transfer(row_of(rows, chosen, c, setting_of), rule_in)
+        print(f"{c:16s}{t['n_holdout']:9.0f}{t['shift']:+9.2f}{t['margin']:+9.2f}{t['frr']:10.1%}")
     return {"categories": cats, "in_sample_setting": chosen, "in_sample_rule": rule_in, "rows": table,
             "means": means, "references": refs}
 

@@ -17,6 +17,7 @@ RULES: dict[str, Rule] = {
     "robust@0.02": lambda s: th.robust_threshold(s, 0.02).threshold,
     "robust@0.05": lambda s: th.robust_threshold(s, 0.05).threshold,
     "empirical@0.005": lambda s: th.empirical_threshold(s, 0.005).threshold,
+    "robust-unguarded@0.005": lambda s: th.robust_threshold(s, 0.005, guard=False).threshold,
 }
 SHIPPED_RULE = "robust@0.005"
 
@@ -27,3 +28,20 @@ def apply_rule(row: dict[str, Any], rule: str) -> dict[str, float]:
     scores, labels = np.asarray(row["test_scores"]), np.asarray(row["test_labels"])
     good, bad = scores[labels == 0], scores[labels == 1]
     return {"threshold": thr, "frr": float((good >= thr).mean()), "escape_rate": float((bad < thr).mean())}
+
+
+def transfer(row: dict[str, Any], rule: str) -> dict[str, float]:
+    """How the held-out goods the threshold was set on compare with the test goods it is judged on.
+
+    shift: (median of test goods - median of held-out goods) in robust sigmas of the held-out goods;
+    margin: (threshold - median of test goods) in the same unit. A positive shift means the test goods
+    score higher than the held-out ones (FRR above target); a margin near 0 puts half of them above.
+    """
+    hold = np.asarray(row["hold_scores"], np.float64)
+    scores, labels = np.asarray(row["test_scores"]), np.asarray(row["test_labels"])
+    good = scores[labels == 0]
+    med = float(np.median(hold))
+    sigma = max(1.4826 * float(np.median(np.abs(hold - med))), 1e-12)
+    at = apply_rule(row, rule)
+    return {"n_holdout": float(hold.size), "shift": (float(np.median(good)) - med) / sigma,
+            "margin": (at["threshold"] - float(np.median(good))) / sigma, "frr": at["frr"]}

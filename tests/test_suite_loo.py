@@ -45,3 +45,38 @@ def test_settings_missing_a_category_are_not_chosen_and_none_measured_is_an_erro
     assert choose(rows, ["a", "b"], value, key) == "full"
     with pytest.raises(ValueError, match="no setting"):
         choose(rows, ["a", "b", "z"], value, key)
+
+
+@pytest.mark.parametrize(("hw", "expected"), [
+    ((900, 900), (224, 224)),  # square stays square
+    ((500, 1250), (224, 560)),  # a 2.5:1 strip keeps its aspect, long side a multiple of 16
+    ((1600, 800), (448, 224)),  # portrait: the long side is the height
+    ((100, 1000), (224, 560)),  # beyond MAX_ASPECT: capped, the rest is letterbox padding
+    ((500, 560), (224, 224)),  # nearly square: not worth a non-square graph
+])
+def test_suite_input_follows_the_parts_aspect(tmp_path, hw: tuple[int, int], expected: tuple[int, int]) -> None:
+    import cv2
+    import numpy as np
+
+    from benchmarks.suite_engine import input_spec
+    from edge_somad.data import Category
+
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), np.zeros((*hw, 3), np.uint8))
+    spec = input_spec(Category("c", tmp_path, (path,), ()))
+    assert (spec.height, spec.width) == expected and spec.resize == "letterbox"
+
+
+def test_threshold_transfer_measures_the_shift_of_test_goods() -> None:
+    import numpy as np
+
+    from benchmarks.suite_thresholds import transfer
+
+    rng = np.random.default_rng(0)
+    hold = rng.normal(10.0, 1.0, 400)
+    good = rng.normal(12.0, 1.0, 400)  # the test goods sit two sigmas higher than the held-out ones
+    row = {"hold_scores": hold.tolist(), "test_scores": np.r_[good, [30.0]].tolist(), "test_labels": [0] * 400 + [1]}
+    t = transfer(row, "robust@0.005")
+    assert t["shift"] == pytest.approx(2.0, abs=0.2)
+    assert t["margin"] == pytest.approx(0.58, abs=0.25)  # 2.58 sigma threshold - 2 sigma shift
+    assert 0.2 < t["frr"] < 0.4  # about P(N(0,1) > 0.58) = 0.28 of the test goods fail
