@@ -6,6 +6,10 @@ SOURCE.txt. Longer side > ``--max-side`` is shrunk (INTER_AREA; masks INTER_NEAR
 pixel-identical duplicate images are dropped. ``--shared DIR`` links the categories already kept under ``DIR``.
 
     python benchmarks/suite_data.py --mirror-root /work/.mirror --shared /work/shared/data
+    python benchmarks/suite_data.py --only ball_screw cookie    # just these fetched categories
+
+The sources are in suite_sources.py, the reader of each source layout in suite_layouts.py; a source may set its own
+longer side and caps (evenly spaced over sorted names, so every run picks the same images).
 """
 
 from __future__ import annotations
