@@ -8,7 +8,7 @@ between the two means is how much the suite flatters its own defaults.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,12 +59,18 @@ def in_sample(rows: Sequence[Row], categories: Sequence[str], value: Callable[[R
 
 
 def leave_one_out(rows: Sequence[Row], categories: Sequence[str], value: Callable[[Row], float],
-                  key: Callable[[Row], str], order: Sequence[str] = ()) -> list[Choice]:
-    """For each category: the setting chosen on the others, and that category's value under it."""
+                  key: Callable[[Row], str], order: Sequence[str] = (),
+                  groups: Mapping[str, str] | None = None) -> list[Choice]:
+    """For each category: the setting chosen on the others, and that category's value under it.
+
+    `groups` maps a category to its source (same camera, same maker): a category's whole group is left
+    out with it, so a sibling cannot vouch for it.
+    """
     table = _by_setting(rows, key)
+    group = groups or {}
     out = []
     for c in categories:
-        others = [o for o in categories if o != c]
+        others = [o for o in categories if o != c and (c not in group or group.get(o) != group[c])]
         setting = choose(rows, others, value, key, order)
         out.append(Choice(setting, c, value(table[setting][c])))
     return out

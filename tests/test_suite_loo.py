@@ -31,6 +31,16 @@ def test_in_sample_picks_the_best_mean_and_loo_never_sees_the_left_out_category(
     assert loo["a"].setting == "tuned" and loo["a"].value == pytest.approx(0.85)
 
 
+def test_a_group_is_left_out_whole() -> None:
+    # b and c share a source; with b left out, c must not vote: the choice is made on a alone.
+    table = {"default": {"a": 0.9, "b": 0.6, "c": 0.6}, "tuned": {"a": 0.8, "b": 0.99, "c": 0.99}}
+    rows = rows_from(table)
+    plain = {ch.category: ch.setting for ch in leave_one_out(rows, ["a", "b", "c"], value, key)}
+    grouped = {ch.category: ch.setting
+               for ch in leave_one_out(rows, ["a", "b", "c"], value, key, groups={"b": "g", "c": "g"})}
+    assert plain["b"] == "tuned" and grouped["b"] == "default"
+
+
 @pytest.mark.parametrize(("table", "order", "expected"), [
     ({"x": {"a": 0.9}, "y": {"a": 0.9}}, ["y", "x"], "y"),  # tie: the default (listed first) stays
     ({"x": {"a": 0.9}, "y": {"a": 0.9}}, [], "x"),  # tie, no order: by name
