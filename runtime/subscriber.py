@@ -211,8 +211,8 @@ class _Sinks:
             self.csv_file.flush()
         verdict = msg.header["verdict"]
         if self.save_fails is not None and (verdict == "fail" or (self.save_errors and verdict == "error")):
-            # At most twice the received bytes (header indented, f16 map as float32 .npy): each part is
-            # already capped by the decode limits, and the folder by this budget.
+            # An upper estimate of what saving writes (header indented, f16 map as a float32 .npy): each
+            # part is already capped by the decode limits, the folder by this budget.
             size = 3 * len(json.dumps(msg.header)) + len(msg.overlay or b"") + 2 * len(msg.heatmap)
             if size > self.save_left:
                 result.not_saved += 1

@@ -73,6 +73,19 @@ def test_csv_numbers_stay_numbers_and_formulas_are_neutralised() -> None:
     assert row[9].startswith("'=HYPERLINK") and row[11] == '[{"x":1,"y":2,"w":3,"h":4,"area_px":12,"max_score":0.7}]'
 
 
+def test_save_fails_budget_caps_the_folder(tmp_path: Path) -> None:
+    from edge_somad.runtime.subscriber import _Sinks
+
+    result, fails = SubscribeResult(), tmp_path / "fails"
+    sinks = _Sinks(None, fails, io.StringIO(), True, save_max_bytes=12_000)
+    for i in range(5):
+        parts = [*verdict_parts(valid_header(i, verdict="fail", overlay=True)), b"\xff\xd8" + b"j" * 3000]
+        sinks.verdict(messages.parse_message(parts), result)
+    written = sum(p.stat().st_size for p in fails.iterdir())
+    assert 0 < written <= 12_000 and result.not_saved >= 1
+    assert len(list(fails.glob("*.jpg"))) == 5 - result.not_saved
+
+
 def test_subscribe_option_errors_exit_2() -> None:
     from edge_somad.cli import app
 
@@ -157,6 +170,7 @@ def test_raw_tcp_connections_are_not_subscribers_and_foreign_topics_are_refused(
         assert _wait(lambda: pub.subscriptions_seen == 2 and pub.subscriptions_refused == 2)
         time.sleep(0.3)
         assert pub.subscribers == 1  # 50 raw sockets never completed a ZeroMQ handshake
+        assert pub.peers_disconnected == 0  # a normal subscriber stays far below its byte budget
         for s in raw:
             s.close()
         assert _wait(lambda: pub.handshake_failures["other"] == 50) and pub.subscribers == 1
