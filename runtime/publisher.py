@@ -189,8 +189,13 @@ class Publisher:
         try:
             for fd in list(self._peers):
                 try:
-                    sock = socket.socket(fileno=os.dup(fd))
+                    dup = os.dup(fd)
                 except OSError:
+                    continue
+                try:
+                    sock = socket.socket(fileno=dup)
+                except OSError:  # not a socket (any more): the descriptor was closed and reused
+                    os.close(dup)
                     continue
                 try:  # the fd may have been closed and reused: only a connection to OUR port is a peer
                     if sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != self._port:
