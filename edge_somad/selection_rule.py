@@ -124,6 +124,8 @@ def decide(evidence: list[Evidence], aurocs: np.ndarray, level: float = LEVEL,
         lower = st["margin_interval"][0]
         if c == 0:
             row["why"] = "baseline: kept unless a candidate beats it beyond the uncertainty"
+        elif st["margin"] <= 0:
+            row["why"] = f"not better than {base.name} (margin {st['margin']:+.4f})"
         elif lower <= 0:
             row["why"] = (f"margin {st['margin']:+.4f} within its uncertainty (one-sided {level:.0%} lower "
                           f"bound {lower:+.4f} <= 0)")
