@@ -1,7 +1,7 @@
 """Is the int8 graph usable? Its accuracy drop against fp32, measured without defect photos.
 
 `calibrate --int8` has only good images, so the drop is measured where the self-check measures
-detectability: synthetic defects (calibration/selfcheck.py) pasted into held-out good frames, with
+detectability: synthetic defects (calibration/synthetic.py) pasted into held-out good frames, with
 the pasted pixels as ground truth. Both graphs score the same frames and the three metrics of
 `evaluate` are computed for each — image AUROC, pixel AUROC and PRO — and drop = fp32 - int8. The
 int8 graph is usable when the image and pixel AUROC drops are at most MAX_DROP (the target on
