@@ -75,7 +75,29 @@ def choose_rule(rows: list[Row], max_frr: float) -> str:
     return best
 
 
-def report(rows: list[Row], cats: list[str], max_frr: float) -> dict[str, Any]:
+def auto_table(rows: list[Row], cats: list[str], rule: str, auto_dir: Path) -> dict[str, Any] | None:
+    """`fit --method auto` per category (benchmarks/suite_auto.py): its choice, judged on the chosen candidate's
+    measured row, and its pixel-level distance to forced SOMAD (it must never be more than 0.01 below)."""
+    picks = {c: json.loads((auto_dir / f"{c}.json").read_text()) for c in cats if (auto_dir / f"{c}.json").is_file()}
+    if len(picks) < len(cats):
+        print(f"\nauto: measured on {len(picks)}/{len(cats)} categories (benchmarks/suite_auto.py); not tabled")
+        return None
+    print(f"\nfit --method auto (rule: docs/selection.md), threshold rule {rule}; pixel gap = auto - forced SOMAD")
+    items, worst = [], 0.0
+    for c in cats:
+        r = row_of(rows, SHIPPED.replace("somad s256 k4", picks[c]["head"]), c, setting_of)
+        base = row_of(rows, SHIPPED, c, setting_of)
+        gaps = [r[k] - base[k] for k in ("pixel_auroc", "pro") if r[k] is not None and base[k] is not None]
+        worst = min([worst, *gaps])
+        items.append(summary(r, rule))
+        print(f"{c:16s}" + "".join(x.rjust(10) for x in metric_cells(r, rule, 0.0))
+              + f"  {picks[c]['chosen']:13s} pixel gap {min(gaps) if gaps else 0.0:+.4f}")
+    mean = mean_summary(items)
+    print(f"{'MEAN auto':16s}" + "".join(x.rjust(10) for x in mean_cells(mean)) + f"  worst pixel gap {worst:+.4f}")
+    return {**mean, "worst_pixel_gap": worst, "chosen": {c: picks[c]["chosen"] for c in cats}}
+
+
+def report(rows: list[Row], cats: list[str], max_frr: float, auto_dir: Path) -> dict[str, Any]:
     img = lambda r: r["image_auroc"]  # noqa: E731 - the ranking's one number
     order = [SHIPPED]
     chosen = choose(rows, cats, img, setting_of, order)
@@ -110,6 +132,7 @@ def report(rows: list[Row], cats: list[str], max_frr: float) -> dict[str, Any]:
             ref = mean_summary([summary(row_of(rows, setting, c, setting_of), SHIPPED_RULE) for c in cats])
             refs[label] = ref
             print(f"{label:16s}" + "".join(x.rjust(10) for x in mean_cells(ref)) + f" |  [{setting}] / {SHIPPED_RULE}")
+    refs["auto"] = auto_table(rows, cats, rule_in, auto_dir)
     print(f"\nThreshold transfer under [{chosen}] / {rule_in}: held-out goods vs test goods (robust sigmas of the "
           "held-out scores)")
     print(f"{'category':16s}{'held out':>9s}{'shift':>9s}{'margin':>9s}{'test FRR':>10s}")
@@ -154,7 +177,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "benchmarks.suite_grid", "--root", str(args.root), "--out",
                         str(args.out), "--categories", *cats, "--features", *args.features], check=True)
     rows = [r for r in load_rows(args.out, args.features) if r["category"] in cats]
-    result = report(rows, cats, args.max_frr)
+    result = report(rows, cats, args.max_frr, args.out / "auto")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
