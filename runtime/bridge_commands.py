@@ -150,9 +150,15 @@ def opcua(
     certificate: Annotated[OptFile, typer.Option(
         help="Server certificate (DER or PEM): with --private-key, serve Basic256Sha256 Sign&Encrypt only.")] = None,
     private_key: Annotated[OptFile, typer.Option(help="The server certificate's private key (PEM).")] = None,
+    allow_plaintext_password: Annotated[bool, typer.Option(
+        help="Accept --username without --certificate: the password then crosses the network readable "
+        "(SecurityPolicy None); for a loopback or an isolated cell network only.")] = False,
     camera: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
         "--camera", help="Camera id to show before its first verdict (repeatable), so PLC programs bind at start."
     )] = None,
+    stale_after: Annotated[float, typer.Option(
+        help="Seconds without any message from `run` after which SystemState/CameraStatus say offline and "
+        "values turn Uncertain (heartbeats come every second).")] = 3.0,
     topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
@@ -182,7 +188,8 @@ def opcua(
     config = OpcuaConfig(source=SourceConfig(tuple(connect), topic, load_client(curve_server_key,
                                                                                  curve_secret_key)),
                          endpoint=endpoint, box=box, username=username, password=password,
-                         certificate=certificate, private_key=private_key, cameras=cameras)
+                         certificate=certificate, private_key=private_key, cameras=cameras,
+                         stale_after_s=stale_after, allow_plaintext_password=allow_plaintext_password)
     serve(config)
 
 
