@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 BIRTH_SCHEMA = "edge-somad/mqtt-birth/1"
 DEATH_SCHEMA = "edge-somad/mqtt-death/1"
 STATUS_SCHEMA = "edge-somad/mqtt-status/1"
+BIRTH_WAIT_S = 5.0  # connected with verdicts queued but no stream known yet: birth (incomplete) after this
 
 
 @dataclass(frozen=True)
@@ -158,11 +159,20 @@ class MqttBridge:
         streams = [info.as_birth() for info in self.source.infos]
         return _dumps({"schema": BIRTH_SCHEMA, "box": self.config.box, "group": self.config.group,
                        "bdSeq": self.bd_seq, "at": time.time(), "verdict_schema": messages.VERDICT_SCHEMA,
+                       "complete": all(s["known"] for s in streams),
                        "cameras": sorted({c for s in streams for c in s["cameras"]}), "streams": streams,
                        "heatmaps": self.config.heatmaps, "queue_max": self.config.queue_max})
 
-    def death(self, reason: str) -> bytes:
-        return _dumps({"schema": DEATH_SCHEMA, "box": self.config.box, "bdSeq": self.bd_seq, "reason": reason})
+    def _may_be_born(self, connected_at: float) -> bool:
+        """Birth once a stream said what it has; or, with verdicts waiting (from before a restart), after
+        BIRTH_WAIT_S even if none has (the birth then says `complete: false`): never an empty birth first."""
+        if any(info.known for info in self.source.infos):
+            return True
+        return self.queue.size > 0 and time.monotonic() - connected_at >= BIRTH_WAIT_S
+
+    def death(self, reason: str, bd_seq: int | None = None) -> bytes:
+        return _dumps({"schema": DEATH_SCHEMA, "box": self.config.box,
+                       "bdSeq": self.bd_seq if bd_seq is None else bd_seq, "reason": reason})
 
     def status(self) -> dict[str, Any]:
         c = self.counters
@@ -179,8 +189,7 @@ class MqttBridge:
         cfg = self.config
         inflight: dict[int, int] = {}  # mid -> queue id
         cursor, last_status, status_key = 0, 0.0, None
-        link.publish(cfg.topic("NBIRTH"), self.birth(), retain=True)
-        self.birth_dirty.clear()
+        born, connected_at = False, time.monotonic()
         while link.up:
             done = []
             while link.acked:
@@ -189,17 +198,20 @@ class MqttBridge:
                     done.append(qid)
             self.queue.delete(done)
             self.counters.delivered += len(done)
-            if self.birth_dirty.is_set():
+            if (born and self.birth_dirty.is_set()) or (not born and self._may_be_born(connected_at)):
                 self.birth_dirty.clear()
-                link.publish(cfg.topic("NBIRTH"), self.birth(), retain=True)
+                born = link.publish(cfg.topic("NBIRTH"), self.birth(), retain=True) is not None
             key = (tuple(sorted(self.counters.overflow.items())), self.source.missed, self.source.rejected)
             if time.monotonic() - last_status >= cfg.status_interval_s or key != status_key:
                 link.publish(cfg.topic("NSTATUS"), _dumps(self.status()), retain=True)
                 last_status, status_key = time.monotonic(), key
             reading = self._reader is not None and self._reader.is_alive()
             drained = not inflight and self.queue.size == 0 and not reading
-            if self.stop.is_set() and (drained or time.monotonic() > self._drain_until):
+            if self.stop.is_set() and (drained or time.monotonic() > self._drain_until or not born):
                 return
+            if not born:  # no verdict before the birth that says whose it is
+                self.queue.wait(0.05)
+                continue
             room = cfg.broker.window - len(inflight)
             rows = self.queue.peek(cursor, room) if room > 0 else []
             for row in rows:
@@ -220,9 +232,10 @@ class MqttBridge:
         backoff, link = 0.5, None
         try:
             while not self.stop.is_set():
-                self.bd_seq += 1
-                self.queue.set_meta("bdseq", self.bd_seq)
-                link = MqttLink(cfg.broker, Will(cfg.topic("NDEATH"), self.death("connection lost (last will)")))
+                # bdSeq counts sessions: the will carries the next number, kept only once the broker accepted it
+                bd_seq = self.bd_seq + 1
+                link = MqttLink(cfg.broker, Will(cfg.topic("NDEATH"), self.death("connection lost (last will)",
+                                                                                   bd_seq)))
                 if not link.connect(timeout_s=5.0):
                     log.warning("MQTT broker %s:%d: %s; %d verdicts kept in %s, retrying in %.1f s",
                                 cfg.broker.host, cfg.broker.port, link.error, self.queue.size, cfg.queue_file, backoff)
@@ -231,6 +244,8 @@ class MqttBridge:
                     backoff = min(backoff * 2, 2.0)  # a plant broker is back within seconds of a restart
                     continue
                 backoff = 0.5
+                self.bd_seq = bd_seq
+                self.queue.set_meta("bdseq", self.bd_seq)
                 self.counters.connects += 1
                 log.info("connected to MQTT broker %s:%d (bdSeq %d, %d queued)", cfg.broker.host, cfg.broker.port,
                          self.bd_seq, self.queue.size)
