@@ -87,6 +87,9 @@ def mqtt(
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Publish PNG heatmaps too.")] = False,
     heatmap_max_bytes: Annotated[int, typer.Option(help="Larger heatmaps are not published (counted).")] = 262_144,
     status_interval: Annotated[float, typer.Option(help="Seconds between retained status messages.")] = 10.0,
+    replay: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--replay", help="`run --replay` endpoint of each --connect, same order (run with --journal): verdicts "
+        "missed while this bridge was away are asked for there; without it they are only counted.")] = None,
     topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
@@ -122,7 +125,7 @@ def mqtt(
         source=SourceConfig(tuple(connect), topic, load_client(curve_server_key, curve_secret_key)),
         box=box, group=group, root=topic_root.strip("/"),
         queue_file=queue_file or state / f"mqtt-{box}.sqlite", queue_max=queue_max, heatmaps=heatmaps,
-        heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval)
+        heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval, replay=tuple(replay or ()))
     bridge = MqttBridge(config)
     previous = _on_signals(bridge.request_stop)
     try:

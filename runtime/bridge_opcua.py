@@ -38,6 +38,7 @@ from edge_somad.runtime.bridge_opcua_model import (  # noqa: F401 - re-exported 
     OpcuaModel,
     result_values,
 )
+from edge_somad.runtime.bridge_recover import Recovery
 from edge_somad.runtime.bridge_source import SourceConfig, StreamSource, _valid_camera
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class OpcuaBridge:
     def __init__(self, config: OpcuaConfig) -> None:
         self.config = config
         self.source = StreamSource(config.source)
+        # Counted, not replayed: a PLC acts on the part in front of it, so an old result must never
+        # become LastResult again. MissedCount/Drops say that results went by unseen.
+        self.recovery = Recovery(config.source.endpoints)
         self.counts: dict[str, dict[str, int]] = {}
         self.camera_endpoint: dict[str, int] = {}  # camera -> index of the endpoint that reported it last
         self.seen_at: dict[int, float] = {}  # endpoint index -> time.monotonic() of its last message
@@ -127,6 +131,8 @@ class OpcuaBridge:
             camera = h["camera"]
             await self._camera(camera)
             self.camera_endpoint[camera] = endpoint
+            self.recovery.see(endpoint, h)
+            await write((camera, "Counters", "MissedCount"), self.recovery.missed_by_camera.get(camera, 0))
             await self._fresh(camera)
             await self.model.result(h)
             self.counts[camera][h["verdict"]] += 1
@@ -195,7 +201,7 @@ class OpcuaBridge:
                 await self.model.mark(camera, UNCERTAIN)
 
     def missed_total(self) -> int:
-        return self.source.missed
+        return self.recovery.missed
 
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
         await self.setup()

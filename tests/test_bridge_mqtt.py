@@ -79,7 +79,7 @@ def test_2000_verdicts_arrive_through_a_broker_outage(tmp_path: Path) -> None:
     assert {v["camera"] for v in verdicts} == {"c1"} and {v["box"] for v in verdicts} == {"box1"}
     assert all(v["schema"] == "edge-somad/verdict/1" and v["threshold"] == 0.5 for v in verdicts)
     status = consumer.json("NSTATUS")[-1]
-    assert status["overflow"] == {} and status["upstream"] == {"missed": 0, "rejected": 0}
+    assert status["overflow"] == {} and status["upstream"] == {"missed": 0, "replayed": 0, "pending": 0, "rejected": 0}
     assert status["queued"] == 0 and status["stored"] == N
     births = consumer.json("NBIRTH")
     assert len({b["bdSeq"] for b in births}) >= 2, "the reconnect after the outage republished birth"

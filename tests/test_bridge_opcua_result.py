@@ -77,14 +77,15 @@ async def _client(url: str, publish, stop_publisher, restart_publisher) -> dict:
         out["initial"] = (await result.read_data_value(raise_on_bad_status=False)).StatusCode.name
 
         async def read_now() -> None:  # the documented PLC pattern: on a change, read the result
-            read_back.append(await result.read_value())
+            read_back.append((await result.read_data_value(raise_on_bad_status=False)).Value.Value)
 
         class Handler:
             def datachange_notification(self, node, val, data) -> None:
-                if node.nodeid == result.nodeid and val.ResultId:
+                good = data.monitored_item.Value.StatusCode.is_good()  # later: the same value turning Uncertain
+                if node.nodeid == result.nodeid and good and val.ResultId:
                     notified.append(val)
                     reads.append(asyncio.get_running_loop().create_task(read_now()))
-                elif node.nodeid == as_json.nodeid and val:
+                elif node.nodeid == as_json.nodeid and good and val:
                     jsons.append(json.loads(val))
 
         sub = await client.create_subscription(500, Handler())  # 500 ms publishing interval, as in the field
