@@ -208,3 +208,31 @@ def test_gaps_are_counted_from_run_and_seq_and_survive_a_bridge_restart() -> Non
     again = Recovery(("tcp://run",), state=rec.state())  # a restarted bridge continues where it stopped
     again.see(0, {"camera": "c1", "seq": 10, "run": "00000000000000bb"})
     assert again.missed == 15
+
+
+def test_replay_endpoint_speaks_curve_only_to_listed_keys(tmp_path: Path) -> None:
+    import zmq
+
+    from edge_somad.runtime.curve import apply_client, load_client, load_server, make_keys
+    from edge_somad.runtime.replay import REQUEST_SCHEMA
+
+    keys = tmp_path / "keys"
+    for name in ("server", "bridge", "stranger"):
+        make_keys(keys, name)
+    (keys / "clients").mkdir()
+    (keys / "clients" / "bridge.key").write_bytes((keys / "bridge.key").read_bytes())
+    server = load_server(keys / "server.key_secret", keys / "clients")
+    replay = f"tcp://127.0.0.1:{free_port()}"
+    request = json.dumps({"schema": REQUEST_SCHEMA, "op": "info"}).encode()
+    answers = {}
+    with _journal(JournalConfig(tmp_path / "j", 1 << 20), replay, server):
+        for name in ("bridge", "stranger"):
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            apply_client(sock, load_client(keys / "server.key", keys / f"{name}.key_secret"))
+            sock.connect(replay)
+            sock.send_multipart([b"", request])
+            answers[name] = json.loads(sock.recv_multipart()[1]) if sock.poll(3000) else None
+            sock.close()
+    assert answers["bridge"] is not None and answers["bridge"]["cameras"] == {}
+    assert answers["stranger"] is None  # its handshake is refused: no answer at all
