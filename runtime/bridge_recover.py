@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 2.0
 TRIES = 3
+MAX_TRACKED_SEQ = 2**62  # a real stream never gets there; above it, seq + 1 must still fit an SQLite integer
 MAX_PENDING = 10_000  # gaps waiting for an answer; beyond that a new gap is counted missed at once
+MAX_CAMERAS = 4096  # (endpoint, camera) pairs tracked
 
 
 @dataclass
@@ -100,9 +102,11 @@ class Recovery:
     def see(self, endpoint: int, header: dict[str, Any]) -> None:
         """One live verdict: note a gap before it, if any."""
         camera, seq, run = header["camera"], header.get("seq"), header.get("run")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            return  # a publisher without seq numbers: nothing to count with
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < MAX_TRACKED_SEQ:
+            return  # a publisher without seq numbers (or a hostile one): nothing to count with
         run = run if run_number(run) is not None else None
+        if (endpoint, camera) not in self.next and len(self.next) >= MAX_CAMERAS:
+            return  # a hostile stream inventing camera ids must not grow the state without bound
         known = endpoint in self.runs
         if not known:
             self.joined.add(endpoint)  # the first run we ever see: what it sent before is not ours to count
