@@ -77,6 +77,13 @@ def run(
     psi_warn: Annotated[float, typer.Option(help="Score drift warn: PSI of pass scores vs calibration.")] = 0.1,
     psi_alarm: Annotated[float, typer.Option(help="Score drift alarm: PSI.")] = 0.25,
     score_window: Annotated[int, typer.Option(help="Pass scores in the score-drift window.")] = 200,
+    journal: Annotated[OptFile, typer.Option(
+        help="Keep the verdicts published in this folder (bounded), for bridges and subscribers that missed "
+        "some (docs/bridges.md).")] = None,
+    journal_max_mb: Annotated[float, typer.Option(help="Disk the journal may use; the oldest verdicts go first.")
+    ] = 256.0,
+    replay: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="ZeroMQ endpoint answering replay requests from the journal [--publish's host, port + 1].")] = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
@@ -94,8 +101,20 @@ def run(
                             precision=precision, drain_timeout_s=drain_timeout, health=health_config,
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     curve = load_server(curve_secret_key, curve_clients)
+    journal_config = None
+    if journal is not None:
+        from edge_somad.runtime.journal import JournalConfig
+        from edge_somad.runtime.replay import replay_endpoint_for
+
+        journal_config = JournalConfig(journal, int(journal_max_mb * 2**20))
+        replay = replay or replay_endpoint_for(publish)
+    elif replay is not None:
+        from edge_somad.errors import ConfigError
+
+        raise ConfigError("--replay needs --journal DIR: the replay endpoint answers from the journal")
     final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
-                         config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)
+                         config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue,
+                         journal=journal_config, replay=replay)
     typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, messages sent per topic {final['sent']}",
                err=True)
 

@@ -28,6 +28,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "runtime.defects",
         "runtime.frames", "runtime.camera", "runtime.drift", "runtime.health", "runtime.curve",
         "runtime.publisher", "runtime.subscriber", "runtime.bridge_queue", "runtime.bridge_mqtt_link",
+        "runtime.journal", "runtime.replay", "runtime.bridge_recover", "runtime.bridge_opcua_model",
         "calibration.threshold", "calibration.selfcheck", "calibration.synthetic", "selection_rule", "export.fp16",
         "machine", "graph_cost"),
     2: ("fit", "select", "evaluate", "export.onnx_graph", "export.exporter", "export.trt_build", "export.manifest",
