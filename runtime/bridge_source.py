@@ -15,6 +15,7 @@ from typing import Any
 from edge_somad.errors import ConfigError, InputError
 from edge_somad.runtime import messages
 from edge_somad.runtime.curve import CurveClient, connect_subscriber
+from edge_somad.runtime.intake import DEFAULT_LIMITS, DecodeLimits
 from edge_somad.runtime.subscriber import StreamDecoder
 
 # A bridge must never be the reason a verdict is lost upstream: its SUB sockets buffer this many
@@ -27,6 +28,7 @@ class SourceConfig:
     endpoints: tuple[str, ...]
     topic: str = "somad/"
     curve: CurveClient | None = None  # one key set for every endpoint (run one bridge per key set)
+    limits: DecodeLimits = DEFAULT_LIMITS  # what one message may hold (runtime/intake.py)
 
 
 @dataclass
@@ -40,6 +42,11 @@ class StreamInfo:
     heartbeat_at: float | None = None  # time.monotonic() of the last heartbeat
     pipeline_status: str | None = None
 
+    @property
+    def known(self) -> bool:
+        """True once a heartbeat or verdict said what this endpoint's `run` has (model, cameras)."""
+        return self.model is not None or bool(self.cameras)
+
     def identity(self) -> tuple:
         """What a birth message announces: a change here means a new birth."""
         model = self.model or {}
@@ -47,7 +54,8 @@ class StreamInfo:
 
     def as_birth(self) -> dict[str, Any]:
         model = self.model or {}
-        return {"endpoint": self.endpoint, "threshold": self.threshold, "cameras": sorted(self.cameras),
+        return {"endpoint": self.endpoint, "known": self.known, "threshold": self.threshold,
+                "cameras": sorted(self.cameras),
                 "model": {k: model.get(k) for k in ("name", "onnx_sha256", "backend", "precision", "device")}
                 if self.model else None}
 
@@ -64,12 +72,12 @@ class StreamSource:
         self.sockets = []
         for ep in config.endpoints:
             try:
-                self.sockets.append(connect_subscriber(ep, config.topic.encode(), config.curve, rcvhwm=SOURCE_RCVHWM))
-            except zmq.ZMQError as exc:
+                self.sockets.append(connect_subscriber(ep, config.topic.encode(), config.curve, rcvhwm=SOURCE_RCVHWM,
+                                                       max_part_bytes=config.limits.max_part_bytes))
+            except ConfigError:
                 self.close()
-                raise ConfigError(f"--connect {ep[:200]!r}: {exc}; expected a ZeroMQ endpoint such as "
-                                  "tcp://line-pc:5556 (what `run --publish` binds)") from exc
-        self.decoders = [StreamDecoder(source=ep) for ep in config.endpoints]
+                raise
+        self.decoders = [StreamDecoder(source=ep, limits=config.limits) for ep in config.endpoints]
         self.infos = [StreamInfo(ep) for ep in config.endpoints]
         self.poller = zmq.Poller()
         for sock in self.sockets:
@@ -112,10 +120,9 @@ class StreamSource:
             if isinstance(h.get("model"), dict):
                 info.model = h["model"]
             cams = h.get("cameras")
-            if isinstance(cams, dict):
-                for cam, state in cams.items():
-                    if _valid_camera(cam) and isinstance(state, dict):
-                        info.cameras[cam] = str(state.get("status"))[:40]
+            if isinstance(cams, dict):  # the current run's cameras: those of an earlier run are gone
+                info.cameras = {cam: str(state.get("status"))[:40] for cam, state in list(cams.items())[:1000]
+                                if _valid_camera(cam) and isinstance(state, dict)}
         elif msg.kind == "status" and h.get("event") == "camera" and _valid_camera(h.get("camera")):
             info.cameras[h["camera"]] = str(h.get("status"))[:40]
 

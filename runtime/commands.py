@@ -23,6 +23,9 @@ CurveClientSecret = Annotated[OptFile, typer.Option(
     help="CURVE: this subscriber's own secret key file (NAME.key_secret); its NAME.key must be in the "
     "publisher's --curve-clients folder.")]
 LogLevel = Annotated[str, typer.Option(help="debug | info | warning | error")]
+MaxMessageMb = Annotated[float, typer.Option(
+    help="Largest message part accepted from the network, in MB (ZMQ_MAXMSGSIZE; headers stay <= 1 MB). "
+    "docs/security.md.")]
 
 
 def _logging(level: str) -> None:
@@ -82,6 +85,13 @@ def run(
     camera_alarm: Annotated[float, typer.Option(
         help="A camera that cannot be opened, reconnects or stalls is health `warn` at once and `alarm` after "
         "this many seconds.")] = 5.0,
+    journal: Annotated[OptFile, typer.Option(
+        help="Keep the verdicts published in this folder (bounded), for bridges and subscribers that missed "
+        "some (docs/bridges.md).")] = None,
+    journal_max_mb: Annotated[float, typer.Option(help="Disk the journal may use; the oldest verdicts go first.")
+    ] = 256.0,
+    replay: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="ZeroMQ endpoint answering replay requests from the journal [--publish's host, port + 1].")] = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
@@ -100,8 +110,20 @@ def run(
                             precision=precision, drain_timeout_s=drain_timeout, health=health_config,
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms, camera_timeout_s=camera_timeout)
     curve = load_server(curve_secret_key, curve_clients)
+    journal_config = None
+    if journal is not None:
+        from edge_somad.runtime.journal import JournalConfig
+        from edge_somad.runtime.replay import replay_endpoint_for
+
+        journal_config = JournalConfig(journal, int(journal_max_mb * 2**20))
+        replay = replay or replay_endpoint_for(publish)
+    elif replay is not None:
+        from edge_somad.errors import ConfigError
+
+        raise ConfigError("--replay needs --journal DIR: the replay endpoint answers from the journal")
     final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
-                         config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)
+                         config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue,
+                         journal=journal_config, replay=replay)
     typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, messages sent per topic {final['sent']}",
                err=True)
     if final.get("camera_timeout"):
@@ -121,16 +143,24 @@ def subscribe(
         help="Exit after S seconds without any message (verdict, heartbeat or status).")] = None,
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
+    max_message_mb: MaxMessageMb = 16.0,
+    save_fails_max_mb: Annotated[float, typer.Option(
+        help="Stop saving into --save-fails after this many MB written (counted, logged).")] = 4096.0,
     log_level: Annotated[str, typer.Option(help="info prints heartbeats to stderr")] = "warning",
 ) -> None:
     """Reference PLC/MES bridge: one JSON line per verdict on stdout."""
     _logging(log_level)
     from edge_somad.runtime.curve import load_client
+    from edge_somad.runtime.intake import DecodeLimits
     from edge_somad.runtime.subscriber import subscribe_loop
 
+    limits = DecodeLimits.with_max_message_mb(max_message_mb)
     curve = load_client(curve_server_key, curve_secret_key)
-    res = subscribe_loop(connect, topic, csv, save_fails, count, timeout, curve=curve)
-    typer.echo(f"{res.verdicts} verdicts, {res.missed} missed (seq gaps), {res.rejected} rejected", err=True)
+    res = subscribe_loop(connect, topic, csv, save_fails, count, timeout, curve=curve, limits=limits,
+                         save_max_mb=save_fails_max_mb)
+    not_saved = f", {res.not_saved} not saved (--save-fails-max-mb)" if res.not_saved else ""
+    typer.echo(f"{res.verdicts} verdicts, {res.missed} missed (seq gaps), {res.rejected} rejected{not_saved}",
+               err=True)
     if count is not None and res.verdicts < count:
         hint = " (with CURVE: check the keys; the publisher logs handshake failures)" if curve else ""
         typer.echo(f"error: received {res.verdicts} of {count} verdicts before the {timeout}s timeout{hint}",
@@ -149,14 +179,17 @@ def view(
     fails: Annotated[int, typer.Option(help="Last N fails shown as thumbnails per camera.")] = 8,
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
+    max_message_mb: MaxMessageMb = 16.0,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "warning",
 ) -> None:
     """Live web page: per camera the latest overlay, verdict counts, fail rate, latency, health, last fails."""
     _logging(log_level)
     from edge_somad.runtime.curve import load_client
+    from edge_somad.runtime.intake import DecodeLimits
     from edge_somad.runtime.view import ViewConfig, serve
 
-    config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails)
+    config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails,
+                        limits=DecodeLimits.with_max_message_mb(max_message_mb))
     serve(config, load_client(curve_server_key, curve_secret_key))
 
 
