@@ -82,6 +82,9 @@ def run(
     camera_timeout: Annotated[Optional[float], typer.Option(  # noqa: UP045
         help="End the run with exit code 1 when a camera has delivered no frame for this many seconds "
         "(cannot open, reconnecting or stalled). Default: keep retrying.")] = None,
+    stall_s: Annotated[float, typer.Option(
+        help="A running live camera with no frame for 5 frame intervals, and at least this many seconds, is "
+        "`stalled`. Triggered cameras: set it above the longest gap between parts.")] = 1.0,
     camera_alarm: Annotated[float, typer.Option(
         help="A camera that cannot be opened, reconnects or stalls is health `warn` at once and `alarm` after "
         "this many seconds.")] = 5.0,
@@ -108,7 +111,8 @@ def run(
         score_min_samples=min(50, score_window), unavailable_alarm_s=camera_alarm)
     config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
                             precision=precision, drain_timeout_s=drain_timeout, health=health_config,
-                            max_batch=max_batch, batch_wait_ms=batch_wait_ms, camera_timeout_s=camera_timeout)
+                            max_batch=max_batch, batch_wait_ms=batch_wait_ms, camera_timeout_s=camera_timeout,
+                            stall_min_s=stall_s)
     curve = load_server(curve_secret_key, curve_clients)
     journal_config = None
     if journal is not None:
