@@ -20,7 +20,7 @@ from edge_somad.data import Category, read_image
 from edge_somad.errors import ConfigError, DatasetError
 from edge_somad.features import FeatureExtractor, make_projection
 from edge_somad.progress import Progress
-from edge_somad.runtime.drift import Box, content_box, input_reference
+from edge_somad.runtime.drift import BLOCKY_SCALE, Box, blockiness, content_box, input_reference
 from edge_somad.som import SomResult, best_matching_units, train_som
 from edge_somad.stats import node_statistics, positional_statistics
 
@@ -40,17 +40,21 @@ def split_train(paths: tuple[Path, ...], fraction: float, seed: int) -> tuple[li
     return fit, hold
 
 
-def load_frames(paths: list[Path], config: FitConfig, boxes: list[Box] | None = None) -> np.ndarray:
+def load_frames(paths: list[Path], config: FitConfig, boxes: list[Box] | None = None,
+                blocky: list[float] | None = None) -> np.ndarray:
     """Read and resize images exactly as the runtime will: (N, H, W, 3) uint8 BGR. Appends each
-    frame's content box on the canvas to `boxes` when given (input statistics leave padding out)."""
+    frame's content box on the canvas to `boxes` (input statistics leave padding out) and, for an
+    image the model sees at about its own size, its JPEG blockiness to `blocky`, when given."""
     spec = config.input
     frames = []
     for p in paths:
         img = read_image(p)
         frames.append(resize_frame(img, spec.height, spec.width, spec.resize, spec.pad_value))
+        g = plan_geometry(img.shape[0], img.shape[1], spec.height, spec.width, spec.resize)
         if boxes is not None:
-            boxes.append(content_box(plan_geometry(img.shape[0], img.shape[1], spec.height, spec.width,
-                                                   spec.resize)))
+            boxes.append(content_box(g))
+        if blocky is not None and min(g.scale_x, g.scale_y) >= BLOCKY_SCALE and (b := blockiness(img)) is not None:
+            blocky.append(b)
     return np.stack(frames)
 
 
@@ -96,13 +100,14 @@ def prepare(category: Category, config: FitConfig, weights: str | None = None, d
     torch.manual_seed(config.seed)
     fit_paths, hold_paths = split_train(category.train, config.holdout_fraction, config.seed)
     boxes: list[Box] = []
-    frames = load_frames(fit_paths, config, boxes)
+    blocky: list[float] = []
+    frames = load_frames(fit_paths, config, boxes, blocky)
     backbone = load_backbone(config.backbone, weights)
     projection = make_projection(config, sum(backbone.info.channels))
     extractor = FeatureExtractor(backbone, config.input.height, config.input.width, projection).to(dev)
     feats = extract(extractor, frames, dev, progress=progress)
     # On the frames the model saw, resized as the runtime does.
-    stats = input_reference(frames, f"{len(fit_paths)} fit images, resized as the runtime does", boxes)
+    stats = input_reference(frames, f"{len(fit_paths)} fit images, resized as the runtime does", boxes, blocky)
     return Prepared(fit_paths, hold_paths, extractor, feats, projection, stats, dev, t0)
 
 

@@ -16,6 +16,9 @@ import numpy as np
 from edge_somad.contracts.geometry import Geometry
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 on the model canvas
+# Blockiness is measured on frames the model sees at >= this share of their size: their 8-pixel
+# JPEG blocks are still 6+ model pixels. Smaller shares average the blocks away.
+BLOCKY_SCALE = 0.75
 
 INPUT_METRICS = ("brightness", "contrast", "sharpness")
 N_QUANTILES = 101  # 0 %, 1 %, ... 100 %: enough for 10 PSI bins and a KS CDF, and 2 kB of JSON
@@ -65,9 +68,12 @@ def comparable(metric: str, value: float) -> float:
     return float(np.log1p(max(value, 0.0))) if metric == "sharpness" else float(value)
 
 
-def input_reference(frames: Iterable[np.ndarray], source: str, boxes: Sequence[Box] | None = None) -> dict[str, Any]:
+def input_reference(frames: Iterable[np.ndarray], source: str, boxes: Sequence[Box] | None = None,
+                    blocky: Sequence[float] | None = None) -> dict[str, Any]:
     """Mean/std per metric (on the comparable scale) of good frames resized as the runtime does,
-    each over its content box (content_box) when given."""
+    each over its content box (content_box) when given; and of the blockiness of the originals the
+    model sees at about its own size (`blocky`), when there are any: a model fitted on JPEGs at its
+    resolution has seen their blocks."""
     frames = list(frames)
     rows = [frame_metrics(f, boxes[i] if boxes is not None else None) for i, f in enumerate(frames)]
     if not rows:
@@ -76,6 +82,9 @@ def input_reference(frames: Iterable[np.ndarray], source: str, boxes: Sequence[B
     for m in INPUT_METRICS:
         v = np.array([comparable(m, r[m]) for r in rows], np.float64)
         out[m] = {"mean": float(v.mean()), "std": float(v.std())}
+    if blocky:
+        b = np.asarray(blocky, np.float64)
+        out["blockiness"] = {"mean": float(b.mean()), "std": float(b.std()), "n": int(b.size)}
     return out
 
 

@@ -188,7 +188,7 @@ class CameraHealth:
                 "input_drift": health_parts.input_drift(self._metrics, self.input_ref, c),
                 "score_drift": health_parts.score_drift(self._scores, self.score_q, self.score_n, c),
                 "fail_rate": health_parts.fail_rate(self._outcomes, c),
-                "compression": health_parts.compression(self._blocky, c),
+                "compression": health_parts.compression(self._blocky, self.input_ref.get("blockiness"), c),
             }
         return self._cache
 

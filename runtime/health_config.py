@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge_somad.errors import ConfigError
+from edge_somad.runtime.drift import BLOCKY_SCALE
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class HealthConfig:
     fail_rate_alarm: float = 0.5
     # compression at model resolution: mean 8x8 JPEG blockiness (runtime/drift.blockiness) of frames
     # that reach the model at >= blocky_scale of their size (their blocks are still 6+ model pixels)
-    blockiness_warn: float = 1.12
-    blocky_scale: float = 0.75
+    blockiness_warn: float = 1.12  # or the fit images' mean + blockiness_margin, if higher
+    blockiness_margin: float = 0.15
+    blocky_scale: float = BLOCKY_SCALE
     # A camera that cannot be opened, is reconnecting or has stalled: warn at once, alarm after this.
     unavailable_alarm_s: float = 5.0
     # A state goes UP at once but comes DOWN only after this many frames in a row would lower it: a

@@ -93,16 +93,19 @@ def fail_rate(window: Sequence[bool], c: HealthConfig) -> dict[str, Any]:
     return out
 
 
-def compression(window: Sequence[float], c: HealthConfig) -> dict[str, Any]:
+def compression(window: Sequence[float], ref: dict[str, Any] | None, c: HealthConfig) -> dict[str, Any]:
+    """Warn at `blockiness_warn`, or above the fit images' own blockiness + margin when they were JPEGs
+    the model saw at about its size (fit_info input_stats.blockiness)."""
     n = len(window)
-    out: dict[str, Any] = {"state": "ok", "reason": None, "n": n, "blockiness": None}
+    level = max(c.blockiness_warn, ref["mean"] + c.blockiness_margin) if ref else c.blockiness_warn
+    out: dict[str, Any] = {"state": "ok", "reason": None, "n": n, "blockiness": None, "warn_at": round(level, 3)}
     if n < c.input_min_frames:
         return out
     value = float(np.mean(window))
     out["blockiness"] = round(value, 3)
-    if value >= c.blockiness_warn:
+    if value >= level:
         out["state"] = "warn"
-        out["reason"] = (f"JPEG/MJPG blocks at the model's resolution (blockiness {value:.2f} >= "
-                         f"{c.blockiness_warn:g}): the model sees codec artefacts it was not fitted on. Use an "
-                         "uncompressed or higher-resolution stream")
+        out["reason"] = (f"JPEG/MJPG blocks at the model's resolution (blockiness {value:.2f} >= {level:.2f}): "
+                         "the model sees codec artefacts it was not fitted on. Use an uncompressed or "
+                         "higher-resolution stream")
     return out

@@ -222,3 +222,28 @@ def test_old_manifest_without_reference_still_runs(tmp_path: Path) -> None:
     h = final["cameras"]["line"]["health"]
     assert final["verdicts"]["pass"] == 12 and h["state"] == "ok"
     assert "no input reference" in h["input_drift"]["reason"] and "no calibration scores" in h["score_drift"]["reason"]
+
+
+def test_compression_warns_above_what_the_model_was_fitted_on() -> None:
+    """Blockiness of real JPEG round trips at model size: q30 blocks warn; a model fitted on JPEGs
+    of that size (its fit reference says so) is not warned about the blocks it was fitted on."""
+    from edge_somad.data import read_image, resolve_category
+    from edge_somad.runtime import health_parts
+
+    # real photos (the bundled sample) at a model's size: synthetic parts with edges on an 8-pixel
+    # grid look "blocky" without any codec (docs/health.md)
+    frames = [resize_frame(read_image(s.path), 128, 128, "letterbox", 0)
+              for s in resolve_category("hazelnut_toy", None).test[:12]]
+
+    def jpeg(q: int) -> list[float]:
+        return [drift.blockiness(cv2.imdecode(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, q])[1], 1))
+                for f in frames]
+
+    clean = [drift.blockiness(f) for f in frames]
+    config = HealthConfig()
+    assert health_parts.compression(clean, None, config)["state"] == "ok"
+    q30 = health_parts.compression(jpeg(30), None, config)
+    assert q30["state"] == "warn" and "JPEG" in q30["reason"]
+    fitted_on = {"mean": float(np.mean(jpeg(30))), "std": 0.02, "n": 12}
+    assert health_parts.compression(jpeg(30), fitted_on, config)["state"] == "ok"
+    assert health_parts.compression(clean[:5], None, config)["blockiness"] is None  # too few frames yet

@@ -166,7 +166,7 @@ def _outputs(path: str, v: Any) -> None:
 
 def _metric(path: str, v: Any) -> None:
     d = obj(path, v)
-    fields(path, d, {"mean": finite, "std": finite}, {})
+    fields(path, d, {"mean": finite, "std": finite}, {"n": count})
     if d["std"] < 0:
         raise _fail(f"{path}.std", d["std"], "a finite number >= 0")
 
