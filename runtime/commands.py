@@ -74,6 +74,8 @@ def run(
     psi_warn: Annotated[float, typer.Option(help="Score drift warn: PSI of pass scores vs calibration.")] = 0.1,
     psi_alarm: Annotated[float, typer.Option(help="Score drift alarm: PSI.")] = 0.25,
     score_window: Annotated[int, typer.Option(help="Pass scores in the score-drift window.")] = 200,
+    drift_every: Annotated[int, typer.Option(help="Input-drift metrics on every n-th frame per camera (1: all); "
+        "camera-fault checks stay on every frame.")] = 1,
     log_level: LogLevel = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
@@ -86,7 +88,7 @@ def run(
     health_config = HealthConfig(
         enabled=health, frozen_s=frozen_s, frozen_frames=frozen_frames, input_warn_z=input_warn_z,
         input_alarm_z=input_alarm_z, psi_warn=psi_warn, psi_alarm=psi_alarm, score_window=score_window,
-        score_min_samples=min(50, score_window))
+        score_min_samples=min(50, score_window), drift_every=drift_every)
     config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
                             precision=precision, drain_timeout_s=drain_timeout, health=health_config,
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms)
