@@ -33,8 +33,8 @@ def frame_metrics(frame: np.ndarray, sharpness: bool = True) -> dict[str, float]
     the first two).
 
     The definitions of `grey` and the numpy Laplacian, computed by OpenCV: float32 luma, sums in
-    float64 (meanStdDev), so they agree with a float64 reference to ~1e-7 relative, and they run in
-    0.1 ms instead of 3 ms per 224x224 frame (measured on the shared 2-core dev box; docs/results.md).
+    float64 (meanStdDev), so they agree with a float64 reference to ~1e-7 relative, in about a third
+    of numpy's time (benchmarks/host_cuts.py; docs/results.md, "Speed").
     """
     g = cv2.cvtColor(np.ascontiguousarray(frame).astype(np.float32), cv2.COLOR_BGR2GRAY)
     mean, std = cv2.meanStdDev(g)

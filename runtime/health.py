@@ -47,8 +47,8 @@ class HealthConfig:
     input_window: int = 30  # samples (every drift_every-th good frame)
     input_min_frames: int = 10
     # Input drift metrics of every n-th frame per camera (1: all). Black/saturated/frozen checks still
-    # run on every frame. 1 by default: the metrics cost ~0.1 ms a frame since they run in OpenCV, and
-    # sampling stretches the time the window needs to see a change by n (docs/results.md).
+    # run on every frame. 1 by default: in OpenCV the metrics are a small share of the host's frame
+    # (docs/results.md, "Speed"), and sampling stretches the time the window needs to see a change by n.
     drift_every: int = 1
     input_warn_z: float = 4.0
     input_alarm_z: float = 8.0
