@@ -130,6 +130,7 @@ def head_distances(scored: Scored, head: HeadVariant, trained: Any) -> tuple[tor
     else:
         arrays, _ = fit_arrays(scored.prep, config, progress=False)
     net = SomadNet(scored.prep.extractor, arrays, config).eval()
+    net.head.grouped = True  # same distances, eager kernel (tests/test_scoring.py)
     fit_s = time.perf_counter() - t0
     with torch.inference_mode():
         hold = torch.cat([net.head(scored.hold_feats[i : i + 8]) for i in range(0, len(scored.hold_feats), 8)])
