@@ -3,7 +3,8 @@
     python benchmarks/suite.py --root ~/.cache/edge-somad/suite --out runs/suite-grid
 
 Measures what is missing (benchmarks/suite_grid.py: every candidate setting of every category on
-features extracted once), then chooses, twice:
+features extracted once; benchmarks/suite_user_path.py: the CLI default `fit --method auto` through
+export and ONNX Runtime, with defect-box IoU), then chooses, twice:
 - in-sample: the setting (features | head | map) and the threshold rule with the best mean over all
   categories, scored on those same categories: what a default picked on the suite claims;
 - leave-one-out: for each category, the setting and rule chosen on the *other* categories, scored
@@ -75,29 +76,36 @@ def choose_rule(rows: list[Row], max_frr: float) -> str:
     return best
 
 
-def auto_table(rows: list[Row], cats: list[str], rule: str, auto_dir: Path) -> dict[str, Any] | None:
-    """`fit --method auto` per category (benchmarks/suite_auto.py): its choice, judged on the chosen candidate's
-    measured row, and its pixel-level distance to forced SOMAD (it must never be more than 0.01 below)."""
-    picks = {c: json.loads((auto_dir / f"{c}.json").read_text()) for c in cats if (auto_dir / f"{c}.json").is_file()}
-    if len(picks) < len(cats):
-        print(f"\nauto: measured on {len(picks)}/{len(cats)} categories (benchmarks/suite_auto.py); not tabled")
+def auto_table(rows: list[Row], cats: list[str], user_dir: Path) -> dict[str, Any] | None:
+    """`fit --method auto` per category through the user's path (benchmarks/suite_user_path.py --methods auto:
+    fit -> export -> calibrate -> ONNX Runtime), beside forced SOMAD's measured row; auto must never end more
+    than 0.01 below forced SOMAD at pixel level. Also the defect boxes' IoU with the ground truth."""
+    done = {c: json.loads((user_dir / f"{c}_auto.json").read_text()) for c in cats
+            if (user_dir / f"{c}_auto.json").is_file()}
+    if len(done) < len(cats):
+        print(f"\nauto: run through the user's path on {len(done)}/{len(cats)} categories "
+              "(benchmarks/suite_user_path.py --methods auto); not tabled")
         return None
-    print(f"\nfit --method auto (rule: docs/selection.md), threshold rule {rule}; pixel gap = auto - forced SOMAD")
-    items, worst = [], 0.0
+    print("\nfit --method auto, user's path (ONNX Runtime, calibrate's default rule); pixel gap = auto - forced SOMAD")
+    print(f"{'':16s}" + "".join(h.rjust(10) for h in ("img AUROC", "pix AUROC", "PRO", "escapes", "FRR", "box IoU"))
+          + "  chosen")
+    worst = 0.0
     for c in cats:
-        r = row_of(rows, SHIPPED.replace("somad s256 k4", picks[c]["head"]), c, setting_of)
-        base = row_of(rows, SHIPPED, c, setting_of)
+        r, base = done[c], row_of(rows, SHIPPED, c, setting_of)
         gaps = [r[k] - base[k] for k in ("pixel_auroc", "pro") if r[k] is not None and base[k] is not None]
         worst = min([worst, *gaps])
-        items.append(summary(r, rule))
-        print(f"{c:16s}" + "".join(x.rjust(10) for x in metric_cells(r, rule, 0.0))
-              + f"  {picks[c]['chosen']:13s} pixel gap {min(gaps) if gaps else 0.0:+.4f}")
-    mean = mean_summary(items)
-    print(f"{'MEAN auto':16s}" + "".join(x.rjust(10) for x in mean_cells(mean)) + f"  worst pixel gap {worst:+.4f}")
-    return {**mean, "worst_pixel_gap": worst, "chosen": {c: picks[c]["chosen"] for c in cats}}
+        cells = [fmt(r["image_auroc"]), fmt(r["pixel_auroc"]), fmt(r["pro"]), fmt(r["escape_rate"], True),
+                 fmt(r["frr"], True), fmt(r.get("box_iou"))]
+        print(f"{c:16s}" + "".join(x.rjust(10) for x in cells) + f"  {r['chosen']:13s} pixel gap "
+              f"{min(gaps) if gaps else 0.0:+.4f}")
+    mean = mean_summary([{**done[c], "setting": "auto"} for c in cats])
+    ious = [done[c]["box_iou"] for c in cats if done[c].get("box_iou") is not None]
+    print(f"{'MEAN auto':16s}" + "".join(x.rjust(10) for x in mean_cells(mean))
+          + (f"{np.mean(ious):10.4f}" if ious else "") + f"  worst pixel gap {worst:+.4f}")
+    return {**mean, "worst_pixel_gap": worst, "chosen": {c: done[c]["chosen"] for c in cats}}
 
 
-def report(rows: list[Row], cats: list[str], max_frr: float, auto_dir: Path) -> dict[str, Any]:
+def report(rows: list[Row], cats: list[str], max_frr: float, user_dir: Path) -> dict[str, Any]:
     img = lambda r: r["image_auroc"]  # noqa: E731 - the ranking's one number
     order = [SHIPPED]
     chosen = choose(rows, cats, img, setting_of, order)
@@ -132,7 +140,7 @@ def report(rows: list[Row], cats: list[str], max_frr: float, auto_dir: Path) -> 
             ref = mean_summary([summary(row_of(rows, setting, c, setting_of), SHIPPED_RULE) for c in cats])
             refs[label] = ref
             print(f"{label:16s}" + "".join(x.rjust(10) for x in mean_cells(ref)) + f" |  [{setting}] / {SHIPPED_RULE}")
-    refs["auto"] = auto_table(rows, cats, rule_in, auto_dir)
+    refs["auto"] = auto_table(rows, cats, user_dir)
     print(f"\nThreshold transfer under [{chosen}] / {rule_in}: held-out goods vs test goods (robust sigmas of the "
           "held-out scores)")
     print(f"{'category':16s}{'held out':>9s}{'shift':>9s}{'margin':>9s}{'test FRR':>10s}")
@@ -170,14 +178,18 @@ def main() -> None:
     ap.add_argument("--features", nargs="+", default=["lite0@224"])
     ap.add_argument("--max-frr", type=float, default=0.05, help="line FRR a threshold rule must keep (mean)")
     ap.add_argument("--no-measure", action="store_true", help="only report the rows already measured")
+    ap.add_argument("--user-path", type=Path, default=Path("runs/suite-user"),
+                    help="rows of benchmarks/suite_user_path.py --methods auto (the CLI default through export + ORT)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     cats = args.categories or sorted(p.name for p in args.root.iterdir() if (p / "train").is_dir())
     if not args.no_measure:
         subprocess.run([sys.executable, "-m", "benchmarks.suite_grid", "--root", str(args.root), "--out",
                         str(args.out), "--categories", *cats, "--features", *args.features], check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.suite_user_path", "--root", str(args.root), "--out",
+                        str(args.user_path), "--categories", *cats, "--methods", "auto"], check=True)
     rows = [r for r in load_rows(args.out, args.features) if r["category"] in cats]
-    result = report(rows, cats, args.max_frr, args.out / "auto")
+    result = report(rows, cats, args.max_frr, args.user_path)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
