@@ -6,6 +6,9 @@ and count the drops. Replay sources (file, folder) wait for room instead: a repl
 every frame (validation, demos, benchmarks), and nothing is lost by waiting.
 Live sources reconnect with exponential backoff; replay sources end with an `ended` event, or,
 with `loop=True` (benchmarks: N cameras from one clip), start again from the first frame.
+A replay given `fps` plays the part of a camera on a line (bench --fps): one frame every 1/fps s,
+stamped at its tick, dropped like a live camera's when the line has no room, and a tick the
+reader itself missed is counted as a drop too.
 A frame that cannot be decoded becomes a FrameItem with `error` set, never silence.
 A source that cannot be opened, or does not answer within `open_report_s`, is `unavailable` at once
 (an event), and a live source that delivers nothing for a few frame intervals is `stalled` (the
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_somad.errors import ConfigError, InputError
-from edge_somad.runtime.capture import LIVE_KINDS, SourceSpec, _Capture, folder_warning
+from edge_somad.runtime.capture import LIVE_KINDS, ReadBudget, SourceSpec, _Capture, folder_warning
 from edge_somad.runtime.messages import check_camera_id
 
 __all__ = ["LIVE_KINDS", "CameraEvent", "CameraSource", "DropOldestQueue", "FrameItem", "ReadBudget", "SourceSpec",
@@ -151,31 +154,6 @@ class DropOldestQueue:
         return len(self._items)
 
 
-class ReadBudget:
-    """Frames all capture threads may still read together (`--max-frames`); None: no limit."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        """Claim one read; False once the limit is reached (the thread then ends its source)."""
-        with self._lock:
-            if self.limit is not None and self.used >= self.limit:
-                return False
-            self.used += 1
-            return True
-
-    def give_back(self) -> None:
-        with self._lock:
-            self.used = max(0, self.used - 1)
-
-    @property
-    def spent(self) -> bool:
-        return self.limit is not None and self.used >= self.limit
-
-
 class CameraSource:
     """A capture thread for one source.
 
@@ -209,7 +187,9 @@ class CameraSource:
         self.started_at = time.monotonic()
         self._running_since = self.started_at
         self.last_frame_at: float | None = None  # monotonic time of the last item read (frame or error)
-        self._drop = spec.live if drop_when_full is None else drop_when_full
+        # A paced replay stands for a camera: the line does not slow it down, it loses frames.
+        self._drop = (spec.live or spec.fps is not None) if drop_when_full is None else drop_when_full
+        self.missed_ticks = 0  # paced replay: ticks that passed while the reader was still decoding
         self._on_event = on_event
         self._backoff = backoff_s
         self._opener = opener
@@ -224,7 +204,7 @@ class CameraSource:
 
     @property
     def drops(self) -> int:
-        return self.queue.drops
+        return self.queue.drops + self.missed_ticks
 
     @property
     def finished(self) -> bool:
@@ -282,8 +262,10 @@ class CameraSource:
     def _claim(self) -> bool:
         return self._budget is None or self._budget.take()
 
-    def _emit(self, image: np.ndarray | None, error: str | None) -> None:
-        item = FrameItem(self.id, self._next_id, time.time(), time.monotonic(), image, error)
+    def _emit(self, image: np.ndarray | None, error: str | None, at: tuple[float, float] | None = None) -> None:
+        """at: (time.time(), time.monotonic()) of the capture when it was not now (a paced tick)."""
+        wall, mono = at if at is not None else (time.time(), time.monotonic())
+        item = FrameItem(self.id, self._next_id, wall, mono, image, error)
         self._next_id += 1
         self.last_frame_at = item.monotonic
         if error is None:
@@ -291,7 +273,10 @@ class CameraSource:
             self._times.append(item.monotonic)
         else:
             self.read_errors += 1
+        evicted = self.queue.drops
         self.queue.put(item, block=not self._drop, stop=self._stop)
+        if self.queue.drops > evicted and self._budget is not None:
+            self._budget.give_back()  # a dropped frame is counted as a drop, not against --max-frames
 
     def _open(self) -> tuple[_Capture | None, str | None]:
         """Open in a helper thread: report `unavailable` if it has not answered within open_report_s
@@ -359,8 +344,16 @@ class CameraSource:
 
     def _pump(self, cap: _Capture) -> str:
         """Read until the source ends, fails (live), the read budget is spent or stop; returns why."""
+        period = None if self.spec.fps is None else 1.0 / self.spec.fps
+        tick = time.monotonic()
         while not self._stop.is_set():
-            if not self._drop:
+            at = None
+            if period is not None:
+                tick = self._next_tick(tick, period)
+                if self._stop.is_set():
+                    break
+                at = (time.time() - (time.monotonic() - tick), tick)  # the capture happened at the tick
+            elif not self._drop:
                 self.queue.wait_room(self._stop)
                 if self._stop.is_set():
                     break
@@ -368,13 +361,25 @@ class CameraSource:
                 return f"max frames ({self._budget.limit if self._budget else 0}) reached"
             kind, img, why = cap.read()
             if kind == "frame":
-                self._emit(img, None)
+                self._emit(img, None, at)
             elif kind == "error":
-                self._emit(None, why)
+                self._emit(None, why, at)
                 if self.spec.live:  # a live camera that returns nothing is unplugged: reconnect
                     return str(why)
             else:
                 if self._budget is not None:
                     self._budget.give_back()  # nothing was read: another camera may use it
                 return str(why)
+            if period is not None:
+                tick += period
         return "stop requested"
+
+    def _next_tick(self, tick: float, period: float) -> float:
+        """Wait for the tick; ticks already past by a whole period were missed (counted as drops)."""
+        late = time.monotonic() - tick
+        if late >= period:
+            skipped = int(late // period)
+            self.missed_ticks += skipped
+            tick += skipped * period
+        self._stop.wait(max(0.0, tick - time.monotonic()))
+        return tick

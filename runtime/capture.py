@@ -9,6 +9,7 @@ not FFmpeg's default 30 s per attempt. The capture thread also opens in a helper
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,15 @@ class SourceSpec:
     kind: str  # index | file | stream | folder
     target: int | str
     loop: bool = False  # replays only: start again at the end instead of ending (bench --cameras)
+    fps: float | None = None  # replays only: paced at this line rate, live-like drops (bench --fps)
 
     def __post_init__(self) -> None:
         if self.loop and self.kind in LIVE_KINDS:
             raise ConfigError(f"loop=True for a live {self.kind} source {self.target!r}; only a video file or "
                               "an image folder can be replayed in a loop")
+        if self.fps is not None and (self.kind in LIVE_KINDS or not 0 < self.fps <= 1000):
+            raise ConfigError(f"fps={self.fps} for a {self.kind} source; a line rate paces replays only "
+                              "(video file or image folder), in frames per second within (0, 1000]")
 
     @property
     def live(self) -> bool:
@@ -134,3 +139,28 @@ class _Capture:
     def release(self) -> None:
         if self.cap is not None:
             self.cap.release()
+
+
+class ReadBudget:
+    """Frames all capture threads may still read together (`--max-frames`); None: no limit."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Claim one read; False once the limit is reached (the thread then ends its source)."""
+        with self._lock:
+            if self.limit is not None and self.used >= self.limit:
+                return False
+            self.used += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.used = max(0, self.used - 1)
+
+    @property
+    def spent(self) -> bool:
+        return self.limit is not None and self.used >= self.limit

@@ -47,6 +47,8 @@ def run(
     topic_prefix: Annotated[str, typer.Option(help="Topics are <prefix>/<camera-id>.")] = "somad",
     heatmap: Annotated[str, typer.Option(help="png (8-bit, 0..2x threshold) | f16 | none")] = "png",
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Add a JPEG overlay.")] = False,
+    heatmap_passes: Annotated[int, typer.Option(help="Heatmap/overlay on every n-th pass per camera (1: all, "
+        "0: none); fails and errors always carry theirs.")] = 10,
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after N verdicts in total.")] = None,  # noqa: UP045
     queue_size: Annotated[int, typer.Option(help="Frames buffered per camera (live: oldest dropped).")] = 2,
     max_batch: Annotated[Optional[int], typer.Option(  # noqa: UP045
@@ -95,6 +97,8 @@ def run(
     ] = 256.0,
     replay: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="ZeroMQ endpoint answering replay requests from the journal [--publish's host, port + 1].")] = None,
+    drift_every: Annotated[int, typer.Option(help="Input-drift metrics on every n-th frame per camera (1: all); "
+        "camera-fault checks stay on every frame.")] = 1,
     log_level: LogLevel = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
@@ -107,9 +111,10 @@ def run(
     health_config = HealthConfig(
         enabled=health, frozen_s=frozen_s, frozen_frames=frozen_frames, input_warn_z=input_warn_z,
         input_alarm_z=input_alarm_z, fail_rate_warn=fail_rate_warn, fail_rate_alarm=fail_rate_alarm,
-        score_window=score_window,
-        score_min_samples=min(50, score_window), unavailable_alarm_s=camera_alarm)
-    config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
+        score_window=score_window, score_min_samples=min(50, score_window), unavailable_alarm_s=camera_alarm,
+        drift_every=drift_every)
+    config = PipelineConfig(heatmap=heatmap, overlay=overlay, heatmap_passes=heatmap_passes,
+                            max_frames=max_frames, queue_size=queue_size,
                             precision=precision, drain_timeout_s=drain_timeout, health=health_config,
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms, camera_timeout_s=camera_timeout,
                             stall_min_s=stall_s)

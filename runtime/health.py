@@ -10,7 +10,7 @@ new kind of reason appears (docs/health.md):
   A black, saturated or frozen frame is not scored: its verdict is `error` "camera fault: ...".
 - the camera's link (runtime/camera_watch.py): unavailable, reconnecting or stalled.
 - input drift, score drift (all scored frames), fail rate and compression: runtime/health_parts.py.
-Numpy only; thresholds in HealthConfig (runtime/health_config.py, CLI options on `run`).
+Numpy and OpenCV; thresholds in HealthConfig (runtime/health_config.py, CLI options on `run`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edge_somad.runtime import drift, health_parts
@@ -68,6 +69,7 @@ class CameraHealth:
         self._same_since = 0.0
         self._cache: dict[str, Any] | None = None  # input/score drift, recomputed when data changed
         self._calm = 0  # consecutive updates that would lower the state
+        self._frames = 0  # frames observed, for drift_every
 
     # -- per frame ---------------------------------------------------------------------------------
     def observe_frame(self, shape: tuple[int, int], resized: np.ndarray, at: float,
@@ -81,17 +83,19 @@ class CameraHealth:
             return None
         self.repeated = None
         self._check_resolution(shape)
-        metrics = drift.frame_metrics(resized, content)
+        sample = self._frames % self.config.drift_every == 0
+        self._frames += 1
+        metrics = drift.frame_metrics(resized, content, sharpness=sample)
         fault = self._flat_fault(metrics) or self._frozen_fault(resized, at)
         self.fault = fault
         if fault is None:
-            # Faulty frames stay out of the drift windows: a black frame is a fault, not "drift".
-            self._metrics.append(metrics)
-            if frame is not None and scale >= self.config.blocky_scale:
-                b = drift.blockiness(frame)
-                if b is not None:
-                    self._blocky.append(b)
-            self._cache = None
+            if sample:  # faulty frames stay out of the drift windows: a black frame is a fault, not "drift"
+                self._metrics.append(metrics)
+                if frame is not None and scale >= self.config.blocky_scale:
+                    b = drift.blockiness(frame)
+                    if b is not None:
+                        self._blocky.append(b)
+                self._cache = None
         else:
             self.faults[fault.split(" ", 1)[0]] += 1
         return fault
@@ -125,8 +129,9 @@ class CameraHealth:
 
     def _frozen_fault(self, resized: np.ndarray, at: float) -> str | None:
         prev, self._prev = self._prev, resized
+        # cv2.norm L1 / size is the mean |difference| (exact on uint8), without numpy's int16 copies.
         same = (prev is not None and prev.shape == resized.shape
-                and float(np.abs(prev.astype(np.int16) - resized).mean()) <= self.config.frozen_tolerance)
+                and cv2.norm(prev, resized, cv2.NORM_L1) / resized.size <= self.config.frozen_tolerance)
         if not same:
             self._same = 0
             return None

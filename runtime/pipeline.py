@@ -115,6 +115,7 @@ class Pipeline:
         pre = manifest.preprocessing
         self._size = (pre.height, pre.width)
         self._rr = 0
+        self._passes: dict[str, int] = {}  # passes published per camera (publisher thread only)
         self._started = time.monotonic()
         self.model_info = {"name": manifest.name, "onnx_sha256": manifest.onnx_sha256,
                            "backend": scorer.backend, "precision": config.precision, "device": scorer.device}
@@ -308,11 +309,12 @@ class Pipeline:
             v = unscored(f"camera fault: {p.repeated}", threshold, p.geometry)
         defects = defects_of(v, self.manifest.pixel_threshold_for(precision),
                              self.manifest.calibration.min_defect_area_px)
-        meta, heat = messages.heatmap_of(v, self.config.heatmap)
-        overlay = None
-        if self.config.overlay and p.frame is not None:
-            overlay = render_overlay(p.frame, v, defects)
         it = p.item
+        picture = v.verdict != "pass" or self._pass_picture(it.camera)
+        meta, heat = messages.heatmap_of(v, self.config.heatmap) if picture else (None, b"")
+        overlay = None
+        if self.config.overlay and picture and p.frame is not None:
+            overlay = render_overlay(p.frame, v, defects)
         shape = p.frame.shape[:2] if p.frame is not None else None
         published_at = time.time()
         header = messages.header_of(
@@ -325,6 +327,10 @@ class Pipeline:
             self.stats.latencies_ms.append((time.monotonic() - it.monotonic) * 1000.0)
         if v.verdict == "error":
             log.warning("camera %s frame %d: error verdict: %s", it.camera, it.frame_id, v.error)
+
+    def _pass_picture(self, camera: str) -> bool:
+        n, self._passes[camera] = self._passes.get(camera, 0), self._passes.get(camera, 0) + 1
+        return self.config.heatmap_passes > 0 and n % self.config.heatmap_passes == 0
 
     def _health_event(self, event: dict[str, Any]) -> None:
         log.warning("camera %s health %s -> %s: %s", event["camera"], event["previous"], event["state"],

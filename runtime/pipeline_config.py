@@ -17,6 +17,10 @@ from edge_somad.runtime.health import HealthConfig
 class PipelineConfig:
     heatmap: str = "png"  # png | f16 | none
     overlay: bool = False
+    # Pictures (heatmap, overlay) of passes go out on every n-th pass per camera, the first included
+    # (1: every pass, 0: none); fails and errors always carry theirs. Encoding is most of the host's
+    # per-frame work after the resize, and on a good line nearly every frame is a pass.
+    heatmap_passes: int = 10
     max_frames: int | None = None  # stop after this many verdicts in total
     queue_size: int = 2
     heartbeat_s: float = 1.0
@@ -44,6 +48,8 @@ class PipelineConfig:
             raise ConfigError(f"--max-frames {self.max_frames}; expected >= 1 (or leave it out)")
         if self.queue_size < 1:
             raise ConfigError(f"--queue-size {self.queue_size}; expected >= 1")
+        if self.heatmap_passes < 0:
+            raise ConfigError(f"--heatmap-passes {self.heatmap_passes}; expected >= 0 (0: no pass pictures)")
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout {self.drain_timeout_s}; expected >= 0 seconds")
         if self.heartbeat_s <= 0:
