@@ -47,7 +47,7 @@ def run_pipeline(
     manifest = load_manifest(Path(model_dir))
     if manifest.threshold_for(config.precision) is None:
         log.warning("%s: every verdict will be 'error'", NOT_CALIBRATED)
-    scorer = open_scorer(Path(model_dir), backend, config.precision)
+    scorer = open_scorer(Path(model_dir), backend, config.precision, manifest=manifest)
     try:
         _warm_up(scorer, manifest, Path(model_dir))
         with Publisher(publish, topic_prefix, sndhwm=send_queue, curve=curve) as pub:
