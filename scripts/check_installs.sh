@@ -9,7 +9,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/edge-somad-installs.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-REPO=$(pwd)
+# Install from a copy of the tracked and new files: setuptools builds in the source tree and would
+# carry stale files from an old build/ folder into the wheel.
+REPO="$WORK/src"
+mkdir "$REPO"
+git ls-files -z -co --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$REPO"
 cd "$WORK"  # never import the checkout: python -c puts the working directory on sys.path
 
 fresh_venv() {  # fresh_venv DIR EXTRAS
