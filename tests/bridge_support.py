@@ -12,8 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
+from tests.helpers.requires import missing_component
 from tests.test_runtime_support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,8 +22,8 @@ ROOT = "edge-somad/v1"
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     if found is None:
-        pytest.skip("mosquitto is not installed and could not be (scripts/setup.sh installs the Debian package "
-                    "`mosquitto` when run as root; elsewhere: apt-get install mosquitto)")
+        missing_component("mosquitto", "scripts/setup.sh installs the Debian package `mosquitto` when run as "
+                          "root; elsewhere: apt-get install mosquitto")
     return found
 
 
