@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edge_somad.calibration import distributions as dist
+from edge_somad.contracts import defaults
 from edge_somad.contracts.decision import fails
 from edge_somad.errors import ConfigError, InputError
 
@@ -225,7 +226,7 @@ def chi2_fit_report(patch_sq_distances: np.ndarray, d: int) -> dict[str, Any]:
     }
 
 
-def pixel_threshold(good_maps: np.ndarray, quantile: float = 0.999) -> float:
+def pixel_threshold(good_maps: np.ndarray, quantile: float = defaults.PIXEL_QUANTILE) -> float:
     """Per-pixel threshold: the `quantile` of all pixels of held-out good maps (an observed value)."""
     _check_rate("quantile", quantile)
     maps = _check_maps(good_maps)

@@ -18,6 +18,7 @@ import typer
 
 from edge_somad.calibration.commands import calibrate
 from edge_somad.config import FitConfig
+from edge_somad.contracts import defaults
 from edge_somad.contracts.exits import handle_errors
 from edge_somad.runtime.commands import keys, run, subscribe, view
 
@@ -80,8 +81,8 @@ def export(
     model: Annotated[Path | None, typer.Option("--model", "--out", help="Model dir [models/CATEGORY].")] = None,
     data_root: DataRoot = None,
     trt: Annotated[bool | None, typer.Option("--trt/--no-trt", help="Build a TensorRT engine [auto].")] = None,
-    precision: Annotated[str, typer.Option(help="TensorRT precision: fp16 | int8 | fp32.")] = "fp16",
-    target_frr: Annotated[float, typer.Option(help="Calibrate at this false-reject rate.")] = 0.005,
+    precision: Annotated[str, typer.Option(help="TensorRT precision: fp16 | int8 | fp32.")] = defaults.ENGINE_PRECISION,
+    target_frr: Annotated[float, typer.Option(help="Calibrate at this false-reject rate.")] = defaults.TARGET_FRR,
 ) -> None:
     """Fused ONNX graph + manifest (+ threshold when not calibrated yet, + TensorRT engine on a GPU).
 
@@ -96,9 +97,11 @@ def export(
 def build_engine(
     model: Annotated[Path, typer.Option("--model", help="Exported model directory (manifest.json).")],
     precision: Annotated[str, typer.Option(
-        help="fp16 (from model.onnx) | int8 (from model.int8.onnx, `calibrate --int8` first) | fp32.")] = "fp16",
-    max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts (cameras scored together).")] = 4,
-    workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace, GiB.")] = 2.0,
+        help="fp16 (from model.onnx) | int8 (from model.int8.onnx, `calibrate --int8` first) | fp32.")
+    ] = defaults.ENGINE_PRECISION,
+    max_batch: Annotated[int, typer.Option(
+        help="Largest batch the engine accepts (cameras scored together).")] = defaults.MAX_BATCH,
+    workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace, GiB.")] = defaults.WORKSPACE_GB,
 ) -> None:
     """TensorRT engine for THIS GPU from the exported graph; recorded in manifest.engines. Needs a GPU."""
     from edge_somad.workflows import build_engine_from_cli
@@ -109,7 +112,7 @@ def build_engine(
 
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo model goes.")] = Path("models/hazelnut_toy"),
-    publish: Annotated[str, typer.Option(help="ZeroMQ PUB endpoint.")] = "tcp://127.0.0.1:5556",
+    publish: Annotated[str, typer.Option(help="ZeroMQ PUB endpoint.")] = defaults.ENDPOINT,
     curve: Annotated[bool, typer.Option("--curve", help="Stream with CURVE (keys made in OUT/keys).")] = False,
 ) -> None:
     """The main job on the bundled Hazelnut Toy sample: fit -> export -> calibrate -> run -> verdicts."""

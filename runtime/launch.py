@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_somad.contracts import defaults
 from edge_somad.contracts.manifest import Manifest, load_manifest
 from edge_somad.errors import ArtifactError, EdgeSomadError
 from edge_somad.runtime.camera import parse_cameras
@@ -29,7 +30,7 @@ def run_pipeline(
     model_dir: Path,
     cameras: list[str],
     backend: str = "auto",
-    publish: str = "tcp://127.0.0.1:5556",
+    publish: str = defaults.ENDPOINT,
     topic_prefix: str = "somad",
     config: PipelineConfig = PipelineConfig(),
     wait_subscribers: int = 0,

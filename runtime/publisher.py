@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from edge_somad.contracts import defaults
 from edge_somad.errors import ConfigError
 from edge_somad.runtime import messages
 from edge_somad.runtime.curve import CurveServer, apply_server, start_authenticator
@@ -49,7 +50,7 @@ def is_exposed(endpoint: str) -> bool:
 class Publisher:
     def __init__(
         self,
-        endpoint: str = "tcp://127.0.0.1:5556",
+        endpoint: str = defaults.ENDPOINT,
         topic_prefix: str = "somad",
         sndhwm: int = 100,
         curve: CurveServer | None = None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from edge_somad.contracts import defaults
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.curve import CurveClient
 from edge_somad.runtime.view_state import ViewState
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ViewConfig:
-    endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5556",)
+    endpoints: tuple[str, ...] = (defaults.ENDPOINT,)
     topic: str = "somad/"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -33,7 +34,7 @@ class ViewConfig:
 
     def __post_init__(self) -> None:
         if not self.endpoints:
-            raise ConfigError("no --connect endpoint given; expected at least one, e.g. tcp://127.0.0.1:5556")
+            raise ConfigError(f"no --connect endpoint given; expected at least one, e.g. {defaults.ENDPOINT}")
         if len(set(self.endpoints)) != len(self.endpoints):
             raise ConfigError(f"--connect endpoints {list(self.endpoints)} repeat; give each run once")
         if self.n_fails < 0 or self.push_s <= 0 or not 0 <= self.port <= 65535:
