@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from edge_somad.calibration.commands import calibrate
-from edge_somad.config import FitConfig
+from edge_somad.config import FitConfig, InputSpec, SomConfig
 from edge_somad.contracts import defaults
 from edge_somad.contracts.exits import handle_errors
 from edge_somad.runtime.commands import keys, run, subscribe, view
@@ -30,25 +30,26 @@ def fit(
     category: Annotated[str, typer.Option(help="MVTec category, or hazelnut_toy (bundled).")] = "hazelnut_toy",
     data_root: DataRoot = None,
     out: Annotated[Path | None, typer.Option(help="Model directory [models/CATEGORY].")] = None,
-    backbone: Annotated[str, typer.Option(help="efficientnet-lite0|1|2 or wide_resnet50_2.")] = "efficientnet-lite0",
+    backbone: Annotated[str, typer.Option(help="efficientnet-lite0|1|2 or wide_resnet50_2.")] = FitConfig.backbone,
     weights: Annotated[str | None, typer.Option(help="torchvision .pth for wide_resnet50_2.")] = None,
-    height: Annotated[int, typer.Option(help="Model input height (multiple of 16).")] = 224,
-    width: Annotated[int, typer.Option(help="Model input width (multiple of 16).")] = 224,
-    resize: Annotated[str, typer.Option(help="letterbox | crop | stretch (stretch distorts).")] = "letterbox",
+    height: Annotated[int, typer.Option(help="Model input height (multiple of 16).")] = InputSpec.height,
+    width: Annotated[int, typer.Option(help="Model input width (multiple of 16).")] = InputSpec.width,
+    resize: Annotated[str, typer.Option(help="letterbox | crop | stretch (stretch distorts).")] = InputSpec.resize,
     method: Annotated[str, typer.Option(
         help="auto (SOMAD or PaDiM, picked by a self-check on synthetic defects) | somad | padim (baseline)."
     )] = "auto",
-    d: Annotated[int, typer.Option(help="Projected feature dimension.")] = 64,
-    projection: Annotated[str, typer.Option(help="gaussian | subset | none.")] = "gaussian",
-    som_size: Annotated[int, typer.Option(help="SOM grid K (KxK); 0 = feature grid capped at 3136 nodes.")] = 0,
-    topk: Annotated[int, typer.Option(help="Nearest SOM nodes searched per patch.")] = 4,
+    d: Annotated[int, typer.Option(help="Projected feature dimension.")] = FitConfig.d,
+    projection: Annotated[str, typer.Option(help="gaussian | subset | none.")] = FitConfig.projection,
+    som_size: Annotated[int, typer.Option(
+        help="SOM grid K (KxK); 0 = feature grid capped at 3136 nodes.")] = SomConfig.rows,
+    topk: Annotated[int, typer.Option(help="Nearest SOM nodes searched per patch.")] = FitConfig.topk,
     score_norm: Annotated[str, typer.Option(
         help="none: raw distances; zscore: standardise each position by the training maps (auto picks it)."
     )] = FitConfig.score_norm,
     image_score_top: Annotated[float, typer.Option(
         help="Image score = mean of this share of the map's hottest pixels (0 = the maximum)."
     )] = FitConfig.image_score_top,
-    seed: int = 0,
+    seed: int = FitConfig.seed,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
     """Fit SOMAD (or the PaDiM baseline) on good training images."""

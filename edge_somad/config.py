@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_somad.contracts.names import RESIZE_MODES
+from edge_somad.contracts import defaults
+from edge_somad.contracts.names import PRECISIONS, RESIZE_MODES
 from edge_somad.errors import ArtifactError, ConfigError
 
 CONFIG_SCHEMA = "edge-somad/fit-config/1"
@@ -174,3 +175,19 @@ class FitConfig:
             # Unknown or missing keys are an error, never silently dropped.
             raise ArtifactError(f"config.json does not match FitConfig: {exc}") from exc
 
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `export` does after writing the graph: the threshold of a fresh model, the TensorRT engine."""
+
+    # The false-reject rate a model without a calibration is calibrated at (an existing one is kept).
+    target_frr: float = defaults.TARGET_FRR
+    # Build a TensorRT engine: True / False, or None = when tensorrt imports and a CUDA GPU is there.
+    trt: bool | None = None
+    engine_precision: str = defaults.ENGINE_PRECISION
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_frr < 1:
+            raise ConfigError(f"target_frr={self.target_frr} must be a fraction in (0, 1), e.g. 0.005 for 0.5 %")
+        if self.engine_precision not in PRECISIONS:
+            raise ConfigError(f"engine_precision={self.engine_precision!r}; expected one of {PRECISIONS}")

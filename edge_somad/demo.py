@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from edge_somad.contracts import defaults
 from edge_somad.data import SAMPLE_CATEGORY, resolve_category
 
 
@@ -41,7 +42,8 @@ def run_demo(out: Path, publish: str, curve: bool = False) -> int:
 
     cat = resolve_category(SAMPLE_CATEGORY)
     print(f"[1/4] fit + export + calibrate on {cat.root} -> {out}", file=sys.stderr)
-    manifest = export_from_cli(SAMPLE_CATEGORY, out, cat.root.parent, None, "fp16", 0.005)
+    manifest = export_from_cli(SAMPLE_CATEGORY, out, cat.root.parent, None, defaults.ENGINE_PRECISION,
+                               defaults.TARGET_FRR)
     print(f"      threshold {manifest.threshold:.3f}, onnx {manifest.onnx_sha256[:12]}", file=sys.stderr)
     print("[2/4] evaluate the exported graph (ONNX Runtime, CPU)", file=sys.stderr)
     report = evaluate_from_cli(out, SAMPLE_CATEGORY, cat.root.parent, "onnxruntime", "fp32", None, None)
