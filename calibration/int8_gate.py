@@ -30,7 +30,7 @@ from edge_somad.calibration.selfcheck import KINDS, content_box, synthetic_defec
 from edge_somad.errors import InputError
 
 if TYPE_CHECKING:
-    from edge_somad.export.manifest import Manifest
+    from edge_somad.contracts.manifest import Manifest
 
 MAX_DROP = 0.005  # the INT8 accuracy target: no metric more than this below fp32
 # Good frames that get defects pasted in (spread over the held-out set), and synthetic defects in

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime.camera import CameraSource, SourceSpec
 from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.outbox import Outbox

@@ -15,8 +15,8 @@ import zmq
 import zmq.auth
 from typer.testing import CliRunner
 
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime.camera import parse_cameras
 from edge_somad.runtime.commands import keys, run, subscribe
 from edge_somad.runtime.curve import CurveServer, connect_subscriber, load_client, load_server, make_keys

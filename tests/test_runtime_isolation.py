@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from edge_somad.export.manifest import load_manifest
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import SourceSpec
 from edge_somad.runtime.curve import connect_subscriber

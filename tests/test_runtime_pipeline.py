@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
-from edge_somad.export.manifest import load_manifest
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import SourceSpec, parse_cameras
 from edge_somad.runtime.curve import CurveClient, connect_subscriber

@@ -16,7 +16,7 @@ import typer
 import zmq
 from typer.testing import CliRunner
 
-from edge_somad.export.manifest import load_manifest, save_manifest, sha256_file
+from edge_somad.contracts.manifest import load_manifest, save_manifest, sha256_file
 from edge_somad.runtime import messages
 from edge_somad.runtime.commands import run, subscribe
 from tests.test_runtime_support import build_onnx, defect, free_port, grey, make_model_dir, write_video

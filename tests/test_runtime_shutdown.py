@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge_somad.export.manifest import load_manifest
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.runtime.camera import SourceSpec
 from edge_somad.runtime.launch import _signals
 from edge_somad.runtime.ort_scorer import OrtScorer

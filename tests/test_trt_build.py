@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edge_somad.contracts.engines import check_engine_compat, engine_path, rebuild_command
+from edge_somad.contracts.manifest import EngineInfo, load_manifest, save_manifest, sha256_file
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError, EngineMismatchError
-from edge_somad.export.manifest import EngineInfo, load_manifest, save_manifest, sha256_file
 from edge_somad.export.trt_build import build_engine, profile_shapes
 from edge_somad.runtime.trt_env import import_tensorrt
 from tests.test_trt_tinymodel import make_model_dir, random_frames, run_ort

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_somad.contracts.manifest import EngineInfo, Manifest, load_manifest
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError
-from edge_somad.export.manifest import EngineInfo, Manifest, load_manifest
 from edge_somad.runtime.trt_scorer import TensorRTScorer
 from tests.test_trt_tinymodel import make_model_dir
 

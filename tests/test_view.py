@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="edge-somad[view] (aiohttp) is not installed")
 
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime.camera import parse_cameras
 from edge_somad.runtime.health import HealthConfig
 from edge_somad.runtime.ort_scorer import OrtScorer
