@@ -6,12 +6,12 @@ import getpass
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.helpers.cli import edge_somad_exe
 from tests.helpers.requires import missing_component
 from tests.test_runtime_support import free_port
 
@@ -111,7 +111,7 @@ class Consumer:
 
 def start_bridge(args: list[str], log_path: Path) -> subprocess.Popen:
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "edge_somad.runtime.bridge_commands", *args], cwd=REPO,
+        return subprocess.Popen([edge_somad_exe(), "bridge", *args], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=log)
 
 

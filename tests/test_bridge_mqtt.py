@@ -6,7 +6,6 @@ import collections
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.bridge_queue import DiskQueue, Item
 from tests.bridge_support import REPO, Consumer, Mosquitto, start_bridge, verdict_count
+from tests.helpers.cli import edge_somad_exe
 from tests.test_runtime_support import defect, free_port, grey, make_model_dir, write_video
 
 N = 2000
@@ -38,7 +38,7 @@ def test_2000_verdicts_arrive_through_a_broker_outage(tmp_path: Path) -> None:
     try:
         assert consumer.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
         run = subprocess.Popen(
-            [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", f"c1={video}", "--model",
+            [edge_somad_exe(), "run", "--camera", f"c1={video}", "--model",
              str(model_dir), "--publish", f"tcp://127.0.0.1:{zmq_port}", "--wait-subscribers", "1",
              "--log-level", "warning"],  # run's default --send-queue: the bridge must keep up by itself
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -123,7 +123,7 @@ def test_sigkill_publishes_death_and_restart_republishes_birth(tmp_path: Path) -
 
 def test_unreachable_broker_is_a_warning_and_verdicts_wait(tmp_path: Path) -> None:
     bridge = subprocess.Popen(
-        [sys.executable, "-m", "edge_somad.runtime.bridge_commands",
+        [edge_somad_exe(), "bridge",
          *_bridge_args(free_port(), free_port(), "box3", tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -189,7 +189,7 @@ def test_password_broker_mqtt311_and_heatmap_topic(tmp_path: Path) -> None:
     pub = Publisher(f"tcp://127.0.0.1:{free_port()}", "somad", sndhwm=1000)
     args = [*_bridge_args(int(pub.bound_endpoint.rsplit(":", 1)[1]), broker.port, "box4", tmp_path),
             "--username", "bridge", "--mqtt-version", "3.1.1", "--heatmaps", "--heatmap-max-bytes", "1000"]
-    wrong = subprocess.Popen([sys.executable, "-m", "edge_somad.runtime.bridge_commands", *args], cwd=REPO,
+    wrong = subprocess.Popen([edge_somad_exe(), "bridge", *args], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "EDGE_SOMAD_BRIDGE_PASSWORD": "wrong"})
     try:
@@ -200,7 +200,7 @@ def test_password_broker_mqtt311_and_heatmap_topic(tmp_path: Path) -> None:
         wrong.send_signal(signal.SIGTERM)
         err += wrong.communicate(timeout=20)[1]
         assert "refused the connection" in err and "Traceback" not in err, err
-        bridge = subprocess.Popen([sys.executable, "-m", "edge_somad.runtime.bridge_commands", *args], cwd=REPO,
+        bridge = subprocess.Popen([edge_somad_exe(), "bridge", *args], cwd=REPO,
                                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "bridge.log", "wb"),  # noqa: SIM115
                                   env={**os.environ, "EDGE_SOMAD_BRIDGE_PASSWORD": "s3cret"})
         assert consumer.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
