@@ -29,7 +29,7 @@ TINY_SIZE = (64, 96)  # non-square on purpose: height and width are independent 
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.synth import make_mvtec
+    from tests.helpers.synth import make_mvtec
 
     return make_mvtec(tmp_path_factory.mktemp("synth"))
 

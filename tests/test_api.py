@@ -1,6 +1,6 @@
 """The public API: `from edge_somad import Detector` scores a frame in three lines, torch-free.
 
-The stand-in graph (tests/test_runtime_support.py) scores blue minus red, so a grey part passes and
+The stand-in graph (tests/helpers/runtime.py) scores blue minus red, so a grey part passes and
 a part with a blue patch fails with one defect region where the patch is.
 """
 
@@ -18,7 +18,7 @@ import pytest
 import edge_somad
 from edge_somad import Detector, Prediction
 from edge_somad.errors import ArtifactError, InputError
-from tests.test_runtime_support import THRESHOLD, defect, grey, make_model_dir
+from tests.helpers.runtime import THRESHOLD, defect, grey, make_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 # The README's example, verbatim (test_readme_shows_the_tested_example keeps them the same).

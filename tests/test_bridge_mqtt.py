@@ -13,9 +13,9 @@ import pytest
 
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.bridge_queue import DiskQueue, Item
-from tests.bridge_support import REPO, Consumer, Mosquitto, start_bridge, verdict_count
+from tests.helpers.bridges import REPO, Consumer, Mosquitto, start_bridge, verdict_count
 from tests.helpers.cli import edge_somad_exe
-from tests.test_runtime_support import defect, free_port, grey, make_model_dir, write_video
+from tests.helpers.runtime import defect, free_port, grey, make_model_dir, write_video
 
 N = 2000
 
@@ -362,7 +362,7 @@ def test_hostile_messages_are_rejected_counted_and_never_published(tmp_path: Pat
 def test_tls_broker_with_its_ca(tmp_path: Path) -> None:
     from edge_somad.runtime import messages
     from edge_somad.runtime.publisher import Publisher
-    from tests.bridge_support import make_tls_files
+    from tests.helpers.bridges import make_tls_files
 
     ca, cert, key = make_tls_files(tmp_path / "tls")
     broker = Mosquitto(tmp_path / "broker",

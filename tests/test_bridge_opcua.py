@@ -16,9 +16,9 @@ import pytest
 from edge_somad.runtime import messages
 from edge_somad.runtime.bridge_opcua import NAMESPACE, RESULT_FIELDS, result_values
 from edge_somad.runtime.curve import connect_subscriber
-from tests.bridge_support import REPO, start_bridge
+from tests.helpers.bridges import REPO, start_bridge
 from tests.helpers.cli import edge_somad_exe
-from tests.test_runtime_support import defect, free_port, grey, make_model_dir, write_video
+from tests.helpers.runtime import defect, free_port, grey, make_model_dir, write_video
 
 N = 50
 WATCHED = ("ResultId", "FrameId", "Verdict", "ResultEvaluation", "Score", "ScoreNormalised", "DefectCount",

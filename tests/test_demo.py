@@ -9,7 +9,7 @@ import pytest
 
 from edge_somad.demo import _summarise
 from tests.helpers.cli import edge_somad_exe
-from tests.test_runtime_support import free_port
+from tests.helpers.runtime import free_port
 
 
 def _verdict(frame_id: int, verdict: str) -> dict:

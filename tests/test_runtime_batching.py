@@ -22,8 +22,8 @@ from edge_somad.runtime.outbox import Outbox
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import ScoreResult
+from tests.helpers.runtime import FakeDriver, H, W, defect, free_port, grey, make_model_dir, write_video
 from tests.test_runtime_pipeline import Collector
-from tests.test_runtime_support import FakeDriver, H, W, defect, free_port, grey, make_model_dir, write_video
 
 
 class SlowSpy:

@@ -22,7 +22,7 @@ from edge_somad.runtime.camera import (
     parse_source,
 )
 from tests.helpers.poll import wait_until
-from tests.test_runtime_support import FakeDriver, defect, grey, write_video
+from tests.helpers.runtime import FakeDriver, defect, grey, write_video
 
 
 def drain(cam: CameraSource, timeout: float = 10.0) -> list[FrameItem]:

@@ -23,8 +23,8 @@ from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from tests.helpers.cli import edge_somad_exe
+from tests.helpers.runtime import H, W, defect, free_port, grey, make_model_dir, write_video
 from tests.test_runtime_pipeline import Collector
-from tests.test_runtime_support import H, W, defect, free_port, grey, make_model_dir, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.subscriber import SeqCounter
+from tests.helpers.runtime import H, W, free_port, make_model_dir, write_video
 from tests.test_runtime_pipeline import Collector
-from tests.test_runtime_support import H, W, free_port, make_model_dir, write_video
 
 N = 300
 

@@ -19,7 +19,7 @@ from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.pipeline_bench import bench_pipeline
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.verdict import judge, unscored
-from tests.test_runtime_support import FakeDriver, H, W, defect, free_port, grey, make_model_dir, write_video
+from tests.helpers.runtime import FakeDriver, H, W, defect, free_port, grey, make_model_dir, write_video
 
 
 def test_png_heatmap_scale_and_roundtrip() -> None:

@@ -20,7 +20,7 @@ from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import ScoreResult
 from edge_somad.runtime.verdict import NOT_CALIBRATED, judge
-from tests.test_runtime_support import (
+from tests.helpers.runtime import (
     THRESHOLD,
     FakeDriver,
     H,

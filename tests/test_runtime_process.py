@@ -20,7 +20,7 @@ from edge_somad.contracts.manifest import load_manifest, save_manifest, sha256_f
 from edge_somad.runtime import messages
 from edge_somad.runtime.commands import run, subscribe
 from tests.helpers.cli import edge_somad_exe
-from tests.test_runtime_support import build_onnx, defect, free_port, grey, make_model_dir, write_video
+from tests.helpers.runtime import build_onnx, defect, free_port, grey, make_model_dir, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 

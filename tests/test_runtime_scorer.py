@@ -14,7 +14,7 @@ from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigErro
 from edge_somad.runtime.backends import open_scorer, select_backend
 from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.scorer import Scorer
-from tests.test_runtime_support import H, W, build_onnx, defect, grey, make_model_dir
+from tests.helpers.runtime import H, W, build_onnx, defect, grey, make_model_dir
 
 CPU = ["CPUExecutionProvider"]
 GPU = ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -17,8 +17,8 @@ from edge_somad.runtime.launch import _signals
 from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import NOT_SCORED, Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
+from tests.helpers.runtime import H, W, free_port, grey, make_model_dir
 from tests.test_runtime_pipeline import Collector
-from tests.test_runtime_support import H, W, free_port, grey, make_model_dir
 
 FRAMES = 200
 

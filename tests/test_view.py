@@ -24,8 +24,8 @@ from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.view import BackgroundView, ViewConfig
 from tests.helpers.requires import missing_component
+from tests.helpers.runtime import H, W, free_port, write_video
 from tests.test_runtime_health import model_with_reference, parts
-from tests.test_runtime_support import H, W, free_port, write_video
 
 
 def with_defect(img: np.ndarray, x: int = 60, y: int = 40) -> np.ndarray:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.requires import missing_component
-from tests.test_runtime_support import free_port
+from tests.helpers.runtime import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROOT = "edge-somad/v1"
 
 
