@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METHODS = ("robust", "empirical", "chi2")
-# Chosen on the development suite's mean (README, "Development suite"): at the 0.5 % target the
+# Chosen on the development suite's mean (docs/results.md, "Development suite"): at the 0.5 % target the
 # robust rule let fewer defects pass (25 % vs 32 %) at a lower test FRR (4.3 % vs 4.7 %).
 DEFAULT_METHOD = "robust"
 CALIBRATION_NAMES = {"robust": "robust-normal", "empirical": "empirical-quantile", "chi2": "chi2"}

@@ -103,7 +103,7 @@ class FitConfig:
     # weight shrinkage/(n_j + shrinkage), so a node with few members borrows the global shape, never
     # NaN. Measured on MVTec bottle (benchmarks/ablation.py): ~190 patches per node are too few for a
     # 64x64 covariance; PRO rose from 0.925 (shrinkage 16, eps 0.01) to 0.949 (4096, eps 1.0).
-    # On the development suite's mean (benchmarks/suite.py, README "Development suite") 256 beat
+    # On the development suite's mean (benchmarks/suite.py, docs/results.md, "Development suite") 256 beat
     # 4096 at image level on every category measured (mean image AUROC +0.03): 4096 turns most
     # nodes' covariances into the pooled one, which blurs what the SOM learnt locally.
     eps: float = 1.0

@@ -4,7 +4,7 @@ Users fit from good parts only, so the choice cannot look at real defects. Each 
 on the same features (extracted once) and scores the held-out good images and synthetic defects
 pasted into them (calibration/selfcheck.py); the highest synthetic AUROC wins, ties go to the
 earlier candidate (SOMAD). On the development suite this picked the method with the best real
-image AUROC on every category where the methods differed (README, "Development suite").
+image AUROC on every category where the methods differed (docs/results.md, "Development suite").
 """
 
 from __future__ import annotations

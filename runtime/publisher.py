@@ -97,7 +97,7 @@ class Publisher:
         if curve is None and is_exposed(endpoint):
             log.warning("publishing WITHOUT authentication or encryption on %s: anyone who can reach this port "
                         "reads every verdict, heatmap and overlay image. Lock it down with --curve-secret-key "
-                        "and --curve-clients, or bind to 127.0.0.1 (README: Security).", endpoint)
+                        "and --curve-clients, or bind to 127.0.0.1 (docs/security.md).", endpoint)
 
     # -- peers -----------------------------------------------------------------------------------
     def _poll_locked(self) -> None:

@@ -81,3 +81,17 @@ def test_import_is_lazy_and_names_are_public() -> None:
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = edge_somad.nope
     assert (REPO / "edge_somad" / "py.typed").is_file()
+
+
+def test_fit_and_export_library_functions_make_a_detector(tmp_path: Path, synth_root: Path, tiny_config) -> None:
+    from edge_somad import ExportConfig, export, fit
+
+    model = fit("widget", tmp_path / "widget", tiny_config, data_root=synth_root, device="cpu")
+    assert model == tmp_path / "widget" and (model / "config.json").is_file()
+    manifest = export(model, ExportConfig(target_frr=0.1, trt=False))
+    assert manifest.threshold is not None and manifest.threshold > 0
+    frame = cv2.imread(str(next((synth_root / "widget" / "test" / "good").iterdir())))
+    with Detector.load(model, backend="onnxruntime") as detector:
+        p = detector.predict(frame)
+    assert p.verdict in ("pass", "fail") and p.threshold == manifest.threshold
+    assert p.heatmap is not None and p.heatmap.shape == frame.shape[:2]
