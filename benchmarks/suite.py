@@ -1,126 +1,163 @@
-"""The development suite: fit, export, calibrate and evaluate every category, SOMAD beside PaDiM.
+"""The development suite, judged out of sample: in-sample and leave-one-category-out tables side by side.
 
-Each category goes through the path a user takes (fit -> export -> threshold from the held-out good
-images -> evaluate the exported graph with ONNX Runtime), once per method, and one table prints
-image AUROC, pixel AUROC and PRO (image content only; "-" without masks), escapes and false rejects
-at the calibrated threshold, the synthetic self-check, fit seconds, ms per frame and model MB, with
-the mean over categories. Defaults are chosen on that mean, never on one category. Usage:
+    python benchmarks/suite.py --root ~/.cache/edge-somad/suite --out runs/suite-grid
 
-    python benchmarks/suite.py --root ~/.cache/edge-somad/suite --out runs/suite [--categories ...]
-        [--methods somad padim auto] [--set score_norm=none] --json runs/suite/suite.json
-
-Categories come from benchmarks/suite_data.py (see benchmarks/SUITE.md).
+Measures what is missing (benchmarks/suite_grid.py: every candidate setting of every category on
+features extracted once), then chooses, twice:
+- in-sample: the setting (features | head | map) and the threshold rule with the best mean over all
+  categories, scored on those same categories: what a default picked on the suite claims;
+- leave-one-out: for each category, the setting and rule chosen on the *other* categories, scored
+  on the one left out: what a part the suite has never seen can expect.
+A default changes only when the leave-one-out mean improves. Settings are ranked by mean image
+AUROC; threshold rules by mean escapes among the rules whose mean FRR stays <= --max-frr. The shipped
+default and the PaDiM baseline are printed beside them. `benchmarks/suite_user_path.py` runs a setting
+through the user's own path (fit -> export -> ONNX Runtime) to confirm the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import time
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_somad.calibration.threshold import confusion_at_threshold
-from edge_somad.config import FitConfig
-from edge_somad.data import load_category
-from edge_somad.evaluate import evaluate
-from edge_somad.export.exporter import export_model
-from edge_somad.fit import fit_model
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.select import fit_auto
-from edge_somad.workflows import calibrate_holdout
+from benchmarks.suite_loo import Row, choose, leave_one_out, row_of
+from benchmarks.suite_thresholds import RULES, SHIPPED_RULE, apply_rule, transfer
 
-COLUMNS = (("image_auroc", "img AUROC", "{:.4f}"), ("pixel_auroc", "pix AUROC", "{:.4f}"), ("pro", "PRO", "{:.4f}"),
-           ("escape_rate", "escapes", "{:.1%}"), ("frr", "FRR", "{:.1%}"), ("synthetic_escape", "synth esc", "{:.1%}"),
-           ("fit_seconds", "fit s", "{:.0f}"), ("ms_per_image", "ms/frame", "{:.1f}"), ("model_mb", "MB", "{:.1f}"))
+SHIPPED = "lite0@224 | somad s256 k4 | sig4 top0.01"
+# Categories from one source (same camera and maker) are left out together (benchmarks/SUITE.md).
+GROUPS = {"solar_cell_mono": "elpv", "solar_cell_poly": "elpv"}
+BASELINE = "lite0@224 | padim | sig4 top0.01"
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """--set key=value for top-level FitConfig fields (numbers parsed, everything else a string)."""
-    fields = {f.name for f in dataclasses.fields(FitConfig)}
+def setting_of(r: Row) -> str:
+    return f"{r['features']} | {r['head']} | {r['map']}"
+
+
+def load_rows(out: Path, features: list[str]) -> list[Row]:
+    rows: list[Row] = []
+    for path in sorted(out.glob("*.json")):
+        for r in json.loads(path.read_text()):
+            if r["features"] in features:
+                rows.append(r)
+    return rows
+
+
+def fmt(v: float | None, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1%}" if pct else f"{v:.4f}"
+
+
+def metric_cells(r: Row, rule: str, max_frr: float) -> list[str]:
+    at = apply_rule(r, rule)
+    return [fmt(r["image_auroc"]), fmt(r["pixel_auroc"]), fmt(r["pro"]), fmt(at["escape_rate"], True),
+            fmt(at["frr"], True)]
+
+
+def rule_value(max_frr: float) -> Callable[[list[Row]], float]:
+    """Mean escapes among rules keeping mean FRR <= max_frr; rules above it rank after all that keep it."""
+    def value(rows: list[Row], rule: str) -> float:
+        at = [apply_rule(r, rule) for r in rows]
+        esc, frr = float(np.mean([a["escape_rate"] for a in at])), float(np.mean([a["frr"] for a in at]))
+        return -esc if frr <= max_frr else -1.0 - frr
+    return value
+
+
+def choose_rule(rows: list[Row], max_frr: float) -> str:
+    value = rule_value(max_frr)
+    best = max(RULES, key=lambda rule: (value(rows, rule), rule == SHIPPED_RULE))
+    return best
+
+
+def report(rows: list[Row], cats: list[str], max_frr: float) -> dict[str, Any]:
+    img = lambda r: r["image_auroc"]  # noqa: E731 - the ranking's one number
+    order = [SHIPPED]
+    chosen = choose(rows, cats, img, setting_of, order)
+    chosen_rows = [row_of(rows, chosen, c, setting_of) for c in cats]
+    rule_in = choose_rule(chosen_rows, max_frr)
+    loo = leave_one_out(rows, cats, img, setting_of, order, GROUPS)
+    header = ["category", "img AUROC", "pix AUROC", "PRO", "escapes", "FRR"]
+    print(f"\nIn sample: setting [{chosen}], threshold rule [{rule_in}] chosen on all {len(cats)} categories")
+    print(f"Leave one out: for each category, setting and rule chosen on the other {len(cats) - 1}\n")
+    print(f"{'':16s}" + "".join(h.rjust(10) for h in header[1:]) + " |" + "".join(h.rjust(10) for h in header[1:])
+          + "   gap  LOO setting / rule")
+    table: list[dict[str, Any]] = []
+    for c, loo_choice in zip(cats, loo, strict=True):
+        r_in = row_of(rows, chosen, c, setting_of)
+        r_lo = row_of(rows, loo_choice.setting, c, setting_of)
+        others = [row_of(rows, loo_choice.setting, o, setting_of) for o in cats
+                  if o != c and (c not in GROUPS or GROUPS.get(o) != GROUPS[c])]
+        rule_lo = choose_rule(others, max_frr)
+        gap = r_in["image_auroc"] - r_lo["image_auroc"]
+        same = "(same)" if (loo_choice.setting, rule_lo) == (chosen, rule_in) else f"{loo_choice.setting} / {rule_lo}"
+        print(f"{c:16s}" + "".join(x.rjust(10) for x in metric_cells(r_in, rule_in, max_frr)) + " |"
+              + "".join(x.rjust(10) for x in metric_cells(r_lo, rule_lo, max_frr)) + f" {gap:+.4f}  {same}")
+        table.append({"category": c, "in_sample": summary(r_in, rule_in), "leave_one_out": summary(r_lo, rule_lo),
+                      "loo_setting": loo_choice.setting, "loo_rule": rule_lo})
+    means = {side: mean_summary([t[side] for t in table]) for side in ("in_sample", "leave_one_out")}
+    print(f"{'MEAN':16s}" + "".join(x.rjust(10) for x in mean_cells(means["in_sample"])) + " |"
+          + "".join(x.rjust(10) for x in mean_cells(means["leave_one_out"]))
+          + f" {means['in_sample']['image_auroc'] - means['leave_one_out']['image_auroc']:+.4f}")
+    refs = {}
+    for label, setting in (("shipped default", SHIPPED), ("PaDiM baseline", BASELINE)):
+        if all(any(setting_of(r) == setting and r["category"] == c for r in rows) for c in cats):
+            ref = mean_summary([summary(row_of(rows, setting, c, setting_of), SHIPPED_RULE) for c in cats])
+            refs[label] = ref
+            print(f"{label:16s}" + "".join(x.rjust(10) for x in mean_cells(ref)) + f" |  [{setting}] / {SHIPPED_RULE}")
+    print(f"\nThreshold transfer under [{chosen}] / {rule_in}: held-out goods vs test goods (robust sigmas of the "
+          "held-out scores)")
+    print(f"{'category':16s}{'held out':>9s}{'shift':>9s}{'margin':>9s}{'test FRR':>10s}")
+    for c in cats:
+        t = transfer(row_of(rows, chosen, c, setting_of), rule_in)
+        print(f"{c:16s}{t['n_holdout']:9.0f}{t['shift']:+9.2f}{t['margin']:+9.2f}{t['frr']:10.1%}")
+    return {"categories": cats, "in_sample_setting": chosen, "in_sample_rule": rule_in, "rows": table,
+            "means": means, "references": refs}
+
+
+def summary(r: Row, rule: str) -> dict[str, Any]:
+    at = apply_rule(r, rule)
+    return {"setting": setting_of(r), "rule": rule, "image_auroc": r["image_auroc"], "pixel_auroc": r["pixel_auroc"],
+            "pro": r["pro"], "escape_rate": at["escape_rate"], "frr": at["frr"]}
+
+
+def mean_summary(items: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in fields or key in ("input", "som"):
-            raise SystemExit(f"--set {item!r}: expected key=value with key one of {sorted(fields - {'input', 'som'})}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
+    for k in ("image_auroc", "pixel_auroc", "pro", "escape_rate", "frr"):
+        vals = [i[k] for i in items if i[k] is not None]
+        out[k] = float(np.mean(vals)) if vals else None
     return out
 
 
-def run_one(root: Path, category: str, config: FitConfig, model_dir: Path, auto: bool = False) -> dict[str, Any]:
-    cat = load_category(root, category)
-    # auto: the CLI's default, SOMAD or PaDiM picked by the synthetic self-check (edge_somad/select.py).
-    fit = fit_auto if auto else fit_model
-    info = fit(cat, config, model_dir, progress=False)
-    export_model(model_dir)
-    manifest = calibrate_holdout(model_dir, target_frr=0.005)
-    spec = config.input
-    with OrtScorer(model_dir / "model.onnx", spec.height, spec.width) as scorer:
-        report = evaluate(model_dir, cat, scorer, spec, manifest.threshold, model_dir / "report.json", None,
-                          confusion=confusion_at_threshold)
-    at = report["at_threshold"]
-    return {
-        "category": category, "method": "auto" if auto else config.method,
-        "chosen": info["selection"]["chosen"] if auto else None, "image_auroc": report["image_auroc"],
-        "pixel_auroc": report["pixel_auroc"], "pro": report["pro"],
-        "escape_rate": at["escape_rate"], "frr": at["frr"],
-        "synthetic_escape": manifest.calibration.details["self_check"]["synthetic_escape_rate"],
-        "synthetic_auroc": manifest.calibration.details["self_check"]["synthetic_auroc"],
-        "fit_seconds": info["fit_seconds"], "ms_per_image": report["ms_per_image"],
-        "model_mb": (model_dir / "model.onnx").stat().st_size / 1e6, "threshold": manifest.threshold,
-        "n_holdout": manifest.calibration.n_images,
-    }
-
-
-def fmt_row(label: str, row: dict[str, Any]) -> str:
-    cells = [label.ljust(36)]
-    for key, _, f in COLUMNS:
-        v = row.get(key)
-        cells.append(("-" if v is None else f.format(v)).rjust(10))
-    return "".join(cells)
-
-
-def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {}
-    for key, _, _ in COLUMNS:
-        vals = [r[key] for r in rows if r.get(key) is not None]
-        out[key] = float(np.mean(vals)) if vals else None
-    return out
+def mean_cells(m: dict[str, Any]) -> list[str]:
+    return [fmt(m["image_auroc"]), fmt(m["pixel_auroc"]), fmt(m["pro"]), fmt(m["escape_rate"], True),
+            fmt(m["frr"], True)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path.home() / ".cache/edge-somad/suite")
-    ap.add_argument("--out", type=Path, default=Path("runs/suite"))
+    ap.add_argument("--out", type=Path, default=Path("runs/suite-grid"))
     ap.add_argument("--categories", nargs="+")
-    ap.add_argument("--methods", nargs="+", default=["somad", "padim"], choices=["somad", "padim", "auto"])
-    ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="FitConfig field=value")
+    ap.add_argument("--features", nargs="+", default=["lite0@224"])
+    ap.add_argument("--max-frr", type=float, default=0.05, help="line FRR a threshold rule must keep (mean)")
+    ap.add_argument("--no-measure", action="store_true", help="only report the rows already measured")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     cats = args.categories or sorted(p.name for p in args.root.iterdir() if (p / "train").is_dir())
-    base = dataclasses.replace(FitConfig(), **parse_overrides(args.overrides))
-    print("".join(["category / method".ljust(36)] + [h.rjust(10) for _, h, _ in COLUMNS]), flush=True)
-    rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    for method in args.methods:
-        config = dataclasses.replace(base, method="somad" if method == "auto" else method)
-        for category in cats:
-            row = run_one(args.root, category, config, args.out / f"{category}_{method}", auto=method == "auto")
-            rows.append(row)
-            label = f"{category} / {method}" + (f" ({row['chosen']})" if row["chosen"] else "")
-            print(fmt_row(label, row), flush=True)
-    for method in args.methods:
-        print(fmt_row(f"MEAN / {method}", mean_row([r for r in rows if r["method"] == method])), flush=True)
-    print(f"({len(cats)} categories, {time.perf_counter() - t0:.0f} s; config {json.dumps(base.to_dict())})")
+    if not args.no_measure:
+        subprocess.run([sys.executable, "-m", "benchmarks.suite_grid", "--root", str(args.root), "--out",
+                        str(args.out), "--categories", *cats, "--features", *args.features], check=True)
+    rows = [r for r in load_rows(args.out, args.features) if r["category"] in cats]
+    result = report(rows, cats, args.max_frr)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"config": base.to_dict(), "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,11 @@ def calibrate(
         Path | None,
         typer.Option("--calibration-dir", help="Folder of good images to use instead of the held-out split."),
     ] = None,
+    calibration_video: Annotated[
+        Path | None,
+        typer.Option("--calibration-video", help="Video of good parts recorded on the line (commissioning): "
+                     "up to 200 frames spread over it set the threshold."),
+    ] = None,
     method: Annotated[str, typer.Option(
         "--method", help="robust (median + z*MAD) | empirical (quantile, max + margin) | chi2 (Gaussian theory)."
     )] = DEFAULT_METHOD,
@@ -66,12 +71,13 @@ def calibrate(
     = "onnxruntime",
 ) -> None:
     """Set the pass/fail threshold (manifest.json) from held-out good images; optionally quantize to INT8."""
-    run_calibrate(model, target_frr, calibration_dir, method, pixel_quantile, min_area, int8, backend)
+    run_calibrate(model, target_frr, calibration_dir, method, pixel_quantile, min_area, int8, backend,
+                  calibration_video=calibration_video)
 
 
 def run_calibrate(
     model: Path, target_frr: float, calibration_dir: Path | None, method: str, pixel_quantile: float,
-    min_area: int | None, int8: bool, backend: str,
+    min_area: int | None, int8: bool, backend: str, calibration_video: Path | None = None,
 ) -> Manifest:
     """The command's work, raising EdgeSomadError subclasses; prints the table (and int8 report)."""
     from edge_somad.contracts.manifest import load_manifest
@@ -79,7 +85,7 @@ def run_calibrate(
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is unknown; expected one of {METHODS}")
     manifest = load_manifest(model)
-    frames, source = load_good_frames(model, manifest, calibration_dir)
+    frames, source = load_good_frames(model, manifest, calibration_dir, calibration_video)
     patch_sq, reason = patch_sq_distances(model, frames)
     scorer = open_model_scorer(model, backend)
     try:
@@ -88,6 +94,8 @@ def run_calibrate(
     finally:
         scorer.close()
     typer.echo(format_table(manifest))
+    for warning in manifest.calibration.details.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     if int8:
         manifest = quantize_and_check(model, frames, target_frr, source, pixel_quantile)
     return manifest
@@ -143,6 +151,9 @@ def calibrate_model(
     }
     if method != "empirical":
         details["empirical"] = dataclasses.asdict(empirical)
+    details["warnings"] = th.calibration_warnings(scores, target_frr)
+    for warning in details["warnings"]:
+        log.warning("calibrate: %s", warning)
     details["self_check"] = selfcheck.self_check(lambda f: score_all(scorer, f)[0], good_frames, scores,
                                                  estimate.threshold, manifest.preprocessing.pad_value)
     calibration = Calibration(

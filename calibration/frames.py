@@ -37,12 +37,21 @@ def open_model_scorer(model_dir: Path, backend: str, precision: str = "fp32") ->
     return open_scorer(model_dir, backend, precision)
 
 
+# Frames taken from a commissioning video, evenly spaced over the recording: neighbouring frames show
+# the same part, so spreading them out gives more distinct parts for the same scoring time.
+VIDEO_MAX_FRAMES = 200
+
+
 def load_good_frames(
-    model_dir: Path, manifest: Manifest, calibration_dir: Path | None
+    model_dir: Path, manifest: Manifest, calibration_dir: Path | None, calibration_video: Path | None = None
 ) -> tuple[np.ndarray, str]:
     """Resized uint8 BGR frames of the good calibration images, and a description of their source."""
     from edge_somad.data import read_frames
 
+    if calibration_dir is not None and calibration_video is not None:
+        raise DatasetError("give --calibration-dir or --calibration-video, not both")
+    if calibration_video is not None:
+        return read_video_frames(calibration_video, manifest)
     if calibration_dir is not None:
         paths = image_files(calibration_dir)
         source = f"{len(paths)} good images from {calibration_dir}"
@@ -73,3 +82,34 @@ def image_files(folder: Path) -> list[Path]:
     if not paths:
         raise DatasetError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} files; expected good part images")
     return paths
+
+
+def read_video_frames(path: Path, manifest: Manifest, max_frames: int = VIDEO_MAX_FRAMES) -> tuple[np.ndarray, str]:
+    """Up to `max_frames` frames spread evenly over a recording of good parts, resized as the graph's input."""
+    import cv2
+    import numpy as np
+
+    from edge_somad.contracts.geometry import batch_frames
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"--calibration-video {path} does not exist; expected a video file of good parts "
+                           "recorded on the line (any format OpenCV's FFmpeg reads, e.g. .mp4/.avi)")
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        cap.release()
+    if not frames:
+        raise DatasetError(f"--calibration-video {path}: OpenCV decoded no frame from it; expected a readable "
+                           "video (check the file plays, or extract frames and use --calibration-dir)")
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int))
+    pre = manifest.preprocessing
+    chosen = [frames[i] for i in pick]
+    return (batch_frames(chosen, pre.height, pre.width, pre.resize, pre.pad_value),
+            f"{len(chosen)} frames spread over the {len(frames)} of {path}")

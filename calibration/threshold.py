@@ -115,15 +115,34 @@ ROBUST_MIN_IMAGES = 3
 _MAD_TO_SIGMA = 1.4826
 
 
-def robust_threshold(good_scores: np.ndarray, target_frr: float) -> ThresholdEstimate:
-    """Threshold = median + z(1 - target_frr) * 1.4826 * MAD of the good scores.
+def plausible_rejects(n: int, target_frr: float, alpha: float = 1.0 - CONFIDENCE) -> int:
+    """Most calibration rejects a true FRR of `target_frr` still explains: the largest r with
+    P(X >= r) >= alpha for X ~ Binomial(n, target_frr). E.g. n=42 at 0.5 %: 1 (P(X >= 2) = 0.018)."""
+    if n < 1:
+        raise InputError(f"plausible_rejects(n={n}): need n >= 1 scores")
+    below = 0.0  # P(X < r), built up term by term
+    for r in range(n + 1):
+        if 1.0 - below < alpha:
+            return r - 1
+        # In log space: comb(5000, 250) alone overflows a float.
+        below += math.exp(math.lgamma(n + 1) - math.lgamma(r + 1) - math.lgamma(n - r + 1)
+                          + r * math.log(target_frr) + (n - r) * math.log1p(-target_frr))
+    return n
+
+
+def robust_threshold(good_scores: np.ndarray, target_frr: float, guard: bool = True) -> ThresholdEstimate:
+    """Threshold = median + z(1 - target_frr) * 1.4826 * MAD of the good scores, guarded.
 
     A normal model of the good scores, fitted robustly: a handful of held-out images cannot give a
     0.5 % quantile by counting, and their maximum is set by the one oddest good image (on the
     development suite one such image lifted a threshold above 96 % of the real defects). The median
     and MAD ignore that image, so the rule may reject a few calibration images, which the estimate
-    reports. Falls back to `empirical_threshold` when fewer than ROBUST_MIN_IMAGES scores or a zero
-    MAD leave no spread to model.
+    reports. The guard keeps the threshold above the bulk of the good scores: when the normal model
+    rejects more calibration images than the target FRR can explain (plausible_rejects, and never
+    fewer than one: a heavy right tail the MAD did not see), the threshold rises to reject only that
+    many. Falls back to
+    `empirical_threshold` when fewer than ROBUST_MIN_IMAGES scores or a zero MAD leave no spread to
+    model.
     """
     _check_rate("target_frr", target_frr)
     s = _finite_1d(good_scores, "good scores")
@@ -136,11 +155,42 @@ def robust_threshold(good_scores: np.ndarray, target_frr: float) -> ThresholdEst
         return dataclasses.replace(est, note=f"robust rule not applicable ({why}); empirical rule used. " + est.note)
     z = dist.normal_ppf(1.0 - target_frr)
     threshold = med + z * sigma
+    rule = f"Threshold = median {med:.4g} + {z:.3f} x robust sigma {sigma:.4g} (normal model of the good scores)"
+    # One odd good image is always tolerated: that is what the median/MAD are for.
+    allowed = max(1, plausible_rejects(n, target_frr))
+    if guard and int(np.count_nonzero(fails(s, threshold))) > allowed:
+        ordered = np.sort(s)
+        kept = float(ordered[n - allowed - 1])
+        threshold = _between(kept, float(ordered[n - allowed])) if ordered[n - allowed] > kept else _above(kept)
+        rule += (f", raised to {threshold:.4g} by the guard: the normal model rejected more than the {allowed} "
+                 f"calibration image(s) a {target_frr:g} FRR explains")
     rejects = int(np.count_nonzero(fails(s, threshold)))
     upper = clopper_pearson_upper(rejects, n)
-    note = (f"Threshold = median {med:.4g} + {z:.3f} x robust sigma {sigma:.4g} (normal model of the good "
-            f"scores); {rejects}/{n} calibration images score above it. ") + _frr_note(target_frr, n, rejects, upper)
+    note = f"{rule}; {rejects}/{n} calibration images score above it. " + _frr_note(target_frr, n, rejects, upper)
     return ThresholdEstimate(float(threshold), float(target_frr), n, rejects / n, upper, note)
+
+
+# Below this many good images a median and a MAD move with every image added: the threshold, and so
+# the line's FRR, is a guess. Commissioning on the line (docs/commissioning.md) brings more.
+MIN_CALIBRATION_IMAGES = 20
+
+
+def calibration_warnings(good_scores: np.ndarray, target_frr: float) -> list[str]:
+    """What an operator must know before trusting a threshold from these good scores (empty: nothing)."""
+    s = _finite_1d(good_scores, "good scores")
+    n, out = s.size, []
+    if n < MIN_CALIBRATION_IMAGES:
+        out.append(f"only {n} good calibration images (fewer than {MIN_CALIBRATION_IMAGES}): the threshold is "
+                   f"uncertain; recalibrate from good parts of the line (calibrate --calibration-dir or "
+                   f"--calibration-video) before relying on a {target_frr:g} FRR")
+    if n >= ROBUST_MIN_IMAGES:
+        raw = robust_threshold(s, target_frr, guard=False)
+        above, allowed = int(np.count_nonzero(fails(s, raw.threshold))), max(1, plausible_rejects(n, target_frr))
+        if above > allowed:
+            out.append(f"the good calibration images are too spread for a {target_frr:g} FRR: {above} of {n} score "
+                       f"above a normal model's threshold (at most {allowed} expected); some good parts look unlike "
+                       "the others: look at the highest-scoring ones, add good images, or fit again with them")
+    return out
 
 
 def _frr_note(target_frr: float, n: int, rejects: int, upper: float) -> str:

@@ -22,7 +22,7 @@ from edge_somad.errors import ConfigError, DatasetError
 from edge_somad.features import FeatureExtractor, make_projection
 from edge_somad.progress import Progress
 from edge_somad.runtime.drift import input_reference
-from edge_somad.som import best_matching_units, train_som
+from edge_somad.som import SomResult, best_matching_units, train_som
 from edge_somad.stats import node_statistics, positional_statistics
 
 NORM_MAX_IMAGES = 200
@@ -165,12 +165,36 @@ def with_position_norm(arrays: FittedArrays, config: FitConfig, feats: torch.Ten
 
 def _fit_som(feats: torch.Tensor, config: FitConfig, grid: tuple[int, int], projection: np.ndarray,
              progress: bool) -> tuple[FittedArrays, dict[str, Any]]:
+    return som_arrays(feats, train_map(feats, config, grid, progress), config, projection)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedMap:
+    """A trained SOM and each training patch's best-matching node (what node statistics need)."""
+
+    som: SomResult
+    assign: torch.Tensor  # (n_img * N,) node index of every training patch
+
+
+def train_map(feats: torch.Tensor, config: FitConfig, grid: tuple[int, int], progress: bool = False) -> TrainedMap:
+    """The SOM of the patch features (n_img, N, d), initialised from the per-position means."""
     n_img, n_pos, d = feats.shape
     position_means = feats.mean(0).reshape(grid[0], grid[1], d)
     flat = feats.reshape(n_img * n_pos, d)
     som = train_som(flat, position_means, config.som, config.seed, Progress("som", progress))
-    assign = best_matching_units(flat, som.nodes)
-    stats = node_statistics(flat, assign, som.nodes, config.eps, config.shrinkage)
+    return TrainedMap(som, best_matching_units(flat, som.nodes))
+
+
+def som_arrays(feats: torch.Tensor, trained: TrainedMap, config: FitConfig, projection: np.ndarray
+               ) -> tuple[FittedArrays, dict[str, Any]]:
+    """Per-node statistics (eps, shrinkage of `config`) of a trained map -> arrays + fit info.
+
+    Split from train_map so that the benchmark suite can compare covariance settings on one map.
+    """
+    d = feats.shape[-1]
+    flat = feats.reshape(-1, d)
+    som = trained.som
+    stats = node_statistics(flat, trained.assign, som.nodes, config.eps, config.shrinkage)
     counts = stats.counts
     arrays = FittedArrays(
         projection=projection, whiten=stats.whiten.cpu().numpy(), nodes=som.nodes.cpu().numpy(),

@@ -19,7 +19,7 @@ import typer
 from edge_somad.contracts import defaults
 from edge_somad.contracts.exits import handle_errors
 from edge_somad.errors import ConfigError
-from edge_somad.runtime.commands import CurveClientSecret, CurveServerKey, LogLevel, _logging
+from edge_somad.runtime.commands import CurveClientSecret, CurveServerKey, LogLevel, MaxMessageMb, _logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Factory integration: verdicts from `run` to an MQTT broker or an OPC UA server.")
@@ -91,6 +91,7 @@ def mqtt(
     topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
+    max_message_mb: MaxMessageMb = 16.0,
     log_level: LogLevel = "info",
 ) -> None:
     """Publish verdicts to an MQTT broker (birth/death, per-camera seq, QoS 1, disk queue while it is away)."""
@@ -110,9 +111,13 @@ def mqtt(
         raise ConfigError("--ca-file/--cert-file/--key-file need --tls")
     if username is not None and not tls and broker not in ("127.0.0.1", "localhost", "::1"):
         log.warning("--username without --tls: the password crosses the network in clear text")
-    from edge_somad.runtime.bridge_mqtt import MqttBridge, MqttBridgeConfig
+    from edge_somad.runtime.bridge_mqtt import MqttBridge, MqttBridgeConfig, check_topic_root
     from edge_somad.runtime.bridge_mqtt_link import BrokerConfig
     from edge_somad.runtime.bridge_source import SourceConfig
+    from edge_somad.runtime.intake import DecodeLimits
+
+    root = check_topic_root(topic_root.strip("/"))
+    limits = DecodeLimits.with_max_message_mb(max_message_mb)
 
     state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "edge-somad"
     config = MqttBridgeConfig(
@@ -120,8 +125,8 @@ def mqtt(
                             client_id=f"edge-somad-{group}-{box}", username=username,
                             password=_password(password_file), tls=tls, ca_file=ca_file, cert_file=cert_file,
                             key_file=key_file),
-        source=SourceConfig(tuple(connect), topic, load_client(curve_server_key, curve_secret_key)),
-        box=box, group=group, root=topic_root.strip("/"),
+        source=SourceConfig(tuple(connect), topic, load_client(curve_server_key, curve_secret_key), limits),
+        box=box, group=group, root=root,
         queue_file=queue_file or state / f"mqtt-{box}.sqlite", queue_max=queue_max, heatmaps=heatmaps,
         heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval)
     bridge = MqttBridge(config)
@@ -157,6 +162,7 @@ def opcua(
     topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
+    max_message_mb: MaxMessageMb = 16.0,
     log_level: LogLevel = "info",
 ) -> None:
     """Serve the last result, counters and health of each camera over OPC UA (names after OPC 40100)."""
@@ -179,9 +185,11 @@ def opcua(
                     "others can reach", endpoint, "anonymous access" if username is None else "no encryption")
     from edge_somad.runtime.bridge_opcua import OpcuaConfig, serve
     from edge_somad.runtime.bridge_source import SourceConfig
+    from edge_somad.runtime.intake import DecodeLimits
 
+    limits = DecodeLimits.with_max_message_mb(max_message_mb)
     config = OpcuaConfig(source=SourceConfig(tuple(connect), topic, load_client(curve_server_key,
-                                                                                 curve_secret_key)),
+                                                                                 curve_secret_key), limits),
                          endpoint=endpoint, box=box, username=username, password=password,
                          certificate=certificate, private_key=private_key, cameras=cameras)
     serve(config)

@@ -32,6 +32,20 @@ log = logging.getLogger(__name__)
 BIRTH_SCHEMA = "edge-somad/mqtt-birth/1"
 DEATH_SCHEMA = "edge-somad/mqtt-death/1"
 STATUS_SCHEMA = "edge-somad/mqtt-status/1"
+REFUSALS_BEFORE_EXIT = 3  # refused connects in a row (bad credentials, invalid topic, ...) before giving up
+_FORBIDDEN_IN_LEVEL = ("#", "+", "\x00")
+
+
+def check_topic_root(root: str) -> str:
+    """--topic-root as MQTT topic levels: non-empty, no wildcard (# +), no NUL, not a $SYS-like name."""
+    levels = root.split("/")
+    bad = [lv for lv in levels if not lv or any(c in lv for c in _FORBIDDEN_IN_LEVEL)]
+    if bad or root.startswith("$") or len(root.encode()) > 1024:
+        shown = repr(root) if len(root) <= 80 else f"{root[:60]!r}... ({len(root)} characters)"
+        raise ConfigError(f"--topic-root {shown}: expected topic levels separated by '/', each non-empty and "
+                          "without '#', '+' or NUL, not starting with '$', at most 1024 bytes "
+                          "(e.g. edge-somad/v1); a broker refuses a will topic with a wildcard")
+    return root
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,9 @@ class MqttBridgeConfig:
     heatmap_max_bytes: int = 256 * 1024
     status_interval_s: float = 10.0
     drain_timeout_s: float = 5.0  # on stop: time to deliver what is queued before the death message
+
+    def __post_init__(self) -> None:
+        check_topic_root(self.root)
 
     def topic(self, kind: str, camera: str | None = None) -> str:
         base = f"{self.root}/{self.group}/{kind}/{self.box}"
@@ -217,13 +234,19 @@ class MqttBridge:
         cfg = self.config
         self._reader = threading.Thread(target=self._read, name="bridge-zmq", daemon=True)
         self._reader.start()
-        backoff, link = 0.5, None
+        backoff, link, refusals = 0.5, None, 0
         try:
             while not self.stop.is_set():
                 self.bd_seq += 1
                 self.queue.set_meta("bdseq", self.bd_seq)
                 link = MqttLink(cfg.broker, Will(cfg.topic("NDEATH"), self.death("connection lost (last will)")))
                 if not link.connect(timeout_s=5.0):
+                    refusals = refusals + 1 if link.refused else 0
+                    if refusals >= REFUSALS_BEFORE_EXIT:  # retrying forever would only pile up verdicts
+                        raise ConfigError(
+                            f"MQTT broker {cfg.broker.host}:{cfg.broker.port}: {link.error}, {refusals} times in a "
+                            f"row; check --username/--password-file, --box/--group (client id) and --topic-root. "
+                            f"{self.queue.size} verdicts kept in {cfg.queue_file} for the next start")
                     log.warning("MQTT broker %s:%d: %s; %d verdicts kept in %s, retrying in %.1f s",
                                 cfg.broker.host, cfg.broker.port, link.error, self.queue.size, cfg.queue_file, backoff)
                     link = None

@@ -19,6 +19,11 @@ from edge_somad.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# CONNACK refusals that a broker gives while it is starting or overloaded: retried. Any other refusal
+# (bad user name or password, not authorised, invalid will topic, client id rejected, ...) is a
+# configuration the broker will refuse again however often the bridge asks.
+TRANSIENT_REFUSALS = frozenset({0x88, 0x89, 0x97, 0x9F})  # unavailable, busy, quota, connection rate
+
 
 @dataclass(frozen=True)
 class BrokerConfig:
@@ -70,6 +75,7 @@ class MqttLink:
                                   "(PEM files; the key must match the certificate)") from exc
         self.connected, self.lost = threading.Event(), threading.Event()
         self.error: str | None = None
+        self.refused = False  # the broker answered with a refusal that retrying will not change
         self.acked: collections.deque[int] = collections.deque()  # mids, appended by paho's thread
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -78,6 +84,7 @@ class MqttLink:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self.error = f"the broker refused the connection: {reason_code}"
+            self.refused = reason_code.value not in TRANSIENT_REFUSALS
             self.lost.set()
         else:
             self.connected.set()

@@ -15,6 +15,7 @@ from typing import Any
 from edge_somad.errors import ConfigError, InputError
 from edge_somad.runtime import messages
 from edge_somad.runtime.curve import CurveClient, connect_subscriber
+from edge_somad.runtime.intake import DEFAULT_LIMITS, DecodeLimits
 from edge_somad.runtime.subscriber import StreamDecoder
 
 # A bridge must never be the reason a verdict is lost upstream: its SUB sockets buffer this many
@@ -27,6 +28,7 @@ class SourceConfig:
     endpoints: tuple[str, ...]
     topic: str = "somad/"
     curve: CurveClient | None = None  # one key set for every endpoint (run one bridge per key set)
+    limits: DecodeLimits = DEFAULT_LIMITS  # what one message may hold (runtime/intake.py)
 
 
 @dataclass
@@ -64,12 +66,12 @@ class StreamSource:
         self.sockets = []
         for ep in config.endpoints:
             try:
-                self.sockets.append(connect_subscriber(ep, config.topic.encode(), config.curve, rcvhwm=SOURCE_RCVHWM))
-            except zmq.ZMQError as exc:
+                self.sockets.append(connect_subscriber(ep, config.topic.encode(), config.curve, rcvhwm=SOURCE_RCVHWM,
+                                                       max_part_bytes=config.limits.max_part_bytes))
+            except ConfigError:
                 self.close()
-                raise ConfigError(f"--connect {ep[:200]!r}: {exc}; expected a ZeroMQ endpoint such as "
-                                  "tcp://line-pc:5556 (what `run --publish` binds)") from exc
-        self.decoders = [StreamDecoder(source=ep) for ep in config.endpoints]
+                raise
+        self.decoders = [StreamDecoder(source=ep, limits=config.limits) for ep in config.endpoints]
         self.infos = [StreamInfo(ep) for ep in config.endpoints]
         self.poller = zmq.Poller()
         for sock in self.sockets:

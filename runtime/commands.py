@@ -24,6 +24,9 @@ CurveClientSecret = Annotated[OptFile, typer.Option(
     help="CURVE: this subscriber's own secret key file (NAME.key_secret); its NAME.key must be in the "
     "publisher's --curve-clients folder.")]
 LogLevel = Annotated[str, typer.Option(help="debug | info | warning | error")]
+MaxMessageMb = Annotated[float, typer.Option(
+    help="Largest message part accepted from the network, in MB (ZMQ_MAXMSGSIZE; headers stay <= 1 MB). "
+    "docs/security.md.")]
 
 
 def _logging(level: str) -> None:
@@ -110,16 +113,24 @@ def subscribe(
         help="Exit after S seconds without any message (verdict, heartbeat or status).")] = None,
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
+    max_message_mb: MaxMessageMb = 16.0,
+    save_fails_max_mb: Annotated[float, typer.Option(
+        help="Stop saving into --save-fails after this many MB written (counted, logged).")] = 4096.0,
     log_level: Annotated[str, typer.Option(help="info prints heartbeats to stderr")] = "warning",
 ) -> None:
     """Reference PLC/MES bridge: one JSON line per verdict on stdout."""
     _logging(log_level)
     from edge_somad.runtime.curve import load_client
+    from edge_somad.runtime.intake import DecodeLimits
     from edge_somad.runtime.subscriber import subscribe_loop
 
+    limits = DecodeLimits.with_max_message_mb(max_message_mb)
     curve = load_client(curve_server_key, curve_secret_key)
-    res = subscribe_loop(connect, topic, csv, save_fails, count, timeout, curve=curve)
-    typer.echo(f"{res.verdicts} verdicts, {res.missed} missed (seq gaps), {res.rejected} rejected", err=True)
+    res = subscribe_loop(connect, topic, csv, save_fails, count, timeout, curve=curve, limits=limits,
+                         save_max_mb=save_fails_max_mb)
+    not_saved = f", {res.not_saved} not saved (--save-fails-max-mb)" if res.not_saved else ""
+    typer.echo(f"{res.verdicts} verdicts, {res.missed} missed (seq gaps), {res.rejected} rejected{not_saved}",
+               err=True)
     if count is not None and res.verdicts < count:
         hint = " (with CURVE: check the keys; the publisher logs handshake failures)" if curve else ""
         typer.echo(f"error: received {res.verdicts} of {count} verdicts before the {timeout}s timeout{hint}",
@@ -138,14 +149,17 @@ def view(
     fails: Annotated[int, typer.Option(help="Last N fails shown as thumbnails per camera.")] = 8,
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
+    max_message_mb: MaxMessageMb = 16.0,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "warning",
 ) -> None:
     """Live web page: per camera the latest overlay, verdict counts, fail rate, latency, health, last fails."""
     _logging(log_level)
     from edge_somad.runtime.curve import load_client
+    from edge_somad.runtime.intake import DecodeLimits
     from edge_somad.runtime.view import ViewConfig, serve
 
-    config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails)
+    config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails,
+                        limits=DecodeLimits.with_max_message_mb(max_message_mb))
     serve(config, load_client(curve_server_key, curve_secret_key))
 
 

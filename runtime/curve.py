@@ -174,15 +174,28 @@ def apply_client(sock: Any, client: CurveClient) -> None:
     sock.curve_serverkey = client.server_key
 
 
-def connect_subscriber(endpoint: str, topic: bytes, curve: CurveClient | None = None, rcvhwm: int = 1000) -> Any:
-    """The one way the project's consumers open a SUB socket (subscriber, benchmark, tests)."""
+def connect_subscriber(endpoint: str, topic: bytes, curve: CurveClient | None = None, rcvhwm: int = 1000,
+                       max_part_bytes: int | None = None) -> Any:
+    """The one way the project's consumers open a SUB socket (subscriber, view, bridges, benchmark, tests).
+
+    ZMQ_MAXMSGSIZE (`max_part_bytes`, default intake.DEFAULT_LIMITS): libzmq disconnects a peer that
+    sends a larger frame before it is held in memory. ConfigError for an endpoint ZeroMQ cannot use.
+    """
     import zmq
 
+    from edge_somad.runtime.intake import DEFAULT_LIMITS
+
     sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, rcvhwm)
-    if curve is not None:
-        apply_client(sock, curve)
-    sock.setsockopt(zmq.SUBSCRIBE, topic)
-    sock.connect(endpoint)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_part_bytes or DEFAULT_LIMITS.max_part_bytes)
+        if curve is not None:
+            apply_client(sock, curve)
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise ConfigError(f"--connect {endpoint[:200]!r}: {exc}; expected a ZeroMQ endpoint such as "
+                          "tcp://line-pc:5556 (what `run --publish` binds)") from None
     return sock

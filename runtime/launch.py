@@ -51,7 +51,8 @@ def run_pipeline(
     scorer = open_scorer(Path(model_dir), backend, config.precision, manifest=manifest)
     try:
         _warm_up(scorer, manifest, Path(model_dir))
-        with Publisher(publish, topic_prefix, sndhwm=send_queue, curve=curve) as pub:
+        with Publisher(publish, topic_prefix, sndhwm=send_queue, curve=curve,
+                       cameras=[cam_id for cam_id, _ in sources]) as pub:
             log.info("publishing on %s (topics %s/<camera>)", pub.bound_endpoint, topic_prefix)
             if wait_subscribers and not pub.wait_for_subscribers(wait_subscribers, timeout_s=10.0):
                 log.warning("only %d of %d subscribers after 10 s; starting anyway",

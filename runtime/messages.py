@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 
 from edge_somad.errors import InputError
+from edge_somad.runtime.intake import DEFAULT_LIMITS, DecodeLimits, check_parts, check_verdict_fields, loads_header
+from edge_somad.runtime.intake import is_int as _is_int
 from edge_somad.runtime.verdict import VERDICTS, Verdict
 
 VERDICT_SCHEMA = "edge-somad/verdict/1"
@@ -143,6 +145,7 @@ class Received:
     header: dict[str, Any]
     heatmap: bytes
     overlay: bytes | None
+    n_parts: int = 0  # frames the message came in (0: built here, not received)
 
     @property
     def kind(self) -> str:
@@ -151,31 +154,27 @@ class Received:
             schema, "unknown")
 
 
-def parse_message(parts: list[bytes]) -> Received:
-    """Decode a multipart message received on a SUB socket. InputError if it is not ours at all."""
-    if len(parts) < 2:
-        raise InputError(f"message has {len(parts)} part(s); expected >= 2 (topic, JSON header)")
+def parse_message(parts: list[bytes], limits: DecodeLimits = DEFAULT_LIMITS) -> Received:
+    """Decode a multipart message received on a SUB socket, within `limits` (runtime/intake.py).
+
+    InputError if it is not ours at all or breaks a limit; never anything else for any bytes.
+    """
+    check_parts(parts, limits)
     try:
         topic_name = bytes(parts[0]).decode()
-        header = json.loads(bytes(parts[1]).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"message topic/header is not UTF-8 JSON ({exc}); expected an edge-somad message") from exc
-    if not isinstance(header, dict):
-        raise InputError(f"message header is a JSON {type(header).__name__}; expected an object")
+    except UnicodeDecodeError:
+        raise InputError(f"topic {bytes(parts[0])[:40]!r} is not UTF-8; expected <prefix>/<name>") from None
+    header = loads_header(bytes(parts[1]), limits)
     heatmap = bytes(parts[2]) if len(parts) > 2 else b""
     overlay = bytes(parts[3]) if len(parts) > 3 else None
-    return Received(topic_name, header, heatmap, overlay)
-
-
-def _is_int(value: object, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    return Received(topic_name, header, heatmap, overlay, len(parts))
 
 
 def validate_verdict(msg: Received) -> None:
     """Check a received verdict before anything acts on it or names a file after it.
 
     The publisher is trusted only as far as the network is: a peer can send anything. InputError
-    says what was wrong; the caller drops the message and counts it.
+    names the field that was wrong; the caller drops the message and counts it.
     """
     h = msg.header
     camera = check_camera_id(h.get("camera"))
@@ -183,17 +182,12 @@ def validate_verdict(msg: Received) -> None:
     if not prefix or name != camera:
         raise InputError(f"topic {msg.topic[:80]!r} does not end in the header's camera id {camera!r}")
     if not _is_int(h.get("frame_id"), 0, MAX_FRAME_ID):
-        raise InputError(f"frame_id {str(h.get('frame_id'))[:40]!r}; expected an integer 0..2**63-1")
+        raise InputError(f"field 'frame_id' is {str(h.get('frame_id'))[:40]!r}; expected an integer 0..2**63-1")
     if h.get("verdict") not in VERDICTS:
-        raise InputError(f"verdict {str(h.get('verdict'))[:40]!r}; expected one of {VERDICTS}")
+        raise InputError(f"field 'verdict' is {str(h.get('verdict'))[:40]!r}; expected one of {VERDICTS}")
     if "seq" in h and not _is_int(h["seq"], 0, MAX_FRAME_ID):
-        raise InputError(f"seq {str(h['seq'])[:40]!r}; expected an integer >= 0")
-    meta = h.get("heatmap")
-    if meta is not None:
-        shape = meta.get("shape") if isinstance(meta, dict) else None
-        if (not isinstance(meta, dict) or meta.get("encoding") not in ("png", "f16") or not isinstance(shape, list)
-                or len(shape) != 2 or not all(_is_int(v, 1, 1 << 15) for v in shape)):
-            raise InputError(f"heatmap metadata {str(meta)[:80]!r}; expected {{encoding: png|f16, shape: [H, W]}}")
+        raise InputError(f"field 'seq' is {str(h['seq'])[:40]!r}; expected an integer >= 0")
+    check_verdict_fields(h, msg.n_parts)
 
 
 def verdict_header(

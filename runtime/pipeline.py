@@ -375,6 +375,7 @@ class Pipeline:
             "sent": dict(self.pub.sent), "subscribers": self.pub.subscribers,
             "security": "curve" if self.pub.curve is not None else "none",
             "handshake_failures": dict(self.pub.handshake_failures),
+            "subscriptions_refused": self.pub.subscriptions_refused, "peers_disconnected": self.pub.peers_disconnected,
             "cameras": {c.id: {"status": c.status, "fps": round(c.fps(), 2), "frames": c.frames,
                                "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue),
                                "health": health[c.id]}

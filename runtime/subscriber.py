@@ -25,9 +25,10 @@ from typing import IO, Any
 import numpy as np
 import zmq
 
-from edge_somad.errors import InputError
+from edge_somad.errors import ConfigError, InputError
 from edge_somad.runtime import messages
 from edge_somad.runtime.curve import CurveClient, connect_subscriber
+from edge_somad.runtime.intake import DEFAULT_LIMITS, DecodeLimits
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,32 @@ CSV_FIELDS = ("frame_id", "camera", "captured_at", "published_at", "latency_ms",
               "threshold", "verdict", "error", "n_defects", "defects")
 MAX_NAME_TRIES = 10_000  # saved files per (camera, frame id, verdict) before refusing to save more
 MAX_TOPICS = 10_000  # topics tracked for seq gaps: a hostile publisher must not grow memory forever
+SAVE_MAX_MB = 4096  # --save-fails-max-mb: what one subscriber may write into its fails folder
+REJECT_LOG_FIRST = 20  # rejected messages logged one by one; after that one line per thousand
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...), +cmd|...),
+# also after a leading tab or carriage return: such text gets a leading apostrophe.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell: numbers stay numbers, null is empty, text never starts like a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _csv_row(h: dict[str, Any]) -> dict[str, Any]:
-    row = {k: h.get(k) for k in CSV_FIELDS}
+    row = {k: csv_cell(h.get(k)) for k in CSV_FIELDS}
     defects = h.get("defects") if isinstance(h.get("defects"), list) else []
     row["n_defects"] = len(defects)
-    row["defects"] = json.dumps(defects, separators=(",", ":"))
+    row["defects"] = csv_cell(json.dumps(defects, separators=(",", ":")))
     return row
 
 
@@ -110,6 +130,12 @@ class SeqCounter:
     last: dict[str, int] = field(default_factory=dict)
     missed: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # rejected since the last good message, per topic
+
+    def reject(self, topic: str) -> None:
+        """A message on topic arrived and was rejected: it is counted there, not again as a gap."""
+        if topic in self.last:
+            self.rejected[topic] = self.rejected.get(topic, 0) + 1
 
     def see(self, topic: str, header: dict[str, Any]) -> int:
         """Record one message; returns how many messages before it on this topic were lost."""
@@ -120,12 +146,13 @@ class SeqCounter:
         if prev is None and len(self.last) >= MAX_TOPICS:
             return 0
         self.last[topic] = seq
+        rejected = self.rejected.pop(topic, 0)
         if prev is None:
             return 0  # joined mid-stream: what was sent before is not ours to count
         if seq <= prev:
             self.restarts += 1  # the publisher restarted (seq starts at 0 again)
             return 0
-        gap = seq - prev - 1
+        gap = max(0, seq - prev - 1 - rejected)  # the rejected ones arrived: not lost
         if gap:
             self.missed[topic] = self.missed.get(topic, 0) + gap
         return gap
@@ -150,6 +177,7 @@ class SeqCounter:
 class SubscribeResult:
     verdicts: int = 0
     rejected: int = 0  # messages dropped as malformed or unsafe (see module docstring)
+    not_saved: int = 0  # fail/error verdicts not saved: --save-fails-max-mb reached
     seq: SeqCounter = field(default_factory=SeqCounter)
     final: dict[str, Any] | None = None  # the last final status seen
 
@@ -161,8 +189,10 @@ class SubscribeResult:
 class _Sinks:
     """CSV file, stdout lines and saved failures for validated verdicts."""
 
-    def __init__(self, csv_path: Path | None, save_fails: Path | None, out: IO[str], save_errors: bool) -> None:
+    def __init__(self, csv_path: Path | None, save_fails: Path | None, out: IO[str], save_errors: bool,
+                 save_max_bytes: int = SAVE_MAX_MB << 20) -> None:
         self.out, self.save_fails, self.save_errors = out, save_fails, save_errors
+        self.save_left = save_max_bytes  # bytes this process may still write into save_fails
         if save_fails is not None:
             save_fails.mkdir(parents=True, exist_ok=True)
         self.csv_file = self.writer = None
@@ -173,35 +203,63 @@ class _Sinks:
             if new:
                 self.writer.writeheader()
 
-    def verdict(self, msg: messages.Received) -> None:
-        self.out.write(json.dumps({"topic": msg.topic, **msg.header}) + "\n")
+    def verdict(self, msg: messages.Received, result: SubscribeResult) -> None:
+        self.out.write(json.dumps({"topic": msg.topic, **msg.header}, allow_nan=False) + "\n")
         self.out.flush()
         if self.writer is not None and self.csv_file is not None:
             self.writer.writerow(_csv_row(msg.header))
             self.csv_file.flush()
         verdict = msg.header["verdict"]
         if self.save_fails is not None and (verdict == "fail" or (self.save_errors and verdict == "error")):
-            save_failure(self.save_fails, msg)
+            # An upper estimate of what saving writes (header indented, f16 map as a float32 .npy): each
+            # part is already capped by the decode limits, the folder by this budget.
+            size = 3 * len(json.dumps(msg.header)) + len(msg.overlay or b"") + 2 * len(msg.heatmap)
+            if size > self.save_left:
+                result.not_saved += 1
+                if result.not_saved == 1 or result.not_saved % 1000 == 0:
+                    log.error("%s: --save-fails-max-mb reached; %d fail/error verdict(s) not saved",
+                              self.save_fails, result.not_saved)
+                return
+            self.save_left -= sum(p.stat().st_size for p in save_failure(self.save_fails, msg))
 
     def close(self) -> None:
         if self.csv_file is not None:
             self.csv_file.close()
 
 
-def receive(raw: list[bytes], result: SubscribeResult, source: str = "") -> messages.Received | None:
+def _topic_of(raw: list[bytes]) -> str | None:
+    try:
+        return bytes(raw[0]).decode() if raw and len(raw[0]) <= 256 else None
+    except UnicodeDecodeError:
+        return None
+
+
+def receive(raw: list[bytes], result: SubscribeResult, source: str = "",
+            limits: DecodeLimits = DEFAULT_LIMITS) -> messages.Received | None:
     """Decode and check one received message (THE place a verdict is decoded: `subscribe`, `view` and
     the bridges call it). Counts rejections, seq gaps and verdicts in `result`; None when the message was
     rejected. `source` (an endpoint) prefixes the log lines of a bridge that reads several."""
     prefix = f"{source}: " if source else ""
     try:
-        msg = messages.parse_message(raw)
+        msg = messages.parse_message(raw, limits)
         if msg.kind == "unknown":
             raise InputError(f"schema {str(msg.header.get('schema'))[:60]!r} is not an edge-somad message")
         if msg.kind == "verdict":
             messages.validate_verdict(msg)
+        reason = None
     except InputError as exc:
+        reason = str(exc)
+    except Exception as exc:  # any bytes must leave the receiver alive: a decoder bug is logged and counted
+        reason = f"decoder failed with {type(exc).__name__}: {str(exc)[:200]}"
+    if reason is not None:
         result.rejected += 1
-        log.error("%srejected a message (%s); %d rejected so far", prefix, exc, result.rejected)
+        topic = _topic_of(raw)
+        if topic is not None:
+            result.seq.reject(topic)
+        # Every rejection is counted; the log says the first ones and then one line per thousand, so a
+        # flood of garbage cannot fill the disk with log lines.
+        if result.rejected <= REJECT_LOG_FIRST or result.rejected % 1000 == 0:
+            log.error("%srejected a message (%s); %d rejected so far", prefix, reason[:300], result.rejected)
         return None
     gap = result.seq.see(msg.topic, msg.header)
     if gap:
@@ -218,22 +276,24 @@ def receive(raw: list[bytes], result: SubscribeResult, source: str = "") -> mess
 class StreamDecoder:
     """`receive` with its own counters, one per endpoint a bridge reads (bridge_source.StreamSource)."""
 
-    def __init__(self, result: SubscribeResult | None = None, source: str = "") -> None:
+    def __init__(self, result: SubscribeResult | None = None, source: str = "",
+                 limits: DecodeLimits = DEFAULT_LIMITS) -> None:
         self.result = SubscribeResult() if result is None else result
         self.source = source
+        self.limits = limits
 
     def decode(self, raw: list[bytes]) -> messages.Received | None:
-        return receive(raw, self.result, self.source)
+        return receive(raw, self.result, self.source, self.limits)
 
 
-def _handle(raw: list[bytes], result: SubscribeResult, sinks: _Sinks) -> None:
-    msg = receive(raw, result)
+def _handle(raw: list[bytes], result: SubscribeResult, sinks: _Sinks, limits: DecodeLimits) -> None:
+    msg = receive(raw, result, limits=limits)
     if msg is None:
         return
     if msg.kind != "verdict":
         log.info("%r %s", msg.topic, json.dumps(msg.header)[:2000])
         return
-    sinks.verdict(msg)
+    sinks.verdict(msg, result)
 
 
 def subscribe_loop(
@@ -246,11 +306,19 @@ def subscribe_loop(
     out: IO[str] | None = None,
     save_errors: bool = True,
     curve: CurveClient | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    save_max_mb: float = SAVE_MAX_MB,
 ) -> SubscribeResult:
     """Receive until `count` verdicts or `timeout_s` seconds without any message."""
-    sock = connect_subscriber(connect, topic.encode(), curve)
+    if count is not None and count < 1:
+        raise ConfigError(f"--count {count}; expected a number of verdicts >= 1 (leave it out to run until stopped)")
+    if timeout_s is not None and not timeout_s > 0:
+        raise ConfigError(f"--timeout {timeout_s}; expected seconds > 0 (leave it out to wait forever)")
+    if not save_max_mb >= 0:
+        raise ConfigError(f"--save-fails-max-mb {save_max_mb}; expected megabytes >= 0")
+    sock = connect_subscriber(connect, topic.encode(), curve, max_part_bytes=limits.max_part_bytes)
     # sys.stdout looked up now, not at import: a caller (or a test runner) may have replaced it.
-    sinks = _Sinks(csv_path, save_fails, sys.stdout if out is None else out, save_errors)
+    sinks = _Sinks(csv_path, save_fails, sys.stdout if out is None else out, save_errors, int(save_max_mb * (1 << 20)))
     result = SubscribeResult()
     last = time.monotonic()
     try:
@@ -261,7 +329,7 @@ def subscribe_loop(
                     break
                 continue
             last = time.monotonic()
-            _handle(sock.recv_multipart(), result, sinks)
+            _handle(sock.recv_multipart(), result, sinks, limits)
     finally:
         sinks.close()
         sock.close()

@@ -4,6 +4,9 @@ aiohttp serves the page (runtime/view_page.html) and a WebSocket (/ws) that push
 few times a second; /api/state gives the same as JSON. One ZeroMQ SUB thread per endpoint (CURVE
 keys work as for `subscribe`) decodes messages with runtime/subscriber.receive and updates
 runtime/view_state.ViewState. Loopback by default: the page shows production pictures.
+
+A receiver that fails is logged, shown as `failed` on the page and restarted after a second; a
+stream that goes quiet is shown `stale` within `stale_s`: the page never looks alive when it is not.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 from edge_somad.contracts import defaults
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.curve import CurveClient
-from edge_somad.runtime.view_state import ViewState
+from edge_somad.runtime.intake import DEFAULT_LIMITS, DecodeLimits
+from edge_somad.runtime.view_state import STALE_S, ViewState
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +35,13 @@ class ViewConfig:
     port: int = 8080
     n_fails: int = 8
     push_s: float = 0.25  # WebSocket update period: 4 Hz is live to an eye and cheap for a line PC
+    limits: DecodeLimits = DEFAULT_LIMITS
+    stale_s: float = STALE_S
+    restart_s: float = 1.0  # pause before a failed receiver opens its socket again
 
     def __post_init__(self) -> None:
+        if not self.stale_s > 0 or not self.restart_s > 0:
+            raise ConfigError(f"stale_s {self.stale_s}, restart_s {self.restart_s}; expected seconds > 0")
         if not self.endpoints:
             raise ConfigError(f"no --connect endpoint given; expected at least one, e.g. {defaults.ENDPOINT}")
         if len(set(self.endpoints)) != len(self.endpoints):
@@ -54,25 +63,39 @@ def _aiohttp() -> Any:
 class _Receiver(threading.Thread):
     """One SUB socket on one `run` endpoint, feeding the shared ViewState until stopped."""
 
-    def __init__(self, endpoint: str, topic: str, state: ViewState, curve: CurveClient | None) -> None:
+    def __init__(self, endpoint: str, config: ViewConfig, state: ViewState, curve: CurveClient | None) -> None:
         super().__init__(name=f"view-sub-{endpoint}", daemon=True)
-        self.endpoint, self.topic, self.state, self.curve = endpoint, topic, state, curve
+        self.endpoint, self.config, self.state, self.curve = endpoint, config, state, curve
         self.stop_event = threading.Event()
 
     def run(self) -> None:
+        from edge_somad.runtime.subscriber import SubscribeResult
+
+        result = SubscribeResult()  # kept across restarts: rejected/missed count for the whole view
+        while not self.stop_event.is_set():
+            try:
+                self._receive(result)
+            except Exception as exc:  # never a silent dead thread behind a page that looks alive
+                log.exception("view receiver for %s failed; restarting in %.1f s", self.endpoint,
+                              self.config.restart_s)
+                self.state.receiver_failed(self.endpoint, f"{type(exc).__name__}: {exc}")
+                self.stop_event.wait(self.config.restart_s)
+
+    def _receive(self, result: Any) -> None:
         import zmq
 
         from edge_somad.runtime.curve import connect_subscriber
-        from edge_somad.runtime.subscriber import SubscribeResult, receive
+        from edge_somad.runtime.subscriber import receive
 
-        sock = connect_subscriber(self.endpoint, self.topic.encode(), self.curve)
-        result = SubscribeResult()
+        sock = connect_subscriber(self.endpoint, self.config.topic.encode(), self.curve,
+                                  max_part_bytes=self.config.limits.max_part_bytes)
         try:
             while not self.stop_event.is_set():
                 if sock.poll(200, zmq.POLLIN):
-                    msg = receive(sock.recv_multipart(), result)
+                    msg = receive(sock.recv_multipart(), result, limits=self.config.limits)
                     if msg is not None:
                         self.state.apply(self.endpoint, msg)
+                    self.state.counts(self.endpoint, result.rejected, result.missed)
         finally:
             sock.close()
 
@@ -80,9 +103,10 @@ class _Receiver(threading.Thread):
 def make_app(config: ViewConfig, curve: CurveClient | None = None) -> Any:
     """The aiohttp application; its startup opens the SUB sockets, its cleanup closes them."""
     web = _aiohttp()
-    state = ViewState(list(config.endpoints), config.n_fails)
+    state = ViewState(list(config.endpoints), config.n_fails, config.stale_s)
     page = resources.files("edge_somad.runtime").joinpath("view_page.html").read_text(encoding="utf-8")
-    receivers = [_Receiver(e, config.topic, state, curve) for e in config.endpoints]
+    receivers = [_Receiver(e, config, state, curve) for e in config.endpoints]
+    state.alive = {r.endpoint: r.is_alive for r in receivers}
 
     async def index(_request: Any) -> Any:
         return web.Response(text=page, content_type="text/html")
@@ -127,6 +151,10 @@ def make_app(config: ViewConfig, curve: CurveClient | None = None) -> Any:
 def serve(config: ViewConfig, curve: CurveClient | None = None) -> None:
     """Serve until Ctrl-C / SIGTERM (aiohttp's run_app handles both)."""
     web = _aiohttp()
+    from edge_somad.runtime.curve import connect_subscriber
+
+    for endpoint in config.endpoints:  # a mistyped endpoint is an error now (exit 2), not a receiver that retries
+        connect_subscriber(endpoint, config.topic.encode(), curve).close()
     app = make_app(config, curve)
     print(f"edge-somad view: http://{config.host}:{config.port}/  (watching {', '.join(config.endpoints)})",
           flush=True)

@@ -4,6 +4,12 @@ The ZeroMQ threads call `ViewState.apply` with messages already decoded and chec
 runtime/subscriber.receive; web clients call `ViewState.changes` for what changed since they last
 looked. Pictures are rendered lazily, once per new verdict and only when a client asks (a few times
 a second), so a 30 fps line does not pay a JPEG encode per frame for a page nobody may be watching.
+
+Each endpoint has a link state the page shows on every tile: `waiting` (nothing yet), `live`,
+`stale` (no message for `stale_s`, 3 s: `run` sends a heartbeat every second, so it died, hangs or
+the network is gone), `ended` (its final status arrived), `failed` (the receiver thread broke and
+is restarting). A new run on an endpoint (its start time `at - uptime_s` moved, or a topic's `seq`
+went down) resets that endpoint's counters, so a restart never mixes two runs' numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import numpy as np
 from edge_somad.errors import InputError
 from edge_somad.runtime import messages
 
+STALE_S = 3.0  # no message for this long: the endpoint is shown stale (heartbeats come every second)
+NEW_RUN_S = 2.0  # a heartbeat whose run start (at - uptime_s) moved by more: `run` was restarted
 LIVE_WIDTH = 640  # px: the live picture is re-encoded at most this wide
 THUMB_WIDTH = 160
 
@@ -91,15 +99,82 @@ class Tile:
         return out
 
 
+@dataclass
+class Link:
+    """What the view knows about one endpoint's stream (not its cameras)."""
+
+    last: float | None = None  # time.time() of the newest accepted message
+    run_started: float | None = None  # the run's start (heartbeat at - uptime_s)
+    runs: int = 0  # runs seen on this endpoint (a restart adds one)
+    ended: str | None = None  # the final status's reason, until the next message
+    error: str | None = None  # the receiver thread's last failure
+    restarts: int = 0  # receiver restarts after a failure
+    rejected: int = 0
+    missed: int = 0
+    seqs: dict[str, int] = field(default_factory=dict)  # newest seq per topic, to see a restart
+
+    def state(self, now: float, stale_s: float, alive: bool) -> str:
+        if not alive or (self.error is not None and (self.last is None or now - self.last > stale_s)):
+            return "failed"
+        if self.last is None:
+            return "waiting"
+        if self.ended is not None:
+            return "ended"
+        return "stale" if now - self.last > stale_s else "live"
+
+
 class ViewState:
     """All tiles, keyed by camera id (prefixed by the endpoint when several runs are watched)."""
 
-    def __init__(self, endpoints: list[str], n_fails: int = 8) -> None:
+    def __init__(self, endpoints: list[str], n_fails: int = 8, stale_s: float = STALE_S) -> None:
         self.endpoints = endpoints
         self.n_fails = n_fails
+        self.stale_s = stale_s
         self.tiles: dict[str, Tile] = {}
-        self.last_message: dict[str, float] = {}
+        self.links = {e: Link() for e in endpoints}
+        self.alive: dict[str, Any] = {}  # endpoint -> callable: is its receiver thread running
         self.lock = threading.Lock()
+
+    def receiver_failed(self, endpoint: str, reason: str) -> None:
+        with self.lock:
+            link = self.links[endpoint]
+            link.error, link.restarts = reason[:300], link.restarts + 1
+
+    def counts(self, endpoint: str, rejected: int, missed: int) -> None:
+        with self.lock:
+            self.links[endpoint].rejected, self.links[endpoint].missed = rejected, missed
+
+    def _run_check(self, endpoint: str, msg: messages.Received) -> None:
+        """Start a new run for the endpoint when the message says `run` was restarted."""
+        link, h = self.links[endpoint], msg.header
+        seq, prev = h.get("seq"), link.seqs.get(msg.topic)
+        restarted = isinstance(seq, int) and prev is not None and seq <= prev
+        start = None
+        if msg.kind == "heartbeat" or (msg.kind == "status" and h.get("event") == "final"):
+            at, up = h.get("at"), h.get("uptime_s")
+            if isinstance(at, (int, float)) and isinstance(up, (int, float)):
+                start = float(at) - float(up)
+                restarted = restarted or (link.run_started is not None and abs(start - link.run_started) > NEW_RUN_S)
+        if restarted:
+            self._new_run(endpoint, start)
+        elif start is not None and link.run_started is None:
+            link.run_started, link.runs = start, max(1, link.runs)
+        if isinstance(seq, int) and (msg.topic in link.seqs or len(link.seqs) < 1000):
+            link.seqs[msg.topic] = seq
+
+    def _new_run(self, endpoint: str, start: float | None) -> None:
+        link = self.links[endpoint]
+        link.run_started, link.runs, link.ended = start, link.runs + 1, None
+        link.seqs = {}
+        for tile in self.tiles.values():
+            if tile.endpoint == endpoint:
+                tile.counts = {v: 0 for v in messages.VERDICTS}
+                tile.latencies.clear()
+                tile.fails.clear()
+                tile.last, tile._latest, tile._image = None, None, None
+                tile.version += 1
+                tile.frame_version += 1
+                tile.fails_version += 1
 
     def _tile(self, endpoint: str, camera: str) -> Tile:
         key = camera if len(self.endpoints) == 1 else f"{endpoint}/{camera}"
@@ -110,8 +185,12 @@ class ViewState:
 
     def apply(self, endpoint: str, msg: messages.Received) -> None:
         with self.lock:
-            self.last_message[endpoint] = time.time()
+            link = self.links[endpoint]
+            self._run_check(endpoint, msg)
+            link.last, link.ended, link.error = time.time(), None, None
             h = msg.header
+            if msg.kind == "status" and h.get("event") == "final":
+                link.ended = str(h.get("reason"))[:200]
             if msg.kind == "verdict":
                 self._verdict(self._tile(endpoint, h["camera"]), msg)
             elif msg.kind == "heartbeat" or (msg.kind == "status" and h.get("event") == "final"):
@@ -160,8 +239,14 @@ class ViewState:
                                         with_fails=tile.fails_version != fails_v)
                 seen[key] = (tile.version, tile.frame_version, tile.fails_version)
             total = sum(sum(t.counts.values()) for t in self.tiles.values())
-            return {"type": "update", "tiles": out, "total_verdicts": total,
-                    "endpoints": {e: self.last_message.get(e) for e in self.endpoints}, "now": time.time()}
+            now = time.time()
+            links = {e: {"state": link.state(now, self.stale_s, self.alive.get(e, lambda: True)()),
+                         "last": link.last, "run_started": link.run_started, "runs": link.runs,
+                         "ended": link.ended, "error": link.error, "restarts": link.restarts,
+                         "rejected": link.rejected, "missed": link.missed}
+                     for e, link in self.links.items()}
+            return {"type": "update", "tiles": out, "total_verdicts": total, "endpoints": links, "now": now,
+                    "stale_s": self.stale_s}
 
 
 def _is_id(value: object) -> bool:

@@ -28,7 +28,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     1: ("scoring", "stats", "som", "backbones", "features", "model", "artifacts", "metrics", "viz", "data",
         "runtime.scorer", "runtime.ort_scorer", "runtime.ort_flavour", "calibration.distributions",
         "runtime.trt_scorer", "runtime.torch_scorer", "runtime.trt_env",
-        "runtime.backends", "runtime.messages", "runtime.verdict", "runtime.defects",
+        "runtime.backends", "runtime.messages", "runtime.intake", "runtime.verdict", "runtime.defects",
         "runtime.frames", "runtime.camera", "runtime.drift", "runtime.health", "runtime.curve",
         "runtime.publisher", "runtime.subscriber", "runtime.bridge_queue", "runtime.bridge_mqtt_link",
         "calibration.threshold", "calibration.selfcheck", "export.fp16", "machine", "graph_cost"),

@@ -278,3 +278,46 @@ def test_cli_calibrate_errors(
 def test_load_holdout_frames_resizes_split_images(model_dir: Path) -> None:
     frames = load_holdout_frames(model_dir)
     assert frames.shape == (N_HOLDOUT, H, W, 3) and frames.dtype == np.uint8
+
+
+def test_cli_calibrate_from_a_commissioning_video(tmp_path: Path) -> None:
+    """A recording of good parts (MJPG .avi, non-square frames) calibrates like a folder of its frames."""
+    model_dir = make_standin_model_dir(tmp_path)
+    frames = synthetic_frames(30, seed=5, height=H + 10, width=W + 24)
+    video = tmp_path / "line.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (W + 24, H + 10))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    result = CliRunner().invoke(
+        _app(), ["calibrate", "--model", str(model_dir), "--calibration-video", str(video), "--backend",
+                 "onnxruntime", "--no-int8"],
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    m = load_manifest(model_dir)
+    assert m.calibration.n_images == 30 and "30 frames spread over the 30 of" in m.calibration.details["source"]
+    # 30 images: enough not to warn about their number.
+    assert not any("only 30" in w for w in m.calibration.details["warnings"])
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda p: p, "does not exist"),
+    (lambda p: (p.write_bytes(b"not a video at all" * 10), p)[1], "decoded no frame"),
+])
+def test_calibration_video_errors_name_the_file(tmp_path: Path, make: Callable[[Path], Path], match: str) -> None:
+    model_dir = make_standin_model_dir(tmp_path)
+    with pytest.raises(DatasetError, match=match):
+        run_calibrate(model_dir, 0.005, None, "robust", 0.999, None, False, "onnxruntime",
+                      calibration_video=make(tmp_path / "clip.avi"))
+
+
+def test_calibration_warns_about_few_or_spread_goods_and_not_otherwise() -> None:
+    from edge_somad.calibration.threshold import calibration_warnings
+
+    rng = np.random.default_rng(0)
+    assert calibration_warnings(rng.normal(10, 1, 60), 0.005) == []
+    few = calibration_warnings(rng.normal(10, 1, 8), 0.005)
+    assert len(few) == 1 and "only 8 good calibration images" in few[0]
+    spread = calibration_warnings(np.r_[rng.normal(10, 0.2, 48), rng.uniform(12, 14, 12)], 0.005)
+    assert len(spread) == 1 and "too spread" in spread[0]

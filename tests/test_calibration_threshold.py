@@ -240,3 +240,26 @@ def test_robust_threshold_falls_back_to_empirical(scores: list[float], why: str)
 def test_robust_threshold_rejects_bad_scores(bad: list[float]) -> None:
     with pytest.raises(InputError):
         robust_threshold(np.array(bad), 0.01)
+
+
+@pytest.mark.parametrize(("n", "target"), [(42, 0.005), (9, 0.005), (200, 0.01), (5000, 0.05), (30, 0.2)])
+def test_plausible_rejects_matches_the_float64_binomial_tail(n: int, target: float) -> None:
+    from edge_somad.calibration.threshold import plausible_rejects
+
+    r = plausible_rejects(n, target)
+    # r rejects are still explained by the target FRR at 95 %; r + 1 are not.
+    assert stats.binom.sf(r - 1, n, target) >= 0.05 if r > 0 else True
+    assert stats.binom.sf(r, n, target) < 0.05
+
+
+def test_robust_guard_fires_on_a_heavy_tail_and_stays_quiet_on_normal_scores() -> None:
+    rng = np.random.default_rng(3)
+    normal = rng.normal(10.0, 1.0, 60)
+    quiet, raw = robust_threshold(normal, 0.005), robust_threshold(normal, 0.005, guard=False)
+    assert quiet.threshold == raw.threshold and "guard" not in quiet.note  # nothing to guard against
+    # A tight core and a heavy right tail (a fifth of the goods score high): the MAD sees only the core.
+    tail = np.r_[rng.normal(10.0, 0.2, 48), rng.uniform(12.0, 14.0, 12)]
+    unguarded, guarded = robust_threshold(tail, 0.005, guard=False), robust_threshold(tail, 0.005)
+    assert int((tail >= unguarded.threshold).sum()) >= 10  # the normal model rejects the whole tail
+    assert int((tail >= guarded.threshold).sum()) == 1  # the guard leaves the one odd image it always tolerates
+    assert "raised" in guarded.note and guarded.threshold > unguarded.threshold
