@@ -91,7 +91,7 @@ def link_shared(shared: Path, out_root: Path) -> list[dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mirror-root", type=Path, required=True, help="where fetched repository snapshots live")
+    ap.add_argument("--mirror-root", type=Path, default=Path("/work/.mirror"), help="where fetched snapshots live")
     ap.add_argument("--out", type=Path, default=Path("~/.cache/edge-somad/suite"))
     ap.add_argument("--shared", type=Path, default=None, help="also link the categories kept under this data folder")
     ap.add_argument("--max-side", type=int, default=512, help="longer side kept, unless a source sets its own")

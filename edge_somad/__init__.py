@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from edge_somad._version import __version__
 
 if TYPE_CHECKING:
-    from edge_somad.api import Detector, ExportConfig, FitConfig, Prediction, export, fit
+    from edge_somad.api import Detector, ExportConfig, FitConfig, Prediction, export_model, fit_model
 
-__all__ = ["Detector", "ExportConfig", "FitConfig", "Prediction", "__version__", "export", "fit"]
-_API = {"Detector", "ExportConfig", "FitConfig", "Prediction", "export", "fit"}
+__all__ = ["Detector", "ExportConfig", "FitConfig", "Prediction", "__version__", "export_model", "fit_model"]
+_API = {"Detector", "ExportConfig", "FitConfig", "Prediction", "export_model", "fit_model"}
 
 
 def __getattr__(name: str) -> Any:

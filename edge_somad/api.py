@@ -6,7 +6,8 @@
 
 Scoring imports no torch: Detector runs the same scorer, decision and defect rule as `edge-somad
 run` (runtime.backends, runtime.verdict, runtime.defects), one frame at a time and without ZeroMQ.
-fit and export (workflows) need the [fit] extra.
+fit_model and export_model (workflows.fit / workflows.export) need the [fit] extra. They are not
+called `fit` and `export`: edge_somad.fit and edge_somad.export are modules of the package.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from edge_somad.contracts.manifest import Manifest, load_manifest
 from edge_somad.errors import InputError
 from edge_somad.runtime.scorer import Scorer
 
-__all__ = ["Detector", "ExportConfig", "FitConfig", "Prediction", "export", "fit"]
+__all__ = ["Detector", "ExportConfig", "FitConfig", "Prediction", "export_model", "fit_model"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def _read(path: str | Path) -> np.ndarray:
     return image
 
 
-def fit(category: str, out: str | Path | None = None, config: FitConfig | None = None, *,
+def fit_model(category: str, out: str | Path | None = None, config: FitConfig | None = None, *,
         data_root: str | Path | None = None, device: str = "auto") -> Path:
     """Fit on DATA_ROOT/CATEGORY/train/good (MVTec layout; "hazelnut_toy" is bundled) into OUT
     [models/CATEGORY]; returns OUT. config None: the defaults, method picked by a self-check. Needs [fit]."""
@@ -113,7 +114,7 @@ def fit(category: str, out: str | Path | None = None, config: FitConfig | None =
     return target
 
 
-def export(model_dir: str | Path, config: ExportConfig | None = None) -> Manifest:
+def export_model(model_dir: str | Path, config: ExportConfig | None = None) -> Manifest:
     """Export a fitted MODEL_DIR: model.onnx + manifest.json, calibrated when it was not yet. Needs [fit]."""
     from edge_somad.workflows import export as export_dir
 
