@@ -39,10 +39,12 @@ MAX_ASPECT = 2.5
 class FeatureKey:
     backbone: str = "efficientnet-lite0"
     short: int = SHORT_SIDE
+    # False: a square short x short input, the part letterboxed into it (fewer pixels on a long part).
+    aspect: bool = True
 
     @property
     def name(self) -> str:
-        return f"{self.backbone.replace('efficientnet-', '')}@{self.short}"
+        return f"{self.backbone.replace('efficientnet-', '')}@{self.short}" + ("" if self.aspect else "sq")
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,11 @@ class Setting:
                                    image_score_top=self.map.top)
 
 
-def input_spec(category: Category, short: int = SHORT_SIDE) -> InputSpec:
+def input_spec(category: Category, short: int = SHORT_SIDE, aspect: bool = True) -> InputSpec:
     """Model input for a category: `short` on the short side, the long side by the frames' aspect
-    (capped at MAX_ASPECT), both multiples of 16, letterboxed."""
+    (capped at MAX_ASPECT), both multiples of 16, letterboxed; aspect=False: short x short."""
+    if not aspect:
+        return InputSpec(short, short)
     h, w = read_image(category.train[0]).shape[:2]
     aspect = min(MAX_ASPECT, max(h, w) / min(h, w))
     long = int(round(short * aspect / 16) * 16) if aspect >= 1.25 else short
@@ -110,7 +114,7 @@ class Scored:
 
 def load_features(category: Category, key: FeatureKey, weights: str | None = None) -> Scored:
     t0 = time.perf_counter()
-    spec = input_spec(category, key.short)
+    spec = input_spec(category, key.short, key.aspect)
     base = dataclasses.replace(FitConfig(), backbone=key.backbone, input=spec)
     prep = prepare(category, base, weights, "cpu", progress=False)
     hold = extract(prep.extractor, load_frames(prep.hold_paths, base), prep.device, progress=False)
@@ -130,6 +134,7 @@ def head_distances(scored: Scored, head: HeadVariant, trained: Any) -> tuple[tor
     else:
         arrays, _ = fit_arrays(scored.prep, config, progress=False)
     net = SomadNet(scored.prep.extractor, arrays, config).eval()
+    net.head.grouped = True  # same distances, eager kernel (tests/test_scoring.py)
     fit_s = time.perf_counter() - t0
     with torch.inference_mode():
         hold = torch.cat([net.head(scored.hold_feats[i : i + 8]) for i in range(0, len(scored.hold_feats), 8)])

@@ -32,35 +32,34 @@ def _by_setting(rows: Sequence[Row], key: Callable[[Row], str]) -> dict[str, dic
 
 
 def choose(rows: Sequence[Row], categories: Sequence[str], value: Callable[[Row], float],
-           key: Callable[[Row], str], order: Sequence[str] = ()) -> str:
+           key: Callable[[Row], str], order: Sequence[str] = (), margin: float = 0.0) -> str:
     """The setting with the highest mean `value` over `categories` (settings missing one are skipped).
 
-    Ties go to the setting listed first in `order` (the shipped default first), then by name, so a
-    default only changes for a strictly better mean.
+    Ties go to the setting listed first in `order` (the shipped default first), then by name. The
+    default (order[0]) is kept unless the best beats its mean by more than `margin`: a few test
+    images per category make means noisy, and a switch on noise is what the leave-one-out mean punishes.
     """
     table = _by_setting(rows, key)
     rank = {s: i for i, s in enumerate(order)}
     best: tuple[float, int, str] | None = None
+    means: dict[str, float] = {}
     for setting, per_cat in table.items():
         if not all(c in per_cat for c in categories):
             continue
-        mean = float(np.mean([value(per_cat[c]) for c in categories]))
-        cand = (-mean, rank.get(setting, len(rank)), setting)
+        means[setting] = float(np.mean([value(per_cat[c]) for c in categories]))
+        cand = (-means[setting], rank.get(setting, len(rank)), setting)
         if best is None or cand < best:
             best = cand
     if best is None:
         raise ValueError(f"no setting was measured on all of {list(categories)}")
+    if order and order[0] in means and -best[0] - means[order[0]] <= margin:
+        return order[0]
     return best[2]
-
-
-def in_sample(rows: Sequence[Row], categories: Sequence[str], value: Callable[[Row], float],
-              key: Callable[[Row], str], order: Sequence[str] = ()) -> str:
-    return choose(rows, categories, value, key, order)
 
 
 def leave_one_out(rows: Sequence[Row], categories: Sequence[str], value: Callable[[Row], float],
                   key: Callable[[Row], str], order: Sequence[str] = (),
-                  groups: Mapping[str, str] | None = None) -> list[Choice]:
+                  groups: Mapping[str, str] | None = None, margin: float = 0.0) -> list[Choice]:
     """For each category: the setting chosen on the others, and that category's value under it.
 
     `groups` maps a category to its source (same camera, same maker): a category's whole group is left
@@ -71,7 +70,7 @@ def leave_one_out(rows: Sequence[Row], categories: Sequence[str], value: Callabl
     out = []
     for c in categories:
         others = [o for o in categories if o != c and (c not in group or group.get(o) != group[c])]
-        setting = choose(rows, others, value, key, order)
+        setting = choose(rows, others, value, key, order, margin)
         out.append(Choice(setting, c, value(table[setting][c])))
     return out
 

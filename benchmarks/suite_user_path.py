@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.suite_engine import input_spec
 from edge_somad.calibration.threshold import confusion_at_threshold
 from edge_somad.config import FitConfig
 from edge_somad.data import load_category
@@ -55,6 +56,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def run_one(root: Path, category: str, config: FitConfig, model_dir: Path, auto: bool = False) -> dict[str, Any]:
     cat = load_category(root, category)
+    # The input a user would pick for the part's aspect (benchmarks/suite_engine.input_spec), as the grid does.
+    config = dataclasses.replace(config, input=input_spec(cat, config.input.height))
     # auto: the CLI's default, SOMAD or PaDiM picked by the synthetic self-check (edge_somad/select.py).
     fit = fit_auto if auto else fit_model
     info = fit(cat, config, model_dir, progress=False)
@@ -74,7 +77,8 @@ def run_one(root: Path, category: str, config: FitConfig, model_dir: Path, auto:
         "synthetic_auroc": manifest.calibration.details["self_check"]["synthetic_auroc"],
         "fit_seconds": info["fit_seconds"], "ms_per_image": report["ms_per_image"],
         "model_mb": (model_dir / "model.onnx").stat().st_size / 1e6, "threshold": manifest.threshold,
-        "n_holdout": manifest.calibration.n_images,
+        "n_holdout": manifest.calibration.n_images, "box_iou": report.get("box_iou"),
+        "input": f"{spec.height}x{spec.width}",
     }
 
 
@@ -97,7 +101,7 @@ def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path.home() / ".cache/edge-somad/suite")
-    ap.add_argument("--out", type=Path, default=Path("runs/suite"))
+    ap.add_argument("--out", type=Path, default=Path("runs/suite-user"))
     ap.add_argument("--categories", nargs="+")
     ap.add_argument("--methods", nargs="+", default=["somad", "padim"], choices=["somad", "padim", "auto"])
     ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="FitConfig field=value")
@@ -111,7 +115,12 @@ def main() -> None:
     for method in args.methods:
         config = dataclasses.replace(base, method="somad" if method == "auto" else method)
         for category in cats:
-            row = run_one(args.root, category, config, args.out / f"{category}_{method}", auto=method == "auto")
+            done = args.out / f"{category}_{method}.json"
+            if done.is_file():  # measured already (delete the file to measure again)
+                row = json.loads(done.read_text())
+            else:
+                row = run_one(args.root, category, config, args.out / f"{category}_{method}", auto=method == "auto")
+                done.write_text(json.dumps(row) + "\n")
             rows.append(row)
             label = f"{category} / {method}" + (f" ({row['chosen']})" if row["chosen"] else "")
             print(fmt_row(label, row), flush=True)

@@ -1,7 +1,7 @@
 """Is the int8 graph usable? Its accuracy drop against fp32, measured without defect photos.
 
 `calibrate --int8` has only good images, so the drop is measured where the self-check measures
-detectability: synthetic defects (calibration/selfcheck.py) pasted into held-out good frames, with
+detectability: synthetic defects (calibration/synthetic.py) pasted into held-out good frames, with
 the pasted pixels as ground truth. Both graphs score the same frames and the three metrics of
 `evaluate` are computed for each — image AUROC, pixel AUROC and PRO — and drop = fp32 - int8. The
 int8 graph is usable when the image and pixel AUROC drops are at most MAX_DROP (the target on
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_somad import metrics
-from edge_somad.calibration.selfcheck import KINDS, content_box, synthetic_defects
+from edge_somad.calibration.synthetic import CONSPICUOUS, content_box, synthetic_defects
 from edge_somad.errors import InputError
 
 if TYPE_CHECKING:
@@ -65,10 +65,10 @@ def synthetic_set(good_frames: np.ndarray, pad_value: int, seed: int = 0) -> Syn
     n = len(good_frames)
     base_idx = np.unique(np.linspace(0, n - 1, min(n, MAX_BASE_IMAGES)).round().astype(int))
     base = good_frames[base_idx]
-    per_kind = max(2, math.ceil(MIN_SYNTHETIC / (len(KINDS) * len(base))))
-    bad, _ = synthetic_defects(base, per_kind, pad_value, seed=seed)
-    per_base = len(bad) // len(base)
-    origin = np.repeat(base, per_base, axis=0)
+    per_kind = max(2, math.ceil(MIN_SYNTHETIC / (len(CONSPICUOUS) * len(base))))
+    # The conspicuous kinds only: the drop's draw-to-draw spread (above) was measured on them.
+    made = synthetic_defects(base, per_kind, pad_value, seed=seed, kinds=CONSPICUOUS)
+    bad, origin = made.frames, base[made.origin]
     masks = np.r_[np.zeros((n, *good_frames.shape[1:3]), bool),
                   (np.abs(bad.astype(np.int16) - origin).max(axis=-1) > MASK_TOLERANCE)]
     frames = np.concatenate([good_frames, bad])

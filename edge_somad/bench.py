@@ -299,10 +299,15 @@ def bench(
     cameras: Annotated[list[int] | None, typer.Option(
         "--cameras", help="Repeatable: time the whole pipeline with N looping replays of the clip as cameras "
         "(--iters frames each), against the bare scorer's best frames/s over batch 1, 2, 4, 8.")] = None,
+    fps: Annotated[float | None, typer.Option(
+        "--fps", help="With --cameras: also run each count at this line rate per camera (frames/s): latency "
+        "at that rate and frames dropped.")] = None,
 ) -> None:
     """Latency (p50/p99 at batch 1), throughput (best batch) and model size per backend."""
     backends = list(backend or DEFAULT_BACKENDS)
     try:
+        if fps is not None and (not cameras or not 0 < fps <= 1000):
+            raise ConfigError(f"--fps {fps:g} needs --cameras N and a rate in (0, 1000] frames/s per camera")
         rows = bench_scorers(model, backends, precision, list(batch or [1, 4]), iters, warmup)
     except EdgeSomadError as exc:  # bad arguments, model dir not exported: same exit as the other commands
         typer.secho(f"error: {exc}", err=True, fg="red")
@@ -325,7 +330,7 @@ def bench(
     if cameras:
         from edge_somad.runtime.pipeline_bench import format_cameras_table
 
-        result["cameras"] = _cameras(model, rows, precision, max(iters, 2), video, list(cameras))
+        result["cameras"] = _cameras(model, rows, precision, max(iters, 2), video, list(cameras), fps)
         ok = [r for r in result["cameras"] if "unavailable" not in r]
         if ok:
             typer.echo(format_cameras_table(ok))
@@ -359,7 +364,7 @@ def _pipeline(model: Path, rows: list[dict], precision: str, frames: int, video:
 
 
 def _cameras(model: Path, rows: list[dict], precision: str, frames: int, video: Path | None,
-             counts: list[int]) -> list[dict]:
+             counts: list[int], fps: float | None = None) -> list[dict]:
     """bench_cameras for every runtime backend whose scorer ran: N looping replays of one clip."""
     from edge_somad.runtime.pipeline_bench import bench_cameras
 
@@ -370,7 +375,7 @@ def _cameras(model: Path, rows: list[dict], precision: str, frames: int, video: 
             video = write_video(sample_images(), Path(tmp) / "cameras.avi", VIDEO_SIZE)
         for name in runnable:
             try:
-                out.extend(bench_cameras(model, video, name, precision, counts, frames))
+                out.extend(bench_cameras(model, video, name, precision, counts, frames, fps=fps))
             except UNAVAILABLE as exc:
                 out.append({"backend": name, "unavailable": str(exc)})
     return out

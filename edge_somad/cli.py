@@ -58,6 +58,11 @@ def fit(
     info = fit_from_cli(category, data_root, out, backbone, weights, height, width, resize, method, d,
                         projection, som_size, topk, score_norm, image_score_top, seed, device)
     typer.echo(json.dumps(info, indent=2))
+    if "selection" in info:
+        from edge_somad.selection_rule import one_line
+
+        # On stderr, so stdout stays one JSON document for scripts.
+        typer.echo(one_line(info["selection"]), err=True)
 
 
 def evaluate(

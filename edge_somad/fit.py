@@ -152,6 +152,7 @@ def with_position_norm(arrays: FittedArrays, config: FitConfig, feats: torch.Ten
     from edge_somad.model import Head
 
     head = Head(arrays, config).to(feats.device)
+    head.grouped = feats.device.type == "cpu"  # same distances, faster eager kernel (scoring.py)
     if len(feats) > NORM_MAX_IMAGES:
         # A seeded sample: 200 maps pin a mean and a std per position well, and scoring every image
         # of a large set would add a minute to fit on a 2-core box.

@@ -31,6 +31,9 @@ class Head(nn.Module):
         super().__init__()
         self.method = config.method
         self.topk = config.topk
+        # Eager-only kernel for fit's self-check and the benchmark suite (scoring.min_mahalanobis_sq_grouped);
+        # export and the torch backend keep the gathered form the graph has.
+        self.grouped = False
         t = torch.from_numpy
         # Held at float16 precision, like the exported graph's (artifacts.held_whitening says why).
         self.register_buffer("whiten", t(held_whitening(arrays.whiten)))
@@ -48,6 +51,8 @@ class Head(nn.Module):
         """Squared Mahalanobis distance per patch (B, N), raw (what chi2 theory describes)."""
         if self.method == "somad":
             idx = scoring.topk_nearest(x, self.search, self.topk)
+            if self.grouped:
+                return scoring.min_mahalanobis_sq_grouped(x, self.centers, self.whiten, idx)
             return scoring.min_mahalanobis_sq(x, self.centers, self.whiten, idx)
         return scoring.positional_mahalanobis_sq(x, self.means, self.whiten)
 

@@ -88,6 +88,9 @@ def mqtt(
     heatmaps: Annotated[bool, typer.Option("--heatmaps/--no-heatmaps", help="Publish PNG heatmaps too.")] = False,
     heatmap_max_bytes: Annotated[int, typer.Option(help="Larger heatmaps are not published (counted).")] = 262_144,
     status_interval: Annotated[float, typer.Option(help="Seconds between retained status messages.")] = 10.0,
+    replay: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--replay", help="`run --replay` endpoint of each --connect, same order (run with --journal): verdicts "
+        "missed while this bridge was away are asked for there; without it they are only counted.")] = None,
     topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
@@ -128,7 +131,7 @@ def mqtt(
         source=SourceConfig(tuple(connect), topic, load_client(curve_server_key, curve_secret_key), limits),
         box=box, group=group, root=root,
         queue_file=queue_file or state / f"mqtt-{box}.sqlite", queue_max=queue_max, heatmaps=heatmaps,
-        heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval)
+        heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval, replay=tuple(replay or ()))
     bridge = MqttBridge(config)
     previous = _on_signals(bridge.request_stop)
     try:
@@ -156,9 +159,15 @@ def opcua(
     certificate: Annotated[OptFile, typer.Option(
         help="Server certificate (DER or PEM): with --private-key, serve Basic256Sha256 Sign&Encrypt only.")] = None,
     private_key: Annotated[OptFile, typer.Option(help="The server certificate's private key (PEM).")] = None,
+    allow_plaintext_password: Annotated[bool, typer.Option(
+        help="Accept --username without --certificate: the password then crosses the network readable "
+        "(SecurityPolicy None); for a loopback or an isolated cell network only.")] = False,
     camera: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
         "--camera", help="Camera id to show before its first verdict (repeatable), so PLC programs bind at start."
     )] = None,
+    stale_after: Annotated[float, typer.Option(
+        help="Seconds without any message from `run` after which SystemState/CameraStatus say offline and "
+        "values turn Uncertain (heartbeats come every second).")] = 3.0,
     topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
@@ -191,7 +200,8 @@ def opcua(
     config = OpcuaConfig(source=SourceConfig(tuple(connect), topic, load_client(curve_server_key,
                                                                                  curve_secret_key), limits),
                          endpoint=endpoint, box=box, username=username, password=password,
-                         certificate=certificate, private_key=private_key, cameras=cameras)
+                         certificate=certificate, private_key=private_key, cameras=cameras,
+                         stale_after_s=stale_after, allow_plaintext_password=allow_plaintext_password)
     serve(config)
 
 

@@ -6,7 +6,7 @@ sender (the caller's thread) owns the broker connection: on connect it publishes
 birth (with the death as Last Will), then the queue in order, QoS 1, at most `window` in flight;
 an item leaves the queue only when the broker acknowledged it. On a lost connection it reconnects
 with backoff and resends everything unacknowledged, so a consumer may see a verdict twice (dedupe
-by camera + mqtt_seq) but never misses one the queue kept. Topics and payloads: docs/messages.md.
+by camera + mqtt_seq) but never misses one the queue kept. Topics and payloads: docs/bridges.md.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from edge_somad.errors import ConfigError
 from edge_somad.runtime import messages
 from edge_somad.runtime.bridge_mqtt_link import BrokerConfig, MqttLink, Will
 from edge_somad.runtime.bridge_queue import DiskQueue, Item
+from edge_somad.runtime.bridge_recover import Recovery
 from edge_somad.runtime.bridge_source import SourceConfig, StreamSource
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 BIRTH_SCHEMA = "edge-somad/mqtt-birth/1"
 DEATH_SCHEMA = "edge-somad/mqtt-death/1"
 STATUS_SCHEMA = "edge-somad/mqtt-status/1"
+BIRTH_WAIT_S = 5.0  # connected with verdicts queued but no stream known yet: birth (incomplete) after this
 REFUSALS_BEFORE_EXIT = 3  # refused connects in a row (bad credentials, invalid topic, ...) before giving up
 _FORBIDDEN_IN_LEVEL = ("#", "+", "\x00")
 
@@ -61,9 +63,13 @@ class MqttBridgeConfig:
     heatmap_max_bytes: int = 256 * 1024
     status_interval_s: float = 10.0
     drain_timeout_s: float = 5.0  # on stop: time to deliver what is queued before the death message
+    replay: tuple[str, ...] = ()  # per --connect, in order: its `run --replay` endpoint (empty: count only)
 
     def __post_init__(self) -> None:
         check_topic_root(self.root)
+        if self.replay and len(self.replay) != len(self.source.endpoints):
+            raise ConfigError(f"{len(self.replay)} --replay endpoint(s) for {len(self.source.endpoints)} --connect; "
+                              "expected one per --connect, in the same order")
 
     def topic(self, kind: str, camera: str | None = None) -> str:
         base = f"{self.root}/{self.group}/{kind}/{self.box}"
@@ -105,6 +111,8 @@ class MqttBridge:
         self.counters = Counters(overflow=self.queue.meta_items("overflow:"))
         try:
             self.source = StreamSource(config.source)
+            self.recovery = Recovery(config.source.endpoints, config.replay, config.source.curve,
+                                     state=self.queue.meta_items("up:"))
         except BaseException:
             self.queue.close()  # releases the queue's lock: a caller may try again in this process
             raise
@@ -117,12 +125,13 @@ class MqttBridge:
 
     # --- reader thread: ZeroMQ -> disk queue ---------------------------------------------------
 
-    def _items(self, msg: messages.Received) -> tuple[list[Item], dict[str, int]]:
+    def _items(self, msg: messages.Received, replayed: bool = False) -> tuple[list[Item], dict[str, int]]:
         h = msg.header
         camera = h["camera"]
         seq = self.seqs.get(camera, 0)
         self.seqs[camera] = seq + 1
-        payload = _dumps(_finite({**h, "box": self.config.box, "mqtt_seq": seq}))
+        late = {"replayed": True} if replayed else {}  # recovered from run's journal, after later verdicts
+        payload = _dumps(_finite({**h, "box": self.config.box, "mqtt_seq": seq, **late}))
         items = [Item(h["verdict"], self.config.topic("DDATA", camera), payload)]
         meta = h.get("heatmap")
         if self.config.heatmaps and meta is not None:
@@ -141,17 +150,26 @@ class MqttBridge:
                 if self.stop.is_set():
                     # Stopping: still store what ZeroMQ already holds (up to 0.5 s of it), then end.
                     stop_reading_at = stop_reading_at or time.monotonic() + 0.5
-                batch, changed = self.source.poll(0 if stop_reading_at else 200)
+                batch, changed = self.source.poll(0 if stop_reading_at else 50 if self.recovery.waiting else 200)
                 if changed:
                     self.birth_dirty.set()  # set before the verdicts are stored: birth goes out first
                 items: list[Item] = []
                 meta: dict[str, int] = {}
-                for _, msg in batch:
+                for i, msg in batch:
                     if msg.kind == "verdict":
+                        self.recovery.see(i, msg.header)
                         more, seqs = self._items(msg)
                         items += more
                         meta.update(seqs)
-                if items:
+                for _, msg in self.recovery.pump():
+                    more, seqs = self._items(msg, replayed=True)
+                    items += more
+                    meta.update(seqs)
+                ending = stop_reading_at is not None and (not batch or time.monotonic() > stop_reading_at)
+                if ending:
+                    self.recovery.close()  # gaps still open are counted now, and kept with the rest
+                meta.update({f"up:{k}": v for k, v in self.recovery.state().items()})
+                if items or batch or ending:
                     dropped = self.queue.put_many(items, meta)
                     self.counters.stored += sum(1 for i in items if i.kind != "heatmap")
                     if dropped:
@@ -159,7 +177,7 @@ class MqttBridge:
                             self.counters.overflow[kind] = self.counters.overflow.get(kind, 0) + n
                         log.warning("queue full (%d items, --queue-max): dropped %s; totals %s",
                                     self.queue.size, dropped, self.counters.overflow)
-                if stop_reading_at and (not batch or time.monotonic() > stop_reading_at):
+                if ending:
                     break
         except sqlite3.Error as exc:  # disk full, file removed or locked by another bridge
             self._source_error = ConfigError(f"queue file {self.config.queue_file}: {exc}; verdicts can no longer "
@@ -175,11 +193,20 @@ class MqttBridge:
         streams = [info.as_birth() for info in self.source.infos]
         return _dumps({"schema": BIRTH_SCHEMA, "box": self.config.box, "group": self.config.group,
                        "bdSeq": self.bd_seq, "at": time.time(), "verdict_schema": messages.VERDICT_SCHEMA,
+                       "complete": all(s["known"] for s in streams),
                        "cameras": sorted({c for s in streams for c in s["cameras"]}), "streams": streams,
                        "heatmaps": self.config.heatmaps, "queue_max": self.config.queue_max})
 
-    def death(self, reason: str) -> bytes:
-        return _dumps({"schema": DEATH_SCHEMA, "box": self.config.box, "bdSeq": self.bd_seq, "reason": reason})
+    def _may_be_born(self, connected_at: float) -> bool:
+        """Birth once a stream said what it has; or, with verdicts waiting (from before a restart), after
+        BIRTH_WAIT_S even if none has (the birth then says `complete: false`): never an empty birth first."""
+        if any(info.known for info in self.source.infos):
+            return True
+        return self.queue.size > 0 and time.monotonic() - connected_at >= BIRTH_WAIT_S
+
+    def death(self, reason: str, bd_seq: int | None = None) -> bytes:
+        return _dumps({"schema": DEATH_SCHEMA, "box": self.config.box,
+                       "bdSeq": self.bd_seq if bd_seq is None else bd_seq, "reason": reason})
 
     def status(self) -> dict[str, Any]:
         c = self.counters
@@ -187,7 +214,8 @@ class MqttBridge:
                 "queued": self.queue.size, "queue_max": self.config.queue_max, "stored": c.stored,
                 "delivered": c.delivered, "resent": c.resent, "overflow": dict(c.overflow),
                 "heatmaps_too_big": c.heatmaps_too_big, "heatmaps_not_png": c.not_png,
-                "upstream": {"missed": self.source.missed, "rejected": self.source.rejected}}
+                "upstream": {"missed": self.recovery.missed, "replayed": self.recovery.replayed,
+                             "pending": self.recovery.pending, "rejected": self.source.rejected}}
 
     # --- sender: disk queue -> broker ----------------------------------------------------------
 
@@ -196,8 +224,7 @@ class MqttBridge:
         cfg = self.config
         inflight: dict[int, int] = {}  # mid -> queue id
         cursor, last_status, status_key = 0, 0.0, None
-        link.publish(cfg.topic("NBIRTH"), self.birth(), retain=True)
-        self.birth_dirty.clear()
+        born, connected_at = False, time.monotonic()
         while link.up:
             done = []
             while link.acked:
@@ -206,17 +233,21 @@ class MqttBridge:
                     done.append(qid)
             self.queue.delete(done)
             self.counters.delivered += len(done)
-            if self.birth_dirty.is_set():
+            if (born and self.birth_dirty.is_set()) or (not born and self._may_be_born(connected_at)):
                 self.birth_dirty.clear()
-                link.publish(cfg.topic("NBIRTH"), self.birth(), retain=True)
-            key = (tuple(sorted(self.counters.overflow.items())), self.source.missed, self.source.rejected)
+                born = link.publish(cfg.topic("NBIRTH"), self.birth(), retain=True) is not None
+            key = (tuple(sorted(self.counters.overflow.items())), self.recovery.missed, self.recovery.replayed,
+                   self.source.rejected)
             if time.monotonic() - last_status >= cfg.status_interval_s or key != status_key:
                 link.publish(cfg.topic("NSTATUS"), _dumps(self.status()), retain=True)
                 last_status, status_key = time.monotonic(), key
             reading = self._reader is not None and self._reader.is_alive()
             drained = not inflight and self.queue.size == 0 and not reading
-            if self.stop.is_set() and (drained or time.monotonic() > self._drain_until):
+            if self.stop.is_set() and (drained or time.monotonic() > self._drain_until or not born):
                 return
+            if not born:  # no verdict before the birth that says whose it is
+                self.queue.wait(0.05)
+                continue
             room = cfg.broker.window - len(inflight)
             rows = self.queue.peek(cursor, room) if room > 0 else []
             for row in rows:
@@ -237,9 +268,10 @@ class MqttBridge:
         backoff, link, refusals = 0.5, None, 0
         try:
             while not self.stop.is_set():
-                self.bd_seq += 1
-                self.queue.set_meta("bdseq", self.bd_seq)
-                link = MqttLink(cfg.broker, Will(cfg.topic("NDEATH"), self.death("connection lost (last will)")))
+                # bdSeq counts sessions: the will carries the next number, kept only once the broker accepted it
+                bd_seq = self.bd_seq + 1
+                link = MqttLink(cfg.broker, Will(cfg.topic("NDEATH"), self.death("connection lost (last will)",
+                                                                                   bd_seq)))
                 if not link.connect(timeout_s=5.0):
                     refusals = refusals + 1 if link.refused else 0
                     if refusals >= REFUSALS_BEFORE_EXIT:  # retrying forever would only pile up verdicts
@@ -254,6 +286,8 @@ class MqttBridge:
                     backoff = min(backoff * 2, 2.0)  # a plant broker is back within seconds of a restart
                     continue
                 backoff = 0.5
+                self.bd_seq = bd_seq
+                self.queue.set_meta("bdseq", self.bd_seq)
                 self.counters.connects += 1
                 log.info("connected to MQTT broker %s:%d (bdSeq %d, %d queued)", cfg.broker.host, cfg.broker.port,
                          self.bd_seq, self.queue.size)

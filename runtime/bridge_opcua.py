@@ -1,20 +1,20 @@
 """`edge-somad bridge opcua`: an OPC UA server (asyncua) a PLC browses and subscribes to.
 
-Address space (namespace NAMESPACE), names after OPC 40100 (Machine Vision) / OPC 40001-101
-(Result Transfer) where one fits:
+Address space (namespace NAMESPACE, string NodeIds `<box>.<camera>.<...>`: bridge_opcua_model.py),
+names after OPC 40100 (Machine Vision) / OPC 40001-101 (Result Transfer) where one fits:
 
     Objects/<box>/                       SystemState, HeartbeatAge, Model, InternalConfigurationId,
-                                         Drops (seq gaps upstream), Rejected
+                                         Drops (verdicts missed upstream), Rejected
     Objects/<box>/Cameras/<camera>/      CameraStatus, Fps, CaptureDrops
-        LastResult/                      ResultId ("camera/frame_id"), FrameId, CreationTime,
-                                         PublishedTime, ResultEvaluation, Verdict, Score, Threshold,
-                                         ScoreNormalised, DefectCount, ErrorText, LatencyMs
-        Counters/                        PassCount, FailCount, ErrorCount
+        LastResult/                      Result (ResultDataType: the whole result, one atomic value),
+                                         ResultJson (the same as one JSON string), and for HMIs the
+                                         fields one by one (ResultId written last)
+        Counters/                        PassCount, FailCount, ErrorCount, MissedCount
 
-Every variable changes by a plain write, so a client's monitored item gets a data-change
-notification per new value (OPC UA reports value changes: an unchanged Threshold does not notify).
-Within one verdict ResultId is written last: a PLC that triggers on ResultId reads siblings that
-already belong to it. Missing numbers (uncalibrated model, unreadable frame) are NaN.
+When an endpoint has sent nothing for `stale_after_s` (its heartbeat comes every second),
+SystemState and its cameras' CameraStatus say "offline" (or the final status `run` sent on a
+clean stop) and their values turn UncertainLastUsableValue; the next message makes them Good.
+Missing numbers (uncalibrated model, unreadable frame) are NaN.
 """
 
 from __future__ import annotations
@@ -25,26 +25,23 @@ import math
 import signal
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from edge_somad.errors import ConfigError
 from edge_somad.runtime import messages
+from edge_somad.runtime.bridge_opcua_model import (  # noqa: F401 - re-exported for callers and tests
+    GOOD,
+    NAMESPACE,
+    RESULT_FIELDS,
+    UNCERTAIN,
+    OpcuaModel,
+    result_values,
+)
+from edge_somad.runtime.bridge_recover import Recovery
 from edge_somad.runtime.bridge_source import SourceConfig, StreamSource, _valid_camera
 
 log = logging.getLogger(__name__)
-
-NAMESPACE = "urn:edge-somad:bridge"
-# OPC 40001-101 ResultEvaluationEnum: 0 Undefined, 1 OK, 2 NotOK, 3 NotDecidable. An error verdict
-# is NotDecidable, and a PLC must treat it like NotOK (docs/messages.md).
-EVALUATION = {"pass": 1, "fail": 2, "error": 3}
-NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)  # a DateTime before the first result
-RESULT_FIELDS = (  # browse name, variant type name, default
-    ("FrameId", "Int64", 0), ("CreationTime", "DateTime", NEVER), ("PublishedTime", "DateTime", NEVER),
-    ("ResultEvaluation", "Int32", 0), ("Verdict", "String", ""), ("Score", "Double", math.nan),
-    ("Threshold", "Double", math.nan), ("ScoreNormalised", "Double", math.nan), ("DefectCount", "Int32", 0),
-    ("ErrorText", "String", ""), ("LatencyMs", "Double", math.nan), ("ResultId", "String", ""))
 
 
 @dataclass(frozen=True)
@@ -58,26 +55,16 @@ class OpcuaConfig:
     private_key: Path | None = None
     cameras: tuple[str, ...] = ()  # shown before their first message, so a PLC program can bind at start
     health_interval_s: float = 1.0
+    stale_after_s: float = 3.0  # silence (no heartbeat, no verdict) after which values are Uncertain
+    allow_plaintext_password: bool = False  # a password over SecurityPolicy None crosses the wire readable
 
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
-
-def _time(value: Any) -> datetime:
-    t = _number(value)
-    return datetime.fromtimestamp(t, timezone.utc) if math.isfinite(t) else NEVER
-
-
-def result_values(h: dict[str, Any]) -> dict[str, Any]:
-    """LastResult's variables for one validated verdict header (the ZeroMQ header's values)."""
-    defects = h.get("defects") if isinstance(h.get("defects"), list) else []
-    return {"FrameId": int(h["frame_id"]), "CreationTime": _time(h.get("captured_at")),
-            "PublishedTime": _time(h.get("published_at")), "ResultEvaluation": EVALUATION[h["verdict"]],
-            "Verdict": h["verdict"], "Score": _number(h.get("score")), "Threshold": _number(h.get("threshold")),
-            "ScoreNormalised": _number(h.get("score_normalised")), "DefectCount": len(defects),
-            "ErrorText": str(h.get("error") or "")[:1000], "LatencyMs": _number(h.get("latency_ms")),
-            "ResultId": f"{h['camera']}/{h['frame_id']}"}
+    def __post_init__(self) -> None:
+        if self.username is not None and self.certificate is None and not self.allow_plaintext_password:
+            raise ConfigError("--username without --certificate/--private-key: with SecurityPolicy None the "
+                              "password crosses the network in clear text; give the server a certificate, or "
+                              "add --allow-plaintext-password (loopback or an isolated cell network only)")
+        if not self.stale_after_s > 0:
+            raise ConfigError(f"--stale-after {self.stale_after_s}; expected seconds > 0 (heartbeats come every 1 s)")
 
 
 class _Passwords:
@@ -101,27 +88,16 @@ class OpcuaBridge:
     def __init__(self, config: OpcuaConfig) -> None:
         self.config = config
         self.source = StreamSource(config.source)
-        self.vars: dict[tuple[str, ...], tuple[Any, str]] = {}  # (camera | "", [group,] name) -> (Node, variant type)
+        # Counted, not replayed: a PLC acts on the part in front of it, so an old result must never
+        # become LastResult again. MissedCount/Drops say that results went by unseen.
+        self.recovery = Recovery(config.source.endpoints)
         self.counts: dict[str, dict[str, int]] = {}
+        self.camera_endpoint: dict[str, int] = {}  # camera -> index of the endpoint that reported it last
+        self.seen_at: dict[int, float] = {}  # endpoint index -> time.monotonic() of its last message
+        self.final: dict[int, dict[str, Any]] = {}  # endpoint index -> its final status, until it speaks again
+        self.stale: dict[str, bool] = {}  # camera -> values marked Uncertain
 
-    async def _var(self, parent, key: tuple[str, ...], vtype: str, value: Any):
-        """A read-only variable with a stable string NodeId: ns=<NAMESPACE>;s=<box>.<camera>.<group>.<name>."""
-        from asyncua import ua
-
-        path = ".".join((self.config.box, *(k for k in key if k)))
-        node = await parent.add_variable(ua.NodeId(path, self.idx), key[-1], value,
-                                         varianttype=getattr(ua.VariantType, vtype))
-        self.vars[key] = (node, vtype)
-        return node
-
-    async def _write(self, key: tuple[str, ...], value: Any) -> None:
-        from asyncua import ua
-
-        node, vtype = self.vars[key]
-        await self.server.write_attribute_value(node.nodeid, ua.DataValue(ua.Variant(value, getattr(ua.VariantType,
-                                                                                                      vtype))))
-
-    async def setup(self):
+    async def setup(self) -> None:
         from asyncua import Server, ua
 
         cfg = self.config
@@ -137,68 +113,95 @@ class OpcuaBridge:
             self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         if cfg.username:
             self.server.set_identity_tokens([ua.UserNameIdentityToken])  # no anonymous sessions
-        self.idx = await self.server.register_namespace(NAMESPACE)
-        self.box = await self.server.nodes.objects.add_object(self.idx, cfg.box)
-        for name, vtype, value in (("SystemState", "String", "unknown"), ("HeartbeatAge", "Double", math.nan),
-                                   ("Model", "String", ""), ("InternalConfigurationId", "String", ""),
-                                   ("Drops", "Int64", 0), ("Rejected", "Int64", 0)):
-            await self._var(self.box, ("", name), vtype, value)
-        self.cameras = await self.box.add_folder(self.idx, "Cameras")
+        idx = await self.server.register_namespace(NAMESPACE)
+        self.model = OpcuaModel(self.server, idx, cfg.box)
+        await self.model.setup()
         for camera in cfg.cameras:
             await self._camera(camera)
 
     async def _camera(self, camera: str) -> None:
-        if camera in self.counts:
-            return
-        obj = await self.cameras.add_object(self.idx, camera)
-        for name, vtype, value in (("CameraStatus", "String", "unknown"), ("Fps", "Double", math.nan),
-                                   ("CaptureDrops", "Int64", 0)):
-            await self._var(obj, (camera, name), vtype, value)
-        last = await obj.add_object(self.idx, "LastResult")
-        for name, vtype, value in RESULT_FIELDS:
-            await self._var(last, (camera, "LastResult", name), vtype, value)
-        counters = await obj.add_object(self.idx, "Counters")
-        for name in ("PassCount", "FailCount", "ErrorCount"):
-            await self._var(counters, (camera, "Counters", name), "Int64", 0)
-        self.counts[camera] = {"pass": 0, "fail": 0, "error": 0}
+        if camera not in self.counts:
+            await self.model.camera(camera)
+            self.counts[camera] = {"pass": 0, "fail": 0, "error": 0}
 
-    async def on_message(self, msg: messages.Received) -> None:
-        h = msg.header
+    async def on_message(self, endpoint: int, msg: messages.Received) -> None:
+        h, write = msg.header, self.model.write
+        self.seen_at[endpoint] = time.monotonic()
         if msg.kind == "verdict":
             camera = h["camera"]
             await self._camera(camera)
-            for name, value in result_values(h).items():  # ResultId last (RESULT_FIELDS order)
-                await self._write((camera, "LastResult", name), value)
+            self.camera_endpoint[camera] = endpoint
+            self.recovery.see(endpoint, h)
+            await write((camera, "Counters", "MissedCount"), self.recovery.missed_by_camera.get(camera, 0))
+            await self._fresh(camera)
+            await self.model.result(h)
             self.counts[camera][h["verdict"]] += 1
             name = {"pass": "PassCount", "fail": "FailCount", "error": "ErrorCount"}[h["verdict"]]
-            await self._write((camera, "Counters", name), self.counts[camera][h["verdict"]])
-        elif msg.kind == "heartbeat" or msg.kind == "status":
-            cams = h.get("cameras") if isinstance(h.get("cameras"), dict) else {}
-            for camera, state in cams.items():
-                if not isinstance(state, dict) or not _valid_camera(camera):
-                    continue
-                await self._camera(camera)
-                await self._write((camera, "CameraStatus"), str(state.get("status"))[:40])
-                await self._write((camera, "Fps"), _number(state.get("fps")))
-                drops = state.get("capture_drops")
-                await self._write((camera, "CaptureDrops"), drops if isinstance(drops, int) else 0)
-            if h.get("event") == "camera" and _valid_camera(h.get("camera")):
-                await self._camera(h["camera"])
-                await self._write((h["camera"], "CameraStatus"), str(h.get("status"))[:40])
+            await write((camera, "Counters", name), self.counts[camera][h["verdict"]])
+            return
+        if msg.kind == "heartbeat":
+            self.final.pop(endpoint, None)
+        elif msg.kind == "status" and h.get("event") == "final":
+            self.final[endpoint] = h
+        cams = h.get("cameras") if isinstance(h.get("cameras"), dict) else {}
+        for camera, state in cams.items():
+            if not isinstance(state, dict) or not _valid_camera(camera):
+                continue
+            await self._camera(camera)
+            self.camera_endpoint[camera] = endpoint
+            await self._fresh(camera)
+            await write((camera, "CameraStatus"), str(state.get("status"))[:40])
+            await write((camera, "Fps"), _number(state.get("fps")))
+            drops = state.get("capture_drops")
+            await write((camera, "CaptureDrops"), drops if isinstance(drops, int) and 0 <= drops < 2**63 else 0)
+        if h.get("event") == "camera" and _valid_camera(h.get("camera")):
+            await self._camera(h["camera"])
+            self.camera_endpoint[h["camera"]] = endpoint
+            await write((h["camera"], "CameraStatus"), str(h.get("status"))[:40])
+
+    async def _fresh(self, camera: str) -> None:
+        if self.stale.get(camera):
+            self.stale[camera] = False
+            await self.model.mark(camera, GOOD)
+
+    def _alive(self, endpoint: int, now: float) -> bool:
+        seen = self.seen_at.get(endpoint)
+        return seen is not None and now - seen <= self.config.stale_after_s
 
     async def health(self) -> None:
-        """Box-level variables: refreshed every health_interval_s and after each batch."""
-        infos = [i for i in self.source.infos if i.heartbeat_at is not None]
-        if infos:
-            newest = max(infos, key=lambda i: i.heartbeat_at or 0.0)
-            await self._write(("", "HeartbeatAge"), round(time.monotonic() - (newest.heartbeat_at or 0.0), 3))
-            await self._write(("", "SystemState"), newest.pipeline_status or "unknown")
-        models = [i.model for i in self.source.infos if i.model]
+        """Box-level variables and staleness: every health_interval_s and after each batch."""
+        now, write = time.monotonic(), self.model.write
+        infos = self.source.infos
+        heard = [i for i in range(len(infos)) if i in self.seen_at]
+        alive = [i for i in heard if self._alive(i, now)]
+        beats = [info.heartbeat_at for info in infos if info.heartbeat_at is not None]
+        if beats:
+            await write(("", "HeartbeatAge"), round(now - max(beats), 3))
+        if alive:
+            newest = max(alive, key=lambda i: infos[i].heartbeat_at or 0.0)
+            state = self.final[newest].get("status") if newest in self.final else infos[newest].pipeline_status
+        elif any(i in self.final for i in heard):  # stopped cleanly: say how, not just "offline"
+            state = next(self.final[i].get("status") for i in heard if i in self.final)
+        else:
+            state = "offline" if heard else "unknown"
+        await write(("", "SystemState"), str(state or "unknown")[:40])
+        models = [i.model for i in infos if i.model]
         if models:
-            await self._write(("", "Model"), str(models[0].get("name"))[:200])
-            await self._write(("", "InternalConfigurationId"), str(models[0].get("onnx_sha256"))[:200])
-        await self._write(("", "Drops"), self.source.missed)
-        await self._write(("", "Rejected"), self.source.rejected)
+            await write(("", "Model"), str(models[0].get("name"))[:200])
+            await write(("", "InternalConfigurationId"), str(models[0].get("onnx_sha256"))[:200])
+        await write(("", "Drops"), self.missed_total())
+        await write(("", "Rejected"), self.source.rejected)
+        for camera, endpoint in self.camera_endpoint.items():
+            if not self._alive(endpoint, now) and not self.stale.get(camera):
+                self.stale[camera] = True
+                final = self.final.get(endpoint, {}).get("cameras")
+                ended = final.get(camera) if isinstance(final, dict) else None
+                status = ended.get("status") if isinstance(ended, dict) else None
+                await write((camera, "CameraStatus"), str(status or "offline")[:40])
+                await self.model.mark(camera, UNCERTAIN)
+
+    def missed_total(self) -> int:
+        return self.recovery.missed
 
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
         await self.setup()
@@ -211,13 +214,17 @@ class OpcuaBridge:
             try:
                 while not stop.is_set():
                     batch, _ = await asyncio.to_thread(self.source.poll, 100)
-                    for _, msg in batch:
-                        await self.on_message(msg)
+                    for endpoint, msg in batch:
+                        await self.on_message(endpoint, msg)
                     if batch or time.monotonic() - last_health >= self.config.health_interval_s:
                         await self.health()
                         last_health = time.monotonic()
             finally:
                 self.source.close()
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def serve(config: OpcuaConfig) -> None:

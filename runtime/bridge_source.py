@@ -42,6 +42,11 @@ class StreamInfo:
     heartbeat_at: float | None = None  # time.monotonic() of the last heartbeat
     pipeline_status: str | None = None
 
+    @property
+    def known(self) -> bool:
+        """True once a heartbeat or verdict said what this endpoint's `run` has (model, cameras)."""
+        return self.model is not None or bool(self.cameras)
+
     def identity(self) -> tuple:
         """What a birth message announces: a change here means a new birth."""
         model = self.model or {}
@@ -49,7 +54,8 @@ class StreamInfo:
 
     def as_birth(self) -> dict[str, Any]:
         model = self.model or {}
-        return {"endpoint": self.endpoint, "threshold": self.threshold, "cameras": sorted(self.cameras),
+        return {"endpoint": self.endpoint, "known": self.known, "threshold": self.threshold,
+                "cameras": sorted(self.cameras),
                 "model": {k: model.get(k) for k in ("name", "onnx_sha256", "backend", "precision", "device")}
                 if self.model else None}
 
@@ -114,10 +120,9 @@ class StreamSource:
             if isinstance(h.get("model"), dict):
                 info.model = h["model"]
             cams = h.get("cameras")
-            if isinstance(cams, dict):
-                for cam, state in cams.items():
-                    if _valid_camera(cam) and isinstance(state, dict):
-                        info.cameras[cam] = str(state.get("status"))[:40]
+            if isinstance(cams, dict):  # the current run's cameras: those of an earlier run are gone
+                info.cameras = {cam: str(state.get("status"))[:40] for cam, state in list(cams.items())[:1000]
+                                if _valid_camera(cam) and isinstance(state, dict)}
         elif msg.kind == "status" and h.get("event") == "camera" and _valid_camera(h.get("camera")):
             info.cameras[h["camera"]] = str(h.get("status"))[:40]
 

@@ -6,6 +6,9 @@ and count the drops. Replay sources (file, folder) wait for room instead: a repl
 every frame (validation, demos, benchmarks), and nothing is lost by waiting.
 Live sources reconnect with exponential backoff; replay sources end with an `ended` event, or,
 with `loop=True` (benchmarks: N cameras from one clip), start again from the first frame.
+A replay given `fps` plays the part of a camera on a line (bench --fps): one frame every 1/fps s,
+stamped at its tick, dropped like a live camera's when the line has no room, and a tick the
+reader itself missed is counted as a drop too.
 A frame that cannot be decoded becomes a FrameItem with `error` set, never silence.
 """
 
@@ -38,11 +41,15 @@ class SourceSpec:
     kind: str  # index | file | stream | folder
     target: int | str
     loop: bool = False  # replays only: start again at the end instead of ending (bench --cameras)
+    fps: float | None = None  # replays only: paced at this line rate, live-like drops (bench --fps)
 
     def __post_init__(self) -> None:
         if self.loop and self.kind in LIVE_KINDS:
             raise ConfigError(f"loop=True for a live {self.kind} source {self.target!r}; only a video file or "
                               "an image folder can be replayed in a loop")
+        if self.fps is not None and (self.kind in LIVE_KINDS or not 0 < self.fps <= 1000):
+            raise ConfigError(f"fps={self.fps} for a {self.kind} source; a line rate paces replays only "
+                              "(video file or image folder), in frames per second within (0, 1000]")
 
     @property
     def live(self) -> bool:
@@ -246,7 +253,9 @@ class CameraSource:
         self.status = "starting"
         self.frames = 0
         self.read_errors = 0
-        self._drop = spec.live if drop_when_full is None else drop_when_full
+        # A paced replay stands for a camera: the line does not slow it down, it loses frames.
+        self._drop = (spec.live or spec.fps is not None) if drop_when_full is None else drop_when_full
+        self.missed_ticks = 0  # paced replay: ticks that passed while the reader was still decoding
         self._on_event = on_event
         self._backoff = backoff_s
         self._opener = opener
@@ -258,7 +267,7 @@ class CameraSource:
 
     @property
     def drops(self) -> int:
-        return self.queue.drops
+        return self.queue.drops + self.missed_ticks
 
     @property
     def finished(self) -> bool:
@@ -286,8 +295,10 @@ class CameraSource:
         with self.queue._cond:  # wake the consumer: it may be waiting for "all ended"
             self.queue._cond.notify_all()
 
-    def _emit(self, image: np.ndarray | None, error: str | None) -> None:
-        item = FrameItem(self.id, self._next_id, time.time(), time.monotonic(), image, error)
+    def _emit(self, image: np.ndarray | None, error: str | None, at: tuple[float, float] | None = None) -> None:
+        """at: (time.time(), time.monotonic()) of the capture when it was not now (a paced tick)."""
+        wall, mono = at if at is not None else (time.time(), time.monotonic())
+        item = FrameItem(self.id, self._next_id, wall, mono, image, error)
         self._next_id += 1
         if error is None:
             self.frames += 1
@@ -327,18 +338,38 @@ class CameraSource:
 
     def _pump(self, cap: _Capture) -> str:
         """Read until the source ends, fails (live) or stop; returns why it stopped."""
+        period = None if self.spec.fps is None else 1.0 / self.spec.fps
+        tick = time.monotonic()
         while not self._stop.is_set():
-            if not self._drop:
+            at = None
+            if period is not None:
+                tick = self._next_tick(tick, period)
+                if self._stop.is_set():
+                    break
+                at = (time.time() - (time.monotonic() - tick), tick)  # the capture happened at the tick
+            elif not self._drop:
                 self.queue.wait_room(self._stop)
                 if self._stop.is_set():
                     break
             kind, img, why = cap.read()
             if kind == "frame":
-                self._emit(img, None)
+                self._emit(img, None, at)
             elif kind == "error":
-                self._emit(None, why)
+                self._emit(None, why, at)
                 if self.spec.live:  # a live camera that returns nothing is unplugged: reconnect
                     return str(why)
             else:
                 return str(why)
+            if period is not None:
+                tick += period
         return "stop requested"
+
+    def _next_tick(self, tick: float, period: float) -> float:
+        """Wait for the tick; ticks already past by a whole period were missed (counted as drops)."""
+        late = time.monotonic() - tick
+        if late >= period:
+            skipped = int(late // period)
+            self.missed_ticks += skipped
+            tick += skipped * period
+        self._stop.wait(max(0.0, tick - time.monotonic()))
+        return tick

@@ -48,6 +48,8 @@ def run(
     topic_prefix: Annotated[str, typer.Option(help="Topics are <prefix>/<camera-id>.")] = "somad",
     heatmap: Annotated[str, typer.Option(help="png (8-bit, 0..2x threshold) | f16 | none")] = "png",
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Add a JPEG overlay.")] = False,
+    heatmap_passes: Annotated[int, typer.Option(help="Heatmap/overlay on every n-th pass per camera (1: all, "
+        "0: none); fails and errors always carry theirs.")] = 10,
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after N verdicts in total.")] = None,  # noqa: UP045
     queue_size: Annotated[int, typer.Option(help="Frames buffered per camera (live: oldest dropped).")] = 2,
     max_batch: Annotated[Optional[int], typer.Option(  # noqa: UP045
@@ -78,6 +80,15 @@ def run(
     psi_warn: Annotated[float, typer.Option(help="Score drift warn: PSI of pass scores vs calibration.")] = 0.1,
     psi_alarm: Annotated[float, typer.Option(help="Score drift alarm: PSI.")] = 0.25,
     score_window: Annotated[int, typer.Option(help="Pass scores in the score-drift window.")] = 200,
+    journal: Annotated[OptFile, typer.Option(
+        help="Keep the verdicts published in this folder (bounded), for bridges and subscribers that missed "
+        "some (docs/bridges.md).")] = None,
+    journal_max_mb: Annotated[float, typer.Option(help="Disk the journal may use; the oldest verdicts go first.")
+    ] = 256.0,
+    replay: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="ZeroMQ endpoint answering replay requests from the journal [--publish's host, port + 1].")] = None,
+    drift_every: Annotated[int, typer.Option(help="Input-drift metrics on every n-th frame per camera (1: all); "
+        "camera-fault checks stay on every frame.")] = 1,
     log_level: LogLevel = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
@@ -90,13 +101,26 @@ def run(
     health_config = HealthConfig(
         enabled=health, frozen_s=frozen_s, frozen_frames=frozen_frames, input_warn_z=input_warn_z,
         input_alarm_z=input_alarm_z, psi_warn=psi_warn, psi_alarm=psi_alarm, score_window=score_window,
-        score_min_samples=min(50, score_window))
-    config = PipelineConfig(heatmap=heatmap, overlay=overlay, max_frames=max_frames, queue_size=queue_size,
+        score_min_samples=min(50, score_window), drift_every=drift_every)
+    config = PipelineConfig(heatmap=heatmap, overlay=overlay, heatmap_passes=heatmap_passes,
+                            max_frames=max_frames, queue_size=queue_size,
                             precision=precision, drain_timeout_s=drain_timeout, health=health_config,
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     curve = load_server(curve_secret_key, curve_clients)
+    journal_config = None
+    if journal is not None:
+        from edge_somad.runtime.journal import JournalConfig
+        from edge_somad.runtime.replay import replay_endpoint_for
+
+        journal_config = JournalConfig(journal, int(journal_max_mb * 2**20))
+        replay = replay or replay_endpoint_for(publish)
+    elif replay is not None:
+        from edge_somad.errors import ConfigError
+
+        raise ConfigError("--replay needs --journal DIR: the replay endpoint answers from the journal")
     final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
-                         config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue)
+                         config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue,
+                         journal=journal_config, replay=replay)
     typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, messages sent per topic {final['sent']}",
                err=True)
 

@@ -1,9 +1,10 @@
-"""Drift statistics, numpy only: per-frame image metrics, PSI and KS against stored references.
+"""Drift statistics: per-frame image metrics (OpenCV), PSI and KS against stored references (numpy).
 
 The references live in manifest.json (`reference`): the input metrics of the fit images (written
 at fit, copied at export, filled in at calibrate for older models) and quantiles of the good
 calibration scores (written at calibrate). Everything here is cheap enough to run on every frame:
 metrics are taken on the model-input frame (already resized), never the full camera frame.
+`grey` is the float reference of the luma the metrics use (tests hold frame_metrics to it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import cv2
 import numpy as np
 
 INPUT_METRICS = ("brightness", "contrast", "sharpness")
@@ -25,11 +27,24 @@ def grey(frame: np.ndarray) -> np.ndarray:
     return f[..., 0] * 0.114 + f[..., 1] * 0.587 + f[..., 2] * 0.299
 
 
-def frame_metrics(frame: np.ndarray) -> dict[str, float]:
-    """brightness = mean luma, contrast = std of luma, sharpness = variance of the 4-neighbour Laplacian."""
-    g = grey(frame)
-    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
-    return {"brightness": float(g.mean()), "contrast": float(g.std()), "sharpness": float(lap.var())}
+def frame_metrics(frame: np.ndarray, sharpness: bool = True) -> dict[str, float]:
+    """brightness = mean luma, contrast = std of luma, sharpness = variance of the 4-neighbour Laplacian
+    over the interior pixels (left out with sharpness=False: the per-frame fault checks need only
+    the first two).
+
+    The definitions of `grey` and the numpy Laplacian, computed by OpenCV: float32 luma, sums in
+    float64 (meanStdDev), so they agree with a float64 reference to ~1e-7 relative, in about a third
+    of numpy's time (benchmarks/host_cuts.py; docs/results.md, "Speed").
+    """
+    g = cv2.cvtColor(np.ascontiguousarray(frame).astype(np.float32), cv2.COLOR_BGR2GRAY)
+    mean, std = cv2.meanStdDev(g)
+    out = {"brightness": float(mean[0, 0]), "contrast": float(std[0, 0])}
+    if sharpness:
+        # ksize=1 is exactly the 4-neighbour kernel [[0,1,0],[1,-4,1],[0,1,0]]; the border row and
+        # column (OpenCV's reflected border) are cut so only interior pixels count, as in numpy.
+        _, lap_std = cv2.meanStdDev(cv2.Laplacian(g, cv2.CV_32F, ksize=1)[1:-1, 1:-1])
+        out["sharpness"] = float(lap_std[0, 0]) ** 2
+    return out
 
 
 def comparable(metric: str, value: float) -> float:

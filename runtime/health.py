@@ -10,7 +10,7 @@ the pipeline reports them in every heartbeat and as `_status` events when a came
 - input drift: rolling mean of brightness / contrast / sharpness vs the fit images' statistics,
   as z-scores (std floored: fit images are often more alike than a line ever is).
 - score drift: rolling window of `pass` scores vs the calibration scores' distribution (PSI, KS).
-Numpy only; thresholds in HealthConfig (CLI options on `run`).
+Numpy and OpenCV; thresholds in HealthConfig (CLI options on `run`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edge_somad.errors import ConfigError
@@ -43,8 +44,12 @@ class HealthConfig:
     frozen_frames: int = 10  # ... and at least this many of them (a 1 fps camera is not frozen in 2 frames)
     frozen_tolerance: float = 0.0  # mean |difference| in grey levels still counted as "identical"
     # input drift (z-scores of the rolling mean against the fit images)
-    input_window: int = 30
+    input_window: int = 30  # samples (every drift_every-th good frame)
     input_min_frames: int = 10
+    # Input drift metrics of every n-th frame per camera (1: all). Black/saturated/frozen checks still
+    # run on every frame. 1 by default: in OpenCV the metrics are a small share of the host's frame
+    # (docs/results.md, "Speed"), and sampling stretches the time the window needs to see a change by n.
+    drift_every: int = 1
     input_warn_z: float = 4.0
     input_alarm_z: float = 8.0
     brightness_std_floor: float = 3.0  # grey levels
@@ -75,6 +80,8 @@ class HealthConfig:
         if not 1 <= self.score_min_samples <= self.score_window:
             raise ConfigError(f"score_min_samples {self.score_min_samples}; expected 1..score_window "
                               f"({self.score_window})")
+        if self.drift_every < 1:
+            raise ConfigError(f"--drift-every {self.drift_every}; expected >= 1 (1: every frame)")
         if self.clear_frames < 1:
             raise ConfigError(f"clear_frames {self.clear_frames}; expected >= 1")
         if self.frozen_s < 0 or self.frozen_frames < 2:
@@ -109,6 +116,7 @@ class CameraHealth:
         self._same_since = 0.0
         self._cache: dict[str, Any] | None = None  # input/score drift, recomputed when data changed
         self._calm = 0  # consecutive updates that would lower the state
+        self._frames = 0  # frames observed, for drift_every
 
     # -- per frame ---------------------------------------------------------------------------------
     def observe_frame(self, shape: tuple[int, int], resized: np.ndarray, at: float) -> str | None:
@@ -117,13 +125,15 @@ class CameraHealth:
         if not self.config.enabled:
             return None
         self._check_resolution(shape)
-        metrics = drift.frame_metrics(resized)
+        sample = self._frames % self.config.drift_every == 0
+        self._frames += 1
+        metrics = drift.frame_metrics(resized, sharpness=sample)
         fault = self._flat_fault(metrics) or self._frozen_fault(resized, at)
         self.fault = fault
         if fault is None:
-            # Faulty frames stay out of the drift windows: a black frame is a fault, not "drift".
-            self._metrics.append(metrics)
-            self._cache = None
+            if sample:  # faulty frames stay out of the drift windows: a black frame is a fault, not "drift"
+                self._metrics.append(metrics)
+                self._cache = None
         else:
             self.faults[fault.split(" ", 1)[0]] += 1
         return fault
@@ -154,8 +164,9 @@ class CameraHealth:
 
     def _frozen_fault(self, resized: np.ndarray, at: float) -> str | None:
         prev, self._prev = self._prev, resized
+        # cv2.norm L1 / size is the mean |difference| (exact on uint8), without numpy's int16 copies.
         same = (prev is not None and prev.shape == resized.shape
-                and float(np.abs(prev.astype(np.int16) - resized).mean()) <= self.config.frozen_tolerance)
+                and cv2.norm(prev, resized, cv2.NORM_L1) / resized.size <= self.config.frozen_tolerance)
         if not same:
             self._same = 0
             return None

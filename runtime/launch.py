@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,10 @@ from edge_somad.contracts.manifest import Manifest, load_manifest
 from edge_somad.errors import ArtifactError, EdgeSomadError
 from edge_somad.runtime.camera import parse_cameras
 from edge_somad.runtime.curve import CurveServer
+from edge_somad.runtime.journal import Journal, JournalConfig
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
+from edge_somad.runtime.replay import ReplayServer
 from edge_somad.runtime.scorer import Scorer
 from edge_somad.runtime.verdict import NOT_CALIBRATED
 
@@ -37,6 +41,8 @@ def run_pipeline(
     handle_signals: bool = True,
     curve: CurveServer | None = None,
     send_queue: int = 100,
+    journal: JournalConfig | None = None,
+    replay: str | None = None,
 ) -> dict[str, Any]:
     """Open everything, run until the sources end / max frames / SIGINT-SIGTERM; returns the final status.
 
@@ -51,8 +57,9 @@ def run_pipeline(
     scorer = open_scorer(Path(model_dir), backend, config.precision, manifest=manifest)
     try:
         _warm_up(scorer, manifest, Path(model_dir))
-        with Publisher(publish, topic_prefix, sndhwm=send_queue, curve=curve,
-                       cameras=[cam_id for cam_id, _ in sources]) as pub:
+        with _journal(journal, replay or "", curve) as kept, Publisher(
+                publish, topic_prefix, sndhwm=send_queue, curve=curve, cameras=[cam_id for cam_id, _ in sources],
+                journal=kept) as pub:
             log.info("publishing on %s (topics %s/<camera>)", pub.bound_endpoint, topic_prefix)
             if wait_subscribers and not pub.wait_for_subscribers(wait_subscribers, timeout_s=10.0):
                 log.warning("only %d of %d subscribers after 10 s; starting anyway",
@@ -62,6 +69,27 @@ def run_pipeline(
                 return pipe.run()
     finally:
         scorer.close()
+
+
+@contextlib.contextmanager
+def _journal(config: JournalConfig | None, replay: str, curve: CurveServer | None) -> Iterator[Journal | None]:
+    """The verdict journal and its replay endpoint (runtime/journal.py, replay.py), or None without --journal."""
+    if config is None:
+        yield None
+        return
+    journal = Journal(config)
+    try:
+        server = ReplayServer(replay, journal, curve)
+    except BaseException:
+        journal.close()
+        raise
+    log.info("verdict journal in %s (up to %.0f MB), replay on %s", config.path, config.max_bytes / 2**20,
+             server.bound_endpoint)
+    try:
+        yield journal
+    finally:
+        server.close()
+        journal.close()
 
 
 def _warm_up(scorer: Scorer, manifest: Manifest, model_dir: Path) -> None:

@@ -53,6 +53,10 @@ NOT_SCORED = "not scored: shutdown"
 class PipelineConfig:
     heatmap: str = "png"  # png | f16 | none
     overlay: bool = False
+    # Pictures (heatmap, overlay) of passes go out on every n-th pass per camera, the first included
+    # (1: every pass, 0: none); fails and errors always carry theirs. Encoding is most of the host's
+    # per-frame work after the resize, and on a good line nearly every frame is a pass.
+    heatmap_passes: int = 10
     max_frames: int | None = None  # stop after this many verdicts in total
     queue_size: int = 2
     heartbeat_s: float = 1.0
@@ -73,6 +77,8 @@ class PipelineConfig:
             raise ConfigError(f"--max-frames {self.max_frames}; expected >= 1 (or leave it out)")
         if self.queue_size < 1:
             raise ConfigError(f"--queue-size {self.queue_size}; expected >= 1")
+        if self.heatmap_passes < 0:
+            raise ConfigError(f"--heatmap-passes {self.heatmap_passes}; expected >= 0 (0: no pass pictures)")
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout {self.drain_timeout_s}; expected >= 0 seconds")
         if self.heartbeat_s <= 0:
@@ -155,6 +161,7 @@ class Pipeline:
         pre = manifest.preprocessing
         self._size = (pre.height, pre.width)
         self._rr = 0
+        self._passes: dict[str, int] = {}  # passes published per camera (publisher thread only)
         self._started = time.monotonic()
         self.model_info = {"name": manifest.name, "onnx_sha256": manifest.onnx_sha256,
                            "backend": scorer.backend, "precision": config.precision, "device": scorer.device}
@@ -334,11 +341,12 @@ class Pipeline:
         v = judge(p.score, p.amap, threshold, p.geometry) if p.error is None else unscored(p.error, threshold)
         defects = defects_of(v, self.manifest.pixel_threshold_for(precision),
                              self.manifest.calibration.min_defect_area_px)
-        meta, heat = messages.heatmap_of(v, self.config.heatmap)
-        overlay = None
-        if self.config.overlay and p.frame is not None:
-            overlay = render_overlay(p.frame, v, defects)
         it = p.item
+        picture = v.verdict != "pass" or self._pass_picture(it.camera)
+        meta, heat = messages.heatmap_of(v, self.config.heatmap) if picture else (None, b"")
+        overlay = None
+        if self.config.overlay and picture and p.frame is not None:
+            overlay = render_overlay(p.frame, v, defects)
         shape = p.frame.shape[:2] if p.frame is not None else None
         published_at = time.time()
         header = messages.header_of(
@@ -351,6 +359,10 @@ class Pipeline:
             self.stats.latencies_ms.append((time.monotonic() - it.monotonic) * 1000.0)
         if v.verdict == "error":
             log.warning("camera %s frame %d: error verdict: %s", it.camera, it.frame_id, v.error)
+
+    def _pass_picture(self, camera: str) -> bool:
+        n, self._passes[camera] = self._passes.get(camera, 0), self._passes.get(camera, 0) + 1
+        return self.config.heatmap_passes > 0 and n % self.config.heatmap_passes == 0
 
     def _health_event(self, event: dict[str, Any]) -> None:
         log.warning("camera %s health %s -> %s: %s", event["camera"], event["previous"], event["state"],

@@ -10,6 +10,9 @@ With curve=True both ends use CURVE (throwaway keys), so the cost of encryption 
 `bench_cameras` does the same with N cameras, each a looping replay of the clip, batched across
 cameras by the pipeline, against the bare scorer's BEST frames/s over batch sizes 1, 2, 4, 8 (the
 most this scorer can do on this machine, whatever the batch): ratio = pipeline / bare best.
+A saturated replay measures queues, not a line: with `fps` each count runs a second time with every
+camera paced at that line rate (camera.SourceSpec.fps), and that row reports the latency at the
+rate, the frames dropped (0 when the box keeps up) and p99 over the bare scorer's batch-1 p50.
 """
 
 from __future__ import annotations
@@ -197,14 +200,17 @@ def bare_best(scorer: Any, resized: list[np.ndarray], batches: tuple[int, ...] =
 
 def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, cameras: list[int],
                   frames_per_camera: int, max_batch: int | None = None, batch_wait_ms: float = 5.0,
-                  scorer: Any = None) -> list[dict]:
+                  scorer: Any = None, fps: float | None = None) -> list[dict]:
     """One row per camera count: the whole pipeline with N looping replays of `video` ->
     {cameras, pipeline_fps, bare_best_fps, bare_best_batch, ratio, latency_p50_ms, latency_p99_ms,
-    mean_batch, ...}. The bare scorer is timed before AND after the pipeline runs and the better of
-    the two is kept, so a machine that got busier half-way does not flatter the ratio.
+    mean_batch, dropped, ...}. The bare scorer is timed before AND after the pipeline runs and the
+    better of the two is kept, so a machine that got busier half-way does not flatter the ratio.
+    fps: also one row per count with each camera paced at that rate (fps_per_camera set).
     `scorer` (already open) replaces open_scorer, for tests; it is closed here either way."""
     if not cameras or min(cameras) < 1:
         raise ConfigError(f"--cameras {cameras}; expected one or more counts >= 1")
+    if fps is not None and not 0 < fps <= 1000:
+        raise ConfigError(f"--fps {fps}; expected a line rate per camera in (0, 1000] frames per second")
     if frames_per_camera < 2:
         raise ConfigError(f"frames per camera {frames_per_camera}; expected >= 2")
     manifest = load_manifest(Path(model_dir))
@@ -214,21 +220,26 @@ def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, ca
     scorer = scorer if scorer is not None else open_scorer(Path(model_dir), backend, precision, manifest=manifest)
     try:
         before = bare_best(scorer, resized)
+        rates = [None] if fps is None else [None, fps]
         rows = [_run_cameras(scorer, manifest, Path(video), n, frames_per_camera * n, precision, max_batch,
-                             batch_wait_ms) for n in cameras]
+                             batch_wait_ms, rate) for rate in rates for n in cameras]
         after = bare_best(scorer, resized)
     finally:
         scorer.close()
     bare = max(before, after, key=lambda r: r["best_fps"])
+    # The bare scorer's median batch-1 call: what a paced frame's latency is held against.
+    one = bare["fps_per_batch"].get(1)
+    scorer_p50 = round(1000.0 / one, 2) if one else None
     for r in rows:
         r.update(bare_best_fps=bare["best_fps"], bare_best_batch=bare["best_batch"],
                  bare_fps_per_batch=bare["fps_per_batch"], ratio=round(r["pipeline_fps"] / bare["best_fps"], 3),
-                 backend=scorer.backend, device=scorer.device)
+                 scorer_p50_ms=scorer_p50, backend=scorer.backend, device=scorer.device,
+                 p99_over_scorer_p50=round(r["latency_p99_ms"] / scorer_p50, 2) if scorer_p50 else None)
     return rows
 
 
 def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, precision: str,
-                 max_batch: int | None, batch_wait_ms: float) -> dict[str, Any]:
+                 max_batch: int | None, batch_wait_ms: float, fps: float | None = None) -> dict[str, Any]:
     counting = _Counting(scorer)
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     got: list[tuple[float, float, str, int]] = []
@@ -241,10 +252,12 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
         # queue_size 1: a replay reads as fast as the line scores, so a deeper queue only holds frames
         # that wait one more batch each (latency) without adding throughput: the next frame of every
         # camera is read while the current batch is scored. A live camera never builds that backlog
-        # (it drops its oldest frame), whatever --queue-size is.
+        # (it drops its oldest frame), whatever --queue-size is. A paced replay is such a camera: it
+        # gets the run command's default queue.
+        queue = 1 if fps is None else PipelineConfig.queue_size
         config = PipelineConfig(heatmap="png", max_frames=total, precision=precision, max_batch=max_batch,
-                                batch_wait_ms=batch_wait_ms, queue_size=1)
-        cams = [(f"cam{i}", SourceSpec("file", str(video), loop=True)) for i in range(n)]
+                                batch_wait_ms=batch_wait_ms, queue_size=queue)
+        cams = [(f"cam{i}", SourceSpec("file", str(video), loop=True, fps=fps)) for i in range(n)]
         final = Pipeline(counting, manifest, cams, pub, config).run()
         rx.join(10)
     stamps = sorted(x[1] for x in got)
@@ -252,18 +265,20 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
     # Steady state: frames published after the first batch, over the time after it (a batch's
     # verdicts go out together, so first-to-last would count the first batch for free).
     if len(stamps) > first + 1 and stamps[-1] > stamps[first - 1]:
-        fps = (len(stamps) - first) / (stamps[-1] - stamps[first - 1])
+        steady = (len(stamps) - first) / (stamps[-1] - stamps[first - 1])
     else:
-        fps = float("nan")
+        steady = float("nan")
     lat = np.asarray([x[0] for x in got] or [np.nan])
     by_cam: dict[str, list[int]] = {}
     for x in got:  # as the SUB received them: ZeroMQ keeps one publisher's order
         by_cam.setdefault(x[2], []).append(x[3])
     return {
         "cameras": n,
+        "fps_per_camera": fps,
+        "dropped": sum(int(c["capture_drops"]) for c in final["cameras"].values()),
         "frames": final["published"],
         "received": len(got),
-        "pipeline_fps": round(fps, 2),
+        "pipeline_fps": round(steady, 2),
         "latency_p50_ms": round(float(np.percentile(lat, 50)), 1),
         "latency_p99_ms": round(float(np.percentile(lat, 99)), 1),
         "mean_batch": round(float(np.mean(counting.sizes)), 2) if counting.sizes else None,
@@ -275,11 +290,12 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
 
 def format_cameras_table(rows: list[dict]) -> str:
     """Plain-text table of bench_cameras rows."""
-    head = ("backend", "cameras", "frames/s", "bare best", "@batch", "ratio", "p50 ms", "p99 ms", "mean batch",
-            "errors")
-    body = [(r["backend"], str(r["cameras"]), f"{r['pipeline_fps']:.2f}", f"{r['bare_best_fps']:.2f}",
-             str(r["bare_best_batch"]), f"{r['ratio']:.2f}", f"{r['latency_p50_ms']:.1f}",
-             f"{r['latency_p99_ms']:.1f}", str(r["mean_batch"]), str(r["errors"])) for r in rows]
+    head = ("backend", "cameras", "fps/cam", "frames/s", "bare best", "@batch", "ratio", "p50 ms", "p99 ms",
+            "p99/scorer", "mean batch", "dropped", "errors")
+    body = [(r["backend"], str(r["cameras"]), "max" if r.get("fps_per_camera") is None else f"{r['fps_per_camera']:g}",
+             f"{r['pipeline_fps']:.2f}", f"{r['bare_best_fps']:.2f}", str(r["bare_best_batch"]), f"{r['ratio']:.2f}",
+             f"{r['latency_p50_ms']:.1f}", f"{r['latency_p99_ms']:.1f}", str(r.get("p99_over_scorer_p50")),
+             str(r["mean_batch"]), str(r.get("dropped")), str(r["errors"])) for r in rows]
     widths = [max(len(c[i]) for c in [head, *body]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in [head, *body])

@@ -44,6 +44,7 @@ from edge_somad.contracts import defaults
 from edge_somad.errors import ConfigError
 from edge_somad.runtime import messages
 from edge_somad.runtime.curve import CurveServer, apply_server, start_authenticator
+from edge_somad.runtime.journal import Journal, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,11 @@ class Publisher:
         sndhwm: int = 100,
         curve: CurveServer | None = None,
         cameras: list[str] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         """`cameras`: the ids verdicts will be published for; subscriptions that match none of them
-        (nor the heartbeat/status topics) are dropped. None: any camera-id-like name (capped)."""
+        (nor the heartbeat/status topics) are dropped. None: any camera-id-like name (capped).
+        `journal`: where each verdict is also kept, for replay to subscribers that missed it (journal.py)."""
         if not topic_prefix or "/" in topic_prefix:
             raise ConfigError(f"topic prefix {topic_prefix!r}: expected a non-empty name without '/'")
         if sndhwm < 1:
@@ -118,6 +121,9 @@ class Publisher:
         self.endpoint = endpoint
         self.prefix = topic_prefix
         self.curve = curve
+        self.journal = journal
+        # Names this process's stream: a subscriber seeing another `run` knows `seq` started again.
+        self.run_id = journal.run_id if journal is not None else new_run_id()
         self.sent: dict[str, int] = {}  # messages handed to ZeroMQ per topic name (= next seq)
         self.handshake_failures = {kind: 0 for kind in _FAILED.values()}
         self._peers: set[int] = set()  # file descriptors of accepted TCP connections (handshake or not)
@@ -294,7 +300,8 @@ class Publisher:
                 return -1
             self._poll_locked()  # subscriptions are worked off here too, a slice at a time
             seq = self.sent.get(name, 0)
-            parts: list[Any] = [messages.topic(self.prefix, name), messages.dumps({**header, "seq": seq}), *payload]
+            parts: list[Any] = [messages.topic(self.prefix, name),
+                                messages.dumps({**header, "run": self.run_id, "seq": seq}), *payload]
             try:
                 # ZeroMQ multipart is atomic; on a lossy XPUB a full subscriber queue never raises.
                 for i, part in enumerate(parts):
@@ -304,6 +311,8 @@ class Publisher:
                 log.error("publish on %s/%s failed: %s", self.prefix, name, exc)
                 return -1
             self.sent[name] = seq + 1
+            if self.journal is not None and name not in (messages.HEARTBEAT_TOPIC, messages.STATUS_TOPIC):
+                self.journal.append(name, seq, parts)  # before the next send: replay never lags the wire
             return seq
 
     def publish_verdict(

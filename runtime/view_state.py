@@ -219,9 +219,11 @@ class ViewState:
         tile.last = {"frame_id": h["frame_id"], "verdict": verdict, "score": h.get("score"),
                      "score_normalised": h.get("score_normalised"), "error": h.get("error"),
                      "defects": len(defects), "captured_at": h.get("captured_at")}
-        tile._latest = msg
         tile.version += 1
-        tile.frame_version += 1
+        # A pass sent without a picture (run --heatmap-passes) keeps the last one on screen.
+        if verdict != "pass" or msg.overlay or h.get("heatmap"):
+            tile._latest = msg
+            tile.frame_version += 1
         if verdict == "fail":
             tile.fails.appendleft({"frame_id": h["frame_id"], "score_normalised": h.get("score_normalised"),
                                    "at": h.get("captured_at"), "image": picture(msg, THUMB_WIDTH)})

@@ -51,13 +51,18 @@ def test_cli_cameras_two_runs_end_to_end_and_prints_the_table(model_dir: Path, t
     app.command()(B.bench)
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, ["--model", str(model_dir), "--backend", "onnxruntime", "--batch", "1",
-                                   "--iters", "12", "--warmup", "1", "--cameras", "2", "--json", str(out)])
+                                   "--iters", "12", "--warmup", "1", "--cameras", "2", "--fps", "30",
+                                   "--json", str(out)])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("backend") and "cameras" in line)
-    assert lines[head].split()[:4] == ["backend", "cameras", "frames/s", "bare"]
-    assert lines[head + 1].split()[:2] == ["onnxruntime", "2"]
-    (row,) = json.loads(out.read_text())["cameras"]
+    assert lines[head].split()[:4] == ["backend", "cameras", "fps/cam", "frames/s"]
+    assert lines[head + 1].split()[:3] == ["onnxruntime", "2", "max"]
+    assert lines[head + 2].split()[:3] == ["onnxruntime", "2", "30"]
+    row, paced = json.loads(out.read_text())["cameras"]
+    assert paced["fps_per_camera"] == 30 and paced["frames"] == paced["received"] == 24
+    no_cameras = CliRunner().invoke(app, ["--model", str(model_dir), "--backend", "onnxruntime", "--fps", "5"])
+    assert no_cameras.exit_code == 2 and "--fps 5 needs --cameras" in no_cameras.output
     # 12 frames per camera, every one received by the real SUB, in per-camera order, none an error
     assert row["cameras"] == 2 and row["frames"] == 24 and row["received"] == 24
     assert row["out_of_order"] == 0 and row["errors"] == 0
@@ -93,3 +98,75 @@ def test_bad_camera_counts_are_config_errors(model_dir: Path, clip: Path) -> Non
     for counts in ([], [0]):
         with pytest.raises(ConfigError, match="--cameras"):
             bench_cameras(model_dir, clip, "onnxruntime", "fp32", counts, 4, scorer=OrtTiny(model_dir))
+
+
+# ---------------------------------------------------------------- line rate (--fps)
+
+def test_paced_cameras_keep_up_with_no_drop_and_run_at_the_line_rate(model_dir: Path, clip: Path) -> None:
+    rows = bench_cameras(model_dir, clip, "onnxruntime", "fp32", [2], 10, scorer=OrtTiny(model_dir), fps=20)
+    free, paced = rows
+    assert free["fps_per_camera"] is None and paced["fps_per_camera"] == 20
+    assert paced["frames"] == paced["received"] == 20 and paced["errors"] == 0 and paced["out_of_order"] == 0
+    assert paced["dropped"] == 0  # the tiny graph takes a few ms; 40 frames/s in all leaves it idle
+    # the offered rate, not the box's best: 2 cameras x 20 frames/s (loose: a shared 2-core machine)
+    assert 25 < paced["pipeline_fps"] < 50
+    assert paced["p99_over_scorer_p50"] == round(paced["latency_p99_ms"] / paced["scorer_p50_ms"], 2)
+    assert "max" in format_cameras_table(rows).splitlines()[1].split()
+
+
+def test_a_line_faster_than_the_scorer_drops_frames_and_says_so(model_dir: Path, clip: Path) -> None:
+    """60 ms a call against 2 x 50 frames/s: the cameras outrun the box, frames are dropped (counted),
+    and every frame that was taken still gets its verdict."""
+    scorer = OrtTiny(model_dir, delay_s=0.06)
+    rows = bench_cameras(model_dir, clip, "onnxruntime", "fp32", [2], 12, scorer=scorer, fps=50)
+    paced = rows[1]
+    assert paced["dropped"] > 0
+    assert paced["frames"] == paced["received"] == 24 and paced["errors"] == 0
+
+
+def test_pacing_is_for_replays_within_a_sane_rate(model_dir: Path, clip: Path) -> None:
+    from edge_somad.runtime.camera import SourceSpec
+
+    with pytest.raises(ConfigError, match="paces replays only"):
+        SourceSpec("index", 0, fps=5)
+    for bad in (0.0, -1.0, 5000.0):
+        with pytest.raises(ConfigError, match="fps"):
+            SourceSpec("file", str(clip), fps=bad)
+    with pytest.raises(ConfigError, match="--fps"):
+        bench_cameras(model_dir, clip, "onnxruntime", "fp32", [1], 4, scorer=OrtTiny(model_dir), fps=0)
+
+
+def test_paced_replay_stamps_frames_at_its_ticks_and_counts_missed_ones(clip: Path) -> None:
+    import threading
+    import time
+
+    from edge_somad.runtime.camera import CameraSource, SourceSpec, _Capture
+
+    def stamps(opener: type, fps: float, n: int) -> tuple[list[float], CameraSource]:
+        cam = CameraSource("c", SourceSpec("file", str(clip), loop=True, fps=fps), threading.Condition(),
+                           queue_size=100, opener=opener)
+        cam.start()
+        got: list[float] = []
+        deadline = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < deadline:
+            item = cam.queue.pop()
+            if item is None:
+                time.sleep(0.002)
+            else:
+                got.append(item.monotonic)
+        cam.stop()
+        assert cam.join(5)
+        return got, cam
+
+    got, cam = stamps(_Capture, 25, 6)
+    assert np.allclose(np.diff(got), 0.04, atol=1e-6)  # stamped at the ticks, not when decoded
+    assert cam.drops == 0
+
+    class SlowRead(_Capture):
+        def read(self) -> tuple:
+            time.sleep(0.05)  # a reader slower than the 100 frames/s line
+            return super().read()
+
+    got, cam = stamps(SlowRead, 100, 4)
+    assert cam.missed_ticks > 0 and cam.drops >= cam.missed_ticks
+    assert all(d >= 0.04 for d in np.diff(got))  # the ticks it skipped are not stamped on later frames

@@ -36,7 +36,7 @@ def test_2000_verdicts_arrive_through_a_broker_outage(tmp_path: Path) -> None:
     bridge = start_bridge(_bridge_args(zmq_port, broker.port, "box1", tmp_path), tmp_path / "bridge.log")
     run = None
     try:
-        assert consumer.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
+        assert consumer.wait_for(lambda m: verdict_count("NSTATUS")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
         run = subprocess.Popen(
             [edge_somad_exe(), "run", "--camera", f"c1={video}", "--model",
              str(model_dir), "--publish", f"tcp://127.0.0.1:{zmq_port}", "--wait-subscribers", "1",
@@ -79,46 +79,15 @@ def test_2000_verdicts_arrive_through_a_broker_outage(tmp_path: Path) -> None:
     assert {v["camera"] for v in verdicts} == {"c1"} and {v["box"] for v in verdicts} == {"box1"}
     assert all(v["schema"] == "edge-somad/verdict/1" and v["threshold"] == 0.5 for v in verdicts)
     status = consumer.json("NSTATUS")[-1]
-    assert status["overflow"] == {} and status["upstream"] == {"missed": 0, "rejected": 0}
+    assert status["overflow"] == {} and status["upstream"] == {"missed": 0, "replayed": 0, "pending": 0, "rejected": 0}
     assert status["queued"] == 0 and status["stored"] == N
     births = consumer.json("NBIRTH")
     assert len({b["bdSeq"] for b in births}) >= 2, "the reconnect after the outage republished birth"
+    assert all(b["cameras"] == ["c1"] and b["complete"] for b in births), births  # never an empty birth
     last = births[-1]
     assert last["cameras"] == ["c1"] and last["streams"][0]["threshold"] == 0.5
     assert last["streams"][0]["model"]["name"] == "standin" and len(last["streams"][0]["model"]["onnx_sha256"]) == 64
     assert last["verdict_schema"] == "edge-somad/verdict/1"
-
-
-def test_sigkill_publishes_death_and_restart_republishes_birth(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path / "broker")
-    broker.start()
-    consumer = Consumer(broker.port, client_id="watcher")
-    args = _bridge_args(free_port(), broker.port, "box2", tmp_path)
-    bridge = start_bridge(args, tmp_path / "bridge.log")
-    try:
-        assert consumer.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
-        first_birth = consumer.json("NBIRTH")[0]
-        bridge.kill()  # SIGKILL: no goodbye, the broker must speak for it
-        bridge.wait(10)
-        assert consumer.wait_for(lambda m: verdict_count("NDEATH")(m) >= 1, 30)
-        death = consumer.json("NDEATH")[0]
-        assert death["bdSeq"] == first_birth["bdSeq"] and death["reason"] == "connection lost (last will)"
-        bridge = start_bridge(args, tmp_path / "bridge.log")
-        assert consumer.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 2, 20)
-        second_birth = consumer.json("NBIRTH")[1]
-        assert second_birth["bdSeq"] > death["bdSeq"]  # online: the newest birth outranks the newest death
-        late = Consumer(broker.port, client_id="late-joiner")  # retained birth and death for whoever comes later
-        try:
-            assert late.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 1 and verdict_count("NDEATH")(m) >= 1, 10)
-            assert late.json("NBIRTH")[-1]["bdSeq"] == second_birth["bdSeq"]
-            assert all(r for t, _, r in late.messages if "/NBIRTH/" in t or "/NDEATH/" in t)
-        finally:
-            late.close()
-    finally:
-        if bridge.poll() is None:
-            bridge.kill()
-        consumer.close()
-        broker.stop()
 
 
 def test_unreachable_broker_is_a_warning_and_verdicts_wait(tmp_path: Path) -> None:
@@ -203,7 +172,7 @@ def test_password_broker_mqtt311_and_heatmap_topic(tmp_path: Path) -> None:
         bridge = subprocess.Popen([edge_somad_exe(), "bridge", *args], cwd=REPO,
                                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "bridge.log", "wb"),  # noqa: SIM115
                                   env={**os.environ, "EDGE_SOMAD_BRIDGE_PASSWORD": "s3cret"})
-        assert consumer.wait_for(lambda m: verdict_count("NBIRTH")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
+        assert consumer.wait_for(lambda m: verdict_count("NSTATUS")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
         assert pub.wait_for_subscribers(1, 10)
         flat, noisy = np.full((64, 96), 0.2, np.float32), np.random.default_rng(0).random((64, 96)).astype(np.float32)
         for i in range(10):

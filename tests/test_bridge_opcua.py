@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_somad.errors import ConfigError
 from edge_somad.runtime import messages
-from edge_somad.runtime.bridge_opcua import NAMESPACE, RESULT_FIELDS, result_values
+from edge_somad.runtime.bridge_opcua import NAMESPACE, result_values
 from edge_somad.runtime.curve import connect_subscriber
 from tests.helpers.bridges import REPO, start_bridge
 from tests.helpers.cli import edge_somad_exe
@@ -138,11 +139,11 @@ def test_opcua_client_sees_every_verdict_of_a_50_frame_run(tmp_path: Path) -> No
         sock.close()
     assert [h["frame_id"] for h in headers] == list(range(N))
     expected = [_expected(h) for h in headers]
-    # The first notification of each item is its value at subscription time (the empty LastResult).
+    # The first notification of each item is its state at subscription time: no value yet (BadWaitingForInitialData).
+    assert got["ResultId"][0] is None
     assert got["ResultId"][1:] == [f"c1/{i}" for i in range(N)]  # one change per verdict, none lost
-    defaults = {name: value for name, _, value in RESULT_FIELDS}
     for name in WATCHED:  # every other variable: one notification per change of value, each equal to the header's
-        assert _collapse(got[name]) == _collapse([defaults[name]] + [e[name] for e in expected]), name
+        assert _collapse(got[name]) == _collapse([None] + [e[name] for e in expected]), name
     verdicts = [h["verdict"] for h in headers]
     assert {v: verdicts.count(v) for v in ("pass", "fail")} == {"pass": counters["PassCount"],
                                                                 "fail": counters["FailCount"]}
@@ -162,6 +163,10 @@ def test_opcua_bad_options_are_clear_errors(tmp_path: Path, monkeypatch) -> None
     assert res.exit_code == 2 and "--certificate and --private-key go together" in res.output
     res = CliRunner().invoke(app, [*args, "--username", "plc"])
     assert res.exit_code == 2 and "--username needs a password" in res.output
+    monkeypatch.setenv(PASSWORD_ENV, "s3cret")
+    res = CliRunner().invoke(app, [*args, "--username", "plc"])
+    assert res.exit_code == 2 and "--allow-plaintext-password" in res.output, res.output
+    monkeypatch.delenv(PASSWORD_ENV)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -204,8 +209,11 @@ def test_opcua_username_password_refuses_anonymous_and_wrong_passwords() -> None
     from edge_somad.runtime.bridge_source import SourceConfig
 
     url = f"opc.tcp://127.0.0.1:{free_port()}/edge-somad/"
-    config = OpcuaConfig(SourceConfig((f"tcp://127.0.0.1:{free_port()}",)), box="sec", endpoint=url,
-                         username="plc", password="s3cret")
+    source = SourceConfig((f"tcp://127.0.0.1:{free_port()}",))
+    with pytest.raises(ConfigError, match="clear text"):  # a password over SecurityPolicy None: not by default
+        OpcuaConfig(source, box="sec", endpoint=url, username="plc", password="s3cret")
+    config = OpcuaConfig(source, box="sec", endpoint=url, username="plc", password="s3cret",
+                         allow_plaintext_password=True)
 
     async def body() -> None:
         assert await _read_model(url, user="plc", password="s3cret") == ""

@@ -162,7 +162,8 @@ def test_opcua_bridge_survives_fuzz() -> None:
 
                 async def poll() -> None:
                     while True:
-                        latest[0] = await rid.read_value()
+                        value = await rid.read_data_value(raise_on_bad_status=False)  # Bad: no result yet
+                        latest[0] = value.Value.Value or ""
                         await asyncio.sleep(0.05)
 
                 poller = asyncio.create_task(poll())

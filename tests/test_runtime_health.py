@@ -180,3 +180,52 @@ def test_old_manifest_without_reference_still_runs(tmp_path: Path) -> None:
     h = final["cameras"]["line"]["health"]
     assert final["verdicts"]["pass"] == 12 and h["state"] == "ok"
     assert "no input reference" in h["input_drift"]["reason"] and "no calibration scores" in h["score_drift"]["reason"]
+
+
+def test_frame_metrics_match_a_float64_reference() -> None:
+    rng = np.random.default_rng(5)
+    for frame in (_part(rng, 120, 160), np.full((64, 96, 3), 7, np.uint8),
+                  cv2.GaussianBlur(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8), (9, 9), 3)):
+        f = frame.astype(np.float64)
+        g = f[..., 0] * 0.114 + f[..., 1] * 0.587 + f[..., 2] * 0.299
+        lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
+        got = drift.frame_metrics(frame)
+        assert got["brightness"] == pytest.approx(g.mean(), rel=1e-6)
+        assert got["contrast"] == pytest.approx(g.std(), rel=1e-6, abs=1e-5)
+        assert got["sharpness"] == pytest.approx(lap.var(), rel=1e-6, abs=1e-5)
+        assert set(drift.frame_metrics(frame, sharpness=False)) == {"brightness", "contrast"}
+
+
+def _sampled_health(drift_every: int, dim_to: float) -> tuple[list[str], CameraHealth]:
+    """60 good parts dimmed linearly to `dim_to` of their brightness, fed to one camera's health."""
+    rng = np.random.default_rng(7)
+    ref_frames = [_part(rng, H, W) for _ in range(60)]
+    cam = CameraHealth("c", {"input": drift.input_reference(ref_frames, "parts")},
+                       dataclasses.replace(FAST, drift_every=drift_every))
+    states = []
+    for i in range(60):
+        f = _part(rng, H, W).astype(np.float32) * (1.0 - (1.0 - dim_to) * i / 59)
+        assert cam.observe_frame((H, W), np.clip(f, 0, 255).astype(np.uint8), i / 10) is None
+        cam.update()
+        states.append(cam.state)
+    return states, cam
+
+
+def test_drift_on_every_third_frame_still_sees_a_brightness_drop_and_stays_quiet_without_one() -> None:
+    states, cam = _sampled_health(3, dim_to=0.4)
+    assert "warn" in states and states[-1] == "alarm"
+    assert states.index("warn") < states.index("alarm")
+    assert cam._frames == 60 and len(cam._metrics) == FAST.input_window  # the window holds samples
+    assert cam.snapshot()["input_drift"]["brightness"]["z"] < -FAST.input_alarm_z
+    calm, _ = _sampled_health(3, dim_to=1.0)
+    assert set(calm) == {"ok"}
+    with pytest.raises(ConfigError, match="--drift-every"):
+        HealthConfig(drift_every=0)
+
+
+def test_sampling_leaves_the_per_frame_fault_checks_on_every_frame() -> None:
+    rng = np.random.default_rng(8)
+    cam = CameraHealth("c", {}, dataclasses.replace(FAST, drift_every=4))
+    black = np.zeros((H, W, 3), np.uint8)
+    faults = [cam.observe_frame((H, W), black if i % 4 == 1 else _part(rng, H, W), i / 10) for i in range(8)]
+    assert [f is not None for f in faults] == [False, True, False, False, False, True, False, False]

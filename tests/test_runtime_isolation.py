@@ -46,7 +46,8 @@ def test_stalled_subscriber_loses_its_own_messages_not_the_others(tmp_path: Path
         fast = Collector(endpoint)
         assert pub.wait_for_subscribers(2, 5.0)
         fast.start()
-        config = PipelineConfig(overlay=True, heatmap="f16", heartbeat_s=0.02)
+        # pictures on every verdict, so the messages are big enough to fill the stalled peer's buffers
+        config = PipelineConfig(overlay=True, heatmap="f16", heartbeat_s=0.02, heatmap_passes=1)
         final = Pipeline(scorer, manifest, [("c", SourceSpec("file", str(video)))], pub, config).run()
         fast.join(30)
     stalled_msgs = []

@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from edge_somad.contracts.manifest import load_manifest
+from edge_somad.errors import ConfigError
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import SourceSpec, parse_cameras
 from edge_somad.runtime.curve import CurveClient, connect_subscriber
@@ -274,7 +275,8 @@ def test_slow_subscriber_never_blocks_the_line(tmp_path: Path, model_dir: Path) 
         sock.connect(endpoint)
         assert pub.wait_for_subscribers(1, 5.0)
         t0 = time.monotonic()
-        config = PipelineConfig(overlay=True, heatmap="f16")
+        # pictures on every verdict: messages big enough to fill the stalled subscriber's buffers
+        config = PipelineConfig(overlay=True, heatmap="f16", heatmap_passes=1)
         final = Pipeline(scorer, manifest, [("c", SourceSpec("file", str(video)))], pub, config).run()
         elapsed = time.monotonic() - t0
     received = 0
@@ -312,3 +314,22 @@ def test_subscriber_bridge_csv_and_saved_failures(tmp_path: Path, model_dir: Pat
     assert rows[0].startswith("frame_id,camera,captured_at") and len(rows) == 4 and ",fail," in rows[2]
     saved = sorted(p.name for p in (tmp_path / "fails").iterdir())
     assert saved == ["c_00000001_fail.jpg", "c_00000001_fail.json", "c_00000001_fail_heatmap.png"]
+
+
+def test_pictures_on_every_fail_and_every_nth_pass(tmp_path: Path, model_dir: Path) -> None:
+    kinds = "ppfppppf"  # passes #0..#5 are frames 0, 1, 3, 4, 5, 6
+    video = write_video(tmp_path / "v.avi", [defect() if k == "f" else grey() for k in kinds])
+    config = PipelineConfig(heatmap="png", overlay=True, heatmap_passes=3)
+    _, sub = run_pipeline_with_sub(model_dir, [f"c={video}"], config)
+    msgs = sorted((m for m in sub.msgs if m.kind == "verdict"), key=lambda m: m.header["frame_id"])
+    assert "".join(m.header["verdict"][0] for m in msgs) == kinds
+    with_picture = [m.header["frame_id"] for m in msgs if m.header["heatmap"] is not None]
+    assert with_picture == [0, 2, 4, 7]  # pass #0 (frame 0), pass #3 (frame 4) and both fails
+    assert [m.header["frame_id"] for m in msgs if m.overlay] == with_picture
+    assert all(m.header["overlay"] is (m.overlay is not None) for m in msgs)
+    assert all(len(m.heatmap) == 0 for m in msgs if m.header["heatmap"] is None)
+    for n, expected in ((1, [0, 1, 2, 3, 4, 5, 6, 7]), (0, [2, 7])):
+        _, sub = run_pipeline_with_sub(model_dir, [f"c={video}"], PipelineConfig(heatmap_passes=n))
+        assert sorted(v["frame_id"] for v in sub.verdicts() if v["heatmap"] is not None) == expected
+    with pytest.raises(ConfigError, match="--heatmap-passes"):
+        PipelineConfig(heatmap_passes=-1)

@@ -39,6 +39,10 @@ def test_topk_mahalanobis_matches_float64_reference(b: int, n: int, m: int, d: i
     # Blocking the patches (cache-sized slices in the graph) must not change a single value.
     blocked = scoring.min_mahalanobis_sq(xt, torch.from_numpy(centers).float(), w, idx, block=3)
     np.testing.assert_array_equal(blocked.double().numpy(), got)
+    # The eager kernel (pairs grouped by node) gives the same distances up to float32 summation order.
+    grouped = scoring.min_mahalanobis_sq_grouped(xt, torch.from_numpy(centers).float(), w, idx).double().numpy()
+    np.testing.assert_allclose(grouped, ref, rtol=2e-4, atol=1e-4)
+    np.testing.assert_allclose(grouped, got, rtol=1e-5, atol=1e-5)
 
 
 def test_ranking_table_orders_nodes_like_true_distances() -> None:

@@ -1,4 +1,4 @@
-"""Synthetic-defect self-check: defects land on the part, and the report counts them right."""
+"""Synthetic-defect self-check: the report counts escapes right and covers every kind."""
 
 from __future__ import annotations
 
@@ -6,38 +6,7 @@ import numpy as np
 import pytest
 
 from edge_somad.calibration import selfcheck
-from edge_somad.contracts.geometry import resize_frame
-from edge_somad.errors import InputError
-
-
-def _letterboxed_part(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    part = (rng.random((120, 60, 3)) * 80 + 90).astype(np.uint8)  # a tall textured part
-    return resize_frame(part, 64, 96, "letterbox", pad_value=0)
-
-
-def test_content_box_finds_the_letterboxed_part() -> None:
-    frame = _letterboxed_part(0)
-    box = selfcheck.content_box(frame, 0)
-    assert (box.top, box.bottom) == (0, 64) and 30 <= box.left <= 33 and 63 <= box.right <= 66
-    assert selfcheck.content_box(np.zeros((64, 96, 3), np.uint8), 0) == selfcheck.Box(0, 0, 64, 96)
-
-
-@pytest.mark.parametrize("kind", selfcheck.KINDS)
-def test_each_kind_changes_the_part_and_never_the_padding(kind: str) -> None:
-    frames = np.stack([_letterboxed_part(i) for i in range(4)])
-    out, kinds = selfcheck.synthetic_defects(frames, per_kind=3, pad_value=0, seed=1)
-    assert out.shape == (4 * 3 * 3, 64, 96, 3) and out.dtype == np.uint8 and len(kinds) == len(out)
-    for i, (img, k) in enumerate(zip(out, kinds, strict=True)):
-        if k != kind:
-            continue
-        src = frames[i // 9]
-        changed = (img != src).any(axis=2)
-        assert changed.sum() >= 4, f"{kind} left the frame unchanged"
-        box = selfcheck.content_box(src, 0)
-        outside = changed.copy()
-        outside[box.top:box.bottom, box.left:box.right] = False
-        assert not outside.any(), f"{kind} painted letterbox padding"
+from edge_somad.calibration.synthetic import KINDS
 
 
 def test_detectability_counts_escapes_at_the_runtime_rule() -> None:
@@ -52,6 +21,16 @@ def test_detectability_counts_escapes_at_the_runtime_rule() -> None:
     assert r["synthetic_auroc"] == pytest.approx(round(wins / 18, 4))
 
 
-def test_bad_frames_are_refused() -> None:
-    with pytest.raises(InputError, match=r"expected uint8 \(N, H, W, 3\)"):
-        selfcheck.synthetic_defects(np.zeros((2, 8, 8), np.uint8), 1, 0)
+def test_self_check_scores_every_kind_on_each_held_out_frame() -> None:
+    rng = np.random.default_rng(0)
+    frames = (rng.random((3, 48, 64, 3)) * 80 + 90).astype(np.uint8)
+    seen = []
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        return batch.mean(axis=(1, 2, 3))
+
+    report = selfcheck.self_check(score, frames, score(frames), threshold=1e9, pad_value=0)
+    per_kind = -(-selfcheck.MIN_PER_KIND // 3)
+    assert seen[-1] == 3 * per_kind * len(KINDS) == report["n_synthetic"]
+    assert set(report["escape_rate_per_kind"]) == set(KINDS) and report["synthetic_escape_rate"] == 1.0

@@ -31,6 +31,16 @@ def test_in_sample_picks_the_best_mean_and_loo_never_sees_the_left_out_category(
     assert loo["a"].setting == "tuned" and loo["a"].value == pytest.approx(0.85)
 
 
+@pytest.mark.parametrize(("tuned", "margin", "expected"), [
+    (0.904, 0.005, "default"),  # better by 0.004: inside the margin, the default stays
+    (0.906, 0.005, "tuned"),  # better by 0.006: outside it, the better setting wins
+    (0.904, 0.0, "tuned"),  # no margin: any strictly better mean wins
+])
+def test_the_default_changes_only_beyond_the_margin(tuned: float, margin: float, expected: str) -> None:
+    rows = rows_from({"default": {"a": 0.9, "b": 0.9}, "tuned": {"a": tuned, "b": tuned}})
+    assert choose(rows, ["a", "b"], value, key, ["default"], margin) == expected
+
+
 def test_a_group_is_left_out_whole() -> None:
     # b and c share a source; with b left out, c must not vote: the choice is made on a alone.
     table = {"default": {"a": 0.9, "b": 0.6, "c": 0.6}, "tuned": {"a": 0.8, "b": 0.99, "c": 0.99}}

@@ -187,3 +187,27 @@ def test_picture_falls_back_to_the_heatmap_without_overlay() -> None:
     img = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
     blue, red = img[32, :, 0].astype(int), img[32, :, 2].astype(int)
     assert img.shape == (64, 96, 3) and red[80] > blue[80] + 50 and blue[5] > red[5] + 50  # hot right, cold left
+
+
+def test_a_pass_sent_without_a_picture_keeps_the_last_one_on_screen() -> None:
+    from edge_somad.runtime import messages
+    from edge_somad.runtime.view_state import ViewState
+
+    meta, payload = messages.encode_heatmap(np.full((64, 96), 0.8, np.float32), "png", 0.5)
+
+    def verdict(frame_id: int, verdict: str, heat: bool) -> messages.Received:
+        header = messages.verdict_header(
+            camera="c", frame_id=frame_id, captured_at=1.0, published_at=1.0, score=0.8, threshold=0.5,
+            verdict=verdict, error=None, defects=[], model={}, heatmap=meta if heat else None,
+            frame_shape=(120, 160), overlay=False)
+        return messages.Received("somad/c", header, bytes(payload) if heat else b"", None)
+
+    state = ViewState(["tcp://a:1"], n_fails=2)
+    state.apply("tcp://a:1", verdict(0, "fail", heat=True))
+    (tile,) = state.tiles.values()
+    shown = tile.image()
+    assert shown is not None
+    state.apply("tcp://a:1", verdict(1, "pass", heat=False))  # run --heatmap-passes skipped this one
+    assert tile.image() == shown and tile.last["frame_id"] == 1 and tile.counts["pass"] == 1
+    state.apply("tcp://a:1", verdict(2, "error", heat=False))  # an error shows that it has no picture
+    assert tile.image() is None

@@ -153,3 +153,35 @@ def make_tls_files(out: Path) -> tuple[Path, Path, Path]:
     paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()))
     return paths
+
+
+def heartbeat(cameras: tuple[str, ...], status: str = "running") -> dict:
+    """A heartbeat as `run` sends it, with the fields the bridges read."""
+    from edge_somad.runtime import messages
+
+    return {"schema": messages.HEARTBEAT_SCHEMA, "at": time.time(), "uptime_s": 1.0, "status": status,
+            "model": {"name": "standin", "onnx_sha256": "ab" * 32, "backend": "onnxruntime", "precision": "fp32",
+                      "device": "cpu"},
+            "cameras": {c: {"status": "running", "fps": 10.0, "capture_drops": 0} for c in cameras}}
+
+
+class BeatingPublisher:
+    """A real Publisher on PORT that sends a heartbeat every 0.2 s for `cameras`, like a `run` between parts."""
+
+    def __init__(self, port: int, cameras: tuple[str, ...], **publisher_options) -> None:
+        from edge_somad.runtime.publisher import Publisher
+
+        self.pub = Publisher(f"tcp://127.0.0.1:{port}", "somad", sndhwm=1000, **publisher_options)
+        self.cameras = cameras
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.stop.wait(0.2):
+            self.pub.publish_heartbeat(heartbeat(self.cameras))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.pub.close()
