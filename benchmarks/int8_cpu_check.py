@@ -65,9 +65,9 @@ def child(frames_path: Path, out_path: Path, graphs: list[str]) -> None:
 
 
 def test_frames(data_root: Path, category: str, n: int, model_dir: Path) -> tuple[np.ndarray, list[str]]:
+    from edge_somad.contracts.geometry import batch_frames
+    from edge_somad.contracts.manifest import load_manifest
     from edge_somad.data import load_category, read_image
-    from edge_somad.export.manifest import load_manifest
-    from edge_somad.runtime.preprocess import batch_frames
 
     pre = load_manifest(model_dir).preprocessing
     test = load_category(data_root, category).test
@@ -98,7 +98,7 @@ def main() -> None:
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         sys.exit("qemu-x86_64 not found: apt-get install -y qemu-user")
-    from edge_somad.export.manifest import load_manifest
+    from edge_somad.contracts.manifest import load_manifest
 
     manifest = load_manifest(args.model)
     graphs = [args.model / manifest.onnx]

@@ -42,7 +42,8 @@ from torch import nn
 from edge_somad import scoring
 from edge_somad.backbones import IMAGENET_MEAN, IMAGENET_STD
 
-DEFAULT_MODEL = Path("/work/main/runs/suite/bottle_somad")
+# The suite's bottle model, relative to the checkout (benchmarks/suite.py writes it there).
+DEFAULT_MODEL = Path("runs/suite/bottle_somad")
 # (stages used, channels kept): AnomaVision's PaDiM defaults ("light") and its deeper setting.
 PEERS = {"peer-light": (1, 50), "peer-deep": (3, 100)}
 STAGE_CHANNELS = (64, 128, 256)

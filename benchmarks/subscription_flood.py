@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from tests.test_runtime_support import free_port, make_model_dir
+    from tests.helpers.runtime import free_port, make_model_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_model_dir(Path(tmp) / "model")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.suite_loo import Row, choose, leave_one_out, row_of
-from benchmarks.suite_thresholds import RULES, SHIPPED_RULE, apply_rule, transfer
+from benchmarks.suite_thresholds import COMMISSIONED, RULES, SHIPPED_RULE, apply_rule, transfer
 
 SHIPPED = "lite0@224 | somad s256 k4 | sig4 top0.01"
 # A setting replaces the shipped default only when its mean image AUROC is higher by more than this
@@ -151,6 +151,12 @@ def report(rows: list[Row], cats: list[str], max_frr: float, user_dir: Path) -> 
             ref = mean_summary([summary(row_of(rows, setting, c, setting_of), SHIPPED_RULE) for c in cats])
             refs[label] = ref
             print(f"{label:16s}" + "".join(x.rjust(10) for x in mean_cells(ref)) + f" |  [{setting}] / {SHIPPED_RULE}")
+    print(f"\nThreshold rules under [{chosen}] (mean over the {len(cats)} categories); 'line' = commissioned from "
+          "every other test good image, FRR on the rest (docs/commissioning.md)")
+    for rule in [*RULES, *COMMISSIONED]:
+        at = [apply_rule(row_of(rows, chosen, c, setting_of), rule) for c in cats]
+        print(f"  {rule:24s} escapes {np.mean([a['escape_rate'] for a in at]):6.1%}   FRR "
+              f"{np.mean([a['frr'] for a in at]):6.1%}   worst FRR {max(a['frr'] for a in at):6.1%}")
     shipped = refs.get("shipped default")
     if shipped is not None:
         loo_mean = means["leave_one_out"]["image_auroc"]

@@ -21,6 +21,7 @@ from edge_somad.calibration.frames import (
 )
 from edge_somad.calibration.int8_step import quantize_and_check
 from edge_somad.calibration.report import format_table
+from edge_somad.contracts import defaults
 from edge_somad.contracts.decision import fails
 from edge_somad.contracts.exits import handle_errors
 from edge_somad.contracts.layout import read_fit_info
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METHODS = ("robust", "empirical", "chi2")
-# Chosen on the development suite's mean (README, "Development suite"): at the 0.5 % target the
+# Chosen on the development suite's mean (docs/results.md, "Development suite"): at the 0.5 % target the
 # robust rule let fewer defects pass (25 % vs 32 %) at a lower test FRR (4.3 % vs 4.7 %).
 DEFAULT_METHOD = "robust"
 CALIBRATION_NAMES = {"robust": "robust-normal", "empirical": "empirical-quantile", "chi2": "chi2"}
@@ -45,7 +46,7 @@ CALIBRATION_NAMES = {"robust": "robust-normal", "empirical": "empirical-quantile
 def calibrate(
     model: Annotated[Path, typer.Option("--model", help="Model directory (manifest.json, model.onnx).")],
     target_frr: Annotated[float, typer.Option("--target-frr", help="Target false-reject rate on good parts.")]
-    = 0.005,
+    = defaults.TARGET_FRR,
     calibration_dir: Annotated[
         Path | None,
         typer.Option("--calibration-dir", help="Folder of good images to use instead of the held-out split."),
@@ -60,7 +61,7 @@ def calibrate(
     )] = DEFAULT_METHOD,
     pixel_quantile: Annotated[
         float, typer.Option("--pixel-quantile", help="Quantile of good-map pixels for the pixel threshold.")
-    ] = 0.999,
+    ] = defaults.PIXEL_QUANTILE,
     min_area: Annotated[
         int | None,
         typer.Option("--min-area", help="Min defect region, px; default: largest on good maps + 1."),

@@ -5,7 +5,7 @@ detectability: synthetic defects (calibration/synthetic.py) pasted into held-out
 the pasted pixels as ground truth. Both graphs score the same frames and the three metrics of
 `evaluate` are computed for each — image AUROC, pixel AUROC and PRO — and drop = fp32 - int8. The
 int8 graph is usable when the image and pixel AUROC drops are at most MAX_DROP (the target on
-bottle's real test set: README, INT8). PRO is reported, not gated: on synthetic defects its drop
+bottle's real test set: docs/results.md, INT8). PRO is reported, not gated: on synthetic defects its drop
 follows the draw of defects more than the graph (a small model, hazelnut_toy at 128 px: -0.001 to
 +0.010 over five draws of 360 defects, against 0.0015 on its real test set), while both AUROC
 drops stayed within +-0.005 and moved together with real breakage (scrambled int8 weights).
@@ -30,7 +30,7 @@ from edge_somad.calibration.synthetic import CONSPICUOUS, content_box, synthetic
 from edge_somad.errors import InputError
 
 if TYPE_CHECKING:
-    from edge_somad.export.manifest import Manifest
+    from edge_somad.contracts.manifest import Manifest
 
 MAX_DROP = 0.005  # the INT8 accuracy target: no metric more than this below fp32
 # Good frames that get defects pasted in (spread over the held-out set), and synthetic defects in

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from edge_somad.calibration.frames import open_model_scorer, score_all
+from edge_somad.contracts import defaults
 from edge_somad.contracts.decision import fails
 from edge_somad.contracts.layout import split_paths
 from edge_somad.errors import ArtifactError
@@ -47,7 +48,7 @@ def int8_frames(
 
 
 def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: float, source: str,
-                       pixel_quantile: float = 0.999, max_drop: float | None = None) -> Manifest:
+                       pixel_quantile: float = defaults.PIXEL_QUANTILE, max_drop: float | None = None) -> Manifest:
     """Write model.int8.onnx, measure its accuracy drop, and record it with its own thresholds if usable.
 
     The int8 graph's statistics are refit on its own features of the fit images when the model dir

@@ -1,4 +1,4 @@
-"""Pass/fail thresholds from held-out good images (numpy/scipy only, no torch).
+"""Pass/fail thresholds from held-out good images (numpy and OpenCV only: no torch, no scipy).
 
 Convention used everywhere here (and expected of the runtime): an image FAILS when
 `score >= threshold`, a pixel is anomalous when `map >= pixel_threshold`. Thresholds are placed
@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, stats
 
+from edge_somad.calibration import distributions as dist
+from edge_somad.contracts import defaults
 from edge_somad.contracts.decision import fails
 from edge_somad.errors import ConfigError, InputError
 
@@ -62,7 +62,7 @@ def clopper_pearson_upper(failures: int, n: int, confidence: float = CONFIDENCE)
         raise InputError(f"clopper_pearson_upper({failures}, {n}): need 0 <= failures <= n and n >= 1")
     if failures == n:
         return 1.0
-    return float(stats.beta.ppf(confidence, failures + 1, n - failures))
+    return float(dist.binomial_upper(failures, n, confidence))
 
 
 def _above(value: float) -> float:
@@ -153,7 +153,7 @@ def robust_threshold(good_scores: np.ndarray, target_frr: float, guard: bool = T
         est = empirical_threshold(s, target_frr)
         why = f"{n} scores" if n < ROBUST_MIN_IMAGES else "all scores equal to the median (MAD 0)"
         return dataclasses.replace(est, note=f"robust rule not applicable ({why}); empirical rule used. " + est.note)
-    z = NormalDist().inv_cdf(1.0 - target_frr)
+    z = dist.normal_ppf(1.0 - target_frr)
     threshold = med + z * sigma
     rule = f"Threshold = median {med:.4g} + {z:.3f} x robust sigma {sigma:.4g} (normal model of the good scores)"
     # One odd good image is always tolerated: that is what the median/MAD are for.
@@ -224,7 +224,7 @@ def chi2_threshold(d: int, target_fpr: float, scale: float = 1.0) -> float:
     _check_rate("target_fpr", target_fpr)
     if not scale > 0:
         raise ConfigError(f"scale={scale!r} must be > 0 (a multiplier of squared distances)")
-    return float(math.sqrt(scale * stats.chi2.ppf(1.0 - target_fpr, int(d))))
+    return float(math.sqrt(scale * dist.chi2_isf(target_fpr, int(d))))
 
 
 def image_chi2_threshold(d: int, target_frr: float, n_patches: int, scale: float = 1.0) -> float:
@@ -250,13 +250,13 @@ def chi2_fit_report(patch_sq_distances: np.ndarray, d: int) -> dict[str, Any]:
     if int(d) != d or d < 1:
         raise ConfigError(f"d={d!r} must be a positive integer")
     x = _finite_1d(patch_sq_distances, "patch squared distances")
-    law = stats.chi2(int(d))
     sample = x
     if x.size > _KS_MAX_SAMPLES:  # KS cost is a sort; a fixed subsample keeps it fast and repeatable
         sample = np.random.default_rng(0).choice(x, _KS_MAX_SAMPLES, replace=False)
-    ks = float(stats.kstest(sample, law.cdf).statistic)
+    sample = np.sort(sample)
+    ks = dist.ks_statistic(sample, dist.chi2_cdf(sample, int(d)))
     quantiles = {
-        str(q): {"empirical": float(np.quantile(x, q)), "chi2": float(law.ppf(q))} for q in _REPORT_QUANTILES
+        str(q): {"empirical": float(np.quantile(x, q)), "chi2": dist.chi2_ppf(q, int(d))} for q in _REPORT_QUANTILES
     }
     return {
         "d": int(d),
@@ -276,7 +276,7 @@ def chi2_fit_report(patch_sq_distances: np.ndarray, d: int) -> dict[str, Any]:
     }
 
 
-def pixel_threshold(good_maps: np.ndarray, quantile: float = 0.999) -> float:
+def pixel_threshold(good_maps: np.ndarray, quantile: float = defaults.PIXEL_QUANTILE) -> float:
     """Per-pixel threshold: the `quantile` of all pixels of held-out good maps (an observed value)."""
     _check_rate("quantile", quantile)
     maps = _check_maps(good_maps)
@@ -293,11 +293,12 @@ def _check_maps(good_maps: np.ndarray) -> np.ndarray:
 
 def largest_area_above(good_maps: np.ndarray, pixel_thr: float) -> int:
     """Largest 8-connected area (px) with map >= pixel_thr on any one of the maps."""
+    import cv2  # lazy: importing this module for the threshold rules needs no OpenCV
+
     largest = 0
-    structure = np.ones((3, 3), bool)
     for m in _check_maps(good_maps):
-        labels, count = ndimage.label(fails(m, pixel_thr), structure=structure)
-        if count:
+        count, labels = cv2.connectedComponents(fails(m, pixel_thr).astype(np.uint8), connectivity=8)
+        if count > 1:  # label 0 is the background
             largest = max(largest, int(np.bincount(labels.ravel())[1:].max()))
     return largest
 

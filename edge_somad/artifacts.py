@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_somad.config import FitConfig, read_json, write_json
+from edge_somad.config import FitConfig
+from edge_somad.contracts.jsonio import read_json, write_json
 from edge_somad.contracts.layout import ARRAYS_NAME, CONFIG_NAME, FIT_INFO_NAME, SPLIT_NAME
 from edge_somad.errors import ArtifactError
 

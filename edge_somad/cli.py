@@ -17,7 +17,8 @@ from typing import Annotated
 import typer
 
 from edge_somad.calibration.commands import calibrate
-from edge_somad.config import FitConfig
+from edge_somad.config import FitConfig, InputSpec, SomConfig
+from edge_somad.contracts import defaults
 from edge_somad.contracts.exits import handle_errors
 from edge_somad.runtime.commands import keys, run, subscribe, view
 
@@ -29,25 +30,26 @@ def fit(
     category: Annotated[str, typer.Option(help="MVTec category, or hazelnut_toy (bundled).")] = "hazelnut_toy",
     data_root: DataRoot = None,
     out: Annotated[Path | None, typer.Option(help="Model directory [models/CATEGORY].")] = None,
-    backbone: Annotated[str, typer.Option(help="efficientnet-lite0|1|2 or wide_resnet50_2.")] = "efficientnet-lite0",
+    backbone: Annotated[str, typer.Option(help="efficientnet-lite0|1|2 or wide_resnet50_2.")] = FitConfig.backbone,
     weights: Annotated[str | None, typer.Option(help="torchvision .pth for wide_resnet50_2.")] = None,
-    height: Annotated[int, typer.Option(help="Model input height (multiple of 16).")] = 224,
-    width: Annotated[int, typer.Option(help="Model input width (multiple of 16).")] = 224,
-    resize: Annotated[str, typer.Option(help="letterbox | crop | stretch (stretch distorts).")] = "letterbox",
+    height: Annotated[int, typer.Option(help="Model input height (multiple of 16).")] = InputSpec.height,
+    width: Annotated[int, typer.Option(help="Model input width (multiple of 16).")] = InputSpec.width,
+    resize: Annotated[str, typer.Option(help="letterbox | crop | stretch (stretch distorts).")] = InputSpec.resize,
     method: Annotated[str, typer.Option(
         help="auto (SOMAD or PaDiM, picked by a self-check on synthetic defects) | somad | padim (baseline)."
     )] = "auto",
-    d: Annotated[int, typer.Option(help="Projected feature dimension.")] = 64,
-    projection: Annotated[str, typer.Option(help="gaussian | subset | none.")] = "gaussian",
-    som_size: Annotated[int, typer.Option(help="SOM grid K (KxK); 0 = feature grid capped at 3136 nodes.")] = 0,
-    topk: Annotated[int, typer.Option(help="Nearest SOM nodes searched per patch.")] = 4,
+    d: Annotated[int, typer.Option(help="Projected feature dimension.")] = FitConfig.d,
+    projection: Annotated[str, typer.Option(help="gaussian | subset | none.")] = FitConfig.projection,
+    som_size: Annotated[int, typer.Option(
+        help="SOM grid K (KxK); 0 = feature grid capped at 3136 nodes.")] = SomConfig.rows,
+    topk: Annotated[int, typer.Option(help="Nearest SOM nodes searched per patch.")] = FitConfig.topk,
     score_norm: Annotated[str, typer.Option(
         help="none: raw distances; zscore: standardise each position by the training maps (auto picks it)."
     )] = FitConfig.score_norm,
     image_score_top: Annotated[float, typer.Option(
         help="Image score = mean of this share of the map's hottest pixels (0 = the maximum)."
     )] = FitConfig.image_score_top,
-    seed: int = 0,
+    seed: int = FitConfig.seed,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
     """Fit SOMAD (or the PaDiM baseline) on good training images."""
@@ -85,8 +87,8 @@ def export(
     model: Annotated[Path | None, typer.Option("--model", "--out", help="Model dir [models/CATEGORY].")] = None,
     data_root: DataRoot = None,
     trt: Annotated[bool | None, typer.Option("--trt/--no-trt", help="Build a TensorRT engine [auto].")] = None,
-    precision: Annotated[str, typer.Option(help="TensorRT precision: fp16 | int8 | fp32.")] = "fp16",
-    target_frr: Annotated[float, typer.Option(help="Calibrate at this false-reject rate.")] = 0.005,
+    precision: Annotated[str, typer.Option(help="TensorRT precision: fp16 | int8 | fp32.")] = defaults.ENGINE_PRECISION,
+    target_frr: Annotated[float, typer.Option(help="Calibrate at this false-reject rate.")] = defaults.TARGET_FRR,
 ) -> None:
     """Fused ONNX graph + manifest (+ threshold when not calibrated yet, + TensorRT engine on a GPU).
 
@@ -101,9 +103,11 @@ def export(
 def build_engine(
     model: Annotated[Path, typer.Option("--model", help="Exported model directory (manifest.json).")],
     precision: Annotated[str, typer.Option(
-        help="fp16 (from model.onnx) | int8 (from model.int8.onnx, `calibrate --int8` first) | fp32.")] = "fp16",
-    max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts (cameras scored together).")] = 4,
-    workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace, GiB.")] = 2.0,
+        help="fp16 (from model.onnx) | int8 (from model.int8.onnx, `calibrate --int8` first) | fp32.")
+    ] = defaults.ENGINE_PRECISION,
+    max_batch: Annotated[int, typer.Option(
+        help="Largest batch the engine accepts (cameras scored together).")] = defaults.MAX_BATCH,
+    workspace_gb: Annotated[float, typer.Option(help="TensorRT builder workspace, GiB.")] = defaults.WORKSPACE_GB,
 ) -> None:
     """TensorRT engine for THIS GPU from the exported graph; recorded in manifest.engines. Needs a GPU."""
     from edge_somad.workflows import build_engine_from_cli
@@ -114,7 +118,7 @@ def build_engine(
 
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo model goes.")] = Path("models/hazelnut_toy"),
-    publish: Annotated[str, typer.Option(help="ZeroMQ PUB endpoint.")] = "tcp://127.0.0.1:5556",
+    publish: Annotated[str, typer.Option(help="ZeroMQ PUB endpoint.")] = defaults.ENDPOINT,
     curve: Annotated[bool, typer.Option("--curve", help="Stream with CURVE (keys made in OUT/keys).")] = False,
 ) -> None:
     """The main job on the bundled Hazelnut Toy sample: fit -> export -> calibrate -> run -> verdicts."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from edge_somad.contracts.names import RESIZE_MODES
+from edge_somad.contracts import defaults
+from edge_somad.contracts.names import PRECISIONS, RESIZE_MODES
 from edge_somad.errors import ArtifactError, ConfigError
 
 CONFIG_SCHEMA = "edge-somad/fit-config/1"
@@ -104,7 +103,7 @@ class FitConfig:
     # weight shrinkage/(n_j + shrinkage), so a node with few members borrows the global shape, never
     # NaN. Measured on MVTec bottle (benchmarks/ablation.py): ~190 patches per node are too few for a
     # 64x64 covariance; PRO rose from 0.925 (shrinkage 16, eps 0.01) to 0.949 (4096, eps 1.0).
-    # On the development suite's mean (benchmarks/suite.py, README "Development suite") 256 beat
+    # On the development suite's mean (benchmarks/suite.py, docs/results.md, "Development suite") 256 beat
     # 4096 at image level on every category measured (mean image AUROC +0.03): 4096 turns most
     # nodes' covariances into the pooled one, which blurs what the SOM learnt locally.
     eps: float = 1.0
@@ -177,20 +176,18 @@ class FitConfig:
             raise ArtifactError(f"config.json does not match FitConfig: {exc}") from exc
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically, so a crash never leaves half a config beside good arrays."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `export` does after writing the graph: the threshold of a fresh model, the TensorRT engine."""
 
+    # The false-reject rate a model without a calibration is calibrated at (an existing one is kept).
+    target_frr: float = defaults.TARGET_FRR
+    # Build a TensorRT engine: True / False, or None = when tensorrt imports and a CUDA GPU is there.
+    trt: bool | None = None
+    engine_precision: str = defaults.ENGINE_PRECISION
 
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ArtifactError(f"{path} does not exist: expected a file written by edge-somad fit/export")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc}); re-create it with edge-somad") from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} holds a {type(data).__name__}, expected a JSON object")
-    return data
+    def __post_init__(self) -> None:
+        if not 0 < self.target_frr < 1:
+            raise ConfigError(f"target_frr={self.target_frr} must be a fraction in (0, 1), e.g. 0.005 for 0.5 %")
+        if self.engine_precision not in PRECISIONS:
+            raise ConfigError(f"engine_precision={self.engine_precision!r}; expected one of {PRECISIONS}")

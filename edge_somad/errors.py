@@ -27,6 +27,10 @@ class InputError(EdgeSomadError, ValueError):
     """A frame or batch has the wrong shape, dtype or channel count."""
 
 
+class MetricError(EdgeSomadError, ValueError):
+    """A metric cannot be computed on what arrived (one class only, mismatched shapes, NaN scores)."""
+
+
 class BackendUnavailableError(EdgeSomadError):
     """An explicitly requested backend (TensorRT, CUDA) cannot run here. Never silently replaced."""
 

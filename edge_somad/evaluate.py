@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from edge_somad import metrics, viz
-from edge_somad.config import InputSpec, write_json
+from edge_somad.config import InputSpec
 from edge_somad.contracts.geometry import resize_frame, resize_mask
+from edge_somad.contracts.jsonio import write_json
 from edge_somad.contracts.layout import ONNX_NAME, read_fit_info
 from edge_somad.data import Category, Sample, read_image, read_mask
 from edge_somad.runtime.scorer import Scorer

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_somad import __version__, scoring
+from edge_somad import scoring
+from edge_somad._version import __version__
 from edge_somad.artifacts import FittedArrays, model_bytes, save_model
 from edge_somad.backbones import load_backbone
 from edge_somad.config import FitConfig

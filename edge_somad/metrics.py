@@ -10,6 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from edge_somad.errors import MetricError
+
 
 def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     # Written out: np.trapz was renamed np.trapezoid in numpy 2 and we support both majors.
@@ -19,24 +21,30 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
 def _check_binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels, scores = np.asarray(labels), np.asarray(scores)
     if labels.shape != scores.shape:
-        raise ValueError(f"labels shape {labels.shape} != scores shape {scores.shape}; expected equal shapes")
+        raise MetricError(f"labels shape {labels.shape} != scores shape {scores.shape}; expected equal shapes")
     if labels.dtype != bool:
         if not np.isin(labels, (0, 1)).all():
-            raise ValueError(
+            raise MetricError(
                 f"labels hold values {np.unique(labels)[:5]}; expected only 0 (good) and 1 (defect)"
             )
         labels = labels.astype(bool)
     if not np.issubdtype(scores.dtype, np.number) or not np.isfinite(scores).all():
-        raise ValueError("scores hold NaN/inf or are not numeric; expected finite real numbers")
+        raise MetricError("scores hold NaN/inf or are not numeric; expected finite real numbers")
     return labels.ravel(), scores.ravel()
 
 
 def _check_both_classes(labels: np.ndarray, what: str) -> None:
     n_pos = int(np.count_nonzero(labels))
     if n_pos == 0:
-        raise ValueError(f"{what}: only negatives (label 0) among {labels.size}; AUROC needs both classes")
+        raise MetricError(
+            f"{what}: only negatives (label 0) among {labels.size}; AUROC needs both classes. "
+            "Add defect images to the evaluation set (MVTec layout: test/<defect type>/ beside test/good/)"
+        )
     if n_pos == labels.size:
-        raise ValueError(f"{what}: only positives (label 1) among {labels.size}; AUROC needs both classes")
+        raise MetricError(
+            f"{what}: only positives (label 1) among {labels.size}; AUROC needs both classes. "
+            "Add good images to the evaluation set (test/good/)"
+        )
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,7 +70,7 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (trapezoid rule, so ties count 1/2). ValueError for one class."""
+    """Area under the ROC curve (trapezoid rule, so ties count 1/2). MetricError for one class."""
     fpr, tpr, _ = roc_curve(labels, scores)
     return _trapezoid(tpr, fpr)
 
@@ -71,7 +79,7 @@ def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Image-level AUROC: one label (0 good, 1 defect) and one score per image."""
     labels, scores = np.asarray(labels), np.asarray(scores)
     if labels.ndim != 1:
-        raise ValueError(f"image labels have shape {labels.shape}; expected (N,) one per image")
+        raise MetricError(f"image labels have shape {labels.shape}; expected (N,) one per image")
     return auroc(labels, scores)
 
 
@@ -80,7 +88,7 @@ def _check_maps(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.nda
     if masks.ndim == 2:
         masks, maps = masks[None], maps[None]
     if masks.ndim != 3 or masks.shape != maps.shape:
-        raise ValueError(
+        raise MetricError(
             f"masks {masks.shape} and maps {maps.shape}: expected equal shapes (N, H, W); resize the "
             "maps to the mask size (or the masks to the model size) first"
         )
@@ -88,7 +96,7 @@ def _check_maps(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.nda
     if maps.dtype not in (np.float32, np.float64):
         maps = maps.astype(np.float32)
     if not np.isfinite(maps).all():
-        raise ValueError("anomaly maps hold NaN/inf; expected finite scores")
+        raise MetricError("anomaly maps hold NaN/inf; expected finite scores")
     return masks, maps
 
 
@@ -100,9 +108,9 @@ def _check_valid(valid: np.ndarray | None, masks: np.ndarray) -> np.ndarray:
     if valid.ndim == 2:
         valid = valid[None]
     if valid.shape != masks.shape:
-        raise ValueError(f"valid {valid.shape} and masks {masks.shape}: expected equal shapes (N, H, W)")
+        raise MetricError(f"valid {valid.shape} and masks {masks.shape}: expected equal shapes (N, H, W)")
     if masks[~valid.astype(bool)].any():
-        raise ValueError("masks mark defect pixels outside the valid region; a defect cannot lie in padding")
+        raise MetricError("masks mark defect pixels outside the valid region; a defect cannot lie in padding")
     return valid.astype(bool)
 
 
@@ -157,16 +165,16 @@ def pro_curve(
     """
     masks, maps = _check_maps(masks, maps)
     if not 0 < fpr_limit <= 1:
-        raise ValueError(f"fpr_limit={fpr_limit}; expected 0 < fpr_limit <= 1")
+        raise MetricError(f"fpr_limit={fpr_limit}; expected 0 < fpr_limit <= 1")
     if num_thresholds < 2:
-        raise ValueError(f"num_thresholds={num_thresholds}; expected >= 2")
+        raise MetricError(f"num_thresholds={num_thresholds}; expected >= 2")
     good = np.sort(maps[~masks & _check_valid(valid, masks)])
     n_good = good.size
     if n_good == 0:
-        raise ValueError("masks are all defect: no good pixels to measure the false-positive rate")
+        raise MetricError("masks are all defect: no good pixels to measure the false-positive rate")
     regions = _regions(masks, maps)
     if not regions:
-        raise ValueError("masks hold no defect pixels: PRO needs at least one ground-truth region")
+        raise MetricError("masks hold no defect pixels: PRO needs at least one ground-truth region")
     # Allowing m good pixels above the threshold means threshold = the (m+1)-th largest good score
     # and prediction = score > threshold, so ties never push FPR past the target.
     m = np.floor(np.linspace(0.0, fpr_limit, num_thresholds) * n_good + 1e-9).astype(np.int64)

@@ -80,7 +80,7 @@ def topk_nearest(x: torch.Tensor, table: torch.Tensor, k: int, group: int = SEAR
 # Patches per Mahalanobis block. The gathered whitening factors of one block (512 x 64 x 64 floats
 # = 8 MB per candidate) stay in the CPU's cache between the Gather that writes them and the
 # MatMul that reads them; unblocked they are 51 MB per candidate and make two trips to DRAM.
-# Measured on the 2-core dev machine: the head went from 33 to 23 ms (benchmarks in the README).
+# Measured on the 2-core dev machine: the head went from 33 to 23 ms (docs/results.md, "Speed on the CPU").
 MAHALANOBIS_BLOCK = 512
 
 

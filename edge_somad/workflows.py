@@ -1,8 +1,8 @@
 """The library side of the CLI: each step's whole job as one function on a model directory
 (testable without typer). The steps, their functions and what each writes into the model directory:
 
-fit           fit_from_cli                      config.json arrays.npz split.json fit_info.json
-export        export_from_cli                   model.onnx manifest.json (calibrates only a fresh model)
+fit           fit (fit_from_cli)                config.json arrays.npz split.json fit_info.json
+export        export (export_from_cli)          model.onnx manifest.json (calibrates only a fresh model)
 calibrate     calibration.commands.run_calibrate  manifest thresholds (+ model.int8.onnx with --int8)
 build-engine  build_engine_from_cli             model.<precision>.engine, manifest.engines
 evaluate      evaluate_from_cli                 report.json pictures/
@@ -15,7 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edge_somad.config import FitConfig, InputSpec, SomConfig
+from edge_somad.config import ExportConfig, FitConfig, InputSpec, SomConfig
+from edge_somad.contracts import defaults
 from edge_somad.contracts.layout import PICTURES_NAME, REPORT_NAME, is_exported, is_fitted, read_split
 from edge_somad.contracts.manifest import EngineInfo, Manifest, load_manifest
 from edge_somad.errors import ArtifactError, ConfigError
@@ -23,13 +24,33 @@ from edge_somad.errors import ArtifactError, ConfigError
 log = logging.getLogger(__name__)
 
 
+def fit(category: str, out: Path | None = None, config: FitConfig | None = None, *,
+        select_method: bool | None = None, data_root: Path | None = None, weights: str | None = None,
+        device: str = "auto") -> dict[str, Any]:
+    """Fit on CATEGORY/train/good and write the model directory OUT [models/CATEGORY]; returns fit_info.
+
+    config None: the defaults, with SOMAD or PaDiM picked by the self-check on synthetic defects
+    (select_method defaults to True then, to False when a config is given: its method is used).
+    """
+    from edge_somad.data import resolve_category
+
+    select = config is None if select_method is None else select_method
+    config = config if config is not None else FitConfig()
+    cat = resolve_category(category, data_root)
+    out = out or Path("models") / category
+    if select:
+        from edge_somad.select import fit_auto
+
+        return fit_auto(cat, config, out, weights=weights, device=device)
+    from edge_somad.fit import fit_model
+
+    return fit_model(cat, config, out, weights=weights, device=device)
+
+
 def fit_from_cli(category: str, data_root: Path | None, out: Path | None, backbone: str, weights: str | None,
                  height: int, width: int, resize: str, method: str, d: int, projection: str, som_size: int,
                  topk: int, score_norm: str, image_score_top: float, seed: int,
                  device: str) -> dict[str, Any]:
-    from edge_somad.data import resolve_category
-    from edge_somad.fit import fit_model
-
     config = FitConfig(
         # auto: the base config; select.fit_auto sets method and score_norm per candidate.
         method="somad" if method == "auto" else method, backbone=backbone, input=InputSpec(height, width, resize),
@@ -37,12 +58,8 @@ def fit_from_cli(category: str, data_root: Path | None, out: Path | None, backbo
         som=SomConfig(rows=som_size, cols=som_size), topk=topk, score_norm=score_norm,
         image_score_top=image_score_top, seed=seed,
     )
-    cat = resolve_category(category, data_root)
-    if method == "auto":
-        from edge_somad.select import fit_auto
-
-        return fit_auto(cat, config, out or Path("models") / category, weights=weights, device=device)
-    return fit_model(cat, config, out or Path("models") / category, weights=weights, device=device)
+    return fit(category, out, config, select_method=method == "auto", data_root=data_root, weights=weights,
+               device=device)
 
 
 def evaluate_from_cli(model: Path, category: str | None, data_root: Path | None, backend: str, precision: str,
@@ -73,10 +90,7 @@ def evaluate_from_cli(model: Path, category: str | None, data_root: Path | None,
 
 def export_from_cli(category: str | None, model: Path | None, data_root: Path | None, trt: bool | None,
                     precision: str, target_frr: float) -> Manifest:
-    """Fit first if the directory holds no fit, export the graph, calibrate only a model that has no
-    calibration yet (a user's chi2 or --calibration-dir threshold is never replaced), build the engine."""
-    from edge_somad.export.exporter import export_model, trt_wanted
-
+    """Fit first (the defaults) if the directory holds no fit, then `export`."""
     if model is None and category is None:
         raise ConfigError("give --category X (fits models/X when needed) or --model DIR")
     model_dir = model or Path("models") / str(category)
@@ -84,23 +98,32 @@ def export_from_cli(category: str | None, model: Path | None, data_root: Path | 
         if category is None:
             raise ArtifactError(f"{model_dir} holds no fitted model; add --category X to fit it first")
         log.info("no fitted model in %s: fitting category %s with the defaults", model_dir, category)
-        fit_from_cli(category, data_root, model_dir, "efficientnet-lite0", None, 224, 224, "letterbox", "auto",
-                     64, "gaussian", 0, 4, FitConfig.score_norm, FitConfig.image_score_top, 0, "auto")
+        fit(category, model_dir, data_root=data_root)
+    return export(model_dir, ExportConfig(target_frr=target_frr, trt=trt, engine_precision=precision))
+
+
+def export(model_dir: Path, config: ExportConfig | None = None) -> Manifest:
+    """Export the fitted model in MODEL_DIR: model.onnx + manifest.json; calibrate only a model that has no
+    calibration yet (a user's chi2 or --calibration-dir threshold is never replaced); build the engine."""
+    from edge_somad.export.exporter import export_model, trt_wanted
+
+    config = config if config is not None else ExportConfig()
+    model_dir = Path(model_dir)
     manifest = export_model(model_dir)
     if manifest.threshold is None:
-        manifest = calibrate_holdout(model_dir, target_frr)
+        manifest = calibrate_holdout(model_dir, config.target_frr)
     else:
         kept = f"calibration kept ({manifest.calibration.method}, threshold {manifest.threshold:.6g}"
         kept += f", int8 graph {manifest.int8_onnx})" if manifest.int8_onnx else ")"
         log.info("%s; `edge-somad calibrate --model %s` recalibrates", kept, model_dir)
-    if trt_wanted(trt):
-        build_engine_from_cli(model_dir, precision)
+    if trt_wanted(config.trt):
+        build_engine_from_cli(model_dir, config.engine_precision)
         manifest = load_manifest(model_dir)
     return manifest
 
 
-def build_engine_from_cli(model_dir: Path, precision: str, max_batch: int = 4,
-                          workspace_gb: float = 2.0) -> EngineInfo:
+def build_engine_from_cli(model_dir: Path, precision: str, max_batch: int = defaults.MAX_BATCH,
+                          workspace_gb: float = defaults.WORKSPACE_GB) -> EngineInfo:
     """A TensorRT engine for this GPU from the model directory's graph (int8: model.int8.onnx)."""
     from edge_somad.export.trt_build import build_engine
 
@@ -115,4 +138,4 @@ def calibrate_holdout(model_dir: Path, target_frr: float) -> Manifest:
 
     frames = load_holdout_frames(model_dir)
     with open_scorer(model_dir, "onnxruntime", "fp32") as scorer:
-        return calibrate_model(model_dir, frames, target_frr, DEFAULT_METHOD, 0.999, None, scorer)
+        return calibrate_model(model_dir, frames, target_frr, DEFAULT_METHOD, defaults.PIXEL_QUANTILE, None, scorer)

@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+from edge_somad.contracts import defaults
 from edge_somad.contracts.engines import engine_path
 from edge_somad.contracts.layout import FP16_ONNX_NAME, TIMING_CACHE_NAME
 from edge_somad.contracts.manifest import EngineInfo, Manifest, load_manifest, save_manifest, sha256_file
@@ -69,8 +70,8 @@ def source_onnx(model_dir: Path, manifest: Manifest, precision: str) -> tuple[Pa
     return path, manifest.int8_onnx_sha256
 
 
-def build_engine(model_dir: Path, precision: str = "fp16", max_batch: int = 4,
-                 workspace_gb: float = 2.0) -> EngineInfo:
+def build_engine(model_dir: Path, precision: str = defaults.ENGINE_PRECISION, max_batch: int = defaults.MAX_BATCH,
+                 workspace_gb: float = defaults.WORKSPACE_GB) -> EngineInfo:
     """Build DIR/model.<precision>.engine for this GPU and record it in manifest.engines."""
     _check_precision(precision)
     if workspace_gb <= 0:

@@ -105,19 +105,25 @@ def select_backend(
 
 
 def detect_environment() -> tuple[bool, list[str]]:
-    """(tensorrt importable, onnxruntime providers). Imports onnxruntime, never tensorrt/torch."""
-    import onnxruntime as ort
+    """(tensorrt importable, onnxruntime providers). Imports onnxruntime, never tensorrt/torch.
 
-    return importlib.util.find_spec("tensorrt") is not None, list(ort.get_available_providers())
+    Logs the active ONNX Runtime flavour and warns when the CPU and GPU builds are both installed."""
+    from edge_somad.runtime.ort_flavour import check_flavour
+
+    flavour = check_flavour()
+    return importlib.util.find_spec("tensorrt") is not None, list(flavour.providers)
 
 
-def open_scorer(model_dir: Path, backend: str = "auto", precision: str = "fp32") -> Scorer:
+def open_scorer(
+    model_dir: Path, backend: str = "auto", precision: str = "fp32", *, manifest: Manifest | None = None
+) -> Scorer:
     """Open the scorer for DIR/manifest.json. Logs the choice; raises on anything it cannot honour.
 
     The precision that runs is always the one asked for (auto picks the backend, never the precision).
+    `manifest`: the already loaded DIR/manifest.json, so a caller that read it does not read it again.
     """
     model_dir = Path(model_dir)
-    manifest = load_manifest(model_dir)
+    manifest = manifest if manifest is not None else load_manifest(model_dir)
     trt_ok, providers = detect_environment()
     choice = select_backend(manifest, backend, precision, tensorrt_installed=trt_ok, ort_providers=providers)
     log.info("backend %s/%s (%s)", choice.backend, choice.precision, choice.reason)

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edge_somad.contracts import defaults
 from edge_somad.contracts.exits import handle_errors
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.commands import CurveClientSecret, CurveServerKey, LogLevel, MaxMessageMb, _logging
@@ -64,7 +65,7 @@ def _on_signals(stop) -> dict:
 @app.command("mqtt")
 @handle_errors
 def mqtt(
-    connect: Connect = ["tcp://127.0.0.1:5556"],  # noqa: B006 - typer copies list defaults
+    connect: Connect = [defaults.ENDPOINT],  # noqa: B006 - typer copies list defaults
     broker: Annotated[str, typer.Option(help="MQTT broker host name or address.")] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option(help="Broker port [1883, 8883 with --tls].")] = None,  # noqa: UP045
     mqtt_version: Annotated[str, typer.Option(help="5 | 3.1.1")] = "5",
@@ -146,7 +147,7 @@ def mqtt(
 @app.command("opcua")
 @handle_errors
 def opcua(
-    connect: Connect = ["tcp://127.0.0.1:5556"],  # noqa: B006 - typer copies list defaults
+    connect: Connect = [defaults.ENDPOINT],  # noqa: B006 - typer copies list defaults
     endpoint: Annotated[str, typer.Option(
         help="OPC UA endpoint to serve; loopback by default, opc.tcp://0.0.0.0:4840/edge-somad/ serves the network."
     )] = "opc.tcp://127.0.0.1:4840/edge-somad/",

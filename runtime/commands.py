@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edge_somad.contracts import defaults
 from edge_somad.contracts.exits import EXIT_NOT_MET, handle_errors
 
 OptFile = Optional[Path]  # noqa: UP045 - typer reads the annotation at runtime
@@ -43,7 +44,7 @@ def run(
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (never changed silently)")] = "fp32",
     publish: Annotated[str, typer.Option(
         help="ZeroMQ endpoint to bind the PUB socket to; loopback by default, tcp://*:5556 serves the network."
-    )] = "tcp://127.0.0.1:5556",
+    )] = defaults.ENDPOINT,
     topic_prefix: Annotated[str, typer.Option(help="Topics are <prefix>/<camera-id>.")] = "somad",
     heatmap: Annotated[str, typer.Option(help="png (8-bit, 0..2x threshold) | f16 | none")] = "png",
     overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Add a JPEG overlay.")] = False,
@@ -142,7 +143,7 @@ def run(
 
 @handle_errors
 def subscribe(
-    connect: Annotated[str, typer.Option(help="Publisher endpoint, e.g. tcp://line-pc:5556")] = "tcp://127.0.0.1:5556",
+    connect: Annotated[str, typer.Option(help="Publisher endpoint, e.g. tcp://line-pc:5556")] = defaults.ENDPOINT,
     topic: Annotated[str, typer.Option(help="Topic prefix filter, e.g. somad/ or somad/cam0")] = "somad/",
     csv: Annotated[Optional[Path], typer.Option(help="Append one CSV row per verdict.")] = None,  # noqa: UP045
     save_fails: Annotated[Optional[Path], typer.Option(  # noqa: UP045
@@ -180,7 +181,7 @@ def subscribe(
 @handle_errors
 def view(
     connect: Annotated[list[str], typer.Option(
-        "--connect", help="A `run` endpoint to watch, repeatable, e.g. tcp://line-pc:5556.")] = ["tcp://127.0.0.1:5556"],  # noqa: B006
+        "--connect", help="A `run` endpoint to watch, repeatable, e.g. tcp://line-pc:5556.")] = [defaults.ENDPOINT],  # noqa: B006
     host: Annotated[str, typer.Option(help="Address the page is served on; 0.0.0.0 shows it to the network.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port of the page.")] = 8080,

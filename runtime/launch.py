@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_somad.contracts import defaults
 from edge_somad.contracts.manifest import Manifest, load_manifest
 from edge_somad.errors import ArtifactError, EdgeSomadError
 from edge_somad.runtime.camera import parse_cameras
@@ -33,7 +34,7 @@ def run_pipeline(
     model_dir: Path,
     cameras: list[str],
     backend: str = "auto",
-    publish: str = "tcp://127.0.0.1:5556",
+    publish: str = defaults.ENDPOINT,
     topic_prefix: str = "somad",
     config: PipelineConfig = PipelineConfig(),
     wait_subscribers: int = 0,
@@ -53,7 +54,7 @@ def run_pipeline(
     manifest = load_manifest(Path(model_dir))
     if manifest.threshold_for(config.precision) is None:
         log.warning("%s: every verdict will be 'error'", NOT_CALIBRATED)
-    scorer = open_scorer(Path(model_dir), backend, config.precision)
+    scorer = open_scorer(Path(model_dir), backend, config.precision, manifest=manifest)
     try:
         _warm_up(scorer, manifest, Path(model_dir))
         with _journal(journal, replay or "", curve) as kept, Publisher(

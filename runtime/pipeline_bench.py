@@ -108,7 +108,7 @@ def _bench(model_dir: Path, video: Path, backend: str, precision: str, frames: i
     manifest = load_manifest(model_dir)
     pre = manifest.preprocessing
     images = _read_frames(video, frames)
-    scorer = open_scorer(model_dir, backend, precision)
+    scorer = open_scorer(model_dir, backend, precision, manifest=manifest)
     try:
         scorer_fps = _bare_scorer_fps(scorer, images, pre.height, pre.width, pre.resize, pre.pad_value)
         endpoint = f"tcp://127.0.0.1:{_free_port()}"
@@ -217,7 +217,7 @@ def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, ca
     pre = manifest.preprocessing
     resized = [resize_frame(f, pre.height, pre.width, pre.resize, pre.pad_value)
                for f in _read_frames(Path(video), 8)]
-    scorer = scorer if scorer is not None else open_scorer(Path(model_dir), backend, precision)
+    scorer = scorer if scorer is not None else open_scorer(Path(model_dir), backend, precision, manifest=manifest)
     try:
         before = bare_best(scorer, resized)
         rates = [None] if fps is None else [None, fps]

@@ -40,6 +40,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from edge_somad.contracts import defaults
 from edge_somad.errors import ConfigError
 from edge_somad.runtime import messages
 from edge_somad.runtime.curve import CurveServer, apply_server, start_authenticator
@@ -103,7 +104,7 @@ def is_exposed(endpoint: str) -> bool:
 class Publisher:
     def __init__(
         self,
-        endpoint: str = "tcp://127.0.0.1:5556",
+        endpoint: str = defaults.ENDPOINT,
         topic_prefix: str = "somad",
         sndhwm: int = 100,
         curve: CurveServer | None = None,
@@ -173,7 +174,7 @@ class Publisher:
         if curve is None and is_exposed(endpoint):
             log.warning("publishing WITHOUT authentication or encryption on %s: anyone who can reach this port "
                         "reads every verdict, heatmap and overlay image. Lock it down with --curve-secret-key "
-                        "and --curve-clients, or bind to 127.0.0.1 (README: Security).", endpoint)
+                        "and --curve-clients, or bind to 127.0.0.1 (docs/security.md).", endpoint)
 
     # -- peers -----------------------------------------------------------------------------------
     def _drain(self) -> None:

@@ -1,14 +1,18 @@
-"""Is TensorRT usable here? `import tensorrt` (>= 10) and pycuda, or BackendUnavailableError saying
-what to install. Shared by the TensorRT scorer and the engine builder (export/trt_build.py)."""
+"""Is TensorRT usable here? `import tensorrt` (>= 10) and cuda-python, or BackendUnavailableError saying
+what to install. Shared by the TensorRT scorer and the engine builder (export/trt_build.py).
+
+cuda-python (NVIDIA's bindings, used by the TensorRT Python samples) rather than pycuda: it ships
+wheels, including for Jetson, where pycuda must be compiled against the local CUDA."""
 
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
-from edge_somad.errors import BackendUnavailableError
+from edge_somad.errors import BackendUnavailableError, EdgeSomadError
 
 MIN_TENSORRT = (10, 0)
-GPU_INSTALL_HINT = "pip install 'edge-somad[gpu]'  (TensorRT >= 10, pycuda)"
+GPU_INSTALL_HINT = "pip install 'edge-somad[gpu]'  (TensorRT >= 10, cuda-python)"
 
 
 def import_tensorrt() -> ModuleType:
@@ -28,30 +32,43 @@ def import_tensorrt() -> ModuleType:
     return trt
 
 
-def import_pycuda() -> ModuleType:
-    """`pycuda.driver`, initialised; no torch.cuda in the runtime."""
+def import_cudart() -> ModuleType:
+    """`cuda.bindings.runtime` (cuda-python >= 12.6), with at least one GPU visible; no torch.cuda."""
     try:
-        import pycuda.driver as cuda
+        from cuda.bindings import runtime as cudart
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"pycuda is not installed ({exc}); the tensorrt backend uses it for GPU buffers. "
+            f"cuda-python is not installed ({exc}); the tensorrt backend uses it for GPU buffers and streams. "
             f"Install: {GPU_INSTALL_HINT}"
         ) from exc
-    try:
-        cuda.init()
-        if cuda.Device.count() < 1:
-            raise BackendUnavailableError("no CUDA GPU visible (pycuda reports 0 devices)")
-    except cuda.Error as exc:
-        raise BackendUnavailableError(f"CUDA driver could not start ({exc}); is this a GPU machine?") from exc
-    return cuda
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise BackendUnavailableError(
+            f"the CUDA runtime could not start ({_error_name(cudart, err)}); is this a GPU machine with a driver?")
+    if count < 1:
+        raise BackendUnavailableError("no CUDA GPU visible (cudaGetDeviceCount reports 0 devices)")
+    return cudart
+
+
+def _error_name(cudart: ModuleType, err: object) -> str:
+    name = cudart.cudaGetErrorName(err)[1]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def cuda_call(cudart: ModuleType, result: tuple, what: str) -> Any:
+    """Unpack a cuda-python call's (error, value...) tuple; raise EdgeSomadError naming the call."""
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise EdgeSomadError(f"CUDA {what} failed: {_error_name(cudart, err)}")
+    return values[0] if len(values) == 1 else tuple(values) or None
 
 
 def gpu_info(device: int = 0) -> tuple[str, str]:
     """(GPU name, compute capability "major.minor") of CUDA device `device`."""
-    cuda = import_pycuda()
-    dev = cuda.Device(device)
-    major, minor = dev.compute_capability()
-    return str(dev.name()), f"{major}.{minor}"
+    cudart = import_cudart()
+    prop = cuda_call(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = prop.name.split(b"\0", 1)[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
+    return name, f"{prop.major}.{prop.minor}"
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

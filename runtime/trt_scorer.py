@@ -4,12 +4,14 @@ TensorRT 10+ named-tensor API only (num_io_tensors / get_tensor_name / get_tenso
 set_input_shape, set_tensor_address, execute_async_v3): see the "Migrating I/O Buffer Allocation
 to Named Tensors" and "enqueueV2 -> enqueueV3" sections of the TensorRT migration guide
 (docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/) and the IExecutionContext bindings in
-NVIDIA/TensorRT python/src/infer/pyCore.cpp. GPU memory and the stream come from pycuda on the
-device's primary context (the one the CUDA runtime inside TensorRT uses); no torch.
+NVIDIA/TensorRT python/src/infer/pyCore.cpp. GPU memory, pinned host memory and the stream come
+from cuda-python's CUDA runtime bindings (cuda.bindings.runtime, as in the TensorRT Python samples'
+common_runtime.py): the runtime API shares the device's primary context with TensorRT; no torch.
 """
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from edge_somad.contracts.manifest import Manifest
 from edge_somad.contracts.names import INPUT_NAME, MAP_NAME, SCORE_NAME
 from edge_somad.errors import ArtifactError, EdgeSomadError
 from edge_somad.runtime.scorer import ScoreResult, check_batch
-from edge_somad.runtime.trt_env import import_pycuda, import_tensorrt
+from edge_somad.runtime.trt_env import cuda_call, gpu_info, import_cudart, import_tensorrt
 
 _IO = {INPUT_NAME: np.uint8, MAP_NAME: np.float32, SCORE_NAME: np.float32}
 
@@ -41,26 +43,23 @@ class TensorRTScorer:
             )
         self.height, self.width = manifest.preprocessing.height, manifest.preprocessing.width
         self.max_batch = info.max_batch
-        trt, cuda = import_tensorrt(), import_pycuda()
-        self._cuda = cuda
-        dev = cuda.Device(0)
-        major, minor = dev.compute_capability()
+        self._host: dict[str, np.ndarray] = {}
+        self._host_ptrs: list[int] = []
+        self._dev: dict[str, int] = {}
+        self._stream = None
+        trt, cudart = import_tensorrt(), import_cudart()
+        self._gpu = 0
+        name, capability = gpu_info(self._gpu)
         expected_sha = manifest.int8_onnx_sha256 if precision == "int8" else manifest.onnx_sha256
-        check_engine_compat(info, str(trt.__version__), str(dev.name()), f"{major}.{minor}",
-                            expected_sha or "", model_dir)
-        self.device = str(dev.name())
+        check_engine_compat(info, str(trt.__version__), name, capability, expected_sha or "", model_dir)
+        self.device = name
         self.precision = precision
-        # The primary context is shared with the CUDA runtime TensorRT calls into. It is pushed
-        # around every use because score() may run on another thread than __init__.
-        self._ctx = dev.retain_primary_context()
-        self._ctx.push()
+        self._cudart = cudart  # from here on, close() has something to free
         try:
             self._load(trt, model_dir / info.path)
         except BaseException:
-            self._ctx.pop()
-            self._ctx.detach()
+            self.close()
             raise
-        self._ctx.pop()
 
     def _load(self, trt, path: Path) -> None:
         if not path.is_file():
@@ -76,14 +75,19 @@ class TensorRTScorer:
         self._context = self._engine.create_execution_context()
         # Resolve the output shapes at max_batch once, then allocate pinned host + device buffers.
         self._context.set_input_shape(INPUT_NAME, (self.max_batch, self.height, self.width, 3))
-        cuda = self._cuda
-        self._host, self._dev = {}, {}
+        cudart = self._cudart
+        # The runtime API's current device is per thread: set it wherever CUDA is called.
+        cuda_call(cudart, cudart.cudaSetDevice(self._gpu), "cudaSetDevice")
         for name, dtype in _IO.items():
             shape = tuple(self._context.get_tensor_shape(name))
-            self._host[name] = cuda.pagelocked_empty(shape, dtype)
-            self._dev[name] = cuda.mem_alloc(self._host[name].nbytes)
-            self._context.set_tensor_address(name, int(self._dev[name]))
-        self._stream = cuda.Stream()
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            host_ptr = int(cuda_call(cudart, cudart.cudaMallocHost(nbytes), "cudaMallocHost"))
+            self._host_ptrs.append(host_ptr)
+            raw = np.ctypeslib.as_array(ctypes.cast(host_ptr, ctypes.POINTER(ctypes.c_uint8)), (nbytes,))
+            self._host[name] = raw.view(dtype).reshape(shape)
+            self._dev[name] = int(cuda_call(cudart, cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            self._context.set_tensor_address(name, self._dev[name])
+        self._stream = cuda_call(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
 
     def _check_io(self, trt, path: Path) -> None:
         """The engine must have exactly the graph contract's tensors, names and dtypes."""
@@ -104,38 +108,42 @@ class TensorRTScorer:
     def score(self, frames: np.ndarray) -> ScoreResult:
         check_batch(frames, self.height, self.width, self.max_batch)
         b = frames.shape[0]
-        cuda, h, d = self._cuda, self._host, self._dev
-        self._ctx.push()
-        try:
-            h[INPUT_NAME][:b] = frames  # into pinned memory: the async copy needs page-locked source
-            cuda.memcpy_htod_async(d[INPUT_NAME], h[INPUT_NAME][:b], self._stream)
-            self._context.set_input_shape(INPUT_NAME, (b, self.height, self.width, 3))
-            if not self._context.execute_async_v3(self._stream.handle):
-                raise EdgeSomadError(f"TensorRT execute_async_v3 failed for a batch of {b} (see its log)")
-            for name in (MAP_NAME, SCORE_NAME):
-                cuda.memcpy_dtoh_async(h[name][:b], d[name], self._stream)
-            self._stream.synchronize()
-        finally:
-            self._ctx.pop()
+        cudart, h, d, stream = self._cudart, self._host, self._dev, self._stream
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        cuda_call(cudart, cudart.cudaSetDevice(self._gpu), "cudaSetDevice")  # score() may run on another thread
+        src = h[INPUT_NAME][:b]
+        src[...] = frames  # into pinned memory: the async copy needs a page-locked source
+        cuda_call(cudart, cudart.cudaMemcpyAsync(d[INPUT_NAME], src.ctypes.data, src.nbytes, h2d, stream),
+                  "cudaMemcpyAsync (frames to the GPU)")
+        self._context.set_input_shape(INPUT_NAME, (b, self.height, self.width, 3))
+        if not self._context.execute_async_v3(int(stream)):
+            raise EdgeSomadError(f"TensorRT execute_async_v3 failed for a batch of {b} (see its log)")
+        for name in (MAP_NAME, SCORE_NAME):
+            dst = h[name][:b]
+            cuda_call(cudart, cudart.cudaMemcpyAsync(dst.ctypes.data, d[name], dst.nbytes, d2h, stream),
+                      f"cudaMemcpyAsync ({name} from the GPU)")
+        cuda_call(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         # Copies: the pinned buffers are overwritten by the next call.
         return ScoreResult(scores=h[SCORE_NAME][:b].copy(), maps=h[MAP_NAME][:b].copy())
 
     def close(self) -> None:
-        if getattr(self, "_ctx", None) is None:
+        """Free the buffers and the stream (idempotent; also undoes a half-finished __init__)."""
+        cudart = getattr(self, "_cudart", None)
+        if cudart is None:
             return
-        self._ctx.push()
-        try:
-            for buf in getattr(self, "_dev", {}).values():
-                buf.free()
-            self._dev = {}
-            # Release TensorRT objects while the context is current, child before parent.
-            for attr in ("_stream", "_context", "_engine", "_runtime"):
-                if hasattr(self, attr):
-                    delattr(self, attr)
-        finally:
-            self._ctx.pop()
-            self._ctx.detach()
-            self._ctx = None
+        # TensorRT objects first, child before parent, while the buffers they point at still exist.
+        for attr in ("_context", "_engine", "_runtime"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        self._host = {}  # the numpy views must not outlive the pinned memory they alias
+        for ptr in self._dev.values():
+            cudart.cudaFree(ptr)
+        for ptr in self._host_ptrs:
+            cudart.cudaFreeHost(ptr)
+        if self._stream is not None:
+            cudart.cudaStreamDestroy(self._stream)
+        self._dev, self._host_ptrs, self._stream = {}, [], None
+        self._cudart = None
 
     def __enter__(self) -> TensorRTScorer:
         return self

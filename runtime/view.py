@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from edge_somad.contracts import defaults
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.curve import CurveClient
 from edge_somad.runtime.intake import DEFAULT_LIMITS, DecodeLimits
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ViewConfig:
-    endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5556",)
+    endpoints: tuple[str, ...] = (defaults.ENDPOINT,)
     topic: str = "somad/"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -42,7 +43,7 @@ class ViewConfig:
         if not self.stale_s > 0 or not self.restart_s > 0:
             raise ConfigError(f"stale_s {self.stale_s}, restart_s {self.restart_s}; expected seconds > 0")
         if not self.endpoints:
-            raise ConfigError("no --connect endpoint given; expected at least one, e.g. tcp://127.0.0.1:5556")
+            raise ConfigError(f"no --connect endpoint given; expected at least one, e.g. {defaults.ENDPOINT}")
         if len(set(self.endpoints)) != len(self.endpoints):
             raise ConfigError(f"--connect endpoints {list(self.endpoints)} repeat; give each run once")
         if self.n_fails < 0 or self.push_s <= 0 or not 0 <= self.port <= 65535:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: a virtual environment in .venv with edge-somad[fit,dev,view,bridge] installed
+# Idempotent set-up: a virtual environment in .venv with edge-somad[cpu,fit,dev,view,bridge] installed
 # (+ mosquitto and chromium as root).
 # torch is pinned to 2.13.0 first: on our CI machines that is a CPU wheel on local disk, and an
 # unpinned "torch" would pull a multi-GB CUDA build. On your machine it comes from PyPI as usual.
@@ -14,7 +14,7 @@ python -m pip install --quiet --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
 fi
-python -m pip install --quiet -e ".[fit,dev,view,bridge]"
+python -m pip install --quiet -e ".[cpu,fit,dev,view,bridge]"
 # The `view` browser test drives a real headless chromium (Debian packages; Playwright's own browser
 # download is not used). Installed when missing and we are root with apt; otherwise that test skips.
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then

@@ -15,13 +15,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_somad.export.manifest import load_manifest
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.runtime.camera import parse_cameras
 from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.view import BackgroundView, ViewConfig
-from tests.test_runtime_support import free_port, write_video
+from tests.helpers.runtime import free_port, write_video
 from tests.test_view import _chrome
 
 

@@ -12,24 +12,16 @@ HAZELNUT_ROOT = SHARED_DATA / "hazelnut_toy"
 MVTEC_ROOT = SHARED_DATA / "mvtec_ad"
 
 
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine (CPU CI)")
-    cuda = None
+    """`@pytest.mark.gpu("tensorrt", ...)`: skipped unless each named need is probed usable here."""
+    from tests.helpers.requires import gpu_unavailable
+
     for item in items:
-        if any(m.name == "gpu" for m in item.iter_markers()):
-            if cuda is None:
-                cuda = _has_cuda()
-            if not cuda:
-                item.add_marker(skip_gpu)
+        marks = list(item.iter_markers("gpu"))
+        if marks:
+            why = gpu_unavailable(tuple(a for m in marks for a in m.args))
+            if why:
+                item.add_marker(pytest.mark.skip(reason=f"needs a GPU: {why}"))
 
 
 TINY_SIZE = (64, 96)  # non-square on purpose: height and width are independent everywhere
@@ -37,7 +29,7 @@ TINY_SIZE = (64, 96)  # non-square on purpose: height and width are independent 
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.synth import make_mvtec
+    from tests.helpers.synth import make_mvtec
 
     return make_mvtec(tmp_path_factory.mktemp("synth"))
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from edge_somad import bench as B
+from edge_somad.contracts.geometry import resize_frame
+from edge_somad.contracts.manifest import Calibration, load_manifest, save_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.export.manifest import Calibration, load_manifest, save_manifest
 from edge_somad.runtime.pipeline_bench import bench_cameras, format_cameras_table
-from edge_somad.runtime.preprocess import resize_frame
 from tests.test_bench import OrtTiny
 from tests.test_trt_tinymodel import make_model_dir
 

@@ -6,7 +6,6 @@ import collections
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +14,9 @@ import pytest
 
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.bridge_queue import DiskQueue, Item
-from tests.bridge_support import REPO, Consumer, Mosquitto, start_bridge, verdict_count
-from tests.test_runtime_support import defect, free_port, grey, make_model_dir, write_video
+from tests.helpers.bridges import REPO, Consumer, Mosquitto, start_bridge, verdict_count
+from tests.helpers.cli import edge_somad_exe
+from tests.helpers.runtime import defect, free_port, grey, make_model_dir, write_video
 
 N = 2000
 
@@ -40,7 +40,7 @@ def test_2000_verdicts_arrive_through_a_broker_outage(tmp_path: Path) -> None:
     try:
         assert consumer.wait_for(lambda m: verdict_count("NSTATUS")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
         run = subprocess.Popen(
-            [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", f"c1={video}", "--model",
+            [edge_somad_exe(), "run", "--camera", f"c1={video}", "--model",
              str(model_dir), "--publish", f"tcp://127.0.0.1:{zmq_port}", "--wait-subscribers", "1",
              "--log-level", "warning"],  # run's default --send-queue: the bridge must keep up by itself
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -94,7 +94,7 @@ def test_2000_verdicts_arrive_through_a_broker_outage(tmp_path: Path) -> None:
 
 def test_unreachable_broker_is_a_warning_and_verdicts_wait(tmp_path: Path) -> None:
     bridge = subprocess.Popen(
-        [sys.executable, "-m", "edge_somad.runtime.bridge_commands",
+        [edge_somad_exe(), "bridge",
          *_bridge_args(free_port(), free_port(), "box3", tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -160,7 +160,7 @@ def test_password_broker_mqtt311_and_heatmap_topic(tmp_path: Path) -> None:
     pub = Publisher(f"tcp://127.0.0.1:{free_port()}", "somad", sndhwm=1000)
     args = [*_bridge_args(int(pub.bound_endpoint.rsplit(":", 1)[1]), broker.port, "box4", tmp_path),
             "--username", "bridge", "--mqtt-version", "3.1.1", "--heatmaps", "--heatmap-max-bytes", "1000"]
-    wrong = subprocess.Popen([sys.executable, "-m", "edge_somad.runtime.bridge_commands", *args], cwd=REPO,
+    wrong = subprocess.Popen([edge_somad_exe(), "bridge", *args], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "EDGE_SOMAD_BRIDGE_PASSWORD": "wrong"})
     try:
@@ -171,7 +171,7 @@ def test_password_broker_mqtt311_and_heatmap_topic(tmp_path: Path) -> None:
         wrong.send_signal(signal.SIGTERM)
         err += wrong.communicate(timeout=20)[1]
         assert "refused the connection" in err and "Traceback" not in err, err
-        bridge = subprocess.Popen([sys.executable, "-m", "edge_somad.runtime.bridge_commands", *args], cwd=REPO,
+        bridge = subprocess.Popen([edge_somad_exe(), "bridge", *args], cwd=REPO,
                                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "bridge.log", "wb"),  # noqa: SIM115
                                   env={**os.environ, "EDGE_SOMAD_BRIDGE_PASSWORD": "s3cret"})
         assert consumer.wait_for(lambda m: verdict_count("NSTATUS")(m) >= 1, 20), (tmp_path / "bridge.log").read_text()
@@ -333,7 +333,7 @@ def test_hostile_messages_are_rejected_counted_and_never_published(tmp_path: Pat
 def test_tls_broker_with_its_ca(tmp_path: Path) -> None:
     from edge_somad.runtime import messages
     from edge_somad.runtime.publisher import Publisher
-    from tests.bridge_support import make_tls_files
+    from tests.helpers.bridges import make_tls_files
 
     ca, cert, key = make_tls_files(tmp_path / "tls")
     broker = Mosquitto(tmp_path / "broker",

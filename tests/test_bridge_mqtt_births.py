@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.bridge_support import BeatingPublisher, Consumer, Mosquitto, start_bridge, verdict_count
-from tests.test_runtime_support import free_port
+from tests.helpers.bridges import BeatingPublisher, Consumer, Mosquitto, start_bridge, verdict_count
+from tests.helpers.runtime import free_port
 
 
 def _args(zmq_port: int, mqtt_port: int, tmp: Path) -> list[str]:

@@ -7,7 +7,6 @@ import itertools
 import math
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from edge_somad.errors import ConfigError
 from edge_somad.runtime import messages
 from edge_somad.runtime.bridge_opcua import NAMESPACE, result_values
 from edge_somad.runtime.curve import connect_subscriber
-from tests.bridge_support import REPO, start_bridge
-from tests.test_runtime_support import defect, free_port, grey, make_model_dir, write_video
+from tests.helpers.bridges import REPO, start_bridge
+from tests.helpers.cli import edge_somad_exe
+from tests.helpers.runtime import defect, free_port, grey, make_model_dir, write_video
 
 N = 50
 WATCHED = ("ResultId", "FrameId", "Verdict", "ResultEvaluation", "Score", "ScoreNormalised", "DefectCount",
@@ -46,6 +46,11 @@ def _collapse(values: list) -> list:
 def _expected(h: dict) -> dict:
     values = result_values(h)
     return {k: values[k] for k in WATCHED}
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, with NaN equal to NaN (as the notifications show it)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 async def _client_run(url: str, start_run) -> tuple[dict[str, list], dict[str, int], list[dict]]:
@@ -80,7 +85,14 @@ async def _client_run(url: str, start_run) -> tuple[dict[str, list], dict[str, i
         await sub.subscribe_data_change(list(nodes.values()), queuesize=N + 10)
         headers = await asyncio.to_thread(start_run)
         await asyncio.wait_for(done.wait(), 30)
-        await asyncio.sleep(0.2)  # the notifications of the last publish cycle (ResultId is written last)
+        # ResultId is written last: wait (bounded) until every variable's last notification shows the
+        # value the server holds now, i.e. the last publish cycle's notifications have all arrived.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            current = {k: await n.read_value() for k, n in nodes.items()}
+            if all(got[k] and _same(got[k][-1], current[k]) for k in nodes):
+                break
+            await asyncio.sleep(0.05)
         counters = {k: await client.get_node(f"ns={idx};s=box1.c1.Counters.{k}").read_value()
                     for k in ("PassCount", "FailCount", "ErrorCount")}
         counters["Drops"] = await client.get_node(f"ns={idx};s=box1.Drops").read_value()
@@ -104,7 +116,7 @@ def test_opcua_client_sees_every_verdict_of_a_50_frame_run(tmp_path: Path) -> No
     def start_run() -> list[dict]:
         """`run` with the bridge and this test's own ZeroMQ subscriber: the headers to compare with."""
         res = subprocess.Popen(
-            [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", f"c1={video}", "--model",
+            [edge_somad_exe(), "run", "--camera", f"c1={video}", "--model",
              str(model_dir), "--publish", zmq_ep, "--wait-subscribers", "2", "--log-level", "warning"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         headers, deadline = [], time.monotonic() + 30

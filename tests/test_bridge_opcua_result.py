@@ -14,8 +14,8 @@ import pytest
 from edge_somad.runtime import messages
 from edge_somad.runtime.bridge_opcua import NAMESPACE, result_values
 from edge_somad.runtime.publisher import Publisher
-from tests.bridge_support import start_bridge
-from tests.test_runtime_support import free_port
+from tests.helpers.bridges import start_bridge
+from tests.helpers.runtime import free_port
 
 N = 100
 RATE = 20.0  # results per second, as a fast line hands them to a PLC

@@ -10,8 +10,9 @@ from edge_somad.runtime import messages
 from edge_somad.runtime.bridge_recover import Recovery
 from edge_somad.runtime.journal import JournalConfig
 from edge_somad.runtime.launch import _journal
-from tests.bridge_support import BeatingPublisher, Consumer, Mosquitto, start_bridge
-from tests.test_runtime_support import free_port
+from tests.helpers.bridges import BeatingPublisher, Consumer, Mosquitto, start_bridge
+from tests.helpers.cli import edge_somad_exe
+from tests.helpers.runtime import free_port
 
 N = 1200  # verdicts, two cameras, at RATE: the outage falls in the middle
 RATE = 100.0
@@ -124,7 +125,6 @@ def test_what_the_bounded_journal_dropped_is_counted_missed(tmp_path: Path) -> N
 
 def test_run_keeps_its_verdicts_in_the_journal_and_replay_needs_it(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     import typer
     from typer.testing import CliRunner
@@ -132,8 +132,8 @@ def test_run_keeps_its_verdicts_in_the_journal_and_replay_needs_it(tmp_path: Pat
     from edge_somad.runtime.commands import run as run_command
     from edge_somad.runtime.curve import connect_subscriber
     from edge_somad.runtime.journal import read_segment
-    from tests.bridge_support import REPO
-    from tests.test_runtime_support import grey, make_model_dir, write_video
+    from tests.helpers.bridges import REPO
+    from tests.helpers.runtime import grey, make_model_dir, write_video
 
     app = typer.Typer()
     app.command()(run_command)
@@ -144,7 +144,7 @@ def test_run_keeps_its_verdicts_in_the_journal_and_replay_needs_it(tmp_path: Pat
     port = free_port()
     sock = connect_subscriber(f"tcp://127.0.0.1:{port}", b"somad/c1")
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", f"c1={video}", "--model",
+        [edge_somad_exe(), "run", "--camera", f"c1={video}", "--model",
          str(model_dir), "--publish", f"tcp://127.0.0.1:{port}", "--journal", str(tmp_path / "journal"),
          "--journal-max-mb", "1", "--wait-subscribers", "1", "--log-level", "info"],
         cwd=REPO, capture_output=True, text=True, timeout=120)

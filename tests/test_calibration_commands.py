@@ -25,8 +25,8 @@ from edge_somad.calibration.threshold import (
     min_defect_area,
     pixel_threshold,
 )
+from edge_somad.contracts.manifest import load_manifest, save_manifest, sha256_file
 from edge_somad.errors import ArtifactError, ConfigError, DatasetError
-from edge_somad.export.manifest import load_manifest, save_manifest, sha256_file
 from edge_somad.runtime.backends import open_scorer
 from tests.test_calibration_quantize import H, W, make_standin_model_dir, synthetic_frames
 

@@ -13,8 +13,8 @@ from edge_somad.calibration.commands import run_calibrate
 from edge_somad.calibration.frames import score_all
 from edge_somad.calibration.int8_gate import MAX_DROP
 from edge_somad.calibration.threshold import confusion_at_threshold
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.data import read_frames
-from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime.backends import open_scorer
 
 # Stated int8 tolerances for this small model (128 px, d 32, 12x12 SOM). Measured (seed 0, ORT CPU):

@@ -106,7 +106,7 @@ def test_refit_brings_shifted_features_back_to_fp32_distances(
 
 
 def test_fit_frames_for_says_why_it_cannot_refit(tmp_path: Path) -> None:
-    from edge_somad.export.manifest import load_manifest
+    from edge_somad.contracts.manifest import load_manifest
 
     model_dir = make_standin_model_dir(tmp_path)  # manifest + ONNX only, like a deployed box
     frames, why = fit_frames_for(model_dir, load_manifest(model_dir))

@@ -19,8 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_somad.calibration import quantize
 from edge_somad.calibration.quantize import INT16_MAX, backbone_convs, quantize_int8, u8s8_pair_bound
-from edge_somad.errors import ArtifactError, InputError
-from edge_somad.export.manifest import (
+from edge_somad.contracts.manifest import (
     Manifest,
     Preprocessing,
     TensorSpec,
@@ -28,6 +27,7 @@ from edge_somad.export.manifest import (
     save_manifest,
     sha256_file,
 )
+from edge_somad.errors import ArtifactError, InputError
 from tests.test_trt_tinymodel import run_ort
 
 H, W, C, D, K = 32, 48, 8, 4, 6

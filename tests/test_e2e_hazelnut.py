@@ -1,7 +1,7 @@
 """End to end on real photos (Hazelnut Toy, CC-BY-4.0): the CLI's fit -> export -> evaluate.
 
-Uses ../shared/data/hazelnut_toy when present (the full-resolution set), else skips with the
-reason. A small input (128x128) keeps it to ~20 s on two CPU cores.
+Runs on the sample bundled in the package (edge_somad/sample_data), so a clean clone runs it: no
+data folder outside the repository is needed. A small input (128x128) keeps it to ~20 s on two CPU cores.
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_somad.cli import app
-from tests.conftest import HAZELNUT_ROOT
+from edge_somad.data import sample_data_root
 
-pytestmark = pytest.mark.skipif(
-    not (HAZELNUT_ROOT / "hazelnut_toy" / "train" / "good").is_dir(),
-    reason=f"real data not found at {HAZELNUT_ROOT}/hazelnut_toy (shared data folder absent)",
-)
+HAZELNUT_ROOT = sample_data_root()
 runner = CliRunner()
 
 

@@ -13,10 +13,10 @@ import torch
 
 from edge_somad.artifacts import load_arrays, load_config
 from edge_somad.config import FitConfig
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.data import load_category
 from edge_somad.errors import ArtifactError, ConfigError
 from edge_somad.evaluate import compute_metrics, load_test_set, score_timed
-from edge_somad.export.manifest import load_manifest
 from edge_somad.export.onnx_graph import TRT_ALLOWED_OPS, check_graph
 from edge_somad.model import load_torch_model
 from edge_somad.runtime.ort_scorer import OrtScorer

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import Consumer, Mosquitto, start_bridge
 from tests.fuzz_support import NESTED_REPRO, FuzzPublisher, fuzz_messages
-from tests.test_runtime_support import free_port
+from tests.helpers.bridges import Consumer, Mosquitto, start_bridge
+from tests.helpers.runtime import free_port
 
 N_FUZZ = 2000
 MARK = 1_000_000  # frame ids of the valid verdicts sent after the fuzz

@@ -13,7 +13,7 @@ from edge_somad.evaluate import load_test_set
 from edge_somad.runtime.torch_scorer import TorchScorer
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("torch-cuda")
 def test_torch_cuda_matches_cpu(tiny_exported: Path, synth_root: Path, tiny_config: FitConfig) -> None:
     frames = load_test_set(load_category(synth_root, "widget"), tiny_config.input).frames
     cpu = TorchScorer(tiny_exported, device="cpu").score(frames)
@@ -22,12 +22,9 @@ def test_torch_cuda_matches_cpu(tiny_exported: Path, synth_root: Path, tiny_conf
     np.testing.assert_allclose(gpu.maps, cpu.maps, rtol=1e-3, atol=1e-2)
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("ort-cuda")
 def test_onnxruntime_cuda_provider_is_really_used(tiny_exported: Path, synth_root: Path,
                                                    tiny_config: FitConfig) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime-gpu is not installed (CPU onnxruntime only)")
     from edge_somad.runtime.ort_scorer import OrtScorer
 
     frames = load_test_set(load_category(synth_root, "widget"), tiny_config.input).frames

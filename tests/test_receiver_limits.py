@@ -21,7 +21,7 @@ from edge_somad.runtime import intake, messages
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.subscriber import SubscribeResult, _csv_row, receive
 from tests.fuzz_support import NESTED_REPRO, valid_header, verdict_parts
-from tests.test_runtime_support import free_port, make_model_dir
+from tests.helpers.runtime import free_port, make_model_dir
 
 
 @pytest.mark.parametrize(("parts", "reason"), [
@@ -112,7 +112,7 @@ def test_topic_root_levels_are_checked() -> None:
 
 
 def test_mqtt_bridge_gives_up_on_a_broker_that_refuses_it(tmp_path: Path) -> None:
-    from tests.bridge_support import Mosquitto, start_bridge
+    from tests.helpers.bridges import Mosquitto, start_bridge
 
     pw = tmp_path / "pw"
     pw.write_text("")

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime.camera import CameraSource, SourceSpec
 from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.outbox import Outbox
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import ScoreResult
+from tests.helpers.runtime import FakeDriver, H, W, defect, free_port, grey, make_model_dir, write_video
 from tests.test_runtime_pipeline import Collector
-from tests.test_runtime_support import FakeDriver, H, W, defect, free_port, grey, make_model_dir, write_video
 
 
 class SlowSpy:

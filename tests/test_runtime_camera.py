@@ -21,7 +21,8 @@ from edge_somad.runtime.camera import (
     parse_cameras,
     parse_source,
 )
-from tests.test_runtime_support import FakeDriver, defect, grey, write_video
+from tests.helpers.poll import wait_until
+from tests.helpers.runtime import FakeDriver, defect, grey, write_video
 
 
 def drain(cam: CameraSource, timeout: float = 10.0) -> list[FrameItem]:
@@ -128,7 +129,7 @@ class FastLive(FakeDriver):
 
 def test_live_source_drops_oldest_when_consumer_is_slow() -> None:
     cam, _ = start(SourceSpec("stream", "rtsp://fake"), queue_size=2, opener=FastLive)
-    time.sleep(0.3)  # nobody consumes
+    wait_until(lambda: cam.drops > 10)  # nobody consumes
     assert cam.fps() > 0
     cam.stop()
     assert cam.join(2.0)
@@ -140,7 +141,7 @@ def test_live_source_drops_oldest_when_consumer_is_slow() -> None:
 
 def test_unreachable_stream_reconnects_with_backoff() -> None:
     cam, events = start(SourceSpec("stream", "http://127.0.0.1:1/none.mjpg"), backoff_s=(0.05, 0.2))
-    time.sleep(0.6)
+    wait_until(lambda: sum(e.status == "unavailable" for e in list(events)) >= 3)
     cam.stop()
     assert cam.join(3.0)
     retries = [e for e in events if e.status == "unavailable"]  # never opened: unavailable, not reconnecting

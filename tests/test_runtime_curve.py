@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,16 +14,17 @@ import zmq
 import zmq.auth
 from typer.testing import CliRunner
 
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime.camera import parse_cameras
 from edge_somad.runtime.commands import keys, run, subscribe
 from edge_somad.runtime.curve import CurveServer, connect_subscriber, load_client, load_server, make_keys
 from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
+from tests.helpers.cli import edge_somad_exe
+from tests.helpers.runtime import H, W, defect, free_port, grey, make_model_dir, write_video
 from tests.test_runtime_pipeline import Collector
-from tests.test_runtime_support import H, W, defect, free_port, grey, make_model_dir, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def test_run_and_subscribe_commands_with_curve(tmp_path: Path, key_dir: Path) ->
     run_args = ["run", "--camera", f"c={video}", "--model", str(model_dir), "--publish", f"tcp://127.0.0.1:{port}",
                 "--wait-subscribers", "1", "--log-level", "warning",
                 "--curve-secret-key", str(key_dir / "server.key_secret"), "--curve-clients", str(key_dir / "clients")]
-    publisher = subprocess.Popen([sys.executable, "-m", "edge_somad.runtime.commands", *run_args], cwd=REPO,
+    publisher = subprocess.Popen([edge_somad_exe(), *run_args], cwd=REPO,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         res = CliRunner().invoke(app(), [

@@ -13,13 +13,13 @@ import pytest
 pytest.importorskip("torch")
 
 from edge_somad.contracts.geometry import resize_frame
-from edge_somad.export.manifest import load_manifest
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.runtime.camera import SourceSpec
 from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
+from tests.helpers.runtime import free_port
 from tests.test_runtime_pipeline import Collector
-from tests.test_runtime_support import free_port
 
 SIZE = 128
 FRAMES = 102  # every good image three times: the score window sees 34 distinct scores

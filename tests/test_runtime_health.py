@@ -10,17 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_somad.contracts.geometry import plan_geometry
+from edge_somad.contracts.geometry import plan_geometry, resize_frame
+from edge_somad.contracts.manifest import load_manifest, save_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.export.manifest import load_manifest, save_manifest
 from edge_somad.runtime import drift
 from edge_somad.runtime.health import CameraHealth, HealthConfig
 from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import PipelineConfig
-from edge_somad.runtime.preprocess import resize_frame
-from tests.synth import _part
+from tests.helpers.runtime import H, W, make_model_dir, write_video
+from tests.helpers.synth import _part
 from tests.test_runtime_pipeline import run_pipeline_with_sub
-from tests.test_runtime_support import H, W, make_model_dir, write_video
 
 FAST = HealthConfig(input_window=5, input_min_frames=3, frozen_s=0.0, frozen_frames=5, score_window=40,
                     score_min_samples=20)

@@ -17,7 +17,7 @@ from edge_somad.errors import ConfigError, InputError
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import parse_cameras
 from edge_somad.runtime.subscriber import subscribe_loop
-from tests.test_runtime_support import free_port
+from tests.helpers.runtime import free_port
 
 HOSTILE_IDS = ["../../x/pwned", "/tmp/abs-pwned", "..", ".", "a.b", "a.json", "x" * 10_000, "nul\x00x", "",
                "_status", "-rf", "c/d", "c\\d", "ｃａｍ", "cam 1", "x" * 65]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from edge_somad.export.manifest import load_manifest
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import SourceSpec
 from edge_somad.runtime.curve import connect_subscriber
@@ -17,8 +17,8 @@ from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.subscriber import SeqCounter
+from tests.helpers.runtime import H, W, free_port, make_model_dir, write_video
 from tests.test_runtime_pipeline import Collector
-from tests.test_runtime_support import H, W, free_port, make_model_dir, write_video
 
 N = 300
 

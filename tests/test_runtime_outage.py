@@ -17,7 +17,7 @@ import typer
 from typer.testing import CliRunner
 
 from edge_somad.contracts.geometry import plan_geometry
-from edge_somad.export.manifest import load_manifest
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import SourceSpec, parse_source
 from edge_somad.runtime.commands import run
@@ -29,8 +29,8 @@ from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.verdict import judge
+from tests.helpers.runtime import FakeDriver, H, W, free_port, grey, make_model_dir, write_video
 from tests.test_runtime_pipeline import run_pipeline_with_sub
-from tests.test_runtime_support import FakeDriver, H, W, free_port, grey, make_model_dir, write_video
 
 
 class SilentServer:

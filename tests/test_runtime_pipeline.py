@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import zmq
 
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime import messages
 from edge_somad.runtime.camera import SourceSpec, parse_cameras
 from edge_somad.runtime.curve import CurveClient, connect_subscriber
@@ -21,7 +21,7 @@ from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.scorer import ScoreResult
 from edge_somad.runtime.verdict import NOT_CALIBRATED, judge
-from tests.test_runtime_support import (
+from tests.helpers.runtime import (
     THRESHOLD,
     FakeDriver,
     H,

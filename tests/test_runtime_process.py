@@ -16,10 +16,11 @@ import typer
 import zmq
 from typer.testing import CliRunner
 
-from edge_somad.export.manifest import load_manifest, save_manifest, sha256_file
+from edge_somad.contracts.manifest import load_manifest, save_manifest, sha256_file
 from edge_somad.runtime import messages
 from edge_somad.runtime.commands import run, subscribe
-from tests.test_runtime_support import build_onnx, defect, free_port, grey, make_model_dir, write_video
+from tests.helpers.cli import edge_somad_exe
+from tests.helpers.runtime import build_onnx, defect, free_port, grey, make_model_dir, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +72,7 @@ def test_sigterm_scores_queue_publishes_final_status_exit_0(tmp_path: Path) -> N
     sock.connect(endpoint)
     # A live source that never connects keeps the pipeline running until it is told to stop.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", "live=http://127.0.0.1:1/x",
+        [edge_somad_exe(), "run", "--camera", "live=http://127.0.0.1:1/x",
          "--camera", f"v={video}", "--model", str(d), "--publish", endpoint, "--wait-subscribers", "1",
          "--log-level", "warning"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -136,7 +137,7 @@ def test_corrupt_graph_with_matching_sha256_is_a_clear_error(tmp_path: Path) -> 
     save_manifest(d, dataclasses.replace(load_manifest(d, verify_onnx=False), onnx_sha256=sha256_file(onnx_path)))
     video = write_video(tmp_path / "v.avi", [grey()])
     res = subprocess.run(
-        [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", str(video), "--model", str(d),
+        [edge_somad_exe(), "run", "--camera", str(video), "--model", str(d),
          "--publish", f"tcp://127.0.0.1:{free_port()}", "--backend", "onnxruntime"],
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stderr

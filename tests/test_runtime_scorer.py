@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_somad.contracts.geometry import batch_frames
+from edge_somad.contracts.manifest import EngineInfo, load_manifest
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError, InputError
-from edge_somad.export.manifest import EngineInfo, load_manifest
 from edge_somad.runtime.backends import open_scorer, select_backend
 from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.preprocess import batch_frames
 from edge_somad.runtime.scorer import Scorer
-from tests.test_runtime_support import H, W, build_onnx, defect, grey, make_model_dir
+from tests.helpers.runtime import H, W, build_onnx, defect, grey, make_model_dir
 
 CPU = ["CPUExecutionProvider"]
 GPU = ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edge_somad.calibration import synthetic
+from edge_somad.contracts.geometry import resize_frame
 from edge_somad.errors import InputError
-from edge_somad.runtime.preprocess import resize_frame
 
 THIN = ("hairline", "crack")
 

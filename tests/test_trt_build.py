@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edge_somad.contracts.engines import check_engine_compat, engine_path, rebuild_command
+from edge_somad.contracts.manifest import EngineInfo, load_manifest, save_manifest, sha256_file
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError, EngineMismatchError
-from edge_somad.export.manifest import EngineInfo, load_manifest, save_manifest, sha256_file
 from edge_somad.export.trt_build import build_engine, profile_shapes
 from edge_somad.runtime.trt_env import import_tensorrt
 from tests.test_trt_tinymodel import make_model_dir, random_frames, run_ort
@@ -112,10 +112,8 @@ def _write_int8(model_dir: Path) -> None:
     save_manifest(model_dir, dataclasses.replace(m, int8_onnx=out.name, int8_onnx_sha256=sha256_file(out)))
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("tensorrt")
 def test_fp16_engine_matches_onnxruntime(tmp_path: Path) -> None:
-    pytest.importorskip("tensorrt")
-    pytest.importorskip("pycuda")
     from edge_somad.runtime.trt_scorer import TensorRTScorer
 
     model_dir = make_model_dir(tmp_path / "m")
@@ -136,10 +134,8 @@ def test_fp16_engine_matches_onnxruntime(tmp_path: Path) -> None:
     assert [e.max_batch for e in load_manifest(model_dir).engines] == [2]
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("tensorrt")
 def test_int8_engine_builds_and_loads(tmp_path: Path) -> None:
-    pytest.importorskip("tensorrt")
-    pytest.importorskip("pycuda")
     from edge_somad.runtime.trt_scorer import TensorRTScorer
 
     model_dir = make_model_dir(tmp_path / "m")

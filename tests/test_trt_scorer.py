@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_somad.contracts.manifest import EngineInfo, Manifest, load_manifest
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError
-from edge_somad.export.manifest import EngineInfo, Manifest, load_manifest
 from edge_somad.runtime.trt_scorer import TensorRTScorer
 from tests.test_trt_tinymodel import make_model_dir
 
@@ -38,12 +38,12 @@ def test_without_tensorrt_says_how_to_install(tmp_path: Path, monkeypatch: pytes
         TensorRTScorer(model_dir, _with_engine(model_dir), "fp16")
 
 
-def test_without_pycuda_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_cuda_python_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.8.0"))
-    monkeypatch.setitem(sys.modules, "pycuda", None)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    monkeypatch.setitem(sys.modules, "cuda", None)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
     model_dir = make_model_dir(tmp_path / "m")
-    with pytest.raises(BackendUnavailableError, match=r"pycuda .*edge-somad\[gpu\]"):
+    with pytest.raises(BackendUnavailableError, match=r"cuda-python .*edge-somad\[gpu\]"):
         TensorRTScorer(model_dir, _with_engine(model_dir), "fp16")
 
 
@@ -57,5 +57,5 @@ def test_runtime_module_imports_no_torch_or_tensorrt() -> None:
     import subprocess
 
     code = ("import sys, edge_somad.runtime.trt_scorer; "
-            "bad = [m for m in ('torch', 'tensorrt', 'pycuda') if m in sys.modules]; assert not bad, bad")
+            "bad = [m for m in ('torch', 'tensorrt', 'cuda') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

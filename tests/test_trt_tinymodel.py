@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edge_somad.export.manifest import (  # noqa: E402
+from edge_somad.contracts.manifest import (  # noqa: E402
     Manifest,
     Preprocessing,
     TensorSpec,
@@ -110,7 +110,7 @@ def test_tiny_model_honours_the_graph_contract(tmp_path: Path) -> None:
 
 
 def test_tiny_model_dir_manifest_loads(tmp_path: Path) -> None:
-    from edge_somad.export.manifest import load_manifest
+    from edge_somad.contracts.manifest import load_manifest
 
     m = load_manifest(make_model_dir(tmp_path / "tiny"))
     assert (m.preprocessing.height, m.preprocessing.width) == (H, W)

@@ -15,16 +15,17 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="edge-somad[view] (aiohttp) is not installed")
 
+from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.export.manifest import load_manifest
 from edge_somad.runtime.camera import parse_cameras
 from edge_somad.runtime.health import HealthConfig
 from edge_somad.runtime.ort_scorer import OrtScorer
 from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.publisher import Publisher
 from edge_somad.runtime.view import BackgroundView, ViewConfig
+from tests.helpers.requires import missing_component
+from tests.helpers.runtime import H, W, free_port, write_video
 from tests.test_runtime_health import model_with_reference, parts
-from tests.test_runtime_support import H, W, free_port, write_video
 
 
 def with_defect(img: np.ndarray, x: int = 60, y: int = 40) -> np.ndarray:
@@ -103,7 +104,7 @@ def _chrome():
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[dev])")
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.skip("Debian chromium + chromium-driver are not installed (scripts/setup.sh installs them as root)")
+        missing_component("Debian chromium + chromium-driver", "scripts/setup.sh installs them as root")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,7 +13,8 @@ from pathlib import Path
 from benchmarks.subscription_flood import mjpeg_server
 from edge_somad.runtime.view import BackgroundView, ViewConfig
 from tests.fuzz_support import FuzzPublisher
-from tests.test_runtime_support import free_port, make_model_dir
+from tests.helpers.cli import edge_somad_exe
+from tests.helpers.runtime import free_port, make_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def _until(fn, timeout_s: float):
 
 def _run(model: Path, url: str, endpoint: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", f"cam0={url}", "--model", str(model),
+        [edge_somad_exe(), "run", "--camera", f"cam0={url}", "--model", str(model),
          "--publish", endpoint, "--log-level", "warning", "--no-health"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

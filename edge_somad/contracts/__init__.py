@@ -1,5 +1,6 @@
 """The ground floor: contracts every other module builds on, importing nothing above them.
 
+jsonio    atomic JSON write and checked read of the model directory's files
 names     graph I/O tensor names, precisions, resize modes, image file suffixes
 layout    the model directory: file names, split.json / fit_info.json readers
 manifest  manifest.json (Manifest), the contract between export, calibration and the runtime

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge_somad.config import read_json
+from edge_somad.contracts.jsonio import read_json
 from edge_somad.contracts.names import PRECISIONS
 from edge_somad.errors import ArtifactError, ConfigError
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_somad.config import read_json, write_json
+from edge_somad.contracts.jsonio import read_json, write_json
 from edge_somad.contracts.layout import MANIFEST_NAME
 from edge_somad.contracts.manifest_check import check_manifest_dict
 from edge_somad.errors import ArtifactError

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from edge_somad.export.manifest import (
+from edge_somad.contracts.manifest import (
     Calibration,
     Manifest,
     Preprocessing,

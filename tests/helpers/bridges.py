@@ -6,25 +6,24 @@ import getpass
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
+from tests.helpers.cli import edge_somad_exe
+from tests.helpers.requires import missing_component
+from tests.helpers.runtime import free_port
 
-from tests.test_runtime_support import free_port
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROOT = "edge-somad/v1"
 
 
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     if found is None:
-        pytest.skip("mosquitto is not installed and could not be (scripts/setup.sh installs the Debian package "
-                    "`mosquitto` when run as root; elsewhere: apt-get install mosquitto)")
+        missing_component("mosquitto", "scripts/setup.sh installs the Debian package `mosquitto` when run as "
+                          "root; elsewhere: apt-get install mosquitto")
     return found
 
 
@@ -112,7 +111,7 @@ class Consumer:
 
 def start_bridge(args: list[str], log_path: Path) -> subprocess.Popen:
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "edge_somad.runtime.bridge_commands", *args], cwd=REPO,
+        return subprocess.Popen([edge_somad_exe(), "bridge", *args], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=log)
 
 

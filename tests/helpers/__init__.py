@@ -1,0 +1,1 @@
+"""Shared test helpers (not tests): real components, probes, polling."""
