@@ -66,7 +66,8 @@ def run_one(root: Path, category: str, config: FitConfig, model_dir: Path, auto:
     spec = config.input
     with OrtScorer(model_dir / "model.onnx", spec.height, spec.width) as scorer:
         report = evaluate(model_dir, cat, scorer, spec, manifest.threshold, model_dir / "report.json", None,
-                          confusion=confusion_at_threshold)
+                          confusion=confusion_at_threshold, pixel_threshold=manifest.pixel_threshold_for("fp32"),
+                          min_area_px=manifest.calibration.min_defect_area_px)
     at = report["at_threshold"]
     return {
         "category": category, "method": "auto" if auto else config.method,
