@@ -5,7 +5,7 @@ at a pinned commit and written as ``<out>/<category>/{train/good,test/good,test/
 SOURCE.txt. Longer side > ``--max-side`` is shrunk (INTER_AREA; masks INTER_NEAREST, binarised to 0/255);
 pixel-identical duplicate images are dropped. ``--shared DIR`` links the categories already kept under ``DIR``.
 
-    python benchmarks/suite_data.py --mirror-root /work/.mirror --shared /work/shared/data
+    python benchmarks/suite_data.py --mirror-root ../.mirror --shared ../shared/data
     python benchmarks/suite_data.py --only ball_screw cookie    # just these fetched categories
 
 The sources are in suite_sources.py, the reader of each source layout in suite_layouts.py; a source may set its own
@@ -91,7 +91,8 @@ def link_shared(shared: Path, out_root: Path) -> list[dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mirror-root", type=Path, default=Path("/work/.mirror"), help="where fetched snapshots live")
+    ap.add_argument("--mirror-root", type=Path, default=Path("../.mirror"), 
+                    help="where fetched snapshots live (default: beside the checkout)")
     ap.add_argument("--out", type=Path, default=Path("~/.cache/edge-somad/suite"))
     ap.add_argument("--shared", type=Path, default=None, help="also link the categories kept under this data folder")
     ap.add_argument("--max-side", type=int, default=512, help="longer side kept, unless a source sets its own")
