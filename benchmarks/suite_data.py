@@ -91,7 +91,7 @@ def link_shared(shared: Path, out_root: Path) -> list[dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mirror-root", type=Path, default=Path("../.mirror"), 
+    ap.add_argument("--mirror-root", type=Path, default=Path("../.mirror"),
                     help="where fetched snapshots live (default: beside the checkout)")
     ap.add_argument("--out", type=Path, default=Path("~/.cache/edge-somad/suite"))
     ap.add_argument("--shared", type=Path, default=None, help="also link the categories kept under this data folder")
