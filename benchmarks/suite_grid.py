@@ -45,24 +45,29 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/suite-grid"))
     ap.add_argument("--categories", nargs="+")
     ap.add_argument("--features", nargs="+", default=["lite0@224"], choices=sorted(FEATURES))
-    ap.add_argument("--heads", default="all", choices=["all", "default"],
-                    help="'default': only the shipped head and map (e.g. for a backbone or size comparison)")
+    ap.add_argument("--heads", default="all", choices=["all", "default", "padim"],
+                    help="'default': only the shipped head and map (e.g. for a backbone or size comparison); "
+                    "'padim': only the PaDiM baseline (default map), kept in its own file")
     args = ap.parse_args()
     torch.manual_seed(0)
     cats = args.categories or sorted(p.name for p in args.root.iterdir() if (p / "train").is_dir())
     args.out.mkdir(parents=True, exist_ok=True)
-    heads, maps = (HEADS, MAPS) if args.heads == "all" else (HEADS[:1], MAPS[:1])
+    heads, maps = {"all": (HEADS, MAPS), "default": (HEADS[:1], MAPS[:1]),
+                   "padim": ([HeadVariant(method="padim")], MAPS[:1])}[args.heads]
     for fname in args.features:
         key = FEATURES[fname]
         for cat in cats:
             path = rows_path(args.out, cat, key)
+            if args.heads == "padim":
+                path = path.with_name(path.stem + "__padim.json")
             if path.is_file():
                 continue
             same = rows_path(args.out, cat, FeatureKey(key.backbone, key.short))
             if not key.aspect and same.is_file() and is_square(args.root, cat, key.short):
-                # A square part: the square input is the aspect one, already measured.
-                rows = [{**r, "features": key.name} for r in json.loads(same.read_text())]
-                path.write_text(json.dumps(rows) + "\n")
+                # A square part: the square input is the aspect one, already measured with every head.
+                if args.heads != "padim":
+                    rows = [{**r, "features": key.name} for r in json.loads(same.read_text())]
+                    path.write_text(json.dumps(rows) + "\n")
                 continue
             t0 = time.perf_counter()
             rows = category_rows(args.root, cat, key, heads, maps, pixel_for=lambda h, m: m == MapVariant())

@@ -54,10 +54,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_one(root: Path, category: str, config: FitConfig, model_dir: Path, auto: bool = False) -> dict[str, Any]:
+def run_one(root: Path, category: str, config: FitConfig, model_dir: Path, auto: bool = False,
+            aspect: bool = False) -> dict[str, Any]:
     cat = load_category(root, category)
-    # The input a user would pick for the part's aspect (benchmarks/suite_engine.input_spec), as the grid does.
-    config = dataclasses.replace(config, input=input_spec(cat, config.input.height))
+    if aspect:  # the input a user would pick for the part's aspect (suite_engine.input_spec); else the default
+        config = dataclasses.replace(config, input=input_spec(cat, config.input.height))
     # auto: the CLI's default, SOMAD or PaDiM picked by the synthetic self-check (edge_somad/select.py).
     fit = fit_auto if auto else fit_model
     info = fit(cat, config, model_dir, progress=False)
@@ -106,6 +107,8 @@ def main() -> None:
     ap.add_argument("--categories", nargs="+")
     ap.add_argument("--methods", nargs="+", default=["somad", "padim"], choices=["somad", "padim", "auto"])
     ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="FitConfig field=value")
+    ap.add_argument("--aspect", action="store_true",
+                    help="input sized to the part's aspect (as a user may pick); default: fit's default input")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     cats = args.categories or sorted(p.name for p in args.root.iterdir() if (p / "train").is_dir())
@@ -120,7 +123,8 @@ def main() -> None:
             if done.is_file():  # measured already (delete the file to measure again)
                 row = json.loads(done.read_text())
             else:
-                row = run_one(args.root, category, config, args.out / f"{category}_{method}", auto=method == "auto")
+                row = run_one(args.root, category, config, args.out / f"{category}_{method}", auto=method == "auto",
+                              aspect=args.aspect)
                 done.write_text(json.dumps(row) + "\n")
             rows.append(row)
             label = f"{category} / {method}" + (f" ({row['chosen']})" if row["chosen"] else "")
