@@ -205,7 +205,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path.home() / ".cache/edge-somad/suite")
     ap.add_argument("--out", type=Path, default=Path("runs/suite-grid"))
     ap.add_argument("--categories", nargs="+")
-    ap.add_argument("--features", nargs="+", default=["lite0@224sq", "lite0@224", "lite1@224"])
+    ap.add_argument("--features", nargs="+", default=["lite0@224sq", "lite0@224", "lite1@224sq"])
     ap.add_argument("--max-frr", type=float, default=0.05, help="line FRR a threshold rule must keep (mean)")
     ap.add_argument("--no-measure", action="store_true", help="only report the rows already measured")
     ap.add_argument("--user-path", type=Path, default=Path("runs/suite-user"),

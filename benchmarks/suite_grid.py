@@ -25,6 +25,7 @@ HEADS = [HeadVariant(), HeadVariant(shrinkage=1024.0), HeadVariant(method="padim
          HeadVariant(method="padim", score_norm="zscore")]
 MAPS = [MapVariant(), MapVariant(top=0.0), MapVariant(sigma=2.0)]
 FEATURES = {k.name: k for k in (FeatureKey(), FeatureKey(aspect=False), FeatureKey("efficientnet-lite1"),
+                                FeatureKey("efficientnet-lite1", aspect=False),
                                 FeatureKey("efficientnet-lite2"), FeatureKey(short=320))}
 
 
