@@ -157,6 +157,19 @@ def report(rows: list[Row], cats: list[str], max_frr: float, user_dir: Path) -> 
             ref = mean_summary([summary(row_of(rows, setting, c, setting_of), SHIPPED_RULE) for c in cats])
             refs[label] = ref
             print(f"{label:16s}" + "".join(x.rjust(10) for x in mean_cells(ref)) + f" |  [{setting}] / {SHIPPED_RULE}")
+    print(f"\nEvery setting measured on all {len(cats)} categories (means; threshold rule {SHIPPED_RULE}):")
+    print(f"{'setting':50s}" + "".join(h.rjust(10) for h in header[1:]))
+    complete = sorted({setting_of(r) for r in rows
+                       if all(any(setting_of(x) == setting_of(r) and x["category"] == c for x in rows) for c in cats)})
+    for setting in sorted(complete, key=lambda st: -np.mean([row_of(rows, st, c, setting_of)["image_auroc"]
+                                                              for c in cats])):
+        items = [summary(row_of(rows, setting, c, setting_of), SHIPPED_RULE) for c in cats]
+        m = mean_summary(items)
+        masked = [c for c in cats if row_of(rows, chosen, c, setting_of)["pro"] is not None]
+        if any(i["pro"] is None for i, c in zip(items, cats, strict=True) if c in masked):
+            m["pixel_auroc"] = m["pro"] = None  # pixel metrics measured on only some categories: not comparable
+        print(f"{setting:50s}" + "".join(x.rjust(10) for x in mean_cells(m)) + ("  <- shipped" if setting == SHIPPED
+                                                                                 else ""))
     print(f"\nThreshold rules under [{chosen}] (mean over the {len(cats)} categories); 'line' = commissioned from "
           "every other test good image, FRR on the rest (docs/commissioning.md)")
     for rule in [*RULES, *COMMISSIONED]:
