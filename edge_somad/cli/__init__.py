@@ -147,6 +147,3 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     app()
 
-
-if __name__ == "__main__":
-    main()
