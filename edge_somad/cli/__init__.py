@@ -3,6 +3,10 @@
 Heavy packages (torch, cv2, zmq, onnxruntime, tensorrt) are imported inside command bodies, so
 `edge-somad --help` works on a bare edge box. Every command is registered behind the one error
 handler (cli/errors.py; exit codes in contracts/exits.py: 0 done, 1 outcome not reached, 2 error).
+
+This package holds commands and their options only: fit, export, build-engine, evaluate and demo
+here; calibrate, bench, runtime (run, subscribe, keys, view) and bridge (mqtt, opcua) beside it.
+The work each command does is a library function elsewhere (workflows.py lists the steps').
 """
 
 from __future__ import annotations
