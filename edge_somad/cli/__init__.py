@@ -2,7 +2,7 @@
 
 Heavy packages (torch, cv2, zmq, onnxruntime, tensorrt) are imported inside command bodies, so
 `edge-somad --help` works on a bare edge box. Every command is registered behind the one error
-handler (cli/errors.py; exit codes in contracts/exits.py: 0 done, 1 outcome not reached, 2 error).
+handler (cli/options.py; exit codes in contracts/exits.py: 0 done, 1 outcome not reached, 2 error).
 
 This package holds commands and their options only: fit, export, build-engine, evaluate and demo
 here; calibrate, bench, runtime (run, subscribe, keys, view) and bridge (mqtt, opcua) beside it.
@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from edge_somad.cli.calibrate import calibrate
-from edge_somad.cli.errors import handle_errors
+from edge_somad.cli.options import handle_errors
 from edge_somad.cli.runtime import keys, run, subscribe, view
 from edge_somad.config import FitConfig, InputSpec, SomConfig
 from edge_somad.contracts import defaults

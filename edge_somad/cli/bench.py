@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from edge_somad.bench.scorers import DEFAULT_BACKENDS, run_bench
-from edge_somad.cli.errors import handle_errors
+from edge_somad.cli.options import handle_errors
 
 
 @handle_errors

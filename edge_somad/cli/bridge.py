@@ -16,19 +16,25 @@ from typing import Annotated, Optional
 
 import typer
 
-from edge_somad.cli.errors import handle_errors
-from edge_somad.cli.runtime import CurveClientSecret, CurveServerKey, LogLevel, MaxMessageMb, _logging
+from edge_somad.cli.options import (
+    CurveClientSecret,
+    CurveServerKey,
+    LogLevel,
+    MaxMessageMb,
+    OptFile,
+    handle_errors,
+    setup_logging,
+)
 from edge_somad.contracts import defaults
 from edge_somad.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Factory integration: verdicts from `run` to an MQTT broker or an OPC UA server.")
-OptFile = Optional[Path]  # noqa: UP045 - typer reads the annotation at runtime
 Connect = Annotated[list[str], typer.Option(
     "--connect", help="`run` endpoint to subscribe to, repeatable (one per box or line PC).")]
 TopicFilter = Annotated[str, typer.Option(help="ZeroMQ topic prefix filter.")]
 PASSWORD_ENV = "EDGE_SOMAD_BRIDGE_PASSWORD"
-log = logging.getLogger("edge_somad.runtime.bridge")
+log = logging.getLogger(__name__)
 
 
 def default_box() -> str:
@@ -98,7 +104,7 @@ def mqtt(
     log_level: LogLevel = "info",
 ) -> None:
     """Publish verdicts to an MQTT broker (birth/death, per-camera seq, QoS 1, disk queue while it is away)."""
-    _logging(log_level)
+    setup_logging(log_level)
     from edge_somad.runtime.messaging.curve import load_client
 
     if mqtt_version not in ("5", "3.1.1"):
@@ -175,7 +181,7 @@ def opcua(
     log_level: LogLevel = "info",
 ) -> None:
     """Serve the last result, counters and health of each camera over OPC UA (names after OPC 40100)."""
-    _logging(log_level)
+    setup_logging(log_level)
     from edge_somad.runtime.messaging.curve import load_client
 
     box = _check_name(box or default_box(), "--box")

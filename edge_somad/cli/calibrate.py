@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from edge_somad.calibration.calibrate import DEFAULT_METHOD, run_calibrate
-from edge_somad.cli.errors import handle_errors
+from edge_somad.cli.options import handle_errors
 from edge_somad.contracts import defaults
 
 

@@ -1,38 +1,28 @@
 """`edge-somad run`, `subscribe`, `view` and `keys` as typer command functions.
 
-Each behind the one error handler (cli/errors.handle_errors); registered by edge_somad/cli/__init__.py.
+Each behind the one error handler (cli/options.handle_errors); registered by edge_somad/cli/__init__.py.
 Heavy imports (cv2, zmq, onnxruntime) live inside the bodies so `edge-somad --help` works anywhere.
 `python -m edge_somad.cli.runtime run|subscribe|keys ...` runs them without the main CLI.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from edge_somad.cli.errors import handle_errors
+from edge_somad.cli.options import (
+    CurveClientSecret,
+    CurveServerKey,
+    LogLevel,
+    MaxMessageMb,
+    OptFile,
+    handle_errors,
+    setup_logging,
+)
 from edge_somad.contracts import defaults
 from edge_somad.contracts.exits import EXIT_NOT_MET
-
-OptFile = Optional[Path]  # noqa: UP045 - typer reads the annotation at runtime
-CurveServerKey = Annotated[OptFile, typer.Option(
-    help="CURVE: the publisher's public key file (NAME.key from `edge-somad keys`).")]
-CurveClientSecret = Annotated[OptFile, typer.Option(
-    help="CURVE: this subscriber's own secret key file (NAME.key_secret); its NAME.key must be in the "
-    "publisher's --curve-clients folder.")]
-LogLevel = Annotated[str, typer.Option(help="debug | info | warning | error")]
-MaxMessageMb = Annotated[float, typer.Option(
-    help="Largest message part accepted from the network, in MB (ZMQ_MAXMSGSIZE; headers stay <= 1 MB). "
-    "docs/security.md.")]
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @handle_errors
@@ -104,7 +94,7 @@ def run(
     log_level: LogLevel = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
-    _logging(log_level)
+    setup_logging(log_level)
     from edge_somad.runtime.health.health import HealthConfig
     from edge_somad.runtime.messaging.curve import load_server
     from edge_somad.runtime.pipeline.launch import run_pipeline
@@ -160,7 +150,7 @@ def subscribe(
     log_level: Annotated[str, typer.Option(help="info prints heartbeats to stderr")] = "warning",
 ) -> None:
     """Reference PLC/MES bridge: one JSON line per verdict on stdout."""
-    _logging(log_level)
+    setup_logging(log_level)
     from edge_somad.runtime.messaging.curve import load_client
     from edge_somad.runtime.messaging.intake import DecodeLimits
     from edge_somad.runtime.messaging.subscriber import subscribe_loop
@@ -194,7 +184,7 @@ def view(
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "warning",
 ) -> None:
     """Live web page: per camera the latest overlay, verdict counts, fail rate, latency, health, last fails."""
-    _logging(log_level)
+    setup_logging(log_level)
     from edge_somad.runtime.messaging.curve import load_client
     from edge_somad.runtime.messaging.intake import DecodeLimits
     from edge_somad.runtime.view.view import ViewConfig, serve

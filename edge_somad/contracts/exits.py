@@ -1,4 +1,4 @@
-"""The CLI's exit codes (README, "Exit codes"); the one error handler is edge_somad/cli/errors.py.
+"""The CLI's exit codes (README, "Exit codes"); the one error handler is edge_somad/cli/options.py.
 
 0  done.
 1  done, but the outcome asked for was not reached (`subscribe --count N` got fewer verdicts, the

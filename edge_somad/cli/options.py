@@ -1,4 +1,5 @@
-"""The CLI's one error handler: an EdgeSomadError becomes `error: <message>` and exit code 2.
+"""What the commands share: the one error handler (an EdgeSomadError becomes `error: <message>` and
+exit code 2), the options several commands take, and their logging set-up.
 
 The exit codes themselves are contracts (edge_somad/contracts/exits.py): the demo returns them too.
 """
@@ -6,8 +7,11 @@ The exit codes themselves are contracts (edge_somad/contracts/exits.py): the dem
 from __future__ import annotations
 
 import functools
+import logging
+import sys
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
 
 import typer
 
@@ -39,3 +43,21 @@ def handle_errors(command: F) -> F:
 
     setattr(wrapper, HANDLED, True)
     return wrapper  # type: ignore[return-value]
+
+
+OptFile = Optional[Path]  # noqa: UP045 - typer reads the annotation at runtime
+CurveServerKey = Annotated[OptFile, typer.Option(
+    help="CURVE: the publisher's public key file (NAME.key from `edge-somad keys`).")]
+CurveClientSecret = Annotated[OptFile, typer.Option(
+    help="CURVE: this subscriber's own secret key file (NAME.key_secret); its NAME.key must be in the "
+    "publisher's --curve-clients folder.")]
+LogLevel = Annotated[str, typer.Option(help="debug | info | warning | error")]
+MaxMessageMb = Annotated[float, typer.Option(
+    help="Largest message part accepted from the network, in MB (ZMQ_MAXMSGSIZE; headers stay <= 1 MB). "
+    "docs/security.md.")]
+
+
+def setup_logging(level: str) -> None:
+    """Log lines on stderr at LEVEL (the --log-level of run, subscribe, view and the bridges)."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
