@@ -19,7 +19,7 @@ from edge_somad.data import load_category
 from edge_somad.evaluate import compute_metrics, load_test_set, score_timed
 from edge_somad.export.exporter import export_model
 from edge_somad.fit import fit_model
-from edge_somad.runtime.ort_scorer import OrtScorer
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 
 BASE = FitConfig()
 # The configuration before the covariance ablation (the paper's eps, light shrinkage).

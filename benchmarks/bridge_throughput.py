@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_somad.runtime import messages
-from edge_somad.runtime.publisher import Publisher
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.publisher import Publisher
 
 ROOT = "edge-somad/v1"
 
@@ -105,7 +105,7 @@ def scenario(name: str, n: int, tmp: Path, heatmaps: bool = False, outage: bool 
     broker.start()
     consumer = Consumer(broker.port)
     pub = Publisher(f"tcp://127.0.0.1:{free_port()}", "somad", sndhwm=n + 100)
-    cmd = [sys.executable, "-m", "edge_somad.runtime.bridge_commands", "mqtt", "--connect", pub.bound_endpoint,
+    cmd = [sys.executable, "-m", "edge_somad.cli.bridge", "mqtt", "--connect", pub.bound_endpoint,
            "--port", str(broker.port), "--box", "bench", "--queue-file", str(tmp / "queue.sqlite"),
            "--log-level", "warning", *(["--heatmaps"] if heatmaps else [])]
     bridge = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

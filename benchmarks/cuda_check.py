@@ -1,6 +1,6 @@
 """The TensorRT runner's CUDA half on a GPU without TensorRT: cuda-python buffers, copies and a stream.
 
-Allocates pinned host and device memory the way runtime/trt_scorer.py does, copies a slice to the GPU
+Allocates pinned host and device memory the way runtime/scorers/trt_scorer.py does, copies a slice to the GPU
 and back on one stream, and checks the bytes and an allocation error's message. Needs cuda-python
 and a GPU, not TensorRT:  python benchmarks/cuda_check.py
 """
@@ -12,7 +12,7 @@ import ctypes
 import numpy as np
 
 from edge_somad.errors import EdgeSomadError
-from edge_somad.runtime.trt_env import cuda_call, gpu_info, import_cudart
+from edge_somad.runtime.scorers.trt_env import cuda_call, gpu_info, import_cudart
 
 
 def main() -> int:

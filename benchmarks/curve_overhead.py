@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_somad.runtime import messages
-from edge_somad.runtime.curve import connect_subscriber, load_client, load_server, make_keys
-from edge_somad.runtime.publisher import Publisher
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.curve import connect_subscriber, load_client, load_server, make_keys
+from edge_somad.runtime.messaging.publisher import Publisher
 
 
 def payload(overlay: bool) -> tuple[dict, bytes, bytes | None]:

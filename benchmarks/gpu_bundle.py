@@ -101,10 +101,10 @@ def prepare(model_dir: Path, out: Path, images: Path | None = None, with_onnx: b
     import torch
 
     from edge_somad.artifacts import load_config
+    from edge_somad.bench.machine import cpu_info
     from edge_somad.contracts.manifest import load_manifest
     from edge_somad.data import read_frames
-    from edge_somad.machine import cpu_info
-    from edge_somad.runtime.ort_scorer import OrtScorer
+    from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 
     model_dir = Path(model_dir)
     config = load_config(model_dir)

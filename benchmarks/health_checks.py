@@ -8,7 +8,7 @@
 and MJPG-encoded, and the model's fit images: median score, fails, the old rule (PSI of pass scores)
 and the new one (one-sided KS above calibration, its p-value with both sizes, blockiness).
 `boxes`: median IoU of the defect boxes with the ground-truth boxes on the failed defective test
-images, with boxes at the pixel threshold (before) and at the box level (runtime/defects.box_threshold).
+images, with boxes at the pixel threshold (before) and at the box level (runtime/pipeline/defects.box_threshold).
 `codec`: the input statistics of the good images before and after an MJPG round trip at their own
 size and at the model's size (the codec tolerance of input drift).
 """
@@ -26,9 +26,9 @@ import numpy as np
 from edge_somad import metrics
 from edge_somad.contracts.geometry import plan_geometry, resize_frame
 from edge_somad.contracts.manifest import load_manifest
-from edge_somad.runtime import drift
-from edge_somad.runtime.defects import box_threshold, find_defects
-from edge_somad.runtime.ort_scorer import OrtScorer
+from edge_somad.runtime.health import drift
+from edge_somad.runtime.pipeline.defects import box_threshold, find_defects
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 
 
 def mjpg_round_trip(frames: list[np.ndarray], path: Path) -> list[np.ndarray]:

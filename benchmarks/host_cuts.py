@@ -3,7 +3,7 @@
 Cuts measured (docs/results.md, "Speed"):
 
 - drift metrics: the numpy frame metrics and frozen check as they were, against the OpenCV ones
-  that replaced them (runtime/drift.frame_metrics, runtime/health);
+  that replaced them (runtime/health/drift.frame_metrics, runtime/health/health);
 - heatmaps: a PNG per verdict, against the default policy (every fail + every 10th pass), at a stated
   fail rate;
 - JPEG decode at reduced scale (cv2.IMREAD_REDUCED_COLOR_k, k = 2/4/8 chosen so the decoded frame
@@ -34,14 +34,15 @@ import numpy as np
 from edge_somad.contracts.geometry import resize_frame
 from edge_somad.contracts.manifest import load_manifest
 from edge_somad.data import sample_data_root
-from edge_somad.runtime import drift, messages
-from edge_somad.runtime.ort_scorer import OrtScorer
+from edge_somad.runtime.health import drift
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 
 PASS_EVERY = 10  # the default of run --heatmap-passes
 
 
 def numpy_metrics(frame: np.ndarray) -> dict[str, float]:
-    """runtime/drift.frame_metrics before the cut (numpy, float32 luma)."""
+    """runtime/health/drift.frame_metrics before the cut (numpy, float32 luma)."""
     g = drift.grey(frame)
     lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
     return {"brightness": float(g.mean()), "contrast": float(g.std()), "sharpness": float(lap.var())}

@@ -180,10 +180,10 @@ def run(model_dir: Path, iters: int, warmup: int, threads: int | None, out_dir: 
     import onnxruntime as ort
 
     from edge_somad.artifacts import CONFIG_NAME, load_config
+    from edge_somad.bench.machine import RowThreads, cpu_info, machine_line
     from edge_somad.config import FitConfig
     from edge_somad.contracts.manifest import load_manifest
     from edge_somad.graph_cost import graph_cost
-    from edge_somad.machine import RowThreads, cpu_info, machine_line
 
     manifest = load_manifest(model_dir)
     h, w = manifest.preprocessing.height, manifest.preprocessing.width

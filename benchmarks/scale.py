@@ -17,7 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from edge_somad.bench import bench_scorers
+from edge_somad.bench.scorers import bench_scorers
 from edge_somad.config import FitConfig, InputSpec
 from edge_somad.data import load_category
 from edge_somad.export.exporter import export_model

@@ -118,7 +118,7 @@ def flood(model_dir: Path, n_subscriptions: int, port: int, settle_s: float = 3.
     srv, url = mjpeg_server()
     endpoint = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_somad.runtime.commands", "run", "--camera", f"cam0={url}", "--model",
+        [sys.executable, "-m", "edge_somad.cli.runtime", "run", "--camera", f"cam0={url}", "--model",
          str(model_dir), "--publish", endpoint, "--log-level", "warning", "--no-health"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     listener = Listener(endpoint)

@@ -30,7 +30,7 @@ from edge_somad.data import load_category
 from edge_somad.evaluate import evaluate
 from edge_somad.export.exporter import export_model
 from edge_somad.fit import fit_model
-from edge_somad.runtime.ort_scorer import OrtScorer
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 from edge_somad.select import fit_auto
 from edge_somad.workflows import calibrate_holdout
 

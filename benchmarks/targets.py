@@ -16,7 +16,7 @@ from edge_somad.data import load_category
 from edge_somad.evaluate import evaluate
 from edge_somad.export.exporter import export_model
 from edge_somad.fit import fit_model
-from edge_somad.runtime.ort_scorer import OrtScorer
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 
 # (key, target, higher_is_better)
 TARGETS = (

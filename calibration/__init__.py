@@ -1,4 +1,4 @@
 """Calibration: pass/fail thresholds from held-out good images, and INT8 quantization.
 
-Nothing heavy at package level: `edge_somad.calibration.commands` is imported by the CLI.
+Nothing heavy at package level: `edge_somad.calibration.calibrate` is imported by the CLI.
 """

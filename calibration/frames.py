@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from edge_somad.contracts.manifest import Manifest
-    from edge_somad.runtime.scorer import Scorer
+    from edge_somad.runtime.scorers.scorer import Scorer
 
 SCORE_BATCH = 8
 
@@ -32,7 +32,7 @@ def score_all(scorer: Scorer, frames: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def open_model_scorer(model_dir: Path, backend: str, precision: str = "fp32") -> Scorer:
-    from edge_somad.runtime.backends import open_scorer
+    from edge_somad.runtime.scorers.backends import open_scorer
 
     return open_scorer(model_dir, backend, precision)
 

@@ -10,8 +10,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import typer
-
 from edge_somad.calibration.frames import open_model_scorer, score_all
 from edge_somad.contracts import defaults
 from edge_somad.contracts.decision import fails
@@ -113,7 +111,7 @@ def quantize_and_check(model_dir: Path, good_frames: np.ndarray, target_frr: flo
     manifest = dataclasses.replace(manifest, calibration=calibration, precision_thresholds=thresholds,
                                    precision_pixel_thresholds=pixel_thresholds)
     save_manifest(model_dir, manifest)
-    typer.echo(
+    print(
         f"int8             {path.name}: {check['bytes'] / 2**20:.2f} MiB, ranges from {from_where}\n"
         f"int8 statistics  {stats_note}\n"
         f"int8 accuracy    usable: {int8_gate.summary(drop)}\n"

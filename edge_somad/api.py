@@ -5,7 +5,8 @@
     print(detector.predict(cv2.imread("part.jpg")).verdict)
 
 Scoring imports no torch: Detector runs the same scorer, decision and defect rule as `edge-somad
-run` (runtime.backends, runtime.verdict, runtime.defects), one frame at a time and without ZeroMQ.
+run` (runtime.scorers.backends, runtime.messaging.verdict, runtime.pipeline.defects), one frame at a
+time and without ZeroMQ.
 fit_model and export_model (workflows.fit / workflows.export) need the [fit] extra. They are not
 called `fit` and `export`: edge_somad.fit and edge_somad.export are modules of the package.
 """
@@ -22,7 +23,7 @@ from edge_somad.config import ExportConfig, FitConfig
 from edge_somad.contracts.geometry import check_frame, plan_geometry, resize_planned
 from edge_somad.contracts.manifest import Manifest, load_manifest
 from edge_somad.errors import InputError
-from edge_somad.runtime.scorer import Scorer
+from edge_somad.runtime.scorers.scorer import Scorer
 
 __all__ = ["Detector", "ExportConfig", "FitConfig", "Prediction", "export_model", "fit_model"]
 
@@ -61,7 +62,7 @@ class Detector:
     def load(cls, model_dir: str | Path, backend: str = "auto", precision: str = "fp32") -> Detector:
         """Open MODEL_DIR (manifest.json + graph). backend: auto | onnxruntime | tensorrt | torch;
         auto picks TensorRT when an engine for `precision` exists and tensorrt imports, else ONNX Runtime."""
-        from edge_somad.runtime.backends import open_scorer
+        from edge_somad.runtime.scorers.backends import open_scorer
 
         model_dir = Path(model_dir)
         manifest = load_manifest(model_dir)
@@ -69,9 +70,9 @@ class Detector:
 
     def predict(self, frame: np.ndarray | str | Path) -> Prediction:
         """Score one frame: a BGR/BGRA/grey uint8 array of any size, or an image file path."""
-        from edge_somad.runtime.defects import defects_of, map_to_frame
-        from edge_somad.runtime.frames import check_useful_geometry
-        from edge_somad.runtime.verdict import judge
+        from edge_somad.runtime.messaging.verdict import judge
+        from edge_somad.runtime.pipeline.defects import defects_of, map_to_frame
+        from edge_somad.runtime.pipeline.frames import check_useful_geometry
 
         bgr = check_frame(_read(frame) if isinstance(frame, (str, Path)) else frame)
         pre = self.manifest.preprocessing

@@ -22,7 +22,7 @@ from edge_somad.data import SAMPLE_CATEGORY, resolve_category
 
 def demo_keys(folder: Path) -> tuple[Any, Any]:
     """Server and bridge key pairs under folder (made once), the bridge's public key in folder/clients."""
-    from edge_somad.runtime.curve import load_client, load_server, make_keys
+    from edge_somad.runtime.messaging.curve import load_client, load_server, make_keys
 
     for name in ("server", "bridge"):
         if not (folder / f"{name}.key_secret").is_file():
@@ -34,11 +34,11 @@ def demo_keys(folder: Path) -> tuple[Any, Any]:
 
 
 def run_demo(out: Path, publish: str, curve: bool = False) -> int:
-    from edge_somad.bench import write_video
+    from edge_somad.bench.scorers import write_video
     from edge_somad.evaluate import format_table
-    from edge_somad.runtime.launch import run_pipeline
-    from edge_somad.runtime.pipeline import PipelineConfig
-    from edge_somad.runtime.subscriber import subscribe_loop
+    from edge_somad.runtime.messaging.subscriber import subscribe_loop
+    from edge_somad.runtime.pipeline.launch import run_pipeline
+    from edge_somad.runtime.pipeline.pipeline import PipelineConfig
     from edge_somad.workflows import evaluate_from_cli, export_from_cli
 
     cat = resolve_category(SAMPLE_CATEGORY)

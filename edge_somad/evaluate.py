@@ -20,7 +20,7 @@ from edge_somad.contracts.geometry import resize_frame, resize_mask
 from edge_somad.contracts.jsonio import write_json
 from edge_somad.contracts.layout import ONNX_NAME, read_fit_info
 from edge_somad.data import Category, Sample, read_image, read_mask
-from edge_somad.runtime.scorer import Scorer
+from edge_somad.runtime.scorers.scorer import Scorer
 
 # Pixel metrics count image content only: letterbox padding is no part of any photo, and counting
 # it as "good pixels" inflated PRO (0.65 on content became 0.80 with padding on a tall part).
@@ -53,7 +53,7 @@ def load_test_set(category: Category, spec: InputSpec) -> TestSet:
 
 
 def score_timed(scorer: Scorer, frames: np.ndarray, batch: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
-    """Scores (N,) float64, maps (N, H, W) and mean milliseconds per image (calibration.commands.score_all
+    """Scores (N,) float64, maps (N, H, W) and mean milliseconds per image (calibration.calibrate.score_all
     is the untimed float32 pair the calibration steps use)."""
     scores, maps = [], []
     t0 = time.perf_counter()
@@ -86,14 +86,14 @@ def box_report(ts: TestSet, scores: np.ndarray, maps: np.ndarray, threshold: flo
     """How well the runtime's defect boxes sit on the real defects (report key `boxes`).
 
     For every defective test image with a mask that the model fails at `threshold`, the boxes the
-    runtime would publish (runtime/defects.find_defects with defects.box_threshold, in original
+    runtime would publish (runtime/pipeline/defects.find_defects with defects.box_threshold, in original
     image pixels) are matched with the ground-truth boxes (8-connected components of the mask):
     `median_iou` is the median over predicted boxes of each one's best IoU with a ground-truth box,
     `median_iou_gt` the median over ground-truth boxes of the best IoU with a predicted box (0 when
     missed), `frame_share` the median share of the image the boxes cover.
     """
     from edge_somad.contracts.geometry import plan_geometry
-    from edge_somad.runtime.defects import box_threshold, find_defects
+    from edge_somad.runtime.pipeline.defects import box_threshold, find_defects
 
     if ts.masks is None or threshold is None or pixel_threshold is None:
         return {"median_iou": None, "why": "needs ground-truth masks, an image threshold and a pixel threshold"}
@@ -170,7 +170,7 @@ def write_pictures(out: Path, ts: TestSet, scores: np.ndarray, maps: np.ndarray,
     import cv2
 
     from edge_somad.contracts.geometry import plan_geometry
-    from edge_somad.runtime.defects import map_to_frame
+    from edge_somad.runtime.pipeline.defects import map_to_frame
 
     out.mkdir(parents=True, exist_ok=True)
     # One colour scale for every picture: good images' score range, so overlays are comparable.

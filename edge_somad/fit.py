@@ -21,7 +21,7 @@ from edge_somad.data import Category, read_image
 from edge_somad.errors import ConfigError, DatasetError
 from edge_somad.features import FeatureExtractor, make_projection
 from edge_somad.progress import Progress
-from edge_somad.runtime.drift import BLOCKY_SCALE, Box, blockiness, content_box, input_reference
+from edge_somad.runtime.health.drift import BLOCKY_SCALE, Box, blockiness, content_box, input_reference
 from edge_somad.som import SomResult, best_matching_units, train_som
 from edge_somad.stats import node_statistics, positional_statistics
 

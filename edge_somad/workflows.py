@@ -1,12 +1,12 @@
 """The library side of the CLI: each step's whole job as one function on a model directory
-(testable without typer). The steps, their functions and what each writes into the model directory:
+(testable without the command line). The steps, their functions and what each writes into the model directory:
 
-fit           fit (fit_from_cli)                config.json arrays.npz split.json fit_info.json
-export        export (export_from_cli)          model.onnx manifest.json (calibrates only a fresh model)
-calibrate     calibration.commands.run_calibrate  manifest thresholds (+ model.int8.onnx with --int8)
-build-engine  build_engine_from_cli             model.<precision>.engine, manifest.engines
-evaluate      evaluate_from_cli                 report.json pictures/
-run           runtime.launch.run_pipeline       nothing: verdicts over ZeroMQ
+fit           fit (fit_from_cli)                     config.json arrays.npz split.json fit_info.json
+export        export (export_from_cli)               model.onnx manifest.json (calibrates only a fresh model)
+calibrate     calibration.calibrate.run_calibrate    manifest thresholds (+ model.int8.onnx with --int8)
+build-engine  build_engine_from_cli                  model.<precision>.engine, manifest.engines
+evaluate      evaluate_from_cli                      report.json pictures/
+run           runtime.pipeline.launch.run_pipeline   nothing: verdicts over ZeroMQ
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def evaluate_from_cli(model: Path, category: str | None, data_root: Path | None,
     from edge_somad.calibration.threshold import confusion_at_threshold
     from edge_somad.data import resolve_category
     from edge_somad.evaluate import evaluate
-    from edge_somad.runtime.backends import open_scorer
+    from edge_somad.runtime.scorers.backends import open_scorer
 
     split = read_split(model)
     cat = resolve_category(category or split["category"], data_root or Path(split["data_root"]))
@@ -132,9 +132,9 @@ def build_engine_from_cli(model_dir: Path, precision: str, max_batch: int = defa
 
 def calibrate_holdout(model_dir: Path, target_frr: float) -> Manifest:
     """Threshold from the held-out good images recorded at fit time (no re-export involved)."""
-    from edge_somad.calibration.commands import DEFAULT_METHOD, calibrate_model
+    from edge_somad.calibration.calibrate import DEFAULT_METHOD, calibrate_model
     from edge_somad.calibration.frames import load_holdout_frames
-    from edge_somad.runtime.backends import open_scorer
+    from edge_somad.runtime.scorers.backends import open_scorer
 
     frames = load_holdout_frames(model_dir)
     with open_scorer(model_dir, "onnxruntime", "fp32") as scorer:

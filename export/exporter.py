@@ -115,7 +115,7 @@ def trt_wanted(flag: bool | None) -> bool:
     if importlib.util.find_spec("tensorrt") is None:
         return False
     try:
-        from edge_somad.runtime.trt_env import gpu_info
+        from edge_somad.runtime.scorers.trt_env import gpu_info
 
         gpu_info()
     except Exception as exc:

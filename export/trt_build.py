@@ -34,7 +34,7 @@ from edge_somad.contracts.layout import FP16_ONNX_NAME, TIMING_CACHE_NAME
 from edge_somad.contracts.manifest import EngineInfo, Manifest, load_manifest, save_manifest, sha256_file
 from edge_somad.contracts.names import INPUT_NAME, PRECISIONS
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError
-from edge_somad.runtime.trt_env import gpu_info, import_tensorrt
+from edge_somad.runtime.scorers.trt_env import gpu_info, import_tensorrt
 
 log = logging.getLogger(__name__)
 

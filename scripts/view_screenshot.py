@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 
 from edge_somad.contracts.manifest import load_manifest
-from edge_somad.runtime.camera import parse_cameras
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
-from edge_somad.runtime.publisher import Publisher
-from edge_somad.runtime.view import BackgroundView, ViewConfig
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.pipeline.camera import parse_cameras
+from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+from edge_somad.runtime.view.view import BackgroundView, ViewConfig
 from tests.helpers.runtime import free_port, write_video
 from tests.test_view import _chrome
 

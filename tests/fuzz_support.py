@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import zmq
 
-from edge_somad.runtime import messages
+from edge_somad.runtime.messaging import messages
 
 NESTED_REPRO = [b"somad/cam0", b"[" * 2000 + b"]" * 2000, b""]
 WRONG_VALUES: list[object] = [None, True, "x", "=1+1", -1, 2**70, 1.5, [], {}, "a" * 5000, [[[[1]]]],

@@ -1,10 +1,13 @@
 """The floors of the house (docs/DESIGN.md): every import of an edge_somad module runs to the same
 floor or below, and no modules import each other in a circle, function-level imports included.
-Folders too: a subpackage (contracts/, runtime/, ...) taken as one node never sits in a cycle with
-another folder or a top-level module, so no folder points back at one that points at it.
+Floors are given by folder: every module of a package (runtime/scorers/, cli/, ...) sits on its
+folder's floor, so a folder never imports from a folder on a higher floor. A folder taken as one
+node never sits in a cycle with another folder or a top-level module either, so no folder points
+back at one that points at it. Only typer's command modules (cli/) may import typer.
 
 Parsed with `ast` from the source files (nothing is imported), so a lazy import cannot hide an
-upward arrow or a cycle. A new module must be given a floor in FLOORS before this test passes.
+upward arrow or a cycle. A new folder (or top-level module) must be given a floor in FLOORS before
+this test passes, and a new folder must be listed in pyproject.toml's packages.
 """
 
 from __future__ import annotations
@@ -20,32 +23,21 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"edge_somad": "edge_somad", "export": "edge_somad.export", "runtime": "edge_somad.runtime",
             "calibration": "edge_somad.calibration"}
 
-# 0 contracts, 1 building blocks (maths, data, scorers, runtime parts), 2 steps, 3 entry points,
-# 4 the package itself: edge_somad/__init__.py, the public API's lazy front door.
+# A name ending in "/" is a folder (a package, everything in it and below unless a deeper folder has a
+# floor of its own); any other name is one top-level module of edge_somad.
+# 0 contracts, 1 building blocks (maths, data, scorers, messaging, health), 2 steps and the parts of the
+# runtime built on the blocks, 3 entry points, 4 the package itself: edge_somad/__init__.py, the
+# public API's lazy front door.
 FLOORS: dict[int, tuple[str, ...]] = {
-    0: ("_version", "errors", "config", "progress", "contracts", "contracts.*", "sample_data",
-        "export", "runtime", "calibration"),
+    0: ("_version", "errors", "config", "progress", "contracts/", "sample_data/", "runtime/"),
     1: ("scoring", "stats", "som", "backbones", "features", "model", "artifacts", "metrics", "viz", "data",
-        "runtime.scorer", "runtime.ort_scorer", "runtime.ort_flavour", "calibration.distributions",
-        "runtime.trt_scorer", "runtime.torch_scorer", "runtime.trt_env",
-        "runtime.backends", "runtime.messages", "runtime.intake", "runtime.verdict", "runtime.defects",
-        "runtime.frames", "runtime.capture", "runtime.camera", "runtime.camera_watch", "runtime.pipeline_config",
-        "runtime.health_config", "runtime.health_parts", "runtime.drift", "runtime.health", "runtime.curve",
-        "runtime.publisher", "runtime.subscriber", "runtime.bridge_queue", "runtime.bridge_mqtt_link",
-        "runtime.journal", "runtime.replay", "runtime.bridge_recover", "runtime.bridge_opcua_model",
-        "calibration.threshold", "calibration.selfcheck", "calibration.synthetic", "selection_rule", "export.fp16",
-        "machine", "graph_cost"),
-    2: ("fit", "select", "evaluate", "export.onnx_graph", "export.exporter", "export.trt_build",
-        "calibration.commands", "calibration.quantize", "calibration.int8_stats", "calibration.int8_gate",
-        "calibration.int8_step", "calibration.frames",
-        "calibration.report", "runtime.pipeline", "runtime.outbox", "runtime.launch", "runtime.view_state",
-        "runtime.view", "runtime.bridge_source",
-        "runtime.bridge_mqtt", "runtime.bridge_opcua"),
-    3: ("cli", "workflows", "bench", "demo", "api", "runtime.commands", "runtime.bridge_commands",
-        "runtime.pipeline_bench"),
+        "selection_rule", "graph_cost", "runtime/scorers/", "runtime/messaging/", "runtime/health/"),
+    2: ("fit", "select", "evaluate", "export/", "calibration/", "runtime/pipeline/", "runtime/view/",
+        "runtime/bridges/"),
+    3: ("cli/", "bench/", "workflows", "demo", "api"),
     4: ("edge_somad",),
 }
-SUBPACKAGES = ("contracts", "export", "runtime", "calibration", "sample_data")
+TYPER_HOME = "edge_somad.cli"  # the only package whose modules may import typer
 
 
 def modules() -> dict[str, Path]:
@@ -59,12 +51,20 @@ def modules() -> dict[str, Path]:
 
 
 def floor_of(module: str) -> int | None:
+    """The floor of `module`: its own entry, or that of the deepest folder holding it."""
     short = "edge_somad" if module == "edge_somad" else module.removeprefix("edge_somad.")
+    best: tuple[int, int] | None = None  # (depth of the matching entry, floor)
     for floor, names in FLOORS.items():
         for name in names:
-            if short == name or (name.endswith(".*") and short.startswith(name[:-1])):
+            if name.endswith("/"):
+                folder = name[:-1].replace("/", ".")
+                if short == folder or short.startswith(folder + "."):
+                    depth = folder.count(".") + 1
+                    if best is None or depth > best[0]:
+                        best = (depth, floor)
+            elif short == name:
                 return floor
-    return None
+    return None if best is None else best[1]
 
 
 def imported(path: Path, module: str, known: dict[str, Path]) -> set[str]:
@@ -119,19 +119,25 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def folder_of(module: str) -> str:
-    """edge_somad.runtime.camera -> edge_somad.runtime/ ; a top-level module is its own node."""
-    parts = module.split(".")
-    if len(parts) > 1 and parts[1] in SUBPACKAGES:
-        return ".".join(parts[:2]) + "/"
-    return module
+def packages() -> set[str]:
+    """The subpackages of edge_somad: every folder holding an __init__.py (edge_somad itself excluded)."""
+    return {m for m, p in modules().items() if p.name == "__init__.py" and m != "edge_somad"}
 
 
-def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+def folder_of(module: str, folders: set[str] | None = None) -> str:
+    """edge_somad.runtime.pipeline.camera -> edge_somad.runtime.pipeline/ (its deepest folder);
+    a top-level module of edge_somad is its own node."""
+    folders = packages() if folders is None else folders
+    holding = [f for f in folders if module == f or module.startswith(f + ".")]
+    return max(holding, key=len) + "/" if holding else module
+
+
+def folder_graph(graph: dict[str, set[str]], folders: set[str] | None = None) -> dict[str, set[str]]:
+    folders = packages() if folders is None else folders
     out: dict[str, set[str]] = {}
     for module, deps in graph.items():
-        node = folder_of(module)
-        out.setdefault(node, set()).update(folder_of(d) for d in deps if folder_of(d) != node)
+        node = folder_of(module, folders)
+        out.setdefault(node, set()).update(folder_of(d, folders) for d in deps if folder_of(d, folders) != node)
     for deps in list(out.values()):
         for d in deps:
             out.setdefault(d, set())
@@ -140,7 +146,29 @@ def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 
 def test_every_module_has_a_floor() -> None:
     lost = sorted(m for m in modules() if floor_of(m) is None)
-    assert not lost, f"modules without a floor: {lost}; add each to FLOORS here and to docs/DESIGN.md"
+    assert not lost, f"modules without a floor: {lost}; give the folder (or module) a floor in FLOORS here and in " \
+        "docs/DESIGN.md"
+
+
+def test_every_folder_is_installed() -> None:
+    """A folder missing from pyproject.toml's explicit packages list would be left out of a wheel."""
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    missing = sorted(packages() - listed)
+    assert not missing, f"folders not in pyproject.toml [tool.setuptools] packages: {missing}; add them there"
+
+
+def test_only_cli_imports_typer() -> None:
+    """Commands and their options live in cli/; every other module is a library a script can call."""
+    outside = []
+    for module, path in sorted(modules().items()):
+        if module == TYPER_HOME or module.startswith(TYPER_HOME + "."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            outside += [f"{module} imports {n}" for n in names if n == "typer" or n.startswith("typer.")]
+    assert not outside, "typer outside cli/: " + "; ".join(outside)
 
 
 def test_imports_run_downward() -> None:
@@ -165,20 +193,36 @@ def test_the_folder_check_catches_a_folder_pointing_back() -> None:
     files = {"edge_somad.contracts.manifest": {"edge_somad.config"},
              "edge_somad.config": {"edge_somad.contracts.names"}, "edge_somad.contracts.names": set()}
     assert find_cycle(files) is None
-    assert find_cycle(folder_graph(files)) == ["edge_somad.config", "edge_somad.contracts/", "edge_somad.config"]
+    folders = {"edge_somad.contracts"}
+    assert find_cycle(folder_graph(files, folders)) == ["edge_somad.config", "edge_somad.contracts/",
+                                                        "edge_somad.config"]
+
+
+def test_floors_are_given_by_folder() -> None:
+    """Every module of a folder shares its floor; a deeper folder's own floor wins over its parent's."""
+    assert floor_of("edge_somad.runtime.messaging.messages") == floor_of("edge_somad.runtime.messaging") == 1
+    assert floor_of("edge_somad.runtime.pipeline.camera") == 2
+    assert floor_of("edge_somad.runtime") == 0
+    assert floor_of("edge_somad.cli.bridge") == 3
+    assert floor_of("edge_somad.runtime.nowhere.x") == 0  # under runtime/: its floor until given one
+    assert floor_of("edge_somad.new_module") is None
 
 
 def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The detectors themselves, on a two-module package written here (so the tests above can fail)."""
-    (tmp_path / "runtime").mkdir()
-    (tmp_path / "runtime" / "__init__.py").write_text("")
-    (tmp_path / "runtime" / "messages.py").write_text("def f():\n    from edge_somad.runtime import pipeline\n")
-    (tmp_path / "runtime" / "pipeline.py").write_text("from . import messages\n")
+    """The detectors themselves, on two folders written here (so the tests above can fail)."""
+    for folder in ("runtime", "runtime/messaging", "runtime/pipeline"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "runtime" / "messaging" / "messages.py").write_text(
+        "def f():\n    from edge_somad.runtime.pipeline import pipeline\n")
+    (tmp_path / "runtime" / "pipeline" / "pipeline.py").write_text("from ..messaging import messages\n")
     this = sys.modules[__name__]
     monkeypatch.setattr(this, "ROOT", tmp_path)
     monkeypatch.setattr(this, "PACKAGES", {"runtime": "edge_somad.runtime"})
     graph = import_graph()
-    assert "edge_somad.runtime.pipeline" in graph["edge_somad.runtime.messages"]  # lazy import seen
-    assert "edge_somad.runtime.messages" in graph["edge_somad.runtime.pipeline"]  # relative import seen
-    assert floor_of("edge_somad.runtime.messages") < floor_of("edge_somad.runtime.pipeline")
+    messages, pipeline = "edge_somad.runtime.messaging.messages", "edge_somad.runtime.pipeline.pipeline"
+    assert pipeline in graph[messages]  # lazy import seen
+    assert messages in graph[pipeline]  # relative import seen
+    assert floor_of(messages) < floor_of(pipeline)  # so the lazy import is an upward one
     assert find_cycle(graph) is not None
+    assert find_cycle(folder_graph(graph)) is not None  # the two folders point at each other

@@ -1,4 +1,4 @@
-"""edge_somad.bench: rows per backend, unavailable ones explained, the CLI command, the bench video."""
+"""edge_somad.bench.scorers: rows per backend, unavailable ones explained, the CLI command, the bench video."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_somad import bench as B
+from edge_somad.bench import scorers as B
 from edge_somad.errors import BackendUnavailableError, ConfigError, InputError
-from edge_somad.runtime.scorer import ScoreResult, check_batch
+from edge_somad.runtime.scorers.scorer import ScoreResult, check_batch
 from tests.test_trt_tinymodel import H, W, make_model_dir
 
 
 class OrtTiny:
-    """A Scorer on the tiny graph through plain onnxruntime (independent of runtime.backends)."""
+    """A Scorer on the tiny graph through plain onnxruntime (independent of runtime.scorers.backends)."""
 
     def __init__(self, model_dir: Path, delay_s: float = 0.0, max_batch: int | None = None,
                  backend: str = "onnxruntime") -> None:
@@ -90,13 +90,13 @@ def test_rows_for_every_backend_with_unavailable_explained(model_dir: Path) -> N
 
 
 def _physical_cores() -> int | None:
-    from edge_somad.machine import cpu_info
+    from edge_somad.bench.machine import cpu_info
 
     return cpu_info().physical
 
 
 def test_real_backends_on_this_machine(model_dir: Path) -> None:
-    """Default factory (runtime.backends.open_scorer): ORT runs on CPU; TensorRT is explained, not skipped."""
+    """Default factory (runtime.scorers.backends.open_scorer): ORT runs on CPU; TensorRT is explained, not skipped."""
     rows = B.bench_scorers(model_dir, ["onnxruntime", "tensorrt"], "fp32", [1, 2], iters=3, warmup=1)
     by = {r["backend"]: r for r in rows}
     assert by["onnxruntime"]["status"] == "ok" and by["onnxruntime"]["best_batch"] in (1, 2)
@@ -116,7 +116,7 @@ def test_cli_prints_table_and_writes_json(model_dir: Path, tmp_path: Path) -> No
     import typer
     from typer.testing import CliRunner
 
-    from edge_somad.bench import bench
+    from edge_somad.cli.bench import bench
 
     app = typer.Typer()
     app.command()(bench)
@@ -171,7 +171,7 @@ def test_cli_pipeline_runs_on_onnxruntime(model_dir: Path, tmp_path: Path) -> No
     import typer
     from typer.testing import CliRunner
 
-    from edge_somad.bench import bench
+    from edge_somad.cli.bench import bench
 
     app = typer.Typer()
     app.command()(bench)

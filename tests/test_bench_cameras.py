@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_somad import bench as B
+from edge_somad.bench import scorers as B
+from edge_somad.bench.pipeline import bench_cameras, format_cameras_table
+from edge_somad.cli.bench import bench
 from edge_somad.contracts.geometry import resize_frame
 from edge_somad.contracts.manifest import Calibration, load_manifest, save_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.runtime.pipeline_bench import bench_cameras, format_cameras_table
 from tests.test_bench import OrtTiny
 from tests.test_trt_tinymodel import make_model_dir
 
@@ -48,7 +49,7 @@ def test_cli_cameras_two_runs_end_to_end_and_prints_the_table(model_dir: Path, t
     from typer.testing import CliRunner
 
     app = typer.Typer()
-    app.command()(B.bench)
+    app.command()(bench)
     out = tmp_path / "bench.json"
     res = CliRunner().invoke(app, ["--model", str(model_dir), "--backend", "onnxruntime", "--batch", "1",
                                    "--iters", "12", "--warmup", "1", "--cameras", "2", "--fps", "30",
@@ -125,7 +126,7 @@ def test_a_line_faster_than_the_scorer_drops_frames_and_says_so(model_dir: Path,
 
 
 def test_pacing_is_for_replays_within_a_sane_rate(model_dir: Path, clip: Path) -> None:
-    from edge_somad.runtime.camera import SourceSpec
+    from edge_somad.runtime.pipeline.camera import SourceSpec
 
     with pytest.raises(ConfigError, match="paces replays only"):
         SourceSpec("index", 0, fps=5)
@@ -140,7 +141,7 @@ def test_paced_replay_stamps_frames_at_its_ticks_and_counts_missed_ones(clip: Pa
     import threading
     import time
 
-    from edge_somad.runtime.camera import CameraSource, SourceSpec, _Capture
+    from edge_somad.runtime.pipeline.camera import CameraSource, SourceSpec, _Capture
 
     def stamps(opener: type, fps: float, n: int) -> tuple[list[float], CameraSource]:
         cam = CameraSource("c", SourceSpec("file", str(clip), loop=True, fps=fps), threading.Condition(),

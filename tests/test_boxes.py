@@ -11,7 +11,7 @@ from edge_somad import metrics
 from edge_somad.config import InputSpec
 from edge_somad.data import load_category
 from edge_somad.evaluate import box_report, load_test_set
-from edge_somad.runtime.defects import box_threshold
+from edge_somad.runtime.pipeline.defects import box_threshold
 
 
 def test_box_iou_against_hand_computed_values() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge_somad.errors import ConfigError
-from edge_somad.runtime.bridge_queue import DiskQueue, Item
+from edge_somad.runtime.bridges.queue import DiskQueue, Item
 from tests.helpers.bridges import REPO, Consumer, Mosquitto, start_bridge, verdict_count
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import defect, free_port, grey, make_model_dir, write_video
@@ -137,7 +137,7 @@ def test_full_queue_drops_heatmaps_then_passes_never_errors_first(tmp_path: Path
 
 
 def test_non_finite_numbers_become_null_for_mqtt_consumers() -> None:
-    from edge_somad.runtime.bridge_mqtt import _dumps, _finite
+    from edge_somad.runtime.bridges.mqtt import _dumps, _finite
 
     header = json.loads('{"score": NaN, "latency_ms": Infinity, "defects": [{"max_score": -Infinity}], "n": 1}')
     assert json.loads(_dumps(_finite(header))) == {"score": None, "latency_ms": None,
@@ -149,8 +149,8 @@ def test_password_broker_mqtt311_and_heatmap_topic(tmp_path: Path) -> None:
 
     import numpy as np
 
-    from edge_somad.runtime import messages
-    from edge_somad.runtime.publisher import Publisher
+    from edge_somad.runtime.messaging import messages
+    from edge_somad.runtime.messaging.publisher import Publisher
 
     pw_file = tmp_path / "passwd"
     broker = Mosquitto(tmp_path / "broker", extra=f"allow_anonymous false\npassword_file {pw_file}\n")  # or skip
@@ -205,7 +205,7 @@ def test_password_broker_mqtt311_and_heatmap_topic(tmp_path: Path) -> None:
 def test_bad_bridge_options_are_clear_errors(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from edge_somad.runtime.bridge_commands import app
+    from edge_somad.cli.bridge import app
 
     base = ["mqtt", "--queue-file", str(tmp_path / "q.sqlite"), "--box", "b1"]
     cases = [(["--connect", "line-pc:5556"], "expected a ZeroMQ endpoint such as tcp://line-pc:5556"),
@@ -223,9 +223,9 @@ def test_bad_bridge_options_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_bridge_reads_a_curve_stream_with_its_keys(tmp_path: Path) -> None:
-    from edge_somad.runtime import messages
-    from edge_somad.runtime.curve import load_server, make_keys
-    from edge_somad.runtime.publisher import Publisher
+    from edge_somad.runtime.messaging import messages
+    from edge_somad.runtime.messaging.curve import load_server, make_keys
+    from edge_somad.runtime.messaging.publisher import Publisher
 
     keys = tmp_path / "keys"
     make_keys(keys, "server")
@@ -259,8 +259,8 @@ def test_bridge_reads_a_curve_stream_with_its_keys(tmp_path: Path) -> None:
 def test_verdicts_stored_before_a_sigkill_are_delivered_after_restart(tmp_path: Path) -> None:
     import sqlite3
 
-    from edge_somad.runtime import messages
-    from edge_somad.runtime.publisher import Publisher
+    from edge_somad.runtime.messaging import messages
+    from edge_somad.runtime.messaging.publisher import Publisher
 
     broker = Mosquitto(tmp_path / "broker")  # not started yet: the bridge can only store
     pub = Publisher(f"tcp://127.0.0.1:{free_port()}", "somad", sndhwm=1000)
@@ -300,7 +300,7 @@ def test_verdicts_stored_before_a_sigkill_are_delivered_after_restart(tmp_path: 
 def test_hostile_messages_are_rejected_counted_and_never_published(tmp_path: Path) -> None:
     import zmq
 
-    from edge_somad.runtime import messages
+    from edge_somad.runtime.messaging import messages
 
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
@@ -331,8 +331,8 @@ def test_hostile_messages_are_rejected_counted_and_never_published(tmp_path: Pat
 
 
 def test_tls_broker_with_its_ca(tmp_path: Path) -> None:
-    from edge_somad.runtime import messages
-    from edge_somad.runtime.publisher import Publisher
+    from edge_somad.runtime.messaging import messages
+    from edge_somad.runtime.messaging.publisher import Publisher
     from tests.helpers.bridges import make_tls_files
 
     ca, cert, key = make_tls_files(tmp_path / "tls")

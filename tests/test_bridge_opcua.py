@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from edge_somad.errors import ConfigError
-from edge_somad.runtime import messages
-from edge_somad.runtime.bridge_opcua import NAMESPACE, result_values
-from edge_somad.runtime.curve import connect_subscriber
+from edge_somad.runtime.bridges.opcua import NAMESPACE, result_values
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.curve import connect_subscriber
 from tests.helpers.bridges import REPO, start_bridge
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import defect, free_port, grey, make_model_dir, write_video
@@ -155,7 +155,7 @@ def test_opcua_client_sees_every_verdict_of_a_50_frame_run(tmp_path: Path) -> No
 def test_opcua_bad_options_are_clear_errors(tmp_path: Path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    from edge_somad.runtime.bridge_commands import PASSWORD_ENV, app
+    from edge_somad.cli.bridge import PASSWORD_ENV, app
 
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
     args = ["opcua", "--box", "b", "--connect", f"tcp://127.0.0.1:{free_port()}"]
@@ -178,7 +178,7 @@ def test_opcua_bad_options_are_clear_errors(tmp_path: Path, monkeypatch) -> None
 
 async def _serve_and(config, body) -> None:
     """Run an OpcuaBridge in this event loop (no `run` needed: nothing is connected upstream) around body()."""
-    from edge_somad.runtime.bridge_opcua import OpcuaBridge
+    from edge_somad.runtime.bridges.opcua import OpcuaBridge
 
     stop, started = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(OpcuaBridge(config).run(stop, started))
@@ -205,8 +205,8 @@ async def _read_model(url: str, **client_setup) -> str:
 
 
 def test_opcua_username_password_refuses_anonymous_and_wrong_passwords() -> None:
-    from edge_somad.runtime.bridge_opcua import OpcuaConfig
-    from edge_somad.runtime.bridge_source import SourceConfig
+    from edge_somad.runtime.bridges.opcua import OpcuaConfig
+    from edge_somad.runtime.bridges.source import SourceConfig
 
     url = f"opc.tcp://127.0.0.1:{free_port()}/edge-somad/"
     source = SourceConfig((f"tcp://127.0.0.1:{free_port()}",))
@@ -229,8 +229,8 @@ def test_opcua_basic256sha256_only(tmp_path: Path) -> None:
     from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    from edge_somad.runtime.bridge_opcua import OpcuaConfig
-    from edge_somad.runtime.bridge_source import SourceConfig
+    from edge_somad.runtime.bridges.opcua import OpcuaConfig
+    from edge_somad.runtime.bridges.source import SourceConfig
 
     async def certs() -> None:
         for name, uri, use in (("server", "urn:freeopcua:python:server", ExtendedKeyUsageOID.SERVER_AUTH),

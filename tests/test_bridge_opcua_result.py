@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_somad.runtime import messages
-from edge_somad.runtime.bridge_opcua import NAMESPACE, result_values
-from edge_somad.runtime.publisher import Publisher
+from edge_somad.runtime.bridges.opcua import NAMESPACE, result_values
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.publisher import Publisher
 from tests.helpers.bridges import start_bridge
 from tests.helpers.runtime import free_port
 

@@ -6,10 +6,10 @@ import json
 import time
 from pathlib import Path
 
-from edge_somad.runtime import messages
-from edge_somad.runtime.bridge_recover import Recovery
-from edge_somad.runtime.journal import JournalConfig
-from edge_somad.runtime.launch import _journal
+from edge_somad.runtime.bridges.recover import Recovery
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.journal import JournalConfig
+from edge_somad.runtime.pipeline.launch import _journal
 from tests.helpers.bridges import BeatingPublisher, Consumer, Mosquitto, start_bridge
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import free_port
@@ -129,9 +129,9 @@ def test_run_keeps_its_verdicts_in_the_journal_and_replay_needs_it(tmp_path: Pat
     import typer
     from typer.testing import CliRunner
 
-    from edge_somad.runtime.commands import run as run_command
-    from edge_somad.runtime.curve import connect_subscriber
-    from edge_somad.runtime.journal import read_segment
+    from edge_somad.cli.runtime import run as run_command
+    from edge_somad.runtime.messaging.curve import connect_subscriber
+    from edge_somad.runtime.messaging.journal import read_segment
     from tests.helpers.bridges import REPO
     from tests.helpers.runtime import grey, make_model_dir, write_video
 
@@ -160,7 +160,7 @@ def test_run_keeps_its_verdicts_in_the_journal_and_replay_needs_it(tmp_path: Pat
 def test_replay_endpoint_answers_hostile_requests_with_errors_and_keeps_serving(tmp_path: Path) -> None:
     import zmq
 
-    from edge_somad.runtime.replay import REQUEST_SCHEMA
+    from edge_somad.runtime.messaging.replay import REQUEST_SCHEMA
 
     replay = f"tcp://127.0.0.1:{free_port()}"
     with _journal(JournalConfig(tmp_path / "j", 1 << 20), replay, None) as journal:
@@ -213,8 +213,8 @@ def test_gaps_are_counted_from_run_and_seq_and_survive_a_bridge_restart() -> Non
 def test_replay_endpoint_speaks_curve_only_to_listed_keys(tmp_path: Path) -> None:
     import zmq
 
-    from edge_somad.runtime.curve import apply_client, load_client, load_server, make_keys
-    from edge_somad.runtime.replay import REQUEST_SCHEMA
+    from edge_somad.runtime.messaging.curve import apply_client, load_client, load_server, make_keys
+    from edge_somad.runtime.messaging.replay import REQUEST_SCHEMA
 
     keys = tmp_path / "keys"
     for name in ("server", "bridge", "stranger"):

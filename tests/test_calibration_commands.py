@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from edge_somad.calibration import int8_gate, quantize
-from edge_somad.calibration.commands import calibrate, calibrate_model, run_calibrate
+from edge_somad.calibration.calibrate import calibrate_model, run_calibrate
 from edge_somad.calibration.frames import load_holdout_frames, score_all
 from edge_somad.calibration.int8_step import quantize_and_check
 from edge_somad.calibration.threshold import (
@@ -25,9 +25,10 @@ from edge_somad.calibration.threshold import (
     min_defect_area,
     pixel_threshold,
 )
+from edge_somad.cli.calibrate import calibrate
 from edge_somad.contracts.manifest import load_manifest, save_manifest, sha256_file
 from edge_somad.errors import ArtifactError, ConfigError, DatasetError
-from edge_somad.runtime.backends import open_scorer
+from edge_somad.runtime.scorers.backends import open_scorer
 from tests.test_calibration_quantize import H, W, make_standin_model_dir, synthetic_frames
 
 N_HOLDOUT, N_TRAIN = 12, 10
@@ -73,7 +74,7 @@ def test_calibrate_model_writes_threshold_pixel_rule_and_area(model_dir: Path) -
     cal = m.calibration
     assert (cal.method, cal.n_images, cal.target_frr) == ("empirical-quantile", N_HOLDOUT, 0.1)
     assert cal.pixel_threshold == float(np.quantile(maps, 0.99, method="higher"))
-    # measured at the level boxes are drawn at: never below the image threshold (runtime/defects.py)
+    # measured at the level boxes are drawn at: never below the image threshold (runtime/pipeline/defects.py)
     assert cal.min_defect_area_px == min_defect_area(maps, max(cal.pixel_threshold, m.threshold))
     assert cal.details["frr_upper_95"] == est.frr_upper_95 and cal.details["note"] == est.note
     assert cal.details["chi2_fit"] == {"skipped": "no patch distances given"}
@@ -87,7 +88,7 @@ def test_calibrate_model_writes_threshold_pixel_rule_and_area(model_dir: Path) -
 
 
 def test_calibrate_model_robust_is_the_default_rule(model_dir: Path) -> None:
-    from edge_somad.calibration.commands import DEFAULT_METHOD
+    from edge_somad.calibration.calibrate import DEFAULT_METHOD
     from edge_somad.calibration.threshold import robust_threshold
 
     frames = synthetic_frames(N_HOLDOUT, seed=13)

@@ -9,13 +9,13 @@ import pytest
 
 pytest.importorskip("torch")
 
-from edge_somad.calibration.commands import run_calibrate
+from edge_somad.calibration.calibrate import run_calibrate
 from edge_somad.calibration.frames import score_all
 from edge_somad.calibration.int8_gate import MAX_DROP
 from edge_somad.calibration.threshold import confusion_at_threshold
 from edge_somad.contracts.manifest import load_manifest
 from edge_somad.data import read_frames
-from edge_somad.runtime.backends import open_scorer
+from edge_somad.runtime.scorers.backends import open_scorer
 
 # Stated int8 tolerances for this small model (128 px, d 32, 12x12 SOM). Measured (seed 0, ORT CPU):
 # int8 good scores +1.4% median vs fp32 (max 5%), AUROC 1.0 both, 0/17 escapes and 0/6 false

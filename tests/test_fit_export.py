@@ -19,8 +19,8 @@ from edge_somad.errors import ArtifactError, ConfigError
 from edge_somad.evaluate import compute_metrics, load_test_set, score_timed
 from edge_somad.export.onnx_graph import TRT_ALLOWED_OPS, check_graph
 from edge_somad.model import load_torch_model
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.torch_scorer import TorchScorer
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+from edge_somad.runtime.scorers.torch_scorer import TorchScorer
 
 
 def test_fit_writes_a_loadable_model_without_nans(tiny_fitted: Path, tiny_config: FitConfig) -> None:

@@ -78,7 +78,7 @@ def test_subscribe_process_survives_fuzz_and_the_nested_json_repro(tmp_path: Pat
 
 
 def test_view_receiver_survives_fuzz(tmp_path: Path) -> None:
-    from edge_somad.runtime.view import BackgroundView, ViewConfig
+    from edge_somad.runtime.view.view import BackgroundView, ViewConfig
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     pub = FuzzPublisher(endpoint)
@@ -139,8 +139,8 @@ def test_opcua_bridge_survives_fuzz() -> None:
     pytest.importorskip("asyncua")
     from asyncua import Client
 
-    from edge_somad.runtime.bridge_opcua import NAMESPACE, OpcuaBridge, OpcuaConfig
-    from edge_somad.runtime.bridge_source import SourceConfig
+    from edge_somad.runtime.bridges.opcua import NAMESPACE, OpcuaBridge, OpcuaConfig
+    from edge_somad.runtime.bridges.source import SourceConfig
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     url = f"opc.tcp://127.0.0.1:{free_port()}/edge-somad/"

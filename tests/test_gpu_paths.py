@@ -10,7 +10,7 @@ import pytest
 from edge_somad.config import FitConfig
 from edge_somad.data import load_category
 from edge_somad.evaluate import load_test_set
-from edge_somad.runtime.torch_scorer import TorchScorer
+from edge_somad.runtime.scorers.torch_scorer import TorchScorer
 
 
 @pytest.mark.gpu("torch-cuda")
@@ -25,7 +25,7 @@ def test_torch_cuda_matches_cpu(tiny_exported: Path, synth_root: Path, tiny_conf
 @pytest.mark.gpu("ort-cuda")
 def test_onnxruntime_cuda_provider_is_really_used(tiny_exported: Path, synth_root: Path,
                                                    tiny_config: FitConfig) -> None:
-    from edge_somad.runtime.ort_scorer import OrtScorer
+    from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 
     frames = load_test_set(load_category(synth_root, "widget"), tiny_config.input).frames
     h, w = tiny_config.input.height, tiny_config.input.width

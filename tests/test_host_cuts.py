@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks import host_cuts
-from edge_somad.runtime import drift
+from edge_somad.runtime.health import drift
 
 
 def test_reduction_keeps_the_decoded_frame_at_least_as_large_as_what_the_resize_keeps() -> None:

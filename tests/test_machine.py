@@ -1,4 +1,4 @@
-"""edge_somad.machine and edge_somad.graph_cost: the machine line, the GEMM peak, FLOPs/bytes of a graph."""
+"""edge_somad.bench.machine and edge_somad.graph_cost: the machine line, the GEMM peak, FLOPs/bytes of a graph."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_somad import machine as M
+from edge_somad.bench import machine as M
 from edge_somad.graph_cost import graph_cost
 
 onnx = pytest.importorskip("onnx")

@@ -11,9 +11,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from edge_somad.cli.runtime import run
 from edge_somad.contracts.manifest import Manifest, load_manifest
 from edge_somad.errors import ArtifactError
-from edge_somad.runtime.commands import run
 from tests.helpers.runtime import free_port, grey, make_model_dir, write_video
 
 DROP = object()  # remove the field instead of setting it

@@ -9,7 +9,7 @@ from importlib import metadata
 import pytest
 
 from edge_somad.errors import BackendUnavailableError
-from edge_somad.runtime import ort_flavour
+from edge_somad.runtime.scorers import ort_flavour
 
 
 def test_this_install_has_one_flavour_and_no_warning(caplog: pytest.LogCaptureFixture) -> None:

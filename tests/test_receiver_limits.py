@@ -17,9 +17,9 @@ import zmq
 from typer.testing import CliRunner
 
 from edge_somad.errors import ConfigError, InputError
-from edge_somad.runtime import intake, messages
-from edge_somad.runtime.publisher import Publisher
-from edge_somad.runtime.subscriber import SubscribeResult, _csv_row, receive
+from edge_somad.runtime.messaging import intake, messages
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.messaging.subscriber import SubscribeResult, _csv_row, receive
 from tests.fuzz_support import NESTED_REPRO, valid_header, verdict_parts
 from tests.helpers.runtime import free_port, make_model_dir
 
@@ -74,7 +74,7 @@ def test_csv_numbers_stay_numbers_and_formulas_are_neutralised() -> None:
 
 
 def test_save_fails_budget_caps_the_folder(tmp_path: Path) -> None:
-    from edge_somad.runtime.subscriber import _Sinks
+    from edge_somad.runtime.messaging.subscriber import _Sinks
 
     result, fails = SubscribeResult(), tmp_path / "fails"
     sinks = _Sinks(None, fails, io.StringIO(), True, save_max_bytes=12_000)
@@ -99,13 +99,13 @@ def test_subscribe_option_errors_exit_2() -> None:
 
 
 def test_topic_root_levels_are_checked() -> None:
-    from edge_somad.runtime.bridge_mqtt import check_topic_root
+    from edge_somad.runtime.bridges.mqtt import check_topic_root
 
     assert check_topic_root("plant/edge-somad/v1") == "plant/edge-somad/v1"
     for bad in ("a/#", "a/+/b", "a//b", "", "$SYS/x", "a\x00b"):
         with pytest.raises(ConfigError, match="--topic-root"):
             check_topic_root(bad)
-    from edge_somad.runtime.bridge_commands import app
+    from edge_somad.cli.bridge import app
 
     res = CliRunner().invoke(app, ["mqtt", "--topic-root", "a/#", "--box", "b"])
     assert res.exit_code == 2 and "--topic-root 'a/#'" in res.output
@@ -129,7 +129,7 @@ def test_mqtt_bridge_gives_up_on_a_broker_that_refuses_it(tmp_path: Path) -> Non
 
 
 def test_view_shows_stale_and_resets_counters_on_a_new_run() -> None:
-    from edge_somad.runtime.view_state import ViewState
+    from edge_somad.runtime.view.view_state import ViewState
 
     state = ViewState(["tcp://a:1"], stale_s=0.3)
     beat = lambda at, up, seq: messages.Received(  # noqa: E731

@@ -16,12 +16,12 @@ import pytest
 
 from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.runtime.camera import CameraSource, SourceSpec
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.outbox import Outbox
-from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
-from edge_somad.runtime.publisher import Publisher
-from edge_somad.runtime.scorer import ScoreResult
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.pipeline.camera import CameraSource, SourceSpec
+from edge_somad.runtime.pipeline.outbox import Outbox
+from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+from edge_somad.runtime.scorers.scorer import ScoreResult
 from tests.helpers.runtime import FakeDriver, H, W, defect, free_port, grey, make_model_dir, write_video
 from tests.test_runtime_pipeline import Collector
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_somad.errors import ConfigError
-from edge_somad.runtime.camera import (
+from edge_somad.runtime.pipeline.camera import (
     CameraEvent,
     CameraSource,
     DropOldestQueue,

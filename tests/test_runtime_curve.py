@@ -14,14 +14,14 @@ import zmq
 import zmq.auth
 from typer.testing import CliRunner
 
+from edge_somad.cli.runtime import keys, run, subscribe
 from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.runtime.camera import parse_cameras
-from edge_somad.runtime.commands import keys, run, subscribe
-from edge_somad.runtime.curve import CurveServer, connect_subscriber, load_client, load_server, make_keys
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
-from edge_somad.runtime.publisher import Publisher
+from edge_somad.runtime.messaging.curve import CurveServer, connect_subscriber, load_client, load_server, make_keys
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.pipeline.camera import parse_cameras
+from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import H, W, defect, free_port, grey, make_model_dir, write_video
 from tests.test_runtime_pipeline import Collector

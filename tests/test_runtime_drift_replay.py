@@ -14,10 +14,10 @@ pytest.importorskip("torch")
 
 from edge_somad.contracts.geometry import resize_frame
 from edge_somad.contracts.manifest import load_manifest
-from edge_somad.runtime.camera import SourceSpec
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
-from edge_somad.runtime.publisher import Publisher
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.pipeline.camera import SourceSpec
+from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 from tests.helpers.runtime import free_port
 from tests.test_runtime_pipeline import Collector
 

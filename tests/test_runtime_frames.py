@@ -11,7 +11,7 @@ import pytest
 
 from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import InputError
-from edge_somad.runtime.frames import check_useful_size, encoded_image_problem, patch_stride, read_image_file
+from edge_somad.runtime.pipeline.frames import check_useful_size, encoded_image_problem, patch_stride, read_image_file
 from tests.helpers.runtime import grey, make_model_dir
 from tests.test_runtime_pipeline import run_pipeline_with_sub
 

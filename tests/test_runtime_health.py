@@ -13,10 +13,10 @@ import pytest
 from edge_somad.contracts.geometry import plan_geometry, resize_frame
 from edge_somad.contracts.manifest import load_manifest, save_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.runtime import drift
-from edge_somad.runtime.health import CameraHealth, HealthConfig
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import PipelineConfig
+from edge_somad.runtime.health import drift
+from edge_somad.runtime.health.health import CameraHealth, HealthConfig
+from edge_somad.runtime.pipeline.pipeline import PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 from tests.helpers.runtime import H, W, make_model_dir, write_video
 from tests.helpers.synth import _part
 from tests.test_runtime_pipeline import run_pipeline_with_sub
@@ -227,7 +227,7 @@ def test_compression_warns_above_what_the_model_was_fitted_on() -> None:
     """Blockiness of real JPEG round trips at model size: q30 blocks warn; a model fitted on JPEGs
     of that size (its fit reference says so) is not warned about the blocks it was fitted on."""
     from edge_somad.data import read_image, resolve_category
-    from edge_somad.runtime import health_parts
+    from edge_somad.runtime.health import health_parts
 
     # real photos (the bundled sample) at a model's size: synthetic parts with edges on an 8-pixel
     # grid look "blocky" without any codec (docs/health.md)

@@ -14,9 +14,9 @@ import pytest
 import zmq
 
 from edge_somad.errors import ConfigError, InputError
-from edge_somad.runtime import messages
-from edge_somad.runtime.camera import parse_cameras
-from edge_somad.runtime.subscriber import subscribe_loop
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.subscriber import subscribe_loop
+from edge_somad.runtime.pipeline.camera import parse_cameras
 from tests.helpers.runtime import free_port
 
 HOSTILE_IDS = ["../../x/pwned", "/tmp/abs-pwned", "..", ".", "a.b", "a.json", "x" * 10_000, "nul\x00x", "",

@@ -10,13 +10,13 @@ import numpy as np
 import zmq
 
 from edge_somad.contracts.manifest import load_manifest
-from edge_somad.runtime import messages
-from edge_somad.runtime.camera import SourceSpec
-from edge_somad.runtime.curve import connect_subscriber
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
-from edge_somad.runtime.publisher import Publisher
-from edge_somad.runtime.subscriber import SeqCounter
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.curve import connect_subscriber
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.messaging.subscriber import SeqCounter
+from edge_somad.runtime.pipeline.camera import SourceSpec
+from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 from tests.helpers.runtime import H, W, free_port, make_model_dir, write_video
 from tests.test_runtime_pipeline import Collector
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_somad.bench.pipeline import bench_pipeline
 from edge_somad.contracts.geometry import plan_geometry, resize_frame, resize_mask
 from edge_somad.contracts.manifest import load_manifest
-from edge_somad.runtime import messages
-from edge_somad.runtime.camera import SourceSpec
-from edge_somad.runtime.defects import defects_of, find_defects, map_to_frame, render_overlay
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
-from edge_somad.runtime.pipeline_bench import bench_pipeline
-from edge_somad.runtime.publisher import Publisher
-from edge_somad.runtime.verdict import judge, unscored
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.messaging.verdict import judge, unscored
+from edge_somad.runtime.pipeline.camera import SourceSpec
+from edge_somad.runtime.pipeline.defects import defects_of, find_defects, map_to_frame, render_overlay
+from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 from tests.helpers.runtime import FakeDriver, H, W, defect, free_port, grey, make_model_dir, write_video
 
 

@@ -16,19 +16,19 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from edge_somad.cli.runtime import run
 from edge_somad.contracts.geometry import plan_geometry
 from edge_somad.contracts.manifest import load_manifest
-from edge_somad.runtime import messages
-from edge_somad.runtime.camera import SourceSpec, parse_source
-from edge_somad.runtime.commands import run
-from edge_somad.runtime.curve import connect_subscriber
-from edge_somad.runtime.defects import defects_of
-from edge_somad.runtime.frames import read_image_file
-from edge_somad.runtime.health import CameraHealth
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
-from edge_somad.runtime.publisher import Publisher
-from edge_somad.runtime.verdict import judge
+from edge_somad.runtime.health.health import CameraHealth
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.curve import connect_subscriber
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.messaging.verdict import judge
+from edge_somad.runtime.pipeline.camera import SourceSpec, parse_source
+from edge_somad.runtime.pipeline.defects import defects_of
+from edge_somad.runtime.pipeline.frames import read_image_file
+from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 from tests.helpers.runtime import FakeDriver, H, W, free_port, grey, make_model_dir, write_video
 from tests.test_runtime_pipeline import run_pipeline_with_sub
 

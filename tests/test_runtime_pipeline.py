@@ -13,14 +13,14 @@ import zmq
 
 from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.runtime import messages
-from edge_somad.runtime.camera import SourceSpec, parse_cameras
-from edge_somad.runtime.curve import CurveClient, connect_subscriber
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
-from edge_somad.runtime.publisher import Publisher
-from edge_somad.runtime.scorer import ScoreResult
-from edge_somad.runtime.verdict import NOT_CALIBRATED, judge
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.curve import CurveClient, connect_subscriber
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.messaging.verdict import NOT_CALIBRATED, judge
+from edge_somad.runtime.pipeline.camera import SourceSpec, parse_cameras
+from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+from edge_somad.runtime.scorers.scorer import ScoreResult
 from tests.helpers.runtime import (
     THRESHOLD,
     FakeDriver,
@@ -291,7 +291,7 @@ def test_slow_subscriber_never_blocks_the_line(tmp_path: Path, model_dir: Path) 
 def test_subscriber_bridge_csv_and_saved_failures(tmp_path: Path, model_dir: Path) -> None:
     import io
 
-    from edge_somad.runtime.subscriber import subscribe_loop
+    from edge_somad.runtime.messaging.subscriber import subscribe_loop
 
     video = write_video(tmp_path / "v.avi", [grey(), defect(), grey()])
     port = free_port()

@@ -16,9 +16,9 @@ import typer
 import zmq
 from typer.testing import CliRunner
 
+from edge_somad.cli.runtime import run, subscribe
 from edge_somad.contracts.manifest import load_manifest, save_manifest, sha256_file
-from edge_somad.runtime import messages
-from edge_somad.runtime.commands import run, subscribe
+from edge_somad.runtime.messaging import messages
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import build_onnx, defect, free_port, grey, make_model_dir, write_video
 
@@ -112,13 +112,14 @@ def test_runtime_imports_no_torch(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import json, sys
         from pathlib import Path
-        import edge_somad.runtime.backends, edge_somad.runtime.camera, edge_somad.runtime.commands
-        import edge_somad.runtime.defects, edge_somad.runtime.messages, edge_somad.runtime.ort_scorer
-        import edge_somad.runtime.pipeline_bench, edge_somad.runtime.publisher, edge_somad.runtime.subscriber
-        import edge_somad.runtime.bridge_commands, edge_somad.runtime.bridge_mqtt, edge_somad.runtime.bridge_opcua
-        import edge_somad.runtime.drift, edge_somad.runtime.health, edge_somad.runtime.view_state
-        from edge_somad.runtime.launch import run_pipeline
-        from edge_somad.runtime.pipeline import PipelineConfig
+        import edge_somad.runtime.scorers.backends, edge_somad.runtime.pipeline.camera, edge_somad.cli.runtime
+        import edge_somad.runtime.pipeline.defects, edge_somad.runtime.messaging.messages
+        import edge_somad.runtime.scorers.ort_scorer, edge_somad.bench.pipeline
+        import edge_somad.runtime.messaging.publisher, edge_somad.runtime.messaging.subscriber
+        import edge_somad.cli.bridge, edge_somad.runtime.bridges.mqtt, edge_somad.runtime.bridges.opcua
+        import edge_somad.runtime.health.drift, edge_somad.runtime.health.health, edge_somad.runtime.view.view_state
+        from edge_somad.runtime.pipeline.launch import run_pipeline
+        from edge_somad.runtime.pipeline.pipeline import PipelineConfig
         final = run_pipeline(Path({str(d)!r}), [{str(video)!r}], publish="tcp://127.0.0.1:{free_port()}",
                              config=PipelineConfig(overlay=True), handle_signals=False)
         assert "torch" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)
@@ -148,7 +149,7 @@ def test_corrupt_graph_with_matching_sha256_is_a_clear_error(tmp_path: Path) -> 
 
 def test_graph_that_loads_but_cannot_run_is_a_clear_error(tmp_path: Path) -> None:
     from edge_somad.errors import ArtifactError
-    from edge_somad.runtime.launch import _warm_up
+    from edge_somad.runtime.pipeline.launch import _warm_up
 
     class Broken:  # what ONNX Runtime does with a graph whose kernels fail: its own exception type
         def score(self, frames):

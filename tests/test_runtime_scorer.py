@@ -11,9 +11,9 @@ import pytest
 from edge_somad.contracts.geometry import batch_frames
 from edge_somad.contracts.manifest import EngineInfo, load_manifest
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError, InputError
-from edge_somad.runtime.backends import open_scorer, select_backend
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.scorer import Scorer
+from edge_somad.runtime.scorers.backends import open_scorer, select_backend
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+from edge_somad.runtime.scorers.scorer import Scorer
 from tests.helpers.runtime import H, W, build_onnx, defect, grey, make_model_dir
 
 CPU = ["CPUExecutionProvider"]
@@ -125,7 +125,7 @@ def test_select_backend_table(
 
 def test_open_scorer_auto_logs_choice_and_scores(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     d = make_model_dir(tmp_path / "m")
-    with caplog.at_level(logging.INFO, logger="edge_somad.runtime.backends"):
+    with caplog.at_level(logging.INFO, logger="edge_somad.runtime.scorers.backends"):
         scorer = open_scorer(d)
     assert "backend onnxruntime/fp32 (auto: tensorrt not importable" in caplog.text
     res = scorer.score(batch_frames([grey(), defect()], H, W, "letterbox"))

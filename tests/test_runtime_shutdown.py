@@ -12,11 +12,11 @@ import cv2
 import pytest
 
 from edge_somad.contracts.manifest import load_manifest
-from edge_somad.runtime.camera import SourceSpec
-from edge_somad.runtime.launch import _signals
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import NOT_SCORED, Pipeline, PipelineConfig
-from edge_somad.runtime.publisher import Publisher
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.pipeline.camera import SourceSpec
+from edge_somad.runtime.pipeline.launch import _signals
+from edge_somad.runtime.pipeline.pipeline import NOT_SCORED, Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 from tests.helpers.runtime import H, W, free_port, grey, make_model_dir
 from tests.test_runtime_pipeline import Collector
 

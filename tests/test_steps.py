@@ -31,7 +31,7 @@ def raw_fitted(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_
 
 
 def test_export_again_keeps_a_chi2_calibration_and_the_int8_entries(raw_fitted: Path, tmp_path: Path) -> None:
-    from edge_somad.calibration.commands import run_calibrate
+    from edge_somad.calibration.calibrate import run_calibrate
 
     model_dir = tmp_path / "m"
     shutil.copytree(raw_fitted, model_dir)

@@ -14,7 +14,7 @@ from edge_somad.contracts.engines import check_engine_compat, engine_path, rebui
 from edge_somad.contracts.manifest import EngineInfo, load_manifest, save_manifest, sha256_file
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError, EngineMismatchError
 from edge_somad.export.trt_build import build_engine, profile_shapes
-from edge_somad.runtime.trt_env import import_tensorrt
+from edge_somad.runtime.scorers.trt_env import import_tensorrt
 from tests.test_trt_tinymodel import make_model_dir, random_frames, run_ort
 
 INFO = EngineInfo(path="model.fp16.engine", precision="fp16", tensorrt_version="10.8.0.43",
@@ -114,7 +114,7 @@ def _write_int8(model_dir: Path) -> None:
 
 @pytest.mark.gpu("tensorrt")
 def test_fp16_engine_matches_onnxruntime(tmp_path: Path) -> None:
-    from edge_somad.runtime.trt_scorer import TensorRTScorer
+    from edge_somad.runtime.scorers.trt_scorer import TensorRTScorer
 
     model_dir = make_model_dir(tmp_path / "m")
     info = build_engine(model_dir, "fp16", max_batch=4, workspace_gb=1.0)
@@ -136,7 +136,7 @@ def test_fp16_engine_matches_onnxruntime(tmp_path: Path) -> None:
 
 @pytest.mark.gpu("tensorrt")
 def test_int8_engine_builds_and_loads(tmp_path: Path) -> None:
-    from edge_somad.runtime.trt_scorer import TensorRTScorer
+    from edge_somad.runtime.scorers.trt_scorer import TensorRTScorer
 
     model_dir = make_model_dir(tmp_path / "m")
     _write_int8(model_dir)

@@ -1,4 +1,4 @@
-"""runtime/trt_scorer.py on CPU: the errors a machine without an engine or TensorRT must give."""
+"""runtime/scorers/trt_scorer.py on CPU: the errors a machine without an engine or TensorRT must give."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from edge_somad.contracts.manifest import EngineInfo, Manifest, load_manifest
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError
-from edge_somad.runtime.trt_scorer import TensorRTScorer
+from edge_somad.runtime.scorers.trt_scorer import TensorRTScorer
 from tests.test_trt_tinymodel import make_model_dir
 
 
@@ -56,6 +56,6 @@ def test_unknown_precision_is_a_config_error(tmp_path: Path) -> None:
 def test_runtime_module_imports_no_torch_or_tensorrt() -> None:
     import subprocess
 
-    code = ("import sys, edge_somad.runtime.trt_scorer; "
+    code = ("import sys, edge_somad.runtime.scorers.trt_scorer; "
             "bad = [m for m in ('torch', 'tensorrt', 'cuda') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -17,12 +17,12 @@ pytest.importorskip("aiohttp", reason="edge-somad[view] (aiohttp) is not install
 
 from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError
-from edge_somad.runtime.camera import parse_cameras
-from edge_somad.runtime.health import HealthConfig
-from edge_somad.runtime.ort_scorer import OrtScorer
-from edge_somad.runtime.pipeline import Pipeline, PipelineConfig
-from edge_somad.runtime.publisher import Publisher
-from edge_somad.runtime.view import BackgroundView, ViewConfig
+from edge_somad.runtime.health.health import HealthConfig
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.pipeline.camera import parse_cameras
+from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+from edge_somad.runtime.view.view import BackgroundView, ViewConfig
 from tests.helpers.requires import missing_component
 from tests.helpers.runtime import H, W, free_port, write_video
 from tests.test_runtime_health import model_with_reference, parts
@@ -78,7 +78,7 @@ def test_view_state_counts_every_verdict(tmp_path: Path) -> None:
 
 
 def test_view_with_curve_keys(tmp_path: Path) -> None:
-    from edge_somad.runtime.curve import load_client, load_server, make_keys
+    from edge_somad.runtime.messaging.curve import load_client, load_server, make_keys
 
     keys = tmp_path / "keys"
     make_keys(keys, "server")
@@ -147,8 +147,8 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
 
 
 def test_view_state_two_endpoints_and_hostile_heartbeat() -> None:
-    from edge_somad.runtime import messages
-    from edge_somad.runtime.view_state import ViewState
+    from edge_somad.runtime.messaging import messages
+    from edge_somad.runtime.view.view_state import ViewState
 
     def verdict(camera: str, frame_id: int, verdict: str) -> messages.Received:
         header = messages.verdict_header(
@@ -174,8 +174,8 @@ def test_view_state_two_endpoints_and_hostile_heartbeat() -> None:
 
 
 def test_picture_falls_back_to_the_heatmap_without_overlay() -> None:
-    from edge_somad.runtime import messages
-    from edge_somad.runtime.view_state import picture
+    from edge_somad.runtime.messaging import messages
+    from edge_somad.runtime.view.view_state import picture
 
     amap = np.tile(np.linspace(0, 1, 96, dtype=np.float32), (64, 1))  # 0 .. 2x threshold, left to right
     meta, payload = messages.encode_heatmap(amap, "png", 0.5)
@@ -190,8 +190,8 @@ def test_picture_falls_back_to_the_heatmap_without_overlay() -> None:
 
 
 def test_a_pass_sent_without_a_picture_keeps_the_last_one_on_screen() -> None:
-    from edge_somad.runtime import messages
-    from edge_somad.runtime.view_state import ViewState
+    from edge_somad.runtime.messaging import messages
+    from edge_somad.runtime.view.view_state import ViewState
 
     meta, payload = messages.encode_heatmap(np.full((64, 96), 0.8, np.float32), "png", 0.5)
 

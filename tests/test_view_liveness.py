@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.subscription_flood import mjpeg_server
-from edge_somad.runtime.view import BackgroundView, ViewConfig
+from edge_somad.runtime.view.view import BackgroundView, ViewConfig
 from tests.fuzz_support import FuzzPublisher
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import free_port, make_model_dir
@@ -72,7 +72,7 @@ def test_killed_run_shows_stale_and_a_restart_is_a_new_run(tmp_path: Path) -> No
 
 
 def test_a_receiver_that_raises_is_shown_and_restarted(monkeypatch, caplog) -> None:
-    from edge_somad.runtime import view_state
+    from edge_somad.runtime.view import view_state
     from tests.fuzz_support import valid_header, verdict_parts
 
     real_apply, calls = view_state.ViewState.apply, []

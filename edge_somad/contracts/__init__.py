@@ -7,7 +7,7 @@ manifest  manifest.json (Manifest), the contract between export, calibration and
 geometry  the one host-side resize of a frame to the model input (shared by fit, evaluate and run)
 engines   what a TensorRT engine was built for, the compatibility check, the rebuild command
 decision  the pass/fail rule `fails(score, threshold)`
-exits     the CLI's exit codes and its one error handler
+exits     the CLI's exit codes (its error handler is edge_somad/cli/options.py)
 
 Nothing heavy at package level: import the module you need.
 """

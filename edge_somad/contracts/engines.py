@@ -1,7 +1,7 @@
 """What a TensorRT engine promises (manifest.engines) and the check made before one is loaded.
 
 Pure: no tensorrt, no CUDA. The environment (TensorRT version, GPU) comes in as arguments, so the
-rules are tested on any machine; runtime/trt_env.py reads the real one.
+rules are tested on any machine; runtime/scorers/trt_env.py reads the real one.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class Manifest:
     precision_thresholds: dict[str, float] = field(default_factory=dict)
     # The same for the pixel threshold (defect regions); calibration.pixel_threshold is the fp32 one.
     precision_pixel_thresholds: dict[str, float] = field(default_factory=dict)
-    # Line-health references (runtime/drift.py): {"input": fit-image statistics, "scores": quantiles
+    # Line-health references (runtime/health/drift.py): {"input": fit-image statistics, "scores": quantiles
     # of the good calibration scores}. Empty in manifests written before: drift is then not measured.
     reference: dict[str, Any] = field(default_factory=dict)
     schema: str = MANIFEST_SCHEMA

@@ -176,7 +176,7 @@ def _input_reference(path: str, v: Any) -> None:
     for key, value in d.items():
         if key in ("n",):
             count(f"{path}.{key}", value)
-        elif isinstance(value, dict):  # one block per input metric (runtime/drift.INPUT_METRICS)
+        elif isinstance(value, dict):  # one block per input metric (runtime/health/drift.INPUT_METRICS)
             _metric(f"{path}.{key}", value)
 
 

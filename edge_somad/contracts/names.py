@@ -15,5 +15,5 @@ PRECISIONS = ("fp32", "fp16", "int8")
 RESIZE_MODES = ("letterbox", "crop", "stretch")
 
 # Image files read as data, calibration images and camera folders. OpenCV's wheels decode all of
-# them (cv2.imread / cv2.imdecode); runtime/frames.py checks JPEG/PNG/BMP/WebP bytes for truncation.
+# them (cv2.imread / cv2.imdecode); runtime/pipeline/frames.py checks JPEG/PNG/BMP/WebP bytes for truncation.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

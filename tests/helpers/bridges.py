@@ -157,7 +157,7 @@ def make_tls_files(out: Path) -> tuple[Path, Path, Path]:
 
 def heartbeat(cameras: tuple[str, ...], status: str = "running") -> dict:
     """A heartbeat as `run` sends it, with the fields the bridges read."""
-    from edge_somad.runtime import messages
+    from edge_somad.runtime.messaging import messages
 
     return {"schema": messages.HEARTBEAT_SCHEMA, "at": time.time(), "uptime_s": 1.0, "status": status,
             "model": {"name": "standin", "onnx_sha256": "ab" * 32, "backend": "onnxruntime", "precision": "fp32",
@@ -169,7 +169,7 @@ class BeatingPublisher:
     """A real Publisher on PORT that sends a heartbeat every 0.2 s for `cameras`, like a `run` between parts."""
 
     def __init__(self, port: int, cameras: tuple[str, ...], **publisher_options) -> None:
-        from edge_somad.runtime.publisher import Publisher
+        from edge_somad.runtime.messaging.publisher import Publisher
 
         self.pub = Publisher(f"tcp://127.0.0.1:{port}", "somad", sndhwm=1000, **publisher_options)
         self.cameras = cameras

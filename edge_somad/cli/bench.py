@@ -1,0 +1,40 @@
+"""`edge-somad bench`: the command's options; the work is edge_somad/bench/scorers.py's run_bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge_somad.bench.scorers import DEFAULT_BACKENDS, run_bench
+from edge_somad.cli.options import handle_errors
+
+
+@handle_errors
+def bench(
+    model: Annotated[Path, typer.Option("--model", help="Exported model directory (manifest.json).")],
+    backend: Annotated[list[str] | None, typer.Option(
+        "--backend", help=f"Repeatable. Default: {', '.join(DEFAULT_BACKENDS)}.")] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32 | fp16 | int8 (the torch row is always fp32).")] = "fp32",
+    batch: Annotated[list[int] | None, typer.Option("--batch", help="Repeatable. Default: 1, 4.")] = None,
+    iters: Annotated[int, typer.Option("--iters", help="Timed calls per batch size.")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls first.")] = 5,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all results as JSON here.")] = None,
+    pipeline: Annotated[bool, typer.Option(
+        "--pipeline", help="Also time the streaming pipeline (capture -> ZeroMQ) per backend.")] = False,
+    video: Annotated[Path | None, typer.Option(
+        "--video", help="Clip for --pipeline; default: made from the bundled test images.")] = None,
+    curve: Annotated[bool, typer.Option(
+        "--curve", help="--pipeline with CURVE on both ends (throwaway keys): the cost of encryption.")] = False,
+    cameras: Annotated[list[int] | None, typer.Option(
+        "--cameras", help="Repeatable: time the whole pipeline with N looping replays of the clip as cameras "
+        "(--iters frames each), against the bare scorer's best frames/s over batch 1, 2, 4, 8.")] = None,
+    fps: Annotated[float | None, typer.Option(
+        "--fps", help="With --cameras: also run each count at this line rate per camera (frames/s): latency "
+        "at that rate and frames dropped.")] = None,
+) -> None:
+    """Latency (p50/p99 at batch 1), throughput (best batch) and model size per backend."""
+    run_bench(model, backend, precision, batch, iters, warmup, json_out, pipeline, video, curve, cameras, fps,
+              say=typer.echo)
