@@ -17,7 +17,7 @@ from edge_somad.errors import ConfigError
 from edge_somad.runtime.bridges.opcua import NAMESPACE, result_values
 from edge_somad.runtime.messaging import messages
 from edge_somad.runtime.messaging.curve import connect_subscriber
-from tests.helpers.bridges import REPO, start_bridge
+from tests.helpers.bridges import REPO, connect_opcua, start_bridge
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import defect, free_port, grey, make_model_dir, write_video
 
@@ -54,7 +54,6 @@ def _same(a: object, b: object) -> bool:
 
 
 async def _client_run(url: str, start_run) -> tuple[dict[str, list], dict[str, int], list[dict]]:
-    from asyncua import Client
 
     got: dict[str, list] = {k: [] for k in WATCHED}
     done = asyncio.Event()
@@ -69,15 +68,7 @@ async def _client_run(url: str, start_run) -> tuple[dict[str, list], dict[str, i
             if name == "ResultId" and val == f"c1/{N - 1}":
                 done.set()
 
-    client = Client(url, timeout=10)
-    for _ in range(100):  # the bridge process is starting
-        try:
-            await client.connect()
-            break
-        except (OSError, asyncio.TimeoutError):
-            await asyncio.sleep(0.1)
-    else:
-        raise AssertionError(f"no OPC UA server at {url}")
+    client = await connect_opcua(url)
     try:
         idx = await client.get_namespace_index(NAMESPACE)
         nodes = {k: client.get_node(f"ns={idx};s=box1.c1.LastResult.{k}") for k in WATCHED}

@@ -14,7 +14,7 @@ import pytest
 from edge_somad.runtime.bridges.opcua import NAMESPACE, result_values
 from edge_somad.runtime.messaging import messages
 from edge_somad.runtime.messaging.publisher import Publisher
-from tests.helpers.bridges import start_bridge
+from tests.helpers.bridges import connect_opcua, start_bridge
 from tests.helpers.runtime import free_port
 
 N = 100
@@ -55,19 +55,10 @@ def _mismatch(value, by_frame: dict[int, dict]) -> list[str]:
 
 
 async def _client(url: str, publish, stop_publisher, restart_publisher) -> dict:
-    from asyncua import Client
 
     notified, read_back, jsons = [], [], []
     reads: list[asyncio.Task] = []
-    client = Client(url, timeout=10)
-    for _ in range(100):  # the bridge process is starting
-        try:
-            await client.connect()
-            break
-        except (OSError, asyncio.TimeoutError):
-            await asyncio.sleep(0.1)
-    else:
-        raise AssertionError(f"no OPC UA server at {url}")
+    client = await connect_opcua(url)
     out: dict = {}
     try:
         await client.load_data_type_definitions()  # ResultDataType: the client decodes the structure

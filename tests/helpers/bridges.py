@@ -169,9 +169,24 @@ class BeatingPublisher:
     """A real Publisher on PORT that sends a heartbeat every 0.2 s for `cameras`, like a `run` between parts."""
 
     def __init__(self, port: int, cameras: tuple[str, ...], **publisher_options) -> None:
+        import zmq
+
+        from edge_somad.errors import ConfigError
         from edge_somad.runtime.messaging.publisher import Publisher
 
-        self.pub = Publisher(f"tcp://127.0.0.1:{port}", "somad", sndhwm=1000, **publisher_options)
+        # A restart in the same process: the previous publisher's socket closes asynchronously on the
+        # shared ZeroMQ context, so its port can still be held for a moment. Retry the bind, bounded.
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                self.pub = Publisher(f"tcp://127.0.0.1:{port}", "somad", sndhwm=1000, **publisher_options)
+                break
+            except ConfigError as exc:  # the publisher names the bind failure; its cause is the ZMQError
+                cause = exc.__cause__
+                in_use = isinstance(cause, zmq.ZMQError) and cause.errno == zmq.EADDRINUSE
+                if not in_use or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.cameras = cameras
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
@@ -185,3 +200,19 @@ class BeatingPublisher:
         self.stop.set()
         self.thread.join(5)
         self.pub.close()
+
+
+async def connect_opcua(url: str, tries: int = 100):  # -> asyncua.Client
+    """An asyncua client connected to the bridge at `url`, retried while the bridge process starts."""
+    import asyncio
+
+    from asyncua import Client
+
+    client = Client(url, timeout=10)
+    for _ in range(tries):
+        try:
+            await client.connect()
+            return client
+        except (OSError, asyncio.TimeoutError):
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"no OPC UA server at {url}")
