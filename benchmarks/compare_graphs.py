@@ -5,7 +5,7 @@ graphs timed in separate runs cannot be compared; round-robin in one process, sa
 spinning off (or each session's spinning threads steal the other's cores), they can. Used for the
 README's before/after figure of issue 13:
 
-    git worktree add /tmp/before f0e4f5a && (cd /tmp/before && edge-somad export --model COPY_OF_MODEL)
+    git worktree add ../before f0e4f5a && (cd ../before && edge-somad export --model COPY_OF_MODEL)
     python benchmarks/compare_graphs.py COPY_OF_MODEL/model.onnx models/bottle/model.onnx --iters 60
 
 Prints p50/p99 per graph, each one's ratio to the first, and the largest difference of outputs.

@@ -1,8 +1,8 @@
 """What line health and the defect boxes measure on a real model and real images (docs/results.md).
 
-    python benchmarks/health_checks.py drift --model /tmp/bottle --good DATA/bottle/test/good
-    python benchmarks/health_checks.py boxes --model /tmp/bottle --category bottle --data-root DATA
-    python benchmarks/health_checks.py codec --model /tmp/bottle --good DATA/bottle/test/good
+    python benchmarks/health_checks.py drift --model models/bottle --good DATA/bottle/test/good
+    python benchmarks/health_checks.py boxes --model models/bottle --category bottle --data-root DATA
+    python benchmarks/health_checks.py codec --model models/bottle --good DATA/bottle/test/good
 
 `drift`: the good images as PNG, as an MJPG clip at their own resolution, pre-resized to the model
 and MJPG-encoded, and the model's fit images: median score, fails, the old rule (PSI of pass scores)
