@@ -49,6 +49,7 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("mean", torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("inv_std", 1.0 / torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("projection", torch.from_numpy(projection).view(*projection.shape, 1, 1))
+        self.register_buffer("bgr_to_rgb", torch.tensor([2, 1, 0], dtype=torch.int64))
         for p in self.parameters():
             p.requires_grad_(False)
 
@@ -59,7 +60,9 @@ class FeatureExtractor(nn.Module):
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) BGR -> float (B, 3, H, W) RGB, normalised. No scale guessing: always /std."""
         x = frames.permute(0, 3, 1, 2).to(torch.float32)
-        x = x[:, [2, 1, 0]]  # BGR (OpenCV) -> RGB (ImageNet weights)
+        # BGR (OpenCV) -> RGB (ImageNet weights). The index is a buffer on the model's device: a Python
+        # list index is a host tensor copied at every call, which a CUDA graph cannot capture.
+        x = x.index_select(1, self.bgr_to_rgb)
         return (x - self.mean) * self.inv_std
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
