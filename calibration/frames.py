@@ -86,7 +86,6 @@ def image_files(folder: Path) -> list[Path]:
 
 def read_video_frames(path: Path, manifest: Manifest, max_frames: int = VIDEO_MAX_FRAMES) -> tuple[np.ndarray, str]:
     """Up to `max_frames` frames spread evenly over a recording of good parts, resized as the graph's input."""
-    import cv2
     import numpy as np
 
     from edge_somad.contracts.geometry import batch_frames
@@ -95,21 +94,53 @@ def read_video_frames(path: Path, manifest: Manifest, max_frames: int = VIDEO_MA
     if not path.is_file():
         raise DatasetError(f"--calibration-video {path} does not exist; expected a video file of good parts "
                            "recorded on the line (any format OpenCV's FFmpeg reads, e.g. .mp4/.avi)")
+    # Two passes: count the frames with grab() (demux, no decode), then decode only the chosen ones.
+    # Decoding and keeping every frame first would hold a whole recording in memory (10 minutes of
+    # 1080p at 30 fps is ~100 GB); the container's frame count is not trusted, it is often wrong.
+    total = _count_frames(path)
+    if total == 0:
+        raise _undecodable(path)
+    pick = np.unique(np.linspace(0, total - 1, min(max_frames, total)).round().astype(int))
+    chosen = _decode_frames(path, set(pick.tolist()))
+    if not chosen:
+        raise _undecodable(path)
+    pre = manifest.preprocessing
+    return (batch_frames(chosen, pre.height, pre.width, pre.resize, pre.pad_value),
+            f"{len(chosen)} frames spread over the {total} of {path}")
+
+
+def _undecodable(path: Path) -> DatasetError:
+    return DatasetError(f"--calibration-video {path}: OpenCV decoded no frame from it; expected a readable "
+                        "video (check the file plays, or extract frames and use --calibration-dir)")
+
+
+def _count_frames(path: Path) -> int:
+    import cv2
+
     cap = cv2.VideoCapture(str(path))
-    frames = []
     try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            frames.append(frame)
+        n = 0
+        while cap.grab():
+            n += 1
+        return n
     finally:
         cap.release()
-    if not frames:
-        raise DatasetError(f"--calibration-video {path}: OpenCV decoded no frame from it; expected a readable "
-                           "video (check the file plays, or extract frames and use --calibration-dir)")
-    pick = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int))
-    pre = manifest.preprocessing
-    chosen = [frames[i] for i in pick]
-    return (batch_frames(chosen, pre.height, pre.width, pre.resize, pre.pad_value),
-            f"{len(chosen)} frames spread over the {len(frames)} of {path}")
+
+
+def _decode_frames(path: Path, wanted: set[int]) -> list[np.ndarray]:
+    """The frames at the indices in `wanted`, in order; the others are only grabbed, never decoded."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    try:
+        i = 0
+        while len(out) < len(wanted) and cap.grab():
+            if i in wanted:
+                ok, frame = cap.retrieve()
+                if ok:
+                    out.append(frame)
+            i += 1
+    finally:
+        cap.release()
+    return out
