@@ -59,13 +59,13 @@ def fmt(v: float | None, pct: bool = False) -> str:
     return f"{v:.1%}" if pct else f"{v:.4f}"
 
 
-def metric_cells(r: Row, rule: str, max_frr: float) -> list[str]:
+def metric_cells(r: Row, rule: str) -> list[str]:
     at = apply_rule(r, rule)
     return [fmt(r["image_auroc"]), fmt(r["pixel_auroc"]), fmt(r["pro"]), fmt(at["escape_rate"], True),
             fmt(at["frr"], True)]
 
 
-def rule_value(max_frr: float) -> Callable[[list[Row]], float]:
+def rule_value(max_frr: float) -> Callable[[list[Row], str], float]:
     """Mean escapes among rules keeping mean FRR <= max_frr; rules above it rank after all that keep it."""
     def value(rows: list[Row], rule: str) -> float:
         at = [apply_rule(r, rule) for r in rows]
@@ -143,8 +143,8 @@ def report(rows: list[Row], cats: list[str], max_frr: float, user_dir: Path) -> 
         rule_lo = choose_rule(others, max_frr)
         gap = r_in["image_auroc"] - r_lo["image_auroc"]
         same = "(same)" if (loo_choice.setting, rule_lo) == (chosen, rule_in) else f"{loo_choice.setting} / {rule_lo}"
-        print(f"{c:16s}" + "".join(x.rjust(10) for x in metric_cells(r_in, rule_in, max_frr)) + " |"
-              + "".join(x.rjust(10) for x in metric_cells(r_lo, rule_lo, max_frr)) + f" {gap:+.4f}  {same}")
+        print(f"{c:16s}" + "".join(x.rjust(10) for x in metric_cells(r_in, rule_in)) + " |"
+              + "".join(x.rjust(10) for x in metric_cells(r_lo, rule_lo)) + f" {gap:+.4f}  {same}")
         table.append({"category": c, "in_sample": summary(r_in, rule_in), "leave_one_out": summary(r_lo, rule_lo),
                       "loo_setting": loo_choice.setting, "loo_rule": rule_lo})
     means = {side: mean_summary([t[side] for t in table]) for side in ("in_sample", "leave_one_out")}

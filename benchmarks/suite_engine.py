@@ -104,6 +104,7 @@ class Scored:
     """One category under one features key: what every head/map variant needs."""
 
     category: Category
+    key: FeatureKey
     spec: InputSpec
     test: TestSet
     hold_feats: torch.Tensor
@@ -120,13 +121,13 @@ def load_features(category: Category, key: FeatureKey, weights: str | None = Non
     hold = extract(prep.extractor, load_frames(prep.hold_paths, base), prep.device, progress=False)
     test = load_test_set(category, spec)
     test_feats = extract(prep.extractor, test.frames, prep.device, progress=False)
-    return Scored(category, spec, test, hold, test_feats, prep, time.perf_counter() - t0)
+    return Scored(category, key, spec, test, hold, test_feats, prep, time.perf_counter() - t0)
 
 
 def head_distances(scored: Scored, head: HeadVariant, trained: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Patch distances (n, N) of the held-out and test images under one head; fit seconds of the head."""
     t0 = time.perf_counter()
-    config = Setting(FeatureKey(), head, MapVariant()).config(scored.spec)
+    config = Setting(scored.key, head, MapVariant()).config(scored.spec)
     feats = scored.prep.feats
     if head.method == "somad":
         arrays, _ = som_arrays(feats, trained, config, scored.prep.projection)
@@ -174,7 +175,7 @@ def score_category(scored: Scored, heads: list[HeadVariant], maps: list[MapVaria
     som_s = 0.0
     if any(h.method == "somad" for h in heads):
         t0 = time.perf_counter()
-        trained = train_map(scored.prep.feats, Setting(FeatureKey(), HeadVariant(), MapVariant()).config(scored.spec),
+        trained = train_map(scored.prep.feats, Setting(scored.key, HeadVariant(), MapVariant()).config(scored.spec),
                             scored.prep.extractor.grid)
         som_s = time.perf_counter() - t0
     for head in heads:
@@ -182,7 +183,8 @@ def score_category(scored: Scored, heads: list[HeadVariant], maps: list[MapVaria
         for mv in maps:
             hold_s, _ = map_scores(scored, hold_d, mv)
             test_s, test_m = map_scores(scored, test_d, mv)
-            row = {"category": scored.category.name, "features": FeatureKey().name, "head": head.name,
+            row = {"category": scored.category.name, "features": scored.key.name,
+                   "input": f"{scored.spec.height}x{scored.spec.width}", "head": head.name,
                    "map": mv.name, "n_holdout": len(hold_s), "n_test": len(test_s),
                    "fit_seconds": scored.extract_seconds + fit_s + (som_s if head.method == "somad" else 0.0),
                    **test_metrics(scored.test, test_s, test_m, pixel_for(head, mv)),
@@ -202,8 +204,4 @@ def category_rows(root: Path, name: str, key: FeatureKey, heads: list[HeadVarian
     scored = load_features(load_category(root, name), key)
     log(f"{name}: {scored.spec.height}x{scored.spec.width}, {len(scored.prep.fit_paths)} fit / "
         f"{len(scored.hold_feats)} held out / {len(scored.test_feats)} test, features {scored.extract_seconds:.0f} s")
-    rows = score_category(scored, heads, maps, pixel_for, log)
-    for r in rows:
-        r["features"] = key.name
-        r["input"] = f"{scored.spec.height}x{scored.spec.width}"
-    return rows
+    return score_category(scored, heads, maps, pixel_for, log)
