@@ -138,6 +138,9 @@ def refit_statistics(model_dir: Path, int8_path: Path, fit_frames: np.ndarray) -
     from edge_somad.stats import node_statistics, positional_statistics
 
     config = load_config(model_dir)
+    if config.method == "somad" and config.head != "full":
+        raise ArtifactError(f"{model_dir}: the int8 statistics refit handles SOMAD's full head; this model has "
+                            f"head={config.head}. Fit with --head full for an int8 graph, or keep fp32")
     arrays = load_arrays(model_dir, config)
     location = arrays.centers if config.method == "somad" else arrays.means
     model = onnx.load(str(int8_path))

@@ -15,6 +15,11 @@ CONFIG_SCHEMA = "edge-somad/fit-config/1"
 BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "wide_resnet50_2")
 PROJECTIONS = ("gaussian", "subset", "none")
 METHODS = ("somad", "padim")
+# SOMAD's per-node covariance: "full" = an exact d x d whitening factor per node, searched by
+# Euclidean distance to the SOM nodes; "lowrank" = one pooled whitening for all patches, the search
+# in those coordinates, a rank-r + diagonal inverse covariance per node (edge_somad/lowrank.py).
+# PaDiM (one Gaussian per position) has no nodes and ignores it.
+HEADS = ("full", "lowrank")
 # How patch distances become the map the image score is taken from: raw Mahalanobis distances, or
 # z-scored per position with statistics of the training images' own maps (see scoring.standardise).
 SCORE_NORMS = ("none", "zscore")
@@ -99,6 +104,11 @@ class FitConfig:
     d: int = 64
     som: SomConfig = field(default_factory=SomConfig)
     topk: int = 4
+    head: str = "full"
+    # lowrank: eigen-directions kept per node (the rest becomes its diagonal); 1 <= head_rank <= d.
+    head_rank: int = 8
+    # lowrank: coordinates the nearest-node search uses (the nodes' widest spread first); 0 = all d.
+    search_dims: int = 0
     # Covariance regulariser: eps*I plus shrinkage towards the pooled within-node covariance with
     # weight shrinkage/(n_j + shrinkage), so a node with few members borrows the global shape, never
     # NaN. Measured on MVTec bottle (benchmarks/ablation.py): ~190 patches per node are too few for a
@@ -136,6 +146,11 @@ class FitConfig:
             raise ConfigError(f"d={self.d} must be >= 1")
         if self.topk < 1:
             raise ConfigError(f"topk={self.topk} must be >= 1")
+        if self.head not in HEADS:
+            raise ConfigError(f"head={self.head!r} is unknown; expected one of {HEADS}")
+        if not 1 <= self.head_rank <= self.d or not 0 <= self.search_dims <= self.d:
+            raise ConfigError(f"head_rank={self.head_rank} must be in [1, d={self.d}] and search_dims="
+                              f"{self.search_dims} in [0, d] (0 = all d)")
         if self.eps <= 0 or self.shrinkage < 0:
             raise ConfigError(f"eps={self.eps} must be > 0 and shrinkage={self.shrinkage} >= 0")
         if self.smoothing_sigma < 0:
@@ -159,6 +174,10 @@ class FitConfig:
         data.setdefault("score_norm", "none")
         # ... and took the map's maximum as the image score.
         data.setdefault("image_score_top", 0.0)
+        # ... and had the full per-node head (their arrays hold d x d whitening factors).
+        data.setdefault("head", "full")
+        data.setdefault("head_rank", 8)
+        data.setdefault("search_dims", 0)
         schema = data.pop("schema", None)
         if schema != CONFIG_SCHEMA:
             raise ArtifactError(
