@@ -148,7 +148,7 @@ class FitConfig:
             raise ConfigError(f"topk={self.topk} must be >= 1")
         if self.head not in HEADS:
             raise ConfigError(f"head={self.head!r} is unknown; expected one of {HEADS}")
-        if not 1 <= self.head_rank <= self.d or not 0 <= self.search_dims <= self.d:
+        if self.head == "lowrank" and (not 1 <= self.head_rank <= self.d or not 0 <= self.search_dims <= self.d):
             raise ConfigError(f"head_rank={self.head_rank} must be in [1, d={self.d}] and search_dims="
                               f"{self.search_dims} in [0, d] (0 = all d)")
         if self.eps <= 0 or self.shrinkage < 0:

@@ -63,7 +63,8 @@ class Head(nn.Module):
             nodes = nodes @ axes
         self.register_buffer("transform", transform.contiguous())
         self.register_buffer("search", scoring.search_table(nodes.contiguous()))
-        self.register_buffer("centers", t(arrays.centers) @ t(arrays.transform))
+        # In float64, then rounded: the int8 refit recomputes this buffer to find it in the graph by value.
+        self.register_buffer("centers", (t(arrays.centers).double() @ t(arrays.transform).double()).float())
         self.register_buffer("basis", t(arrays.basis))
         self.register_buffer("coef", t(arrays.coef))
         self.register_buffer("alpha", t(arrays.alpha))

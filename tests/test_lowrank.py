@@ -175,3 +175,32 @@ def test_lowrank_graph_matches_torch_and_uses_only_tensorrt_ops(lowrank_exported
             got = ort.score(frames[:batch])
             np.testing.assert_allclose(got.scores, tscore[:batch], rtol=1e-4)
             np.testing.assert_allclose(got.maps, tmap[:batch], atol=1e-3, rtol=1e-4)
+
+
+def test_int8_refit_of_the_lowrank_head_reproduces_fit_on_the_same_features(lowrank_exported: Path,
+                                                                             synth_root: Path, tmp_path: Path) -> None:
+    """The int8 statistics refit, run on a stand-in int8 graph whose features are the fp32 graph's own, must
+    give back fit's statistics (scores within 1e-3 relative: the graph's features differ from torch's in
+    float32 rounding, which can move a near-tie patch to another node), replacing only the head's factors."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edge_somad.calibration.int8_stats import fit_frames_for, refit_statistics
+    from edge_somad.contracts.manifest import load_manifest
+    from edge_somad.data import load_category
+    from edge_somad.evaluate import load_test_set
+    from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+
+    frames, why = fit_frames_for(lowrank_exported, load_manifest(lowrank_exported))
+    assert frames is not None, why
+    standin = tmp_path / "standin.int8.onnx"
+    shutil.copy(lowrank_exported / "model.onnx", standin)
+    before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(standin)).graph.initializer}
+    report = refit_statistics(lowrank_exported, standin, frames)
+    assert len(report["tensors"]) == 6  # centres, basis, coef, alpha + the score norm's mean and 1/std
+    after = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(standin)).graph.initializer}
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed <= set(report["tensors"])
+    test = load_test_set(load_category(synth_root, "widget"), load_config(lowrank_exported).input).frames
+    with OrtScorer(lowrank_exported / "model.onnx", 64, 96) as a, OrtScorer(standin, 64, 96) as b:
+        np.testing.assert_allclose(b.score(test[:4]).scores, a.score(test[:4]).scores, rtol=1e-3)
