@@ -38,7 +38,8 @@ def head_config(name: str, base: FitConfig) -> FitConfig:
     if kind != "lowrank" or len(parts) != 3:
         raise SystemExit(f"error: head {name!r}: expected 'full' or 'lowrank:rR:sS:kK' (e.g. lowrank:r16:s32:k4)")
     values = {p[0]: int(p[1:]) for p in parts}
-    return dataclasses.replace(base, head="lowrank", head_rank=values["r"], search_dims=values["s"], topk=values["k"])
+    share = values["s"] / base.d if values["s"] else 1.0  # sS: S of the d coordinates (s0: all)
+    return dataclasses.replace(base, head="lowrank", head_rank=values["r"], search_share=share, topk=values["k"])
 
 
 def score_head(cached: Cached, name: str) -> dict[str, Any]:

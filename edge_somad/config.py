@@ -107,8 +107,9 @@ class FitConfig:
     head: str = "full"
     # lowrank: eigen-directions kept per node (the rest becomes its diagonal); 1 <= head_rank <= d.
     head_rank: int = 8
-    # lowrank: coordinates the nearest-node search uses (the nodes' widest spread first); 0 = all d.
-    search_dims: int = 0
+    # lowrank: share of the d coordinates the nearest-node search uses (the nodes' widest spread
+    # first); 1 = all d, the full head's exact search.
+    search_share: float = 1.0
     # Covariance regulariser: eps*I plus shrinkage towards the pooled within-node covariance with
     # weight shrinkage/(n_j + shrinkage), so a node with few members borrows the global shape, never
     # NaN. Measured on MVTec bottle (benchmarks/ablation.py): ~190 patches per node are too few for a
@@ -148,9 +149,11 @@ class FitConfig:
             raise ConfigError(f"topk={self.topk} must be >= 1")
         if self.head not in HEADS:
             raise ConfigError(f"head={self.head!r} is unknown; expected one of {HEADS}")
-        if self.head == "lowrank" and (not 1 <= self.head_rank <= self.d or not 0 <= self.search_dims <= self.d):
-            raise ConfigError(f"head_rank={self.head_rank} must be in [1, d={self.d}] and search_dims="
-                              f"{self.search_dims} in [0, d] (0 = all d)")
+        if not 0 < self.search_share <= 1:
+            raise ConfigError(f"search_share={self.search_share} must be in (0, 1] (1 = search all d coordinates)")
+        if self.head == "lowrank" and not 1 <= self.head_rank <= self.d:
+            raise ConfigError(f"head_rank={self.head_rank} must be in [1, d={self.d}] for head=lowrank; "
+                              "lower --head-rank or raise --d")
         if self.eps <= 0 or self.shrinkage < 0:
             raise ConfigError(f"eps={self.eps} must be > 0 and shrinkage={self.shrinkage} >= 0")
         if self.smoothing_sigma < 0:
@@ -163,6 +166,11 @@ class FitConfig:
             raise ConfigError(f"norm_std_floor={self.norm_std_floor} must be in (0, 1]")
         if not 0 <= self.holdout_fraction < 0.5:
             raise ConfigError(f"holdout_fraction={self.holdout_fraction} must be in [0, 0.5)")
+
+    @property
+    def search_dims(self) -> int:
+        """Coordinates the low-rank head's search uses (>= 1; d means all of them)."""
+        return max(1, round(self.search_share * self.d))
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": CONFIG_SCHEMA, **dataclasses.asdict(self)}
@@ -177,7 +185,7 @@ class FitConfig:
         # ... and had the full per-node head (their arrays hold d x d whitening factors).
         data.setdefault("head", "full")
         data.setdefault("head_rank", 8)
-        data.setdefault("search_dims", 0)
+        data.setdefault("search_share", 1.0)
         schema = data.pop("schema", None)
         if schema != CONFIG_SCHEMA:
             raise ArtifactError(

@@ -14,7 +14,7 @@ shrink from d*d to r*d + r + 1 floats. With r = d the form is the exact per-node
 
 The nearest-node search stays Euclidean on the SOM nodes, as in the full head; `search_rotation`
 orders the coordinates by how much the nodes spread along them (their PCA, an orthogonal
-rotation, so Euclidean distances are unchanged), so a search on the first `search_dims`
+rotation, so Euclidean distances are unchanged), so a search on the first `search_share` of the
 coordinates loses the least of the distances between nodes.
 """
 

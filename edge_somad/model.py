@@ -56,7 +56,7 @@ class Head(nn.Module):
         t = torch.from_numpy
         transform, nodes = t(arrays.transform), t(arrays.nodes)
         d = transform.shape[0]
-        self.search_dims = config.search_dims if config.search_dims < d else 0
+        self.search_dims = config.search_dims if config.search_dims < d else 0  # 0: all d, on x itself
         if self.search_dims:  # one MatMul gives both: [whitened z | the first search_dims principal axes]
             axes = t(arrays.search_rotation)[:, : self.search_dims]
             transform = torch.cat([transform, axes], dim=1)

@@ -108,7 +108,7 @@ def test_statistics_whiten_with_the_pool_and_the_rotation_is_orthogonal() -> Non
 
 
 def test_truncated_search_keeps_euclidean_order_when_the_dropped_axes_are_flat() -> None:
-    """search_dims < d ranks by the nodes' leading principal axes; where the nodes do not spread along the
+    """search_share < 1 ranks by the nodes' leading principal axes; where the nodes do not spread along the
     others, the ranking (and so the candidates) is exactly the full Euclidean one."""
     rng = np.random.default_rng(6)
     d, s, m = 8, 3, 64
@@ -130,7 +130,7 @@ def lowrank_exported(tmp_path_factory: pytest.TempPathFactory, synth_root: Path,
     from edge_somad.export.exporter import export_model
     from edge_somad.fit import fit_model
 
-    config = dataclasses.replace(tiny_config, head="lowrank", head_rank=4, search_dims=8)
+    config = dataclasses.replace(tiny_config, head="lowrank", head_rank=4, search_share=0.5)
     out = tmp_path_factory.mktemp("lowrank") / "widget"
     fit_model(load_category(synth_root, "widget"), config, out, progress=False)
     export_model(out)
@@ -140,7 +140,7 @@ def lowrank_exported(tmp_path_factory: pytest.TempPathFactory, synth_root: Path,
 def test_lowrank_model_round_trips_and_old_configs_keep_the_full_head(lowrank_exported: Path,
                                                                       tiny_fitted: Path) -> None:
     config = load_config(lowrank_exported)
-    assert (config.head, config.head_rank, config.search_dims) == ("lowrank", 4, 8)
+    assert (config.head, config.head_rank, config.search_dims) == ("lowrank", 4, 8)  # 0.5 of d = 16
     arrays = load_arrays(lowrank_exported, config)
     assert arrays.whiten is None and arrays.basis.shape[1:] == (4, 16) and arrays.coef.shape[1] == 4
     assert np.isfinite(arrays.basis).all() and (arrays.alpha > 0).all()
@@ -150,7 +150,7 @@ def test_lowrank_model_round_trips_and_old_configs_keep_the_full_head(lowrank_ex
     old = tiny_fitted.parent / "old_config"
     shutil.copytree(tiny_fitted, old)
     data = json.loads((old / "config.json").read_text())
-    for key in ("head", "head_rank", "search_dims"):
+    for key in ("head", "head_rank", "search_share"):
         data.pop(key, None)
     (old / "config.json").write_text(json.dumps(data))
     cfg = load_config(old)
