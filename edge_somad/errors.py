@@ -37,3 +37,7 @@ class BackendUnavailableError(EdgeSomadError):
 
 class EngineMismatchError(EdgeSomadError):
     """A TensorRT engine was built for another GPU, TensorRT version or ONNX file."""
+
+
+class CameraError(EdgeSomadError):
+    """A camera cannot do what was asked: it lacks a feature, refuses a value, or is not connected now."""
