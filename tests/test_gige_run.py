@@ -1,0 +1,83 @@
+"""`edge-somad run --camera aravis:...` end to end: the simulated GigE Vision camera -> verdicts on ZeroMQ."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import typer
+import zmq
+from typer.testing import CliRunner
+
+from edge_somad.cli.runtime import run
+from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.pipeline.gige import GigECapture
+from edge_somad.runtime.pipeline.gige_spec import parse_gige
+from tests.helpers.aravis import FakeCamera
+from tests.helpers.cli import edge_somad_exe
+from tests.helpers.runtime import free_port, make_model_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_run_scores_the_simulated_camera_and_publishes_verdicts(tmp_path: Path, fake_camera: FakeCamera) -> None:
+    """Mono8 from the camera is grey to the stand-in model (score = (blue - red) / 255 = 0): passes."""
+    model = make_model_dir(tmp_path / "m")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(endpoint)
+    proc = subprocess.Popen(
+        [edge_somad_exe(), "run", "--camera", "gige1=aravis:127.0.0.1?pixel=Mono8&exposure_us=10000&gain_raw=0",
+         "--model", str(model), "--publish", endpoint, "--wait-subscribers", "1", "--max-frames", "6",
+         "--backend", "onnxruntime", "--log-level", "warning"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    got: list[messages.Received] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not sock.poll(100):
+                if proc.poll() is not None and not sock.poll(500):
+                    break
+                continue
+            m = messages.parse_message(sock.recv_multipart())
+            got.append(m)
+            if m.kind == "status" and m.header.get("event") == "final":
+                break
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    err = proc.stderr.read().decode()
+    assert rc == 0, err
+    verdicts = [m.header for m in got if m.kind == "verdict"]
+    assert len(verdicts) == 6, err
+    assert {v["camera"] for v in verdicts} == {"gige1"}
+    assert {v["verdict"] for v in verdicts} == {"pass"}, verdicts[0]
+    assert [v["frame_id"] for v in verdicts] == sorted(v["frame_id"] for v in verdicts)
+    events = [m.header for m in got if m.kind == "status" and m.header.get("event") == "camera"]
+    assert any(e["camera"] == "gige1" and e["status"] == "running" for e in events), events
+    final = got[-1].header
+    assert final["event"] == "final" and final["verdicts"]["pass"] == 6
+
+
+def test_empty_device_id_opens_the_first_camera_found(fake_camera: FakeCamera) -> None:
+    cap = GigECapture(parse_gige("aravis:?pixel=Mono8"))
+    try:
+        assert cap.camera.get_device_id() == fake_camera.serial
+    finally:
+        cap.release()
+
+
+def test_run_rejects_a_bad_aravis_camera_with_exit_2(tmp_path: Path) -> None:
+    """Checked before anything opens: no camera and no Aravis needed for a malformed --camera."""
+    app = typer.Typer()
+    app.command("run")(run)
+    app.command("noop")(lambda: None)
+    model = make_model_dir(tmp_path / "m")
+    res = CliRunner().invoke(app, ["run", "--camera", "aravis:?exposure_us=10&shutter=2", "--model", str(model)])
+    assert res.exit_code == 2
+    assert "unknown key 'shutter'" in res.output and "exposure_us" in res.output
