@@ -65,10 +65,12 @@ class _Features:
         raise CameraError(f"camera {self.label} has no GenICam feature {' or '.join(names)}, so {key}= cannot be "
                           "applied; leave it out of --camera, or set it with the camera vendor's tool")
 
-    def enum(self, name: str, value: str, key: str) -> None:
+    def enum(self, name: str, value: str, key: str | None) -> None:
+        """key: the --camera key that asked for it; None: a setting edge-somad itself needs."""
         offered = self.choices(name)
         if value not in offered:
-            raise CameraError(f"camera {self.label}: {name} {value!r} (from {key}=) is not offered; this camera "
+            origin = f"from {key}=" if key else "needed by edge-somad"
+            raise CameraError(f"camera {self.label}: {name} {value!r} ({origin}) is not offered; this camera "
                               f"offers {name} {', '.join(offered) or 'nothing'}")
         self._set(name, value, self.device.set_string_feature_value)
 
@@ -102,7 +104,7 @@ def configure(camera: Any, settings: GigESettings) -> dict[str, object]:
     """Write the settings to the camera's GenICam features; returns what the camera reads back."""
     f = _Features(camera, settings.label)
     if f.has("AcquisitionMode") and "Continuous" in f.choices("AcquisitionMode"):
-        f.enum("AcquisitionMode", "Continuous", "trigger")  # one stream, frames until stopped
+        f.enum("AcquisitionMode", "Continuous", None)  # one stream, frames until stopped
     if settings.pixel is not None:
         f.enum(f.need("PixelFormat", key="pixel"), settings.pixel, "pixel")
     if settings.trigger is not None:
