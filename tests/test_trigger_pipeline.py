@@ -1,0 +1,182 @@
+"""Triggered inspection end to end: a real Pipeline with a live (fake-driver) camera, the control endpoint
+on 127.0.0.1, a plain ZeroMQ REQ client, and a SUB on the verdict stream."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import zmq
+
+from edge_somad.contracts.manifest import load_manifest
+from edge_somad.errors import ControlTimeoutError
+from edge_somad.runtime.messaging.publisher import Publisher
+from edge_somad.runtime.pipeline.camera import SourceSpec
+from edge_somad.runtime.pipeline.launch import _control
+from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+from edge_somad.runtime.trigger.client import request_trigger
+from tests.helpers.poll import wait_until
+from tests.helpers.runtime import FakeDriver, H, W, defect, free_port, grey, make_model_dir
+from tests.test_runtime_pipeline import Collector
+
+FRAME_S = 0.02  # the fake camera's frame interval
+
+
+class Line(FakeDriver):
+    """A live camera at 50 frames/s showing a good part, or a defective one while `Line.bad` is set;
+    it records when each frame was delivered (time.time())."""
+
+    bad = threading.Event()
+    delivered: ClassVar[list[float]] = []
+
+    def read(self):
+        time.sleep(FRAME_S)
+        self.n += 1
+        img = defect() if Line.bad.is_set() else grey()
+        img[-30:, -40:] = 100 + self.n % 50  # grey (scores 0) but never two identical frames: not a frozen camera
+        Line.delivered.append(time.time())
+        return "frame", img, None
+
+
+class Runtime:
+    """Pipeline + control endpoint on threads, as `run --trigger --control` wires them (launch._control)."""
+
+    def __init__(self, tmp: Path, triggered: bool = True, deadline_ms: int = 2000, opener: type = Line) -> None:
+        model_dir = make_model_dir(tmp / "m")
+        manifest = load_manifest(model_dir)
+        self.scorer = OrtScorer(model_dir / "model.onnx", H, W)
+        self.publish = f"tcp://127.0.0.1:{free_port()}"
+        self.control = f"tcp://127.0.0.1:{free_port()}"
+        self.pub = Publisher(self.publish)
+        self.sub = Collector(self.publish)
+        assert self.pub.wait_for_subscribers(1, 5.0)
+        self.sub.start()
+        config = PipelineConfig(triggered=triggered, trigger_deadline_ms=deadline_ms, heatmap="none")
+        Line.delivered.clear()
+        Line.bad.clear()
+        self.pipe = Pipeline(self.scorer, manifest, [("cam0", SourceSpec("stream", "rtsp://line"))], self.pub,
+                             config, opener=opener)
+        self.final: dict = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert wait_until(lambda: self.pipe.status == "running" and len(Line.delivered) > 3, 10.0)
+
+    def _run(self) -> None:
+        with _control(self.control, self.pipe):
+            self.final = self.pipe.run()
+
+    def stop(self) -> dict:
+        self.pipe.stop("test over")
+        self.thread.join(20)
+        self.sub.join(20)
+        self.pub.close()
+        self.scorer.close()
+        return self.final
+
+
+@pytest.fixture
+def runtime(tmp_path: Path):
+    rt = Runtime(tmp_path)
+    yield rt
+    if rt.thread.is_alive():
+        rt.stop()
+
+
+def test_plain_req_client_gets_the_parts_verdict_from_the_first_frame_after_the_trigger(runtime):
+    sock = zmq.Context.instance().socket(zmq.REQ)  # what a PLC-side script would write: no edge-somad import
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(runtime.control)
+    sent = time.time()
+    sock.send(json.dumps({"cmd": "trigger", "part_id": "P-1234", "deadline_ms": 1000}).encode())
+    assert sock.poll(5000), "no answer"
+    answer = json.loads(sock.recv())
+    sock.close()
+    assert answer["ok"] is True and answer["verdict"] == "pass" and answer["part_id"] == "P-1234"
+    assert answer["camera"] == "cam0" and answer["model"]["onnx_sha256"] == runtime.pipe.manifest.onnx_sha256
+    assert sent <= answer["trigger_ts"] <= answer["captured_at"] <= answer["published_at"]
+    # the frame used is the first one delivered after the trigger; the one before it came before the trigger
+    fid = answer["frame_id"]
+    assert Line.delivered[fid - 1] < answer["trigger_ts"] <= answer["captured_at"], "not the first frame after"
+    assert answer["trigger_latency_ms"] < 1000
+    final = runtime.stop()
+    verdicts = runtime.sub.verdicts()
+    assert [(v["part_id"], v["frame_id"], v["verdict"]) for v in verdicts] == [("P-1234", fid, "pass")]
+    assert final["triggers"]["answered"] == 1 and final["triggers"]["frames_skipped"] > 0
+
+
+def test_fail_deadline_duplicate_and_order_over_the_client(runtime):
+    Line.bad.set()
+    bad = request_trigger(runtime.control, "P-bad", 1000, 5.0)
+    Line.bad.clear()
+    assert bad["verdict"] == "fail" and bad["ok"] is True and bad["defects"], bad
+    dup = request_trigger(runtime.control, "P-bad", 1000, 5.0)
+    assert dup["duplicate"] is True and dup["first"]["verdict"] == "fail" and dup["verdict"] == "error"
+    late = request_trigger(runtime.control, "P-late", 1, 5.0)  # 1 ms: no 50 frames/s camera makes that
+    assert late["verdict"] == "error" and late["error"].startswith("deadline") and late["ok"] is False
+    good = [request_trigger(runtime.control, f"P-{i}", 1000, 5.0) for i in range(5)]
+    assert [g["verdict"] for g in good] == ["pass"] * 5
+    ids = [g["frame_id"] for g in good]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    final = runtime.stop()
+    published = [(v["part_id"], v["verdict"]) for v in runtime.sub.verdicts()]
+    assert published[0] == ("P-bad", "fail") and ("P-late", "error") in published and len(published) == 7
+    assert final["triggers"]["duplicate"] == 1 and final["triggers"]["deadline"] == 1
+
+
+def test_concurrent_triggers_from_several_clients_are_all_answered(runtime):
+    out: dict[str, dict] = {}
+
+    def one(i: int) -> None:
+        out[f"P-{i}"] = request_trigger(runtime.control, f"P-{i}", 3000, 10.0)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert sorted(out) == [f"P-{i}" for i in range(8)]
+    assert all(a["verdict"] == "pass" and a["part_id"] == p for p, a in out.items())
+    assert len({a["frame_id"] for a in out.values()}) == 8  # one frame per part
+
+
+class SlowToClose(Line):
+    """Its driver takes until `released` to close: the runtime stays in `stopping` meanwhile."""
+
+    released = threading.Event()
+
+    def release(self) -> None:
+        SlowToClose.released.wait(5.0)
+
+
+def test_triggers_while_shutting_down_get_an_explicit_error(tmp_path: Path):
+    SlowToClose.released.clear()
+    rt = Runtime(tmp_path, opener=SlowToClose)
+    rt.pipe.stop("signal SIGTERM")
+    assert wait_until(lambda: rt.pipe.status == "stopping", 5.0)
+    answer = request_trigger(rt.control, "P-late-shift", 1000, 5.0)
+    assert answer["verdict"] == "error" and answer["ok"] is False
+    assert answer["error"] == "not scored: shutdown (signal SIGTERM)" and answer["part_id"] == "P-late-shift"
+    SlowToClose.released.set()
+    rt.thread.join(20)
+    with pytest.raises(ControlTimeoutError, match="no answer"):  # gone: the client says so, it does not hang
+        request_trigger(rt.control, "P-after", 100, 0.3)
+    rt.stop()
+
+
+def test_free_running_mode_is_unchanged_and_refuses_triggers(tmp_path: Path):
+    rt = Runtime(tmp_path, triggered=False)
+    answer = request_trigger(rt.control, "P-1", 500, 5.0)
+    assert answer["ok"] is False and "free-running" in answer["error"]
+    assert wait_until(lambda: len(rt.sub.verdicts()) >= 10, 10.0)
+    final = rt.stop()
+    verdicts = rt.sub.verdicts()
+    assert all("part_id" not in v for v in verdicts) and "triggers" not in final
+    ids = [v["frame_id"] for v in verdicts]
+    assert ids == list(range(len(ids)))  # every frame scored and published, none skipped
+    assert np.all(np.diff([v["captured_at"] for v in verdicts]) > 0)
