@@ -25,13 +25,17 @@ def request(endpoint: str, body: dict[str, Any], timeout_s: float) -> dict[str, 
     JSON object."""
     if not timeout_s > 0:
         raise InputError(f"timeout_s {timeout_s!r}; expected seconds > 0")
+    try:
+        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:  # NaN, or a value JSON has no form for
+        raise InputError(f"request {shown(body, 120)} cannot be sent as JSON ({exc}); expected plain values") from exc
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
     try:
         sock.connect(endpoint)
-        sock.send(json.dumps(body, separators=(",", ":"), allow_nan=False).encode())
+        sock.send(data)
         if not sock.poll(int(timeout_s * 1000)):
             raise ControlTimeoutError(
                 f"no answer from the control endpoint {endpoint} within {timeout_s:g} s to {shown(body, 120)}; "
@@ -50,14 +54,16 @@ def request(endpoint: str, body: dict[str, Any], timeout_s: float) -> dict[str, 
     return answer
 
 
-def request_trigger(endpoint: str, part_id: str, deadline_ms: int, timeout_s: float, *,
+def request_trigger(endpoint: str, part_id: str, deadline_ms: int | None, timeout_s: float, *,
                     camera: str | None = None, source: str = "zmq") -> dict[str, Any]:
     """Trigger the inspection of part `part_id`; returns the verdict JSON (docs/triggers.md):
     `verdict` pass | fail | error, `error` (e.g. "deadline: ..."), `part_id`, `trigger_ts`, score, ...
 
-    The part id and deadline are checked here too, so a bad one fails before it travels."""
-    body: dict[str, Any] = {"cmd": "trigger", "part_id": check_part_id(part_id),
-                            "deadline_ms": check_deadline_ms(deadline_ms), "source": source}
+    deadline_ms None: the runtime's default (`run --trigger-deadline-ms`). The part id and deadline are
+    checked here too, so a bad one fails before it travels."""
+    body: dict[str, Any] = {"cmd": "trigger", "part_id": check_part_id(part_id), "source": source}
+    if deadline_ms is not None:
+        body["deadline_ms"] = check_deadline_ms(deadline_ms)
     if camera is not None:
         body["camera"] = camera
     return request(endpoint, body, timeout_s)
