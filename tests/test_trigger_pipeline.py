@@ -4,6 +4,7 @@ on 127.0.0.1, a plain ZeroMQ REQ client, and a SUB on the verdict stream."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import zmq
 
 from edge_somad.errors import ControlTimeoutError
 from edge_somad.runtime.trigger.client import request_trigger
+from tests.helpers.cli import edge_somad_exe
 from tests.helpers.poll import wait_until
 from tests.helpers.trigger import Line, Runtime
 
@@ -118,3 +120,20 @@ def test_free_running_mode_is_unchanged_and_refuses_triggers(tmp_path: Path):
     ids = [v["frame_id"] for v in verdicts]
     assert ids == list(range(len(ids)))  # every frame scored and published, none skipped
     assert np.all(np.diff([v["captured_at"] for v in verdicts]) > 0)
+
+
+def test_trigger_command_prints_the_verdict_and_exits_by_it(runtime, tmp_path: Path):
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([edge_somad_exe(), *args], capture_output=True, text=True, timeout=60)
+
+    good = cli("trigger", "--control", runtime.control, "--part-id", "P-CLI-1", "--deadline-ms", "1000")
+    assert good.returncode == 0, good.stderr
+    answer = json.loads(good.stdout)
+    assert answer["verdict"] == "pass" and answer["part_id"] == "P-CLI-1" and answer["trigger_source"] == "cli"
+    again = cli("trigger", "--control", runtime.control, "--part-id", "P-CLI-1")
+    assert again.returncode == 1 and json.loads(again.stdout)["duplicate"] is True  # a reject
+    bad = cli("trigger", "--control", runtime.control, "--part-id", "P\x01")
+    assert bad.returncode == 2 and "error: part_id" in bad.stderr
+    model = tmp_path / "m"  # the Runtime fixture's model
+    no_control = cli("run", "--model", str(model), "--camera", "0", "--trigger")
+    assert no_control.returncode == 2 and "--trigger needs --control" in no_control.stderr
