@@ -81,9 +81,9 @@ class TriggerBook:
             trig = parse_trigger(req.body, (req.received_at, req.received_mono), self.default_deadline_ms)
             trig = dataclasses.replace(trig, camera=self._camera(trig.camera))
         except InputError as exc:
-            self.counts["refused"] += 1
-            return error_reply(str(exc), "trigger", part_id=req.body.get("part_id") if isinstance(
-                req.body.get("part_id"), str) else None)
+            with self._cond:
+                self.counts["refused"] += 1
+            return error_reply(str(exc), "trigger")
         entry = _Entry(trig, req)
         with self._cond:
             refusal = self._refusal(trig)
@@ -194,9 +194,10 @@ class TriggerBook:
             self._remember(entry.request, header)
             first = not entry.answered
             entry.answered = True
-        if first:
             late = str(header.get("error") or "").startswith("deadline")
-            self.counts["deadline" if late else "answered"] += 1
+            if first:
+                self.counts["deadline" if late else "answered"] += 1
+        if first:
             entry.reply.reply(self._answer(entry.request, header, ok=not late))
 
     # -- answers -------------------------------------------------------------------------------
@@ -232,12 +233,12 @@ class TriggerBook:
                 entry.answered = True
                 if remove and entry in self._pending[entry.request.camera]:
                     self._pending[entry.request.camera].remove(entry)
+                self.counts["deadline" if reason.startswith("deadline") else "shutdown"] += 1
             header = self._error_header(entry.request, reason, entry.frame_id)
             if entry.frame_id is None:
                 self.pub.publish_verdict(header)
                 with self._cond:
                     self._remember(entry.request, header)
-            self.counts["deadline" if reason.startswith("deadline") else "shutdown"] += 1
             entry.reply.reply(self._answer(entry.request, header, ok=False))
 
     # -- deadline watchdog ---------------------------------------------------------------------
