@@ -97,6 +97,7 @@ class TriggerBook:
                     self._assign(entry, held)  # its first frame was skipped a moment ago: use it
                     self._ready.append(held)
                     del self._held[trig.camera]
+                    self.counts["frames_skipped"] -= 1
                 else:
                     self._pending[trig.camera].append(entry)
                 self._cond.notify_all()
