@@ -163,3 +163,44 @@ def test_mqtt_trigger_command_topic_answers_each_part(runtime, tmp_path: Path):
         bridge.wait(10)
         broker.stop()
 
+
+
+@pytest.mark.parametrize(("payload", "words"), [
+    (b"", "not UTF-8 JSON"), (b"\xff", "not UTF-8 JSON"), (b"[1]", "JSON list"), (b'"P-1"', "JSON str"),
+    (b"[" * 3000, "not UTF-8 JSON"), (b" " * 5000, "5000 bytes"), (b'{"part_id": "P", "cmd": "x"}', "unknown field"),
+])
+def test_mqtt_commands_that_cannot_be_parsed_are_refused_with_what_arrived(payload, words):
+    from edge_somad.errors import InputError
+    from edge_somad.runtime.bridges.mqtt_trigger import parse_command
+
+    with pytest.raises(InputError, match=words.replace("[", r"\[")):
+        parse_command(payload)
+
+
+def test_mqtt_command_answers_errors_without_a_runtime():
+    """No runtime behind --control: the command is still answered, with the reason (after its wait)."""
+    from edge_somad.runtime.bridges.mqtt_trigger import TriggerCommands
+
+    commands = TriggerCommands(f"tcp://127.0.0.1:{free_port()}", lambda kind, cam=None: f"r/{kind}", "box1")
+    for payload, words in ((b'{"part_id": "P\\u0007"}', "part_id"), (b'{"part_id": "P-1", "deadline_ms": 1.5}',
+                                                                     "deadline_ms 1.5"),
+                           (b'{"part_id": "P-1", "deadline_ms": 100}', "no answer")):
+        answer = commands.answer(payload)
+        assert answer["verdict"] == "error" and words in answer["error"], answer
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ({"verdict": "pass", "score": 0.1, "error": None, "part_id": "P"}, ("pass", 1, 0.1, "")),
+    ({"verdict": "fail", "score": 2, "part_id": "P"}, ("fail", 2, 2.0, "")),
+    ({"verdict": "error", "score": None, "error": "deadline: x"}, ("error", 3, math.nan, "deadline: x")),
+    ({"verdict": "maybe", "score": "high"}, ("error", 3, math.nan, "error verdict without a reason")),
+    ({}, ("error", 3, math.nan, "error verdict without a reason")),
+])
+def test_opcua_outputs_never_show_a_pass_that_was_not_one(answer, expected):
+    from edge_somad.runtime.bridges.opcua_trigger import outputs_of
+
+    values = [v for v, _ in outputs_of(answer, "P-req")]
+    got = (values[0], values[1], values[2], values[3])
+    assert got[:2] == expected[:2] and got[3] == expected[3]
+    assert (math.isnan(got[2]) and math.isnan(expected[2])) or got[2] == expected[2]
+    assert values[4] == answer.get("part_id", "P-req") and json.loads(values[5]) == answer
