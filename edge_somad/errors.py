@@ -41,3 +41,7 @@ class EngineMismatchError(EdgeSomadError):
 
 class CameraError(EdgeSomadError):
     """A camera cannot do what was asked: it lacks a feature, refuses a value, or is not connected now."""
+
+
+class ControlTimeoutError(EdgeSomadError, TimeoutError):
+    """A control request (trigger, model swap) got no answer from `run --control` in time."""

@@ -161,11 +161,11 @@ class CameraSource:
         self._open_report_s = open_report_s
         self._stall = (stall_frames, stall_min_s)
         self._stop = threading.Event()
+        self.capture: Capture | None = None  # the open source: software_trigger() asks it for a frame
         self._next_id = 0
         self._times: deque[float] = deque(maxlen=32)
         # daemon: a stream stuck inside cv2 (e.g. a long RTSP timeout) must not keep the process alive
         self._thread = threading.Thread(target=self._run, name=f"capture-{camera_id}", daemon=True)
-        self._cap: Capture | None = None  # the open capture, for software_trigger() from other threads
 
     @property
     def triggerable(self) -> bool:
@@ -180,7 +180,7 @@ class CameraSource:
         if not self.triggerable:
             raise ConfigError(f"camera {self.id} ({self.spec.kind} {self.spec.target!r}) cannot be triggered by "
                               "software; give --camera aravis:<device>?trigger=software (docs/cameras.md)")
-        cap = self._cap
+        cap = self.capture
         if cap is None or self.status != "running":
             raise CameraError(f"camera {self.id} is {self.status} ({self.detail or 'not connected'}); "
                               "no frame can be taken now")
@@ -315,12 +315,12 @@ class CameraSource:
                     self._stop.wait(delay)
                     delay = min(delay * 2, self._backoff[1])
                     continue
-                self._cap = cap
+                self.capture = cap
                 self._set("running", f"{self.spec.kind} {self.spec.target} opened")
                 delay = self._backoff[0]
                 why = self._pump(cap)
             finally:
-                self._cap = None
+                self.capture = None
                 if cap is not None:
                     cap.release()
             if self._stop.is_set():
