@@ -18,6 +18,7 @@ import pytest
 from edge_somad.errors import CameraError, ConfigError
 from edge_somad.runtime.pipeline.camera import CameraEvent, CameraSource, parse_source
 from edge_somad.runtime.pipeline.gige import GigECapture, load_aravis
+from edge_somad.runtime.pipeline.gige_spec import PIXEL_CODES
 from tests.helpers.aravis import ADDRESS, FakeCamera
 from tests.helpers.poll import wait_until
 
@@ -123,7 +124,8 @@ def test_simulated_camera_swaps_its_rg_and_bg_layouts(fake_camera: FakeCamera) -
             while not data and time.monotonic() < deadline:  # a complete frame (not one cut by a restart)
                 stream.push_buffer(aravis.Buffer.new_allocate(camera.get_payload()))
                 buffer = stream.timeout_pop_buffer(1_000_000)
-                if buffer is not None and buffer.get_status() == aravis.BufferStatus.SUCCESS:
+                if (buffer is not None and buffer.get_status() == aravis.BufferStatus.SUCCESS
+                        and buffer.get_image_pixel_format() == PIXEL_CODES[pixel]):  # not one sent before the change
                     data = buffer.get_data()
             camera.stop_acquisition()
             assert len(data) == H * W, pixel

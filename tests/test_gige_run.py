@@ -14,6 +14,7 @@ from edge_somad.cli.runtime import run
 from edge_somad.runtime.messaging import messages
 from edge_somad.runtime.pipeline.gige import GigECapture
 from edge_somad.runtime.pipeline.gige_spec import parse_gige
+from edge_somad.runtime.trigger.client import request_trigger
 from tests.helpers.aravis import FakeCamera
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import free_port, make_model_dir
@@ -62,6 +63,55 @@ def test_run_scores_the_simulated_camera_and_publishes_verdicts(tmp_path: Path, 
     assert any(e["camera"] == "gige1" and e["status"] == "running" for e in events), events
     final = got[-1].header
     assert final["event"] == "final" and final["verdicts"]["pass"] == 6
+
+
+def test_triggered_run_asks_the_camera_for_each_parts_frame(tmp_path: Path, fake_camera: FakeCamera) -> None:
+    """run --trigger with trigger=software: each trigger on --control makes the camera take exactly one
+    frame, scored and answered with the part id; with no trigger the camera sends nothing."""
+    model = make_model_dir(tmp_path / "m")
+    endpoint, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(endpoint)
+    proc = subprocess.Popen(
+        [edge_somad_exe(), "run", "--camera", "st3=aravis:127.0.0.1?pixel=Mono8&trigger=software",
+         "--model", str(model), "--publish", endpoint, "--control", control, "--trigger",
+         "--trigger-deadline-ms", "3000", "--backend", "onnxruntime", "--log-level", "warning"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    answers: list[dict] = []
+
+    def heartbeat(after: float) -> dict | None:
+        """The first heartbeat published after `after` (time.time()), within the test's deadline."""
+        while time.monotonic() < deadline:
+            if sock.poll(100):
+                m = messages.parse_message(sock.recv_multipart())
+                if m.kind == "heartbeat" and m.header["at"] > after:
+                    return m.header
+        return None
+
+    try:
+        deadline = time.monotonic() + 60
+        beat = heartbeat(0.0)
+        while beat is not None and beat["cameras"]["st3"]["status"] != "running":  # open, waiting for triggers
+            beat = heartbeat(beat["at"])
+        assert beat is not None and beat["cameras"]["st3"]["frames"] == 0, beat  # nothing without a trigger
+        for i in range(3):
+            answers.append(request_trigger(control, f"P-{i}", 3000, 10.0))
+        quiet_from = time.time()
+        time.sleep(0.5)  # a window in which an unasked frame would show in the counts
+        beat = heartbeat(quiet_from + 0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        sock.close()
+    err = proc.stderr.read().decode()
+    assert [(a["part_id"], a["verdict"]) for a in answers] == [(f"P-{i}", "pass") for i in range(3)], (
+        [a.get("error") for a in answers], err[-3000:])
+    assert len({a["frame_id"] for a in answers}) == 3
+    assert beat is not None, err
+    assert beat["cameras"]["st3"]["frames"] == 3, beat["cameras"]["st3"]  # one frame per trigger, no other
+    assert beat["triggers"]["frames_skipped"] == 0, beat["triggers"]
 
 
 def test_empty_device_id_opens_the_first_camera_found(fake_camera: FakeCamera) -> None:
