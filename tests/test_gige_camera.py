@@ -19,7 +19,7 @@ from edge_somad.errors import CameraError, ConfigError
 from edge_somad.runtime.pipeline.camera import CameraEvent, CameraSource, parse_source
 from edge_somad.runtime.pipeline.gige import GigECapture, load_aravis
 from edge_somad.runtime.pipeline.gige_spec import PIXEL_CODES
-from tests.helpers.aravis import ADDRESS, FakeCamera
+from tests.helpers.aravis import ADDRESS, FakeCamera, require_aravis
 from tests.helpers.poll import wait_until
 
 W = H = 512  # the simulated camera's default region
@@ -224,6 +224,28 @@ def test_camera_source_triggers_reports_a_lost_camera_and_reconnects(fake_camera
     statuses = [e.status for e in events]
     assert statuses[0] == "running" and statuses[-1] == "stopped"
     assert statuses.index("reconnecting") < len(statuses) - 1 - statuses[::-1].index("running")
+
+
+def test_incomplete_frames_are_errors_and_the_link_stays_up() -> None:
+    """The simulated camera drops 90 % of its stream packets (-r 900): frames arrive incomplete. Each
+    is an error item naming the buffer status, never a picture; the camera is not reconnected."""
+    require_aravis()
+    camera = FakeCamera(lost_per_thousand=900)
+    camera.start()
+    events: list[CameraEvent] = []
+    source = CameraSource("lossy", parse_source(f"aravis:{ADDRESS}?pixel=Mono8"), threading.Condition(),
+                          queue_size=64, on_event=events.append)
+    try:
+        source.start()
+        assert wait_until(lambda: source.read_errors >= 5, 20), (source.status, source.detail)
+        items = list(iter(source.queue.pop, None))
+        bad = [it for it in items if it.error is not None]
+        assert bad and all(it.image is None and "incomplete frame from camera" in it.error for it in bad), items[:3]
+        assert source.status == "running" and [e.status for e in events] == ["running"]
+    finally:
+        source.stop()
+        source.join(10)
+        camera.kill()
 
 
 def test_a_source_that_is_not_software_triggered_says_so() -> None:

@@ -15,7 +15,7 @@ from edge_somad.runtime.messaging import messages
 from edge_somad.runtime.pipeline.gige import GigECapture
 from edge_somad.runtime.pipeline.gige_spec import parse_gige
 from edge_somad.runtime.trigger.client import request_trigger
-from tests.helpers.aravis import FakeCamera
+from tests.helpers.aravis import FakeCamera, require_aravis
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import free_port, make_model_dir
 
@@ -131,3 +131,14 @@ def test_run_rejects_a_bad_aravis_camera_with_exit_2(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["run", "--camera", "aravis:?exposure_us=10&shutter=2", "--model", str(model)])
     assert res.exit_code == 2
     assert "unknown key 'shutter'" in res.output and "exposure_us" in res.output
+
+
+def test_run_refuses_a_software_triggered_camera_without_trigger_mode(tmp_path: Path) -> None:
+    require_aravis()
+    app = typer.Typer()
+    app.command("run")(run)
+    app.command("noop")(lambda: None)
+    model = make_model_dir(tmp_path / "m")
+    res = CliRunner().invoke(app, ["run", "--camera", "st3=aravis:?trigger=software", "--model", str(model)])
+    assert res.exit_code == 2
+    assert "st3 have trigger=software" in res.output and "--trigger --control" in res.output

@@ -192,7 +192,8 @@ class GigECapture:
         except BaseException:
             self.release()
             raise
-        self._ok = aravis.BufferStatus.SUCCESS
+        self._ok, self._cleared = aravis.BufferStatus.SUCCESS, aravis.BufferStatus.CLEARED
+        self.cleared = 0  # buffers the stream handed back empty (no frame captured into them)
         log.info("camera %s: %s", settings.label, self.applied)
 
     def opened(self) -> bool:
@@ -209,6 +210,10 @@ class GigECapture:
             return "idle", None, None
         try:
             status = buffer.get_status()
+            if status == self._cleared:  # handed back without a frame in it: nothing was captured
+                self.cleared += 1
+                log.debug("camera %s: buffer returned empty (cleared), %d so far", self.settings.label, self.cleared)
+                return "idle", None, None
             if status != self._ok:
                 return "corrupt", None, f"incomplete frame from camera {self.settings.label}: {status.value_nick}"
             code = buffer.get_image_pixel_format()

@@ -39,9 +39,10 @@ def require_aravis() -> None:
 class FakeCamera:
     """One arv-fake-gv-camera-0.8 process; start() again after kill() brings the same camera back."""
 
-    def __init__(self) -> None:
+    def __init__(self, lost_per_thousand: int = 0) -> None:
         self.serial = f"ES{os.getpid() % 10000:04d}{next(_serials):02d}"
         self.proc: subprocess.Popen | None = None
+        self.lost = lost_per_thousand  # stream packets the camera drops (its -r option)
 
     def start(self, timeout_s: float = 20.0) -> None:
         from gi.repository import GLib
@@ -49,7 +50,7 @@ class FakeCamera:
         from edge_somad.runtime.pipeline.gige import load_aravis
 
         aravis = load_aravis()
-        self.proc = subprocess.Popen([FAKE_EXE, "-i", ADDRESS, "-s", self.serial],
+        self.proc = subprocess.Popen([FAKE_EXE, "-i", ADDRESS, "-s", self.serial, "-r", str(self.lost)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         last = "no attempt"
