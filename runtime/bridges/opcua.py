@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_somad.errors import ConfigError
+from edge_somad.runtime.bridges.opcua_alarms import OpcuaAlarms
 from edge_somad.runtime.bridges.opcua_model import (  # noqa: F401 - re-exported for callers and tests
     GOOD,
     NAMESPACE,
@@ -116,6 +117,8 @@ class OpcuaBridge:
         idx = await self.server.register_namespace(NAMESPACE)
         self.model = OpcuaModel(self.server, idx, cfg.box)
         await self.model.setup()
+        self.alarms = OpcuaAlarms(self.server, idx, self.model._id, self._camera_node)
+        await self.alarms.setup()
         for camera in cfg.cameras:
             await self._camera(camera)
 
@@ -123,6 +126,10 @@ class OpcuaBridge:
         if camera not in self.counts:
             await self.model.camera(camera)
             self.counts[camera] = {"pass": 0, "fail": 0, "error": 0}
+
+    async def _camera_node(self, camera: str) -> Any:
+        await self._camera(camera)
+        return self.model.camera_nodes[camera]
 
     async def on_message(self, endpoint: int, msg: messages.Received) -> None:
         h, write = msg.header, self.model.write
@@ -154,10 +161,15 @@ class OpcuaBridge:
             await write((camera, "Fps"), _number(state.get("fps")))
             drops = state.get("capture_drops")
             await write((camera, "CaptureDrops"), drops if isinstance(drops, int) and 0 <= drops < 2**63 else 0)
+            if "health" in state:
+                await self.alarms.update(camera, state["health"])
         if h.get("event") == "camera" and _valid_camera(h.get("camera")):
             await self._camera(h["camera"])
             self.camera_endpoint[h["camera"]] = endpoint
             await write((h["camera"], "CameraStatus"), str(h.get("status"))[:40])
+        if h.get("event") == "health" and _valid_camera(h.get("camera")):
+            await self._camera(h["camera"])
+            await self.alarms.update(h["camera"], h.get("health"))
 
     async def _fresh(self, camera: str) -> None:
         if self.stale.get(camera):

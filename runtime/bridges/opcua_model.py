@@ -79,6 +79,7 @@ class OpcuaModel:
         self.vars: dict[tuple[str, ...], tuple[Any, str]] = {}  # (camera | "", [group,] name) -> (node, vtype)
         self.values: dict[tuple[str, ...], tuple[Any, str]] = {}  # key -> (last value, status name)
         self.cameras: set[str] = set()
+        self.camera_nodes: dict[str, Any] = {}  # camera -> its object node
         self.result_class: Any = None
 
     def _id(self, *parts: str) -> Any:
@@ -122,7 +123,7 @@ class OpcuaModel:
         if camera in self.cameras:
             return
         self.cameras.add(camera)
-        obj = await self.folder.add_object(self._id(camera), self._name(camera))
+        obj = self.camera_nodes[camera] = await self.folder.add_object(self._id(camera), self._name(camera))
         for name, vtype, value in (("CameraStatus", "String", "unknown"), ("Fps", "Double", math.nan),
                                    ("CaptureDrops", "Int64", 0)):
             await self._var(obj, (camera, name), vtype, value)
