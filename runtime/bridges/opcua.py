@@ -38,6 +38,7 @@ from edge_somad.runtime.bridges.opcua_model import (  # noqa: F401 - re-exported
     OpcuaModel,
     result_values,
 )
+from edge_somad.runtime.bridges.opcua_vision import VisionSystems, import_machine_vision, same_names_allowed
 from edge_somad.runtime.bridges.recover import Recovery
 from edge_somad.runtime.bridges.source import SourceConfig, StreamSource, _valid_camera
 from edge_somad.runtime.messaging import messages
@@ -115,16 +116,21 @@ class OpcuaBridge:
         if cfg.username:
             self.server.set_identity_tokens([ua.UserNameIdentityToken])  # no anonymous sessions
         idx = await self.server.register_namespace(NAMESPACE)
+        mv, self.nodeset_s = await import_machine_vision(self.server)  # first: see its docstring
+        log.info("OPC 40100 MachineVision NodeSet imported in %.2f s", self.nodeset_s)
         self.model = OpcuaModel(self.server, idx, cfg.box)
-        await self.model.setup()
+        with same_names_allowed():
+            await self.model.setup()
         self.alarms = OpcuaAlarms(self.server, idx, self.model._id, self._camera_node)
         await self.alarms.setup()
+        self.vision = VisionSystems(self.server, idx, mv, self.model._id)
         for camera in cfg.cameras:
             await self._camera(camera)
 
     async def _camera(self, camera: str) -> None:
         if camera not in self.counts:
             await self.model.camera(camera)
+            await self.vision.camera(camera, self.model.camera_nodes[camera])
             self.counts[camera] = {"pass": 0, "fail": 0, "error": 0}
 
     async def _camera_node(self, camera: str) -> Any:
@@ -142,6 +148,7 @@ class OpcuaBridge:
             await write((camera, "Counters", "MissedCount"), self.recovery.missed_by_camera.get(camera, 0))
             await self._fresh(camera)
             await self.model.result(h)
+            await self.vision.result(camera, h, self.model.result_class(**result_values(h)))
             self.counts[camera][h["verdict"]] += 1
             name = {"pass": "PassCount", "fail": "FailCount", "error": "ErrorCount"}[h["verdict"]]
             await write((camera, "Counters", name), self.counts[camera][h["verdict"]])
@@ -203,6 +210,11 @@ class OpcuaBridge:
             await write(("", "InternalConfigurationId"), str(models[0].get("onnx_sha256"))[:200])
         await write(("", "Drops"), self.missed_total())
         await write(("", "Rejected"), self.source.rejected)
+        for camera in self.counts:
+            endpoint = self.camera_endpoint.get(camera)
+            link = ("waiting" if endpoint is None else "ended" if endpoint in self.final
+                    else "live" if self._alive(endpoint, now) else "offline")
+            await self.vision.state(camera, self.model.values[(camera, "CameraStatus")][0], link)
         for camera, endpoint in self.camera_endpoint.items():
             if not self._alive(endpoint, now) and not self.stale.get(camera):
                 self.stale[camera] = True

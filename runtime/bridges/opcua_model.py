@@ -100,7 +100,8 @@ class OpcuaModel:
         self.result_type, _ = await new_struct(self.server, ua.NodeId(RESULT_TYPE, self.idx),
                                                ua.QualifiedName(RESULT_TYPE, self.idx), fields)
         await self.server.load_data_type_definitions()
-        self.result_class = getattr(ua, RESULT_TYPE)
+        # By NodeId, not ua.<name>: OPC 40100's ResultDataType (opcua_vision.py) has the same name.
+        self.result_class = ua.extension_objects_by_datatype[self.result_type.nodeid]
         self.root = await self.server.nodes.objects.add_object(self._id(), self._name(self.box))
         for name, vtype, value in (("SystemState", "String", "unknown"), ("HeartbeatAge", "Double", math.nan),
                                    ("Model", "String", ""), ("InternalConfigurationId", "String", ""),
