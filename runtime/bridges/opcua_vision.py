@@ -46,6 +46,8 @@ VISION_SYSTEM_TYPE, RESULT_TYPE, RESULT_DATA_TYPE = 1003, 2002, 3006
 STATES = {"Preoperational": 5028, "Halted": 5029, "Error": 5030, "Operational": 5031}
 AUTO_STATES = {"Initialized": 5056, "Ready": 5057, "SingleExecution": 5058, "ContinuousExecution": 5059}
 BINARY_ID_BASE, ID_SUBTYPES = 3019, (3002, 3008, 3013)  # RecipeIdExternal, ConfigurationId, RecipeIdInternal
+CLASSES = {"Result": RESULT_DATA_TYPE, "ResultId": 3021, "PartId": 3004, "RecipeIdInternal": 3013,
+           "ConfigurationId": 3008, "JobId": 3016, "ProcessingTimes": 3005, "SystemStateDescription": 3024}
 COMPLETED, FAILED = 1, 4  # ResultStateDataType (OPC 40100-1, 12.19)
 SYSTEM_STATE = {"Operational": 1, "Halted": 6, "Error": 5, "Preoperational": 2}  # PRD, NST, UDT, SBY
 _TROUBLED = ("unavailable", "reconnecting", "stalled")
@@ -65,7 +67,8 @@ async def import_machine_vision(server: Any) -> tuple[int, float]:
         await server.import_xml(str(path))
     idx = await server.get_namespace_index(MV_URI)
     await _complete_id_types(server, idx)
-    await server.load_data_type_definitions()
+    with same_names_allowed():  # the importer bound ua.ConfigurationIdDataType etc. to their base: expected
+        await server.load_data_type_definitions()
     return idx, time.perf_counter() - t0
 
 
@@ -128,7 +131,8 @@ class VisionSystems:
         from asyncua import ua
 
         self.server, self.idx, self.mv, self._node_id = server, idx, mv, node_id
-        self.result_class = ua.extension_objects_by_datatype[ua.NodeId(RESULT_DATA_TYPE, mv)]
+        # The spec's structures by NodeId: some names (ResultDataType, the id types) are bound to other classes.
+        self.cls = {name: ua.extension_objects_by_datatype[ua.NodeId(i, mv)] for name, i in CLASSES.items()}
         self.nodes: dict[tuple[str, str], Any] = {}  # (camera, path) -> node
         self.current: dict[str, tuple[str, str | None, str]] = {}
 
@@ -180,7 +184,7 @@ class VisionSystems:
         auto_id = ua.NodeId(AUTO_STATES[auto], self.mv) if auto else ua.NodeId()
         await self._write(n[(camera, "auto")], auto_text, ua.VariantType.LocalizedText)
         await self._write(n[(camera, "auto.id")], auto_id, ua.VariantType.NodeId)
-        desc = ua.SystemStateDescriptionDataType(State=ua.SystemStateDataType(SYSTEM_STATE[state]),
+        desc = self.cls["SystemStateDescription"](State=ua.SystemStateDataType(SYSTEM_STATE[state]),
                                                  StateDescription=f"{state}: {why}"[:200])
         await self._write(n[(camera, "system")], desc)
 
@@ -192,16 +196,17 @@ class VisionSystems:
         sha = model.get("onnx_sha256")
         part = h.get("part_id")
         latency = h.get("latency_ms")
-        return self.result_class(
-            ResultId=ua.ResultIdDataType(Id=f"{h['camera']}/{h['frame_id']}"),
+        c = self.cls
+        return c["Result"](
+            ResultId=c["ResultId"](Id=f"{h['camera']}/{h['frame_id']}"),
             IsPartial=False, IsSimulated=False,
             ResultState=COMPLETED if h["verdict"] in ("pass", "fail") else FAILED,
-            PartId=ua.PartIdDataType(Id=part[:200]) if isinstance(part, str) and part else None,
-            InternalRecipeId=ua.RecipeIdInternalDataType(Id=str(model.get("name") or "")[:200]),
-            InternalConfigurationId=ua.ConfigurationIdDataType(Id=str(sha or "")[:200]),
-            JobId=ua.JobIdDataType(Id=str(h.get("run") or "")[:200]),
+            PartId=c["PartId"](Id=part[:200]) if isinstance(part, str) and part else None,
+            InternalRecipeId=c["RecipeIdInternal"](Id=str(model.get("name") or "")[:200]),
+            InternalConfigurationId=c["ConfigurationId"](Id=str(sha or "")[:200]),
+            JobId=c["JobId"](Id=str(h.get("run") or "")[:200]),
             CreationTime=_time(h.get("captured_at")),
-            ProcessingTimes=ua.ProcessingTimesDataType(
+            ProcessingTimes=c["ProcessingTimes"](
                 StartTime=_time(h.get("captured_at")), EndTime=_time(h.get("published_at")),
                 ProcessingDuration=float(latency) if _finite(latency) else None),
             ResultContent=[ua.Variant(own)])
