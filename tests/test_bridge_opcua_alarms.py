@@ -122,6 +122,15 @@ def test_black_and_frozen_camera_raise_alarms_that_clear_and_acknowledge(tmp_pat
             with pytest.raises(ua.UaStatusCodeError, match="BadConditionBranchAlreadyAcked"):
                 await cond.call_method(ack, ua.Variant(acked["EventId"], ua.VariantType.ByteString),
                                        ua.LocalizedText("again"))
+
+            # 4. ConditionRefresh (what a client calls on connect): the retained condition again, the
+            #    acknowledged and cleared one not
+            n = len(handler.got)
+            await client.nodes.server.call_method(ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                                                  ua.Variant(sub.subscription_id, ua.VariantType.UInt32))
+            assert await until(lambda: len(handler.got) > n)
+            refreshed = [fields(e) for e in handler.got[n:]]
+            assert [(e["ConditionName"], e["Retain"]) for e in refreshed] == [("frozen", True)], refreshed
         finally:
             await client.disconnect()
 

@@ -60,6 +60,11 @@ def test_vision_system_state_machine_and_results_in_the_spec_types(tmp_path: Pat
             out["result_state"] = await (await last.get_child(f"{mv}:ResultState")).read_value()
             out["system_state"] = await (await system.get_child(f"{mv}:SystemState")).read_value()
             out["mv"], out["idx"] = mv, idx
+            auto = await machine.get_child(f"{mv}:AutomaticModeStateMachine")
+            try:  # the type's methods are in the address space, not implemented: a clear refusal
+                await auto.call_method(f"{mv}:StartContinuous")
+            except ua.UaStatusCodeError as exc:
+                out["method"] = type(exc).__name__
         finally:
             await client.disconnect()
         return out
@@ -85,6 +90,7 @@ def test_vision_system_state_machine_and_results_in_the_spec_types(tmp_path: Pat
     assert own.Verdict == "error" and own.FrameId == 14 and "black frame" in own.ErrorText
     assert len(last.InternalConfigurationId.Id) == 64  # the model's sha256
     assert last.ProcessingTimes.EndTime >= last.ProcessingTimes.StartTime
+    assert out.get("method") == "BadNothingToDo"
     assert out["system_state"].State == 6 and "Halted" in out["system_state"].StateDescription
 
 

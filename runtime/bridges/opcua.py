@@ -38,7 +38,7 @@ from edge_somad.runtime.bridges.opcua_model import (  # noqa: F401 - re-exported
     OpcuaModel,
     result_values,
 )
-from edge_somad.runtime.bridges.opcua_vision import VisionSystems, import_machine_vision, same_names_allowed
+from edge_somad.runtime.bridges.opcua_vision import VisionSystems, import_machine_vision, quiet
 from edge_somad.runtime.bridges.recover import Recovery
 from edge_somad.runtime.bridges.source import SourceConfig, StreamSource, _valid_camera
 from edge_somad.runtime.messaging import messages
@@ -104,6 +104,9 @@ class OpcuaBridge:
 
         cfg = self.config
         self.server = Server(user_manager=_Passwords(cfg.username, cfg.password or "") if cfg.username else None)
+        # ConditionRefresh (clients call it on connect to get the alarms that are already there);
+        # the number is the Severity of its RefreshStart/End events.
+        self.server.iserver.bind_condition_methods = 100
         await self.server.init()
         self.server.set_endpoint(cfg.endpoint)
         self.server.set_server_name(f"edge-somad bridge ({cfg.box})")
@@ -119,7 +122,7 @@ class OpcuaBridge:
         mv, self.nodeset_s = await import_machine_vision(self.server)  # first: see its docstring
         log.info("OPC 40100 MachineVision NodeSet imported in %.2f s", self.nodeset_s)
         self.model = OpcuaModel(self.server, idx, cfg.box)
-        with same_names_allowed():
+        with quiet("asyncua.ua.uatypes"):  # our ResultDataType shares the spec's name (opcua_vision.quiet)
             await self.model.setup()
         self.alarms = OpcuaAlarms(self.server, idx, self.model._id, self._camera_node)
         await self.alarms.setup()

@@ -67,7 +67,7 @@ async def import_machine_vision(server: Any) -> tuple[int, float]:
         await server.import_xml(str(path))
     idx = await server.get_namespace_index(MV_URI)
     await _complete_id_types(server, idx)
-    with same_names_allowed():  # the importer bound ua.ConfigurationIdDataType etc. to their base: expected
+    with quiet("asyncua.ua.uatypes"):  # the importer bound ua.ConfigurationIdDataType etc. to their base
         await server.load_data_type_definitions()
     return idx, time.perf_counter() - t0
 
@@ -94,16 +94,19 @@ async def _complete_id_types(server: Any, mv: int) -> None:
 
 
 @contextmanager
-def same_names_allowed() -> Iterator[None]:
-    """The bridge's ResultDataType has the same name as the spec's: asyncua keeps both by NodeId and
-    warns that ua.ResultDataType names only the first. Expected here, so that warning is quieted."""
-    uatypes = logging.getLogger("asyncua.ua.uatypes")
-    level = uatypes.level
-    uatypes.setLevel(logging.ERROR)
+def quiet(logger: str) -> Iterator[None]:
+    """Silence one asyncua logger below ERROR for an expected warning:
+    - `asyncua.ua.uatypes`: the bridge's ResultDataType has the same name as the spec's; asyncua keeps
+      both by NodeId and warns that ua.ResultDataType names only the first;
+    - `asyncua.common.copy_node_util`: instantiating ResultType, a VariableType, finds no AccessLevel
+      and Historizing attributes to copy (a VariableType has none) and warns about each."""
+    log_ = logging.getLogger(logger)
+    level = log_.level
+    log_.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        uatypes.setLevel(level)
+        log_.setLevel(level)
 
 
 def vision_state(camera_status: str | None, link: str) -> tuple[str, str | None, str]:
@@ -147,10 +150,11 @@ class VisionSystems:
         machine = await system.get_child(f"{mv}:VisionStateMachine")
         auto = await machine.get_child(f"{mv}:AutomaticModeStateMachine")
         results = await system.get_child([f"{mv}:ResultManagement", f"{mv}:Results"])
-        last = (await instantiate(results, self.server.get_node(ua.NodeId(RESULT_TYPE, mv)),
-                                  nodeid=self._node_id(camera, "VisionSystem", "ResultManagement", "Results",
-                                                       "LastResult"),
-                                  bname=ua.QualifiedName("LastResult", self.idx)))[0]
+        with quiet("asyncua.common.copy_node_util"):
+            last = (await instantiate(results, self.server.get_node(ua.NodeId(RESULT_TYPE, mv)),
+                                      nodeid=self._node_id(camera, "VisionSystem", "ResultManagement", "Results",
+                                                           "LastResult"),
+                                      bname=ua.QualifiedName("LastResult", self.idx)))[0]
         self.nodes[(camera, "state")] = await machine.get_child("0:CurrentState")
         self.nodes[(camera, "state.id")] = await machine.get_child(["0:CurrentState", "0:Id"])
         self.nodes[(camera, "auto")] = await auto.get_child("0:CurrentState")
