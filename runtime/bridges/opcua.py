@@ -10,6 +10,10 @@ names after OPC 40100 (Machine Vision) / OPC 40001-101 (Result Transfer) where o
                                          ResultJson (the same as one JSON string), and for HMIs the
                                          fields one by one (ResultId written last)
         Counters/                        PassCount, FailCount, ErrorCount, MissedCount
+        VisionSystem                     OPC 40100's VisionSystemType: state machines, SystemState and
+                                         ResultManagement/Results/LastResult in the spec's types (opcua_vision.py)
+        Alarms/<check>                   line health as OffNormalAlarmType conditions, events on the
+                                         Server object, Acknowledge (opcua_alarms.py)
 
 When an endpoint has sent nothing for `stale_after_s` (its heartbeat comes every second),
 SystemState and its cameras' CameraStatus say "offline" (or the final status `run` sent on a
