@@ -19,9 +19,13 @@ from tests.test_runtime_health import model_with_reference, parts
 class States:
     def __init__(self) -> None:
         self.seen: list = []
+        self.events: list = []
 
     def datachange_notification(self, node, val, data) -> None:
         self.seen.append(val.Text if val is not None else None)
+
+    def event_notification(self, event) -> None:
+        self.events.append(event)
 
 
 def test_vision_system_state_machine_and_results_in_the_spec_types(tmp_path: Path) -> None:
@@ -48,6 +52,7 @@ def test_vision_system_state_machine_and_results_in_the_spec_types(tmp_path: Pat
             handler = States()
             sub = await client.create_subscription(10, handler)
             await sub.subscribe_data_change(state, queuesize=50)
+            await sub.subscribe_events(system, ua.NodeId(1024, mv), queuesize=50)  # ResultReadyEventType
             last = await system.get_child([f"{mv}:ResultManagement", f"{mv}:Results", f"{idx}:LastResult"])
             out["result_type"] = await last.read_type_definition()
             await asyncio.to_thread(run_clip, model, zmq_ep, clip, tmp_path / "clip.avi")
@@ -55,6 +60,10 @@ def test_vision_system_state_machine_and_results_in_the_spec_types(tmp_path: Pat
             while "Halted" not in handler.seen and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             out["states"] = handler.seen
+            deadline = time.monotonic() + 10
+            while len(handler.events) < len(clip) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            out["events"] = [(e.ResultId.Id, e.ResultState, e.IsPartial) for e in handler.events]
             out["state_id"] = await (await machine.get_child(["0:CurrentState", "0:Id"])).read_value()
             out["last"] = await last.read_value()
             out["result_state"] = await (await last.get_child(f"{mv}:ResultState")).read_value()
@@ -91,6 +100,8 @@ def test_vision_system_state_machine_and_results_in_the_spec_types(tmp_path: Pat
     assert len(last.InternalConfigurationId.Id) == 64  # the model's sha256
     assert last.ProcessingTimes.EndTime >= last.ProcessingTimes.StartTime
     assert out.get("method") == "BadNothingToDo"
+    # one ResultReadyEventType per result, from the VisionSystem, with the result's id and state
+    assert out["events"] == [(f"c1/{i}", 1 if i < 12 else 4, False) for i in range(15)], out["events"]
     assert out["system_state"].State == 6 and "Halted" in out["system_state"].StateDescription
 
 

@@ -21,6 +21,7 @@ client finds what it expects under the spec's browse names and types:
   ResultDataType value] (pass/fail evaluation, score, threshold; opcua_model.py), so the verdict
   itself travels in the same atomic value. The variable's components (ResultId, ResultState, ...)
   follow for clients that read fields.
+- a `ResultReadyEventType` event per result, from the VisionSystem and from the Server object.
 
 Methods of the types (StartSingleJob, GetResultById, Halt, ...) exist in the address space because
 the type defines them, but are not implemented: calls answer BadNothingToDo (docs/bridges.md).
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 MV_URI = "http://opcfoundation.org/UA/MachineVision"
 NODESET = "Opc.Ua.MachineVision.NodeSet2.xml"
 # NodeIds in the MachineVision namespace (its NodeSet's numbering, stable across servers)
-VISION_SYSTEM_TYPE, RESULT_TYPE, RESULT_DATA_TYPE = 1003, 2002, 3006
+VISION_SYSTEM_TYPE, RESULT_TYPE, RESULT_DATA_TYPE, RESULT_READY_EVENT = 1003, 2002, 3006, 1024
 STATES = {"Preoperational": 5028, "Halted": 5029, "Error": 5030, "Operational": 5031}
 AUTO_STATES = {"Initialized": 5056, "Ready": 5057, "SingleExecution": 5058, "ContinuousExecution": 5059}
 BINARY_ID_BASE, ID_SUBTYPES = 3019, (3002, 3008, 3013)  # RecipeIdExternal, ConfigurationId, RecipeIdInternal
@@ -138,6 +139,7 @@ class VisionSystems:
         self.cls = {name: ua.extension_objects_by_datatype[ua.NodeId(i, mv)] for name, i in CLASSES.items()}
         self.nodes: dict[tuple[str, str], Any] = {}  # (camera, path) -> node
         self.current: dict[str, tuple[str, str | None, str]] = {}
+        self.events: dict[str, Any] = {}  # camera -> its ResultReadyEventType event object
 
     async def camera(self, camera: str, parent: Any) -> None:
         from asyncua import ua
@@ -159,8 +161,11 @@ class VisionSystems:
         self.nodes[(camera, "state.id")] = await machine.get_child(["0:CurrentState", "0:Id"])
         self.nodes[(camera, "auto")] = await auto.get_child("0:CurrentState")
         self.nodes[(camera, "auto.id")] = await auto.get_child(["0:CurrentState", "0:Id"])
-        self.nodes[(camera, "system")] = await system.get_child(f"{mv}:SystemState")
+        self.nodes[(camera, "systemstate")] = await system.get_child(f"{mv}:SystemState")
         self.nodes[(camera, "result")] = last
+        self.nodes[(camera, "system")] = system
+        gen = await self.server.get_event_generator(ua.NodeId(RESULT_READY_EVENT, mv), system)
+        self.events[camera] = gen.event
         for name in ("ResultId", "ResultState", "IsPartial", "IsSimulated", "CreationTime", "ProcessingTimes",
                      "InternalConfigurationId", "PartId", "ResultContent"):
             self.nodes[(camera, f"result.{name}")] = await last.get_child(f"{mv}:{name}")
@@ -190,7 +195,7 @@ class VisionSystems:
         await self._write(n[(camera, "auto.id")], auto_id, ua.VariantType.NodeId)
         desc = self.cls["SystemStateDescription"](State=ua.SystemStateDataType(SYSTEM_STATE[state]),
                                                  StateDescription=f"{state}: {why}"[:200])
-        await self._write(n[(camera, "system")], desc)
+        await self._write(n[(camera, "systemstate")], desc)
 
     def result_value(self, h: dict[str, Any], own: Any) -> Any:
         """The spec's ResultDataType for one verdict header; `own` is the bridge's ResultDataType value."""
@@ -231,6 +236,38 @@ class VisionSystems:
             field = getattr(value, name)
             if field is not None:
                 await self._write(n[(camera, f"result.{name}")], field, vtype)
+        await self._result_ready(camera, h, value)
+
+    async def _result_ready(self, camera: str, h: dict[str, Any], value: Any) -> None:
+        """ResultReadyEventType, as the spec asks of a new result: from the camera's VisionSystem and
+        from the Server object (where most clients subscribe to events)."""
+        import uuid
+
+        from asyncua import ua
+
+        ev, vt = self.events[camera], ua.VariantType
+        for name, vtype in (("ResultId", vt.ExtensionObject), ("IsPartial", vt.Boolean), ("IsSimulated", vt.Boolean),
+                            ("ResultState", vt.Int32), ("PartId", vt.ExtensionObject),
+                            ("InternalRecipeId", vt.ExtensionObject), ("InternalConfigurationId", vt.ExtensionObject),
+                            ("JobId", vt.ExtensionObject), ("CreationTime", vt.DateTime),
+                            ("ProcessingTimes", vt.ExtensionObject)):
+            field = getattr(value, name)
+            if field is None:  # optional and absent: not in the event
+                ev.data_types.pop(name, None)
+                ev.__dict__.pop(name, None)
+            else:
+                ev.add_property(name, field, vtype)
+        for name in ("ExternalConfigurationId", "ExternalRecipeId", "MeasId", "ProductId", "ResultContent"):
+            ev.data_types.pop(name, None)
+            ev.__dict__.pop(name, None)
+        ev.Message = ua.LocalizedText(f"{camera}: result {value.ResultId.Id} {h['verdict']}")
+        ev.Severity = 100
+        ev.Time = ev.ReceiveTime = _time(h.get("published_at"))
+        ev.EventId = ua.Variant(uuid.uuid4().bytes, ua.VariantType.ByteString)
+        service = self.server.iserver.isession.subscription_service
+        for emitter in (self.nodes[(camera, "system")].nodeid, ua.NodeId(ua.ObjectIds.Server)):
+            ev.emitting_node = emitter
+            await service.trigger_event(ev)
 
 
 def _finite(value: Any) -> bool:
