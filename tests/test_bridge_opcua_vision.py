@@ -111,3 +111,5 @@ def test_vision_state_mapping() -> None:
     assert vision_state("starting", "live")[:2] == ("Operational", "Initialized")
     assert vision_state("reconnecting", "live")[0] == "Error" and vision_state("running", "offline")[0] == "Error"
     assert vision_state("running", "ended")[0] == "Halted"
+    assert vision_state("running", "live", waiting=0)[:2] == ("Operational", "Ready")  # run --trigger, idle
+    assert vision_state("running", "live", waiting=2)[:2] == ("Operational", "SingleExecution")

@@ -4,7 +4,8 @@ Address space (namespace NAMESPACE, string NodeIds `<box>.<camera>.<...>`: opcua
 names after OPC 40100 (Machine Vision) / OPC 40001-101 (Result Transfer) where one fits:
 
     Objects/<box>/                       SystemState, HeartbeatAge, Model, InternalConfigurationId,
-                                         Drops (verdicts missed upstream), Rejected
+                                         Drops (verdicts missed upstream), Rejected,
+                                         Trigger(PartId, DeadlineMs) with --control (opcua_trigger.py)
     Objects/<box>/Cameras/<camera>/      CameraStatus, Fps, CaptureDrops
         LastResult/                      Result (ResultDataType: the whole result, one atomic value),
                                          ResultJson (the same as one JSON string), and for HMIs the
@@ -63,6 +64,8 @@ class OpcuaConfig:
     health_interval_s: float = 1.0
     stale_after_s: float = 3.0  # silence (no heartbeat, no verdict) after which values are Uncertain
     allow_plaintext_password: bool = False  # a password over SecurityPolicy None crosses the wire readable
+    control: str | None = None  # `run --control` endpoint: adds the Trigger method (opcua_trigger.py)
+    trigger_camera: str | None = None  # the camera Trigger inspects (None: the runtime's only camera)
 
     def __post_init__(self) -> None:
         if self.username is not None and self.certificate is None and not self.allow_plaintext_password:
@@ -102,6 +105,7 @@ class OpcuaBridge:
         self.seen_at: dict[int, float] = {}  # endpoint index -> time.monotonic() of its last message
         self.final: dict[int, dict[str, Any]] = {}  # endpoint index -> its final status, until it speaks again
         self.stale: dict[str, bool] = {}  # camera -> values marked Uncertain
+        self.waiting: dict[int, int | None] = {}  # endpoint -> triggers waiting (None: free-running)
 
     async def setup(self) -> None:
         from asyncua import Server, ua
@@ -131,6 +135,10 @@ class OpcuaBridge:
         self.alarms = OpcuaAlarms(self.server, idx, self.model._id, self._camera_node)
         await self.alarms.setup()
         self.vision = VisionSystems(self.server, idx, mv, self.model._id)
+        if cfg.control is not None:
+            from edge_somad.runtime.bridges.opcua_trigger import add_trigger_method
+
+            await add_trigger_method(self.model, cfg.control, cfg.trigger_camera)
         for camera in cfg.cameras:
             await self._camera(camera)
 
@@ -162,6 +170,9 @@ class OpcuaBridge:
             return
         if msg.kind == "heartbeat":
             self.final.pop(endpoint, None)
+            # `run --trigger` says how many triggers wait for a frame: OPC 40100's Ready / SingleExecution
+            waiting = h["triggers"].get("waiting") if isinstance(h.get("triggers"), dict) else None
+            self.waiting[endpoint] = waiting if isinstance(waiting, int) and not isinstance(waiting, bool) else None
         elif msg.kind == "status" and h.get("event") == "final":
             self.final[endpoint] = h
         cams = h.get("cameras") if isinstance(h.get("cameras"), dict) else {}
@@ -221,7 +232,8 @@ class OpcuaBridge:
             endpoint = self.camera_endpoint.get(camera)
             link = ("waiting" if endpoint is None else "ended" if endpoint in self.final
                     else "live" if self._alive(endpoint, now) else "offline")
-            await self.vision.state(camera, self.model.values[(camera, "CameraStatus")][0], link)
+            waiting = self.waiting.get(endpoint) if endpoint is not None else None
+            await self.vision.state(camera, self.model.values[(camera, "CameraStatus")][0], link, waiting)
         for camera, endpoint in self.camera_endpoint.items():
             if not self._alive(endpoint, now) and not self.stale.get(camera):
                 self.stale[camera] = True

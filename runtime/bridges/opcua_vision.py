@@ -8,8 +8,9 @@ client finds what it expects under the spec's browse names and types:
 - `VisionStateMachine` (VisionStateMachineType): CurrentState and CurrentState.Id follow the
   camera: Preoperational before `run` spoke, Operational while it runs (with
   `AutomaticModeStateMachine` in ContinuousExecution while the camera delivers, Initialized while it
-  starts), Error while the camera is unavailable, reconnecting or stalled, or `run` went silent,
-  Halted once `run` stopped (final status). The Id is the NodeId of the state in the type.
+  starts; under `run --trigger` Ready while no trigger waits, SingleExecution while one does),
+  Error while the camera is unavailable, reconnecting or stalled, or `run` went silent, Halted once
+  `run` stopped (final status). The Id is the NodeId of the state in the type.
 - `SystemState` (SystemStateDescriptionDataType, SEMI E10): PRD running, SBY starting, UDT error,
   NST stopped; StateDescription says why.
 - `ResultManagement/Results/LastResult` (a ResultType variable, ResultDataType value): every verdict as
@@ -110,9 +111,10 @@ def quiet(logger: str) -> Iterator[None]:
         log_.setLevel(level)
 
 
-def vision_state(camera_status: str | None, link: str) -> tuple[str, str | None, str]:
+def vision_state(camera_status: str | None, link: str, waiting: int | None = None) -> tuple[str, str | None, str]:
     """(VisionStateMachine state, AutomaticModeStateMachine state or None, why) for one camera.
-    `link`: `waiting` (nothing from `run` yet), `live`, `offline` (silent past --stale-after), `ended`."""
+    `link`: `waiting` (nothing from `run` yet), `live`, `offline` (silent past --stale-after), `ended`;
+    `waiting`: triggers waiting for a frame under `run --trigger` (None: free-running)."""
     if link == "waiting":
         return "Preoperational", None, "waiting for run"
     if link == "ended":
@@ -123,6 +125,9 @@ def vision_state(camera_status: str | None, link: str) -> tuple[str, str | None,
         return "Error", None, f"camera {camera_status}"
     if camera_status in ("ended", "stopped"):
         return "Halted", None, f"camera {camera_status}"
+    if camera_status == "running" and waiting is not None:  # triggered inspection: a job per part
+        return ("Operational", "SingleExecution", f"{waiting} trigger(s) waiting") if waiting > 0 else (
+            "Operational", "Ready", "waiting for a trigger")
     if camera_status == "running":
         return "Operational", "ContinuousExecution", "inspecting"
     return "Operational", "Initialized", f"camera {camera_status or 'starting'}"
@@ -177,11 +182,11 @@ class VisionSystems:
         variant = ua.Variant(value) if vtype is None else ua.Variant(value, vtype)
         await self.server.write_attribute_value(node.nodeid, ua.DataValue(variant))
 
-    async def state(self, camera: str, camera_status: str | None, link: str) -> None:
+    async def state(self, camera: str, camera_status: str | None, link: str, waiting: int | None = None) -> None:
         """Write the state machines and SystemState when the camera's state changed."""
         from asyncua import ua
 
-        now = vision_state(camera_status, link)
+        now = vision_state(camera_status, link, waiting)
         if (camera, "state") not in self.nodes or self.current.get(camera) == now:
             return
         self.current[camera] = now
