@@ -113,3 +113,54 @@ def test_vision_state_mapping() -> None:
     assert vision_state("running", "ended")[0] == "Halted"
     assert vision_state("running", "live", waiting=0)[:2] == ("Operational", "Ready")  # run --trigger, idle
     assert vision_state("running", "live", waiting=2)[:2] == ("Operational", "SingleExecution")
+
+
+def test_triggered_inspection_in_the_spec_types(tmp_path: Path) -> None:
+    """`run --trigger`: AutomaticModeStateMachine Ready between parts, the part id in the spec's result."""
+    from asyncua import ua
+
+    from edge_somad.runtime.trigger.client import request_trigger
+    from tests.helpers.trigger import Runtime
+
+    runtime = Runtime(tmp_path / "rt")
+    url = f"opc.tcp://127.0.0.1:{free_port()}/edge-somad/"
+    bridge = start_bridge(["opcua", "--connect", runtime.publish, "--endpoint", url, "--box", "box1",
+                           "--camera", "cam0", "--log-level", "warning"], tmp_path / "bridge.log")
+
+    async def scenario() -> dict:
+        client = await connect_opcua(url)
+        out: dict = {}
+        try:
+            await client.load_data_type_definitions()
+            mv, idx = await client.get_namespace_index(MV_URI), await client.get_namespace_index(NAMESPACE)
+            system = client.get_node(f"ns={idx};s=box1.cam0.VisionSystem")
+            auto = await system.get_child([f"{mv}:VisionStateMachine", f"{mv}:AutomaticModeStateMachine",
+                                           "0:CurrentState"])
+            last = await system.get_child([f"{mv}:ResultManagement", f"{mv}:Results", f"{idx}:LastResult"])
+            answer = await asyncio.to_thread(request_trigger, runtime.control, "P-40100", 2000, 5.0)
+            out["answer"] = answer
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                value = await last.read_value()
+                out["part"] = value.PartId.Id if getattr(value, "PartId", None) else None
+                out["auto"] = (await auto.read_value()).Text
+                if out["part"] == "P-40100" and out["auto"] == "Ready":
+                    break
+                await asyncio.sleep(0.1)
+            out["state"] = value.ResultState
+            out["own"] = value.ResultContent[0].Value if isinstance(value.ResultContent[0], ua.Variant) \
+                else value.ResultContent[0]
+        finally:
+            await client.disconnect()
+        return out
+
+    try:
+        out = asyncio.run(scenario())
+        assert bridge.poll() is None, (tmp_path / "bridge.log").read_text()
+    finally:
+        bridge.terminate()
+        bridge.wait(10)
+        runtime.stop()
+    assert out["answer"]["verdict"] == "pass" and out["answer"]["part_id"] == "P-40100"
+    assert (out["part"], out["auto"], out["state"]) == ("P-40100", "Ready", 1), out
+    assert out["own"].PartId == "P-40100" and out["own"].Verdict == "pass"
