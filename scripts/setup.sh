@@ -33,8 +33,9 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v ap
     || echo "setup: could not install mosquitto; the MQTT bridge tests will skip" >&2
 fi
 # GigE Vision cameras (`--camera aravis:...`): Aravis with its simulated camera (aravis-tools), and what
-# PyGObject (edge-somad[gige]) builds against. Installed when missing and we may (root, apt); the
-# PyGObject build then takes ~30 s once (pip caches the wheel). Elsewhere the Aravis tests skip and say why.
+# PyGObject (edge-somad[gige]) builds against. Installed when missing and we may (root, apt): about a
+# minute on a clean machine (apt ~15 s, building PyGObject and pycairo 30-75 s), ~2 s once pip has cached
+# the wheels. Elsewhere the Aravis tests skip and say why (and fail under CI=true).
 ARAVIS_DEBS="aravis-tools gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config"
 if ! dpkg -s $ARAVIS_DEBS >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $ARAVIS_DEBS >/dev/null 2>&1 \
