@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 FACTORS = ("centers", "basis", "coef", "alpha")
 
 
+def refit_head_statistics(model_dir: Path, int8_path: Path, fit_frames: np.ndarray) -> dict[str, object]:
+    """The int8 statistics refit of the model's own head: low-rank here, the others in int8_stats."""
+    from edge_somad.artifacts import load_arrays, load_config
+    from edge_somad.calibration.int8_stats import refit_statistics
+
+    config = load_config(model_dir)
+    if config.method == "somad" and config.head == "lowrank":
+        return refit_lowrank(model_dir, int8_path, fit_frames, config, load_arrays(model_dir, config))
+    return refit_statistics(model_dir, int8_path, fit_frames)
+
+
 def feature_input(model: onnx.ModelProto, transform: str) -> str:
     """The projected-feature tensor: the first input of the MatMul that applies the head's transform."""
     for node in model.graph.node:

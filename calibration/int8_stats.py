@@ -139,10 +139,9 @@ def refit_statistics(model_dir: Path, int8_path: Path, fit_frames: np.ndarray) -
 
     config = load_config(model_dir)
     arrays = load_arrays(model_dir, config)
-    if config.method == "somad" and config.head == "lowrank":
-        from edge_somad.calibration.int8_lowrank import refit_lowrank
-
-        return refit_lowrank(model_dir, int8_path, fit_frames, config, arrays)
+    if config.method == "somad" and config.head != "full":
+        raise ArtifactError(f"{model_dir} has head={config.head}: its int8 refit is calibration/int8_lowrank.py "
+                            "(refit_head_statistics picks the right one)")
     location = arrays.centers if config.method == "somad" else arrays.means
     model = onnx.load(str(int8_path))
     head = find_head_tensors(model, location, arrays.whiten)

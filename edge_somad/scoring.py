@@ -57,14 +57,7 @@ def ranking_distances(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, ones], dim=-1) @ table
 
 
-# Patches per block of the nearest-node search. The (block, M) distance matrix of one block (512 x
-# 3136 floats = 6.4 MB) stays in the CPU's cache between the GEMM that writes it and the ReduceMin,
-# TopK and GatherElements that read it; unblocked, the 39 MB matrix went to DRAM and back.
-SEARCH_BLOCK = 512
-
-
-def topk_nearest(x: torch.Tensor, table: torch.Tensor, k: int, group: int = SEARCH_GROUP,
-                 block: int = SEARCH_BLOCK) -> torch.Tensor:
+def topk_nearest(x: torch.Tensor, table: torch.Tensor, k: int, group: int = SEARCH_GROUP) -> torch.Tensor:
     """Indices (..., N, k) of the k nodes nearest to each patch by Euclidean distance.
 
     Exact, in two stages, because a TopK over all M nodes is a third of the CPU head's time: the
@@ -72,14 +65,8 @@ def topk_nearest(x: torch.Tensor, table: torch.Tensor, k: int, group: int = SEAR
     TopK over the k chosen groups' members only. Why it is exact: a group holding one of the k
     nearest nodes has its minimum at or below the k-th nearest distance, and only k groups can
     (each of them holds a distinct node at or below it), so those groups are the k best by minimum.
-    Patches are taken `block` at a time (static slices; each patch's search is independent).
+    (Taking the patches 512 at a time, like the Mahalanobis blocks, measured no faster: 23.1 ms both.)
     """
-    n = x.shape[-2]
-    parts = [_topk_block(x[..., i : i + block, :], table, k, group) for i in range(0, n, block)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
-
-
-def _topk_block(x: torch.Tensor, table: torch.Tensor, k: int, group: int) -> torch.Tensor:
     rank = ranking_distances(x, table)
     m = rank.shape[-1]
     if m % group or m // group <= k:  # tiny maps (tests, toy SOMs): one TopK is cheaper

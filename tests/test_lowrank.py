@@ -185,7 +185,8 @@ def test_int8_refit_of_the_lowrank_head_reproduces_fit_on_the_same_features(lowr
     import onnx
     from onnx import numpy_helper
 
-    from edge_somad.calibration.int8_stats import fit_frames_for, refit_statistics
+    from edge_somad.calibration.int8_lowrank import refit_head_statistics
+    from edge_somad.calibration.int8_stats import fit_frames_for
     from edge_somad.contracts.manifest import load_manifest
     from edge_somad.data import load_category
     from edge_somad.evaluate import load_test_set
@@ -196,7 +197,7 @@ def test_int8_refit_of_the_lowrank_head_reproduces_fit_on_the_same_features(lowr
     standin = tmp_path / "standin.int8.onnx"
     shutil.copy(lowrank_exported / "model.onnx", standin)
     before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(standin)).graph.initializer}
-    report = refit_statistics(lowrank_exported, standin, frames)
+    report = refit_head_statistics(lowrank_exported, standin, frames)
     assert len(report["tensors"]) == 6  # centres, basis, coef, alpha + the score norm's mean and 1/std
     after = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(standin)).graph.initializer}
     changed = {k for k in before if not np.array_equal(before[k], after[k])}
