@@ -2,7 +2,8 @@
 
     python -m benchmarks.suite_head --heads full lowrank:r16:s0:k4 lowrank:r8:s32:k4 [--categories ...]
 
-A head is `full` (the per-node d x d whitening, Euclidean search: the shipped head) or
+A head is `full` (the per-node d x d whitening, Euclidean search: the shipped head), `full:sS:kK` (the
+same exact per-node distance, the search on the nodes' first S principal axes, K candidates) or
 `lowrank:rR:sS:kK` (pooled whitening, rank-R + diagonal per node, search on the first S coordinates,
 0 = all, K candidates; edge_somad/lowrank.py). Every head is scored on the same features and the same
 trained SOM per category, with the shipped map (sigma 4, top 1 %), through model.Head and
@@ -35,11 +36,17 @@ def head_config(name: str, base: FitConfig) -> FitConfig:
     if name == "full":
         return dataclasses.replace(base, head="full")
     kind, *parts = name.split(":")
-    if kind != "lowrank" or len(parts) != 3:
-        raise SystemExit(f"error: head {name!r}: expected 'full' or 'lowrank:rR:sS:kK' (e.g. lowrank:r16:s32:k4)")
-    values = {p[0]: int(p[1:]) for p in parts}
-    share = values["s"] / base.d if values["s"] else 1.0  # sS: S of the d coordinates (s0: all)
-    return dataclasses.replace(base, head="lowrank", head_rank=values["r"], search_share=share, topk=values["k"])
+    ok = (kind == "lowrank" and len(parts) == 3) or (kind == "full" and len(parts) == 2)
+    values = {p[:1]: p[1:] for p in parts}
+    if not ok or set(values) != ({"r", "s", "k"} if kind == "lowrank" else {"s", "k"}) \
+            or not all(v.isdigit() for v in values.values()):
+        raise SystemExit(f"error: head {name!r}: expected 'full', 'full:sS:kK' or 'lowrank:rR:sS:kK' "
+                         "(e.g. full:s32:k2, lowrank:r16:s32:k4)")
+    s, k = int(values["s"]), int(values["k"])
+    share = s / base.d if s else 1.0  # sS: S of the d coordinates (s0: all)
+    if kind == "full":
+        return dataclasses.replace(base, head="full", search_share=share, topk=k)
+    return dataclasses.replace(base, head="lowrank", head_rank=int(values["r"]), search_share=share, topk=k)
 
 
 def score_head(cached: Cached, name: str) -> dict[str, Any]:

@@ -107,8 +107,8 @@ class FitConfig:
     head: str = "full"
     # lowrank: eigen-directions kept per node (the rest becomes its diagonal); 1 <= head_rank <= d.
     head_rank: int = 8
-    # lowrank: share of the d coordinates the nearest-node search uses (the nodes' widest spread
-    # first); 1 = all d, the full head's exact search.
+    # Share of the d coordinates the nearest-node search uses (the nodes' widest spread first, both
+    # heads); 1 = all d, the exact Euclidean search.
     search_share: float = 1.0
     # Covariance regulariser: eps*I plus shrinkage towards the pooled within-node covariance with
     # weight shrinkage/(n_j + shrinkage), so a node with few members borrows the global shape, never
@@ -169,7 +169,7 @@ class FitConfig:
 
     @property
     def search_dims(self) -> int:
-        """Coordinates the low-rank head's search uses (>= 1; d means all of them)."""
+        """Coordinates the node search uses (>= 1; d means all of them)."""
         return max(1, round(self.search_share * self.d))
 
     def to_dict(self) -> dict[str, Any]:

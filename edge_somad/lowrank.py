@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from edge_somad import scoring
 from edge_somad.stats import node_covariances, whitening
 
 
@@ -40,10 +41,7 @@ class LowRankStats:
 
 def node_axes(nodes: torch.Tensor) -> torch.Tensor:
     """(d, d) float64 orthogonal rotation whose columns are the nodes' principal axes, widest spread first."""
-    x = nodes.to(torch.float64)
-    spread = x - x.mean(0)
-    _, vecs = torch.linalg.eigh(spread.T @ spread)
-    return vecs.flip(-1).contiguous()  # eigh sorts ascending
+    return scoring.search_axes(nodes)
 
 
 def lowrank_factors(cov_z: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -42,7 +42,7 @@ class Head(nn.Module):
             # Held at float16 precision, like the exported graph's (artifacts.held_whitening says why).
             self.register_buffer("whiten", t(held_whitening(arrays.whiten)))
             if config.method == "somad":
-                self.register_buffer("search", scoring.search_table(t(arrays.nodes)))
+                self._search_buffers(t(arrays.nodes), config)
                 self.register_buffer("centers", t(arrays.centers))
             else:
                 self.register_buffer("means", t(arrays.means))
@@ -50,6 +50,22 @@ class Head(nn.Module):
         norm = arrays.norm_mean is not None and arrays.norm_std is not None
         self.register_buffer("norm_mean", t(arrays.norm_mean) if norm else None)
         self.register_buffer("norm_inv_std", t(1.0 / arrays.norm_std) if norm else None)
+
+    def _search_buffers(self, nodes: torch.Tensor, config: FitConfig) -> None:
+        """The full head's search table, on the nodes' first search_dims principal axes when truncated.
+
+        The rotation is orthogonal (Euclidean distances unchanged), so search_share=1 keeps the exact
+        search on x itself and no extra MatMul; below 1 the keys are x @ axes (scoring.search_axes).
+        """
+        d = nodes.shape[1]
+        self.search_dims = config.search_dims if config.search_dims < d else 0
+        if self.search_dims:
+            axes = scoring.search_axes(nodes)[:, : self.search_dims].float().contiguous()
+            self.register_buffer("search_axes", axes)
+            nodes = nodes @ axes
+        else:
+            self.register_buffer("search_axes", None)
+        self.register_buffer("search", scoring.search_table(nodes.contiguous()))
 
     def _lowrank_buffers(self, arrays: FittedArrays, config: FitConfig) -> None:
         """Centres moved into the whitened coordinates once here; the search keys rotated when truncated."""
@@ -78,7 +94,8 @@ class Head(nn.Module):
             idx = scoring.topk_nearest(keys, self.search, self.topk)
             return scoring.min_lowrank_mahalanobis_sq(y[..., :d], self.centers, self.basis, self.coef, self.alpha, idx)
         if self.method == "somad":
-            idx = scoring.topk_nearest(x, self.search, self.topk)
+            keys = x @ self.search_axes if self.search_axes is not None else x
+            idx = scoring.topk_nearest(keys, self.search, self.topk)
             if self.grouped:
                 return scoring.min_mahalanobis_sq_grouped(x, self.centers, self.whiten, idx)
             return scoring.min_mahalanobis_sq(x, self.centers, self.whiten, idx)

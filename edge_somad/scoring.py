@@ -48,6 +48,19 @@ def search_table(nodes: torch.Tensor, group: int = SEARCH_GROUP) -> torch.Tensor
     return table.contiguous()
 
 
+def search_axes(nodes: torch.Tensor) -> torch.Tensor:
+    """(d, d) float64 orthogonal rotation: the nodes' principal axes, widest spread first.
+
+    Searching on the first S columns (keys x @ axes[:, :S] against nodes @ axes[:, :S]) keeps the
+    Euclidean rule and drops the directions along which the nodes differ least. Both heads use it
+    (the low-rank head stores it at fit; the full head derives it from its nodes when loaded).
+    """
+    x = nodes.to(torch.float64)
+    spread = x - x.mean(0)
+    _, vecs = torch.linalg.eigh(spread.T @ spread)
+    return vecs.flip(-1).contiguous()  # eigh sorts ascending
+
+
 def ranking_distances(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """|n|^2 - 2 x.n for every node (table from search_table): the squared distance minus |x|^2.
 

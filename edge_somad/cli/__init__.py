@@ -52,7 +52,8 @@ def fit(
         "faster, docs/results.md).")] = FitConfig.head,
     head_rank: Annotated[int, typer.Option(help="lowrank: directions kept per node.")] = FitConfig.head_rank,
     search_share: Annotated[float, typer.Option(
-        help="lowrank: share of the d coordinates the node search uses (1 = all, exact).")] = FitConfig.search_share,
+        help="Share of the d coordinates the node search uses, the nodes' widest axes first (1 = all, exact)."
+    )] = FitConfig.search_share,
     score_norm: Annotated[str, typer.Option(
         help="none: raw distances; zscore: standardise each position by the training maps (auto picks it)."
     )] = FitConfig.score_norm,
