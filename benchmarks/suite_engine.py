@@ -51,14 +51,16 @@ class FeatureKey:
 class HeadVariant:
     method: str = "somad"
     shrinkage: float = 256.0
-    topk: int = 4
+    topk: int = FitConfig.topk
     score_norm: str = "none"
+    search_share: float = FitConfig.search_share
 
     @property
     def name(self) -> str:
         if self.method == "padim":
             return "padim" + ("+z" if self.score_norm == "zscore" else "")
-        return f"somad s{self.shrinkage:g} k{self.topk}" + ("+z" if self.score_norm == "zscore" else "")
+        search = "" if self.search_share == 1.0 else f" a{self.search_share:g}"  # share of the axes searched
+        return f"somad s{self.shrinkage:g} k{self.topk}{search}" + ("+z" if self.score_norm == "zscore" else "")
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class Setting:
     def config(self, spec: InputSpec) -> FitConfig:
         return dataclasses.replace(FitConfig(), backbone=self.features.backbone, input=spec, method=self.head.method,
                                    shrinkage=self.head.shrinkage, topk=self.head.topk,
-                                   score_norm=self.head.score_norm, smoothing_sigma=self.map.sigma,
+                                   search_share=self.head.search_share, score_norm=self.head.score_norm,
+                                   smoothing_sigma=self.map.sigma,
                                    image_score_top=self.map.top)
 
 

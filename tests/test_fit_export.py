@@ -66,7 +66,7 @@ def test_manifest_records_the_contract(tiny_exported: Path) -> None:
     m = load_manifest(tiny_exported)
     assert m.input.shape == ("batch", 64, 96, 3) and m.input.dtype == "uint8"
     assert m.preprocessing.resize == "letterbox" and (m.preprocessing.height, m.preprocessing.width) == (64, 96)
-    assert m.model["d"] == 16 and m.model["topk"] == 4 and m.threshold is None
+    assert m.model["d"] == 16 and m.model["topk"] == 2 and m.model["search_share"] == 0.5 and m.threshold is None
     assert m.model["largest_intermediate"]["bytes"] > 0
     # input-drift reference of the fit images (fit_info.json -> manifest at export)
     ref = m.reference["input"]

@@ -45,10 +45,11 @@ def test_standardised_head_equals_float64_reference() -> None:
             cand = np.argsort(((arrays.nodes.astype(np.float64) - x[bi, i]) ** 2).sum(1), kind="stable")[:k]
             d2 = min((x[bi, i] - arrays.centers[j]) @ inv[j] @ (x[bi, i] - arrays.centers[j]) for j in cand)
             ref[bi, i] = (np.sqrt(d2) - arrays.norm_mean[i]) / arrays.norm_std[i]
-    head = Head(arrays, FitConfig(d=d, topk=k))
+    head = Head(arrays, FitConfig(d=d, topk=k, search_share=1.0))  # the exact search (truncated: test_search_share)
     got = head(torch.from_numpy(x).float()).double().numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=2e-4)
-    raw = Head(dataclasses.replace(arrays, norm_mean=None, norm_std=None), FitConfig(d=d, topk=k, score_norm="none"))
+    raw = Head(dataclasses.replace(arrays, norm_mean=None, norm_std=None), FitConfig(d=d, topk=k, search_share=1.0,
+                                                                                           score_norm="none"))
     np.testing.assert_allclose(raw(torch.from_numpy(x).float()).double().numpy(),
                                ref * arrays.norm_std + arrays.norm_mean, rtol=1e-4, atol=2e-4)
 
