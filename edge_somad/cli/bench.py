@@ -34,7 +34,10 @@ def bench(
     fps: Annotated[float | None, typer.Option(
         "--fps", help="With --cameras: also run each count at this line rate per camera (frames/s): latency "
         "at that rate and frames dropped.")] = None,
+    phase: Annotated[str, typer.Option(
+        "--phase", help="With --fps: aligned (cameras tick together), independent (free-running cameras, "
+        "random phases with a fixed seed) or both (a row each).")] = "both",
 ) -> None:
     """Latency (p50/p99 at batch 1), throughput (best batch) and model size per backend."""
     run_bench(model, backend, precision, batch, iters, warmup, json_out, pipeline, video, curve, cameras, fps,
-              say=typer.echo)
+              say=typer.echo, phase=phase)

@@ -4,6 +4,8 @@ One capture thread per source feeds a small bounded queue. Live sources (index, 
 OLDEST frame when the queue is full, so the scorer always works on the freshest part on the line,
 and count the drops. Replay sources (file, folder) wait for room instead: a replay exists to score
 every frame (validation, demos, benchmarks), and nothing is lost by waiting.
+An optional `prepare` hook runs on every item in its capture thread before it is queued (the
+pipeline's resize and input checks): that work then runs beside the scorer, not between its calls.
 Live sources reconnect with exponential backoff; replay sources end with an `ended` event, or,
 with `loop=True` (benchmarks: N cameras from one clip), start again from the first frame.
 A replay given `fps` plays the part of a camera on a line (bench --fps): one frame every 1/fps s,
@@ -25,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +51,15 @@ class FrameItem:
     monotonic: float  # time.monotonic(), for latency maths
     image: np.ndarray | None
     error: str | None = None
+    # What the capture thread's `prepare` hook made of the frame (the pipeline's resized frame and
+    # input checks), so the scoring thread only scores.
+    prepared: Any = None
+    # time.monotonic() when the read (decode) ended, the hook ended, the frame entered its camera queue
+    # and the loop took it: the first marks of runtime/pipeline/trace.py's per-frame record.
+    decoded_at: float = float("nan")
+    prepared_at: float = float("nan")
+    queued_at: float = float("nan")
+    taken_at: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,7 @@ class DropOldestQueue:
             elif len(self._items) >= self.maxsize:
                 self._items.popleft()
                 self.drops += 1
+            item.queued_at = time.monotonic()
             self._items.append(item)
             self._cond.notify_all()
 
@@ -142,11 +155,16 @@ class DropOldestQueue:
             while len(self._items) >= self.maxsize and not stop.is_set():
                 self._cond.wait(0.1)
 
+    def peek(self) -> FrameItem | None:
+        """The oldest item, left in the queue; caller holds the shared condition."""
+        return self._items[0] if self._items else None
+
     def pop(self) -> FrameItem | None:
         """Non-blocking; caller holds or takes the shared condition."""
         with self._cond:
             item = self._items.popleft() if self._items else None
             if item is not None:
+                item.taken_at = time.monotonic()
                 self._cond.notify_all()
             return item
 
@@ -176,6 +194,7 @@ class CameraSource:
         open_report_s: float = 1.0,
         stall_frames: float = 5.0,
         stall_min_s: float = 1.0,
+        prepare: Callable[[FrameItem], None] | None = None,
     ) -> None:
         self.id = camera_id
         self.spec = spec
@@ -194,6 +213,7 @@ class CameraSource:
         self._backoff = backoff_s
         self._opener = opener
         self._budget = budget
+        self._prepare = prepare
         self._open_report_s = open_report_s
         self._stall = (stall_frames, stall_min_s)
         self._stop = threading.Event()
@@ -265,8 +285,11 @@ class CameraSource:
     def _emit(self, image: np.ndarray | None, error: str | None, at: tuple[float, float] | None = None) -> None:
         """at: (time.time(), time.monotonic()) of the capture when it was not now (a paced tick)."""
         wall, mono = at if at is not None else (time.time(), time.monotonic())
-        item = FrameItem(self.id, self._next_id, wall, mono, image, error)
+        item = FrameItem(self.id, self._next_id, wall, mono, image, error, decoded_at=time.monotonic())
         self._next_id += 1
+        if self._prepare is not None:  # in this camera's thread, in its frame order, beside the scoring
+            self._prepare(item)
+        item.prepared_at = time.monotonic()
         self.last_frame_at = item.monotonic
         if error is None:
             self.frames += 1
@@ -346,6 +369,8 @@ class CameraSource:
         """Read until the source ends, fails (live), the read budget is spent or stop; returns why."""
         period = None if self.spec.fps is None else 1.0 / self.spec.fps
         tick = time.monotonic()
+        if period is not None:  # the first tick on this camera's grid: same rate and phase, same ticks
+            tick = (tick // period + 1.0 + self.spec.phase) * period
         while not self._stop.is_set():
             at = None
             if period is not None:
