@@ -19,6 +19,7 @@ carries the pipeline's per-stage times, what its scorer calls held and CPU per t
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import tempfile
 import threading
@@ -176,6 +177,7 @@ class _Counting:
         self.backend, self.device = inner.backend, inner.device
         self.height, self.width = inner.height, inner.width
         self.max_batch = getattr(inner, "max_batch", None)
+        self.whole_batches = getattr(inner, "whole_batches", True)  # the pipeline schedules by it
 
     def score(self, frames: np.ndarray) -> Any:
         self.sizes.append(len(frames))
@@ -253,7 +255,7 @@ def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, ca
 
 def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, precision: str,
                  max_batch: int | None, batch_wait_ms: float, fps: float | None = None,
-                 phase: str | None = None) -> dict[str, Any]:
+                 phase: str | None = None, tweak: dict[str, Any] | None = None) -> dict[str, Any]:
     counting = _Counting(scorer)
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     got: list[tuple[float, float, str, int]] = []
@@ -271,6 +273,7 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
         queue = 1 if fps is None else PipelineConfig.queue_size
         config = PipelineConfig(heatmap="png", max_frames=total, precision=precision, max_batch=max_batch,
                                 batch_wait_ms=batch_wait_ms, queue_size=queue)
+        config = dataclasses.replace(config, **(tweak or {}))  # benchmarks/pipeline_ab.py: other settings
         offsets = phases(phase or "aligned", n)
         cams = [(f"cam{i}", SourceSpec("file", str(video), loop=True, fps=fps, phase=offsets[i] if fps else 0.0))
                 for i in range(n)]

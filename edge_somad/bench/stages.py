@@ -41,6 +41,8 @@ def _group(name: str, comm: str) -> str:
         return "scoring loop"
     if name in ("publish", "rx", "cpu-sampler"):
         return {"publish": "publish", "rx": "subscriber", "cpu-sampler": "cpu sampler"}[name]
+    if name == "publisher-peers":  # the Publisher's subscription/peer upkeep, every few ms
+        return "publisher upkeep"
     if comm.startswith("ZMQbg"):
         return "zeromq io"
     return "other threads" if name else "native pool (ORT workers)"

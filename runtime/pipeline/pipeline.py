@@ -108,7 +108,7 @@ class Pipeline:
         self.cameras = [CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener,
                                      budget=self.reads, open_report_s=config.open_report_s,
                                      stall_frames=config.stall_frames, stall_min_s=config.stall_min_s,
-                                     prepare=self._prepare_in_capture)
+                                     prepare=self._prepare_in_capture if config.prepare_in_capture else None)
                         for cid, spec in cameras]
         limit = getattr(scorer, "max_batch", None)
         if config.max_batch is not None and limit is not None and config.max_batch > limit:
@@ -291,7 +291,7 @@ class Pipeline:
     def _process(self, items: list[FrameItem]) -> None:
         if not items:
             return
-        # Prepared in the capture thread; an item from elsewhere (none today) would be prepared here.
+        # Prepared in the capture thread, or here (config.prepare_in_capture False).
         prepared = [it.prepared if isinstance(it.prepared, _Prepared) else self._prepare(it) for it in items]
         good = [p for p in prepared if p.error is None]
         if good:
