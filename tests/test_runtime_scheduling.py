@@ -124,15 +124,17 @@ def test_trace_skips_unscored_stages_and_checks_its_rows() -> None:
         t.frame([0.0, 1.0])
 
 
-def test_a_failure_while_preparing_in_the_capture_thread_is_an_error_verdict(model_dir: Path,
-                                                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_capture", [True, False])
+def test_a_failure_while_preparing_a_frame_is_an_error_verdict(model_dir: Path, tmp_path: Path,
+                                                                in_capture: bool) -> None:
     n = 6
     video = write_video(tmp_path / "v.avi", [level(100 + 10 * i) for i in range(n)])
     manifest = load_manifest(model_dir)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with Publisher(endpoint) as pub:
         pipe = Pipeline(PerImageSpy(OrtScorer(model_dir / "model.onnx", H, W)), manifest,
-                        [("c", SourceSpec("file", str(video)))], pub, PipelineConfig(heatmap="none"))
+                        [("c", SourceSpec("file", str(video)))], pub,
+                        PipelineConfig(heatmap="none", prepare_in_capture=in_capture))
         frame, seen = pipe.health.frame, []
 
         def flaky(camera: str, *args: object) -> object:
@@ -145,7 +147,8 @@ def test_a_failure_while_preparing_in_the_capture_thread_is_an_error_verdict(mod
         final = pipe.run()
     assert final["published"] == n and final["errors"] == 1 and final["verdicts"]["pass"] == n - 1
     assert pipe.cameras[0].frames == n  # the camera's thread went on after the failure
-    assert seen == ["capture-c"] * n  # the input checks ran in the capture thread, not the scoring loop
+    # the input checks ran in the capture thread (default), or on the scoring loop when asked
+    assert seen == ["capture-c" if in_capture else "MainThread"] * n
 
 
 def test_paced_cameras_tick_on_a_shared_grid_at_their_phase(tmp_path: Path) -> None:
@@ -175,3 +178,16 @@ def test_paced_cameras_tick_on_a_shared_grid_at_their_phase(tmp_path: Path) -> N
     assert abs(offset - round(offset)) < 1e-6
     half = ((stamps[2][0] - stamps[0][0]) / per) % 1.0
     assert half == pytest.approx(0.5, abs=1e-6)
+
+
+def test_bench_phase_modes_and_a_bad_one(model_dir: Path) -> None:
+    from edge_somad.bench.scorers import run_bench
+    from edge_somad.bench.stages import phases
+
+    assert phases("aligned", 3) == [0.0, 0.0, 0.0]
+    free = phases("independent", 4)
+    assert free == phases("independent", 4) and len(set(free)) == 4 and all(0 <= p < 1 for p in free)
+    with pytest.raises(ConfigError, match="--phase 'sideways'"):
+        phases("sideways", 2)
+    with pytest.raises(ConfigError, match="--phase 'sideways'"):
+        run_bench(model_dir, ["onnxruntime"], "fp32", [1], 2, 1, None, False, None, False, [2], 5.0, phase="sideways")

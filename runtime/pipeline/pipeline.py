@@ -257,11 +257,14 @@ class Pipeline:
 
     # -- one batch -----------------------------------------------------------------------------
     def _prepare_in_capture(self, item: FrameItem) -> None:
+        item.prepared = self._prepare_safe(item)
+
+    def _prepare_safe(self, item: FrameItem) -> _Prepared:
         try:
-            item.prepared = self._prepare(item)
-        except Exception as exc:  # a bug in the checks must not end the camera's thread: an error verdict
+            return self._prepare(item)
+        except Exception as exc:  # a bug in the checks must not end a camera's thread or the loop: an error verdict
             log.exception("camera %s frame %d: preparing it failed", item.camera, item.frame_id)
-            item.prepared = _Prepared(item, error=f"preparing the frame failed: {type(exc).__name__}: {exc}")
+            return _Prepared(item, error=f"preparing the frame failed: {type(exc).__name__}: {exc}")
 
     def _prepare(self, item: FrameItem) -> _Prepared:
         p = _Prepared(item, error=item.error)
@@ -292,7 +295,7 @@ class Pipeline:
         if not items:
             return
         # Prepared in the capture thread, or here (config.prepare_in_capture False).
-        prepared = [it.prepared if isinstance(it.prepared, _Prepared) else self._prepare(it) for it in items]
+        prepared = [it.prepared if isinstance(it.prepared, _Prepared) else self._prepare_safe(it) for it in items]
         good = [p for p in prepared if p.error is None]
         if good:
             try:
