@@ -111,6 +111,7 @@ def test_every_verdict_leaves_its_stage_marks_in_order(model_dir: Path, tmp_path
     assert stages["total"]["p50"] == pytest.approx(float(np.percentile(total, 50)), abs=1e-3)
     calls = pipe.trace.calls()
     assert calls["calls"] == 2 * n and calls["sizes"] == {1: 2 * n} and calls["spread_p50_ms"] == 0.0
+    assert 0 < calls["busy"] <= 1.0
 
 
 def test_trace_skips_unscored_stages_and_checks_its_rows() -> None:

@@ -192,6 +192,7 @@ def bare_best(scorer: Any, resized: list[np.ndarray], batches: tuple[int, ...] =
     """The bare scorer's frames/s per batch size (median of `calls` timed calls after one warm-up) and
     the best of them. Sizes above the scorer's limit are skipped, not failed."""
     per: dict[int, float] = {}
+    cpu_ms: dict[int, float] = {}  # process CPU per frame: what the scorer costs with nothing beside it
     for b in batches:
         x = np.stack([resized[i % len(resized)] for i in range(b)])
         try:
@@ -199,15 +200,17 @@ def bare_best(scorer: Any, resized: list[np.ndarray], batches: tuple[int, ...] =
         except InputError:  # e.g. a static-batch graph or engine smaller than b
             continue
         t = []
+        c0 = time.process_time()
         for _ in range(calls):
             t0 = time.perf_counter()
             scorer.score(x)
             t.append(time.perf_counter() - t0)
+        cpu_ms[b] = round(1000.0 * (time.process_time() - c0) / (calls * b), 2)
         per[b] = round(b / float(np.median(t)), 2)
     if not per:
         raise ConfigError(f"the scorer ran none of the batch sizes {batches}; expected at least batch 1 to run")
     best = max(per, key=per.__getitem__)
-    return {"best_fps": per[best], "best_batch": best, "fps_per_batch": per}
+    return {"best_fps": per[best], "best_batch": best, "fps_per_batch": per, "cpu_ms_per_frame": cpu_ms}
 
 
 def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, cameras: list[int],
@@ -248,6 +251,7 @@ def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, ca
     for r in rows:
         r.update(bare_best_fps=bare["best_fps"], bare_best_batch=bare["best_batch"],
                  bare_fps_per_batch=bare["fps_per_batch"], ratio=round(r["pipeline_fps"] / bare["best_fps"], 3),
+                 bare_cpu_ms_per_frame=bare["cpu_ms_per_frame"].get(1),
                  scorer_p50_ms=scorer_p50, backend=scorer.backend, device=scorer.device,
                  p99_over_scorer_p50=round(r["latency_p99_ms"] / scorer_p50, 2) if scorer_p50 else None)
     return rows

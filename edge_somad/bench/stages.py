@@ -127,5 +127,6 @@ def format_calls_and_cpu(rows: list[dict]) -> str:
         sizes = ", ".join(f"{k}x{v}" for k, v in (c.get("sizes") or {}).items())
         cpu = ", ".join(f"{g} {ms:g}" for g, ms in (r.get("cpu_ms_per_frame") or {}).items())
         lines.append(f"{row_name(r)}: calls {c.get('calls', 0)} (frames per call {sizes or '-'}; capture spread "
-                     f"within a call p50 {c.get('spread_p50_ms', '-')} ms) | CPU ms/frame: {cpu or '-'}")
+                     f"within a call p50 {c.get('spread_p50_ms', '-')} ms; scorer busy {c.get('busy', '-')}) | "
+                     f"CPU ms/frame: {cpu or '-'} (bare scorer alone: {r.get('bare_cpu_ms_per_frame', '-')})")
     return "\n".join(lines)

@@ -38,7 +38,7 @@ class Trace:
 
     def __init__(self, maxlen: int = 20000) -> None:
         self._frames: deque[tuple[float, ...]] = deque(maxlen=maxlen)
-        self._calls: deque[tuple[int, float, float]] = deque(maxlen=maxlen)
+        self._calls: deque[tuple[int, float, float, float, float]] = deque(maxlen=maxlen)
 
     def frame(self, marks: list[float]) -> None:
         if len(marks) != len(MARKS):
@@ -47,7 +47,8 @@ class Trace:
 
     def call(self, captured: list[float], started: float, ended: float) -> None:
         """One scorer call: the capture times of its frames, and when it ran."""
-        self._calls.append((len(captured), (max(captured) - min(captured)) * 1000.0, (ended - started) * 1000.0))
+        self._calls.append((len(captured), (max(captured) - min(captured)) * 1000.0, (ended - started) * 1000.0,
+                            started, ended))
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -65,8 +66,9 @@ class Trace:
         return {name: _summary(v) for name, v in spans.items()}
 
     def calls(self) -> dict[str, Any]:
-        """{calls, mean_size, sizes: {size: count}, spread_p50_ms, spread_p99_ms, call_p50_ms}."""
-        c = np.asarray(list(self._calls), np.float64).reshape(-1, 3)
+        """{calls, mean_size, sizes: {size: count}, spread_p50_ms, spread_p99_ms, call_p50_ms, busy}; busy: the
+        share of the time from the first call's start to the last one's end the scorer spent in calls."""
+        c = np.asarray(list(self._calls), np.float64).reshape(-1, 5)
         if not len(c):
             return {"calls": 0}
         sizes, counts = np.unique(c[:, 0].astype(int), return_counts=True)
@@ -74,7 +76,8 @@ class Trace:
                 "sizes": {int(s): int(n) for s, n in zip(sizes, counts, strict=True)},
                 "spread_p50_ms": round(float(np.percentile(c[:, 1], 50)), 3),
                 "spread_p99_ms": round(float(np.percentile(c[:, 1], 99)), 3),
-                "call_p50_ms": round(float(np.percentile(c[:, 2], 50)), 3)}
+                "call_p50_ms": round(float(np.percentile(c[:, 2], 50)), 3),
+                "busy": round(float(c[:, 2].sum() / 1000.0 / max(c[:, 4].max() - c[:, 3].min(), 1e-9)), 3)}
 
 
 def _summary(v: np.ndarray) -> dict[str, float | int | None]:
