@@ -192,3 +192,30 @@ def test_bench_phase_modes_and_a_bad_one(model_dir: Path) -> None:
         phases("sideways", 2)
     with pytest.raises(ConfigError, match="--phase 'sideways'"):
         run_bench(model_dir, ["onnxruntime"], "fp32", [1], 2, 1, None, False, None, False, [2], 5.0, phase="sideways")
+
+
+def test_a_frame_waits_for_a_batch_to_fill_only_batch_wait_ms_from_its_arrival(model_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    """A whole-batch scorer (GPU-like: no `whole_batches` False) with a 1 s batch wait: a frame that has
+    been queued for 2 s already (it waited for a busy scorer) is taken at once; a fresh one waits."""
+    from tests.test_runtime_batching import SlowSpy
+
+    video = write_video(tmp_path / "v.avi", [level(100)])
+    cams = [(f"c{i}", SourceSpec("file", str(video))) for i in range(2)]
+    with Publisher(f"tcp://127.0.0.1:{free_port()}") as pub:
+        pipe = Pipeline(SlowSpy(OrtScorer(model_dir / "model.onnx", H, W), 0.0), load_manifest(model_dir), cams, pub,
+                        PipelineConfig(batch_wait_ms=1000.0))
+        assert pipe.max_batch == 2
+        queue = pipe.cameras[0].queue  # capture threads not started: c1 could still deliver
+        old = _item("c0", 0, time.monotonic() - 2.0)
+        old.queued_at = time.monotonic() - 2.0
+        queue._items.append(old)
+        t0 = time.monotonic()
+        assert pipe._collect(2, timeout=0.0) == [old]
+        assert time.monotonic() - t0 < 0.5  # not the full second again
+        fresh = _item("c0", 1, time.monotonic())
+        fresh.queued_at = time.monotonic()
+        queue._items.append(fresh)
+        t0 = time.monotonic()
+        assert pipe._collect(2, timeout=0.0) == [fresh]
+        assert time.monotonic() - t0 >= 0.9  # it did wait for c1's frame, up to batch_wait_ms

@@ -48,7 +48,8 @@ def run(
         "graph's batch limit) for a scorer that takes whole batches (GPU); 1 for ONNX Runtime on a CPU, which "
         "scores images one by one anyway (a batch would only hold its first verdict back).")] = None,
     batch_wait_ms: Annotated[float, typer.Option(
-        help="How long a partial batch waits for the other cameras' frames (0: never).")] = 5.0,
+        help="How long a partial batch waits for the other cameras' frames, from its oldest frame's arrival "
+        "(0: never; unused with one frame per call).")] = 5.0,
     wait_subscribers: Annotated[int, typer.Option(
         help="Wait (<= 10 s) for this many subscriptions before scoring (demos/tests).")] = 0,
     send_queue: Annotated[int, typer.Option(

@@ -47,6 +47,7 @@ from edge_somad.runtime.pipeline.camera import (
 from edge_somad.runtime.pipeline.camera_watch import CameraWatch
 from edge_somad.runtime.pipeline.defects import defects_of, render_overlay
 from edge_somad.runtime.pipeline.frames import check_useful_geometry
+from edge_somad.runtime.pipeline.heartbeat import line_status
 from edge_somad.runtime.pipeline.outbox import Outbox
 from edge_somad.runtime.pipeline.pipeline_config import PipelineConfig, Stats
 from edge_somad.runtime.pipeline.trace import MARKS, Trace
@@ -224,12 +225,15 @@ class Pipeline:
         """Up to n items, the oldest captures first across cameras (each camera's queue is FIFO, so its
         own order holds); frames captured at the same instant (cameras on one trigger) go in a rotating
         camera order, so no camera is always the last one scored. Waits up to `timeout` for the first
-        frame, then up to batch_wait_ms for the batch to fill while a camera could still add a frame."""
+        frame, then for the batch to fill while a camera could still add a frame, until batch_wait_ms
+        after the oldest waiting frame arrived."""
         with self._cond:
             if not self._queued() and timeout > 0 and not self._stop.is_set():
                 self._cond.wait(timeout)
             if n > 1 and self._wait_s > 0 and 0 < self._queued() < n:
-                deadline = time.monotonic() + self._wait_s
+                # From the oldest waiting frame's arrival: one that already waited for a busy scorer
+                # does not wait again for the batch to fill.
+                deadline = min(self._arrived(c) for c in self.cameras) + self._wait_s
                 while (self._queued() < n and self._can_grow() and not self._stop.is_set()
                        and (left := deadline - time.monotonic()) > 0):
                     self._cond.wait(left)  # every put notifies
@@ -243,6 +247,10 @@ class Pipeline:
                 items.append(cams[min(heads)[1]].queue.pop())
             self._taken += len(items)
             return items
+
+    def _arrived(self, cam: CameraSource) -> float:
+        head = cam.queue.peek()
+        return float("inf") if head is None else head.queued_at
 
     def _can_grow(self) -> bool:
         """Could a frame still join this batch? Only from a camera that reads and has queue room (a
@@ -300,7 +308,9 @@ class Pipeline:
         if good:
             try:
                 started = time.monotonic()
-                result = self.scorer.score(np.stack([p.resized for p in good]))
+                # one frame (a CPU scorer's default) goes as a view: no copy
+                frames = good[0].resized[None] if len(good) == 1 else np.stack([p.resized for p in good])
+                result = self.scorer.score(frames)
                 ended = time.monotonic()
                 self.trace.call([p.item.monotonic for p in good], started, ended)
                 for p in good:
@@ -373,27 +383,4 @@ class Pipeline:
         self.pub.publish_status({"schema": messages.STATUS_SCHEMA, "at": time.time(), **event})
 
     def _health(self, schema: str) -> dict[str, Any]:
-        with self._lock:
-            health = {c.id: self.health.snapshot(c.id) for c in self.cameras}
-            latency = self.stats.latency()
-        return {
-            "schema": schema, "at": time.time(), "uptime_s": round(time.monotonic() - self._started, 3),
-            "status": self.status, "model": self.model_info,
-            "frames_scored": self.stats.frames_scored, "published": self.stats.published,
-            "errors": self.stats.verdicts["error"], "verdicts": dict(self.stats.verdicts),
-            "latency_ms": latency,
-            "batches": {"max_batch": self.max_batch, "max_seen": self.stats.max_batch_seen,
-                        "calls": self.stats.score_calls,
-                        "mean": round(self.stats.frames_scored / max(1, self.stats.score_calls), 3)},
-            # Per-subscriber losses are invisible to a publisher (ZeroMQ drops per peer, silently):
-            # `sent` per topic lets each subscriber compare with the `seq` numbers it received.
-            "sent": dict(self.pub.sent), "subscribers": self.pub.subscribers,
-            "security": "curve" if self.pub.curve is not None else "none",
-            "handshake_failures": dict(self.pub.handshake_failures),
-            "subscriptions_refused": self.pub.subscriptions_refused, "peers_disconnected": self.pub.peers_disconnected,
-            "cameras": {c.id: {"status": self.watch.status(c), "fps": round(c.fps(), 2), "frames": c.frames,
-                               "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue),
-                               "health": health[c.id]}
-                        for c in self.cameras},
-        }
-
+        return line_status(self, schema)
