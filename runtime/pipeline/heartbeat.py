@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from edge_somad.runtime.pipeline.pipeline import Pipeline
+from typing import Any
 
 
-def line_status(pipe: Pipeline, schema: str) -> dict[str, Any]:
+def line_status(pipe: Any, schema: str) -> dict[str, Any]:
+    """`pipe`: the runtime.pipeline.pipeline.Pipeline (not imported: it imports this module)."""
     with pipe._lock:
         health = {c.id: pipe.health.snapshot(c.id) for c in pipe.cameras}
         latency = pipe.stats.latency()
