@@ -219,3 +219,14 @@ def test_a_frame_waits_for_a_batch_to_fill_only_batch_wait_ms_from_its_arrival(m
         t0 = time.monotonic()
         assert pipe._collect(2, timeout=0.0) == [fresh]
         assert time.monotonic() - t0 >= 0.9  # it did wait for c1's frame, up to batch_wait_ms
+
+
+def test_the_publishers_upkeep_backs_off_while_idle_and_returns_on_work() -> None:
+    from edge_somad.runtime.messaging.publisher import DRAIN_IDLE_S, DRAIN_PERIOD_S, drain_period
+
+    waits = [DRAIN_PERIOD_S]
+    for _ in range(8):
+        waits.append(drain_period(waits[-1], 0))
+    assert waits[:3] == [DRAIN_PERIOD_S, 2 * DRAIN_PERIOD_S, 4 * DRAIN_PERIOD_S]
+    assert max(waits) == waits[-1] == DRAIN_IDLE_S  # idle: capped, never longer
+    assert drain_period(DRAIN_IDLE_S, 1) == DRAIN_PERIOD_S  # a subscription or peer event: fast again
