@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             scorer.close()
     best = max(b["best_fps"] for b in bares)
     p50_1 = 1000.0 / max(b["fps_per_batch"][1] for b in bares)
+    cpu1 = float(np.median([b["cpu_ms_per_frame"][1] for b in bares]))
     print(f"\nbare best {best:.2f} frames/s (max over {len(bares)} timings in this run); "
-          f"scorer batch-1 p50 {p50_1:.1f} ms (best timing)")
+          f"scorer batch-1 p50 {p50_1:.1f} ms (best timing), {cpu1:.1f} ms CPU per frame (median)")
     print(f"{'variant':24s} {'row':12s} {'frames/s':>9s} {'ratio':>6s} {'p50 ms':>8s} {'p99 ms':>8s} "
           f"{'p99/scorer':>10s} {'dropped':>7s}   (medians of {args.repeats} rounds)")
     for name in args.variants:
