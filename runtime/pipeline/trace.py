@@ -7,7 +7,8 @@ is always on); `stages()` turns the rows into per-stage p50/p99/mean millisecond
 - prepare: resize and input health (drift metrics, frozen check), in the camera's capture thread;
 - enqueue: a replay waiting for room in its queue (0 for a live camera: it drops its oldest);
 - queue: waiting in the camera queue until the scoring loop took the frame;
-- before_score: taken -> its scorer call starts (the rest of its batch being taken);
+- before_score: taken -> its scorer call starts (the rest of its batch being taken; with
+  PipelineConfig.prepare_in_capture False, the loop's resize and checks of the batch, and `prepare` is 0);
 - score: its scorer call (the whole batch's call when several frames share one);
 - handoff: call ended -> the publishing thread starts on this frame (earlier batches still going out,
   earlier frames of the same batch);
