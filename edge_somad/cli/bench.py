@@ -37,7 +37,12 @@ def bench(
     phase: Annotated[str, typer.Option(
         "--phase", help="With --fps: aligned (cameras tick together), independent (free-running cameras, "
         "random phases with a fixed seed) or both (a row each).")] = "both",
+    triggers: Annotated[str | None, typer.Option(
+        "--triggers", help="Trigger rates per second, comma-separated (e.g. 5,20): trigger -> verdict latency "
+        "p50/p99 of a triggered pipeline, --iters triggers per rate (docs/triggers.md).")] = None,
 ) -> None:
     """Latency (p50/p99 at batch 1), throughput (best batch) and model size per backend."""
+    from edge_somad.bench.triggers import parse_rates
+
     run_bench(model, backend, precision, batch, iters, warmup, json_out, pipeline, video, curve, cameras, fps,
-              say=typer.echo, phase=phase)
+              say=typer.echo, phase=phase, triggers=parse_rates(triggers) if triggers is not None else None)

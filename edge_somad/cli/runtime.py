@@ -29,7 +29,9 @@ from edge_somad.contracts.exits import EXIT_NOT_MET
 def run(
     camera: Annotated[list[str], typer.Option(
         "--camera", help="Source, repeatable: camera index (0), video file, image folder, rtsp:// or "
-        "http(s):// URL; name it with id=spec (default ids cam0, cam1, ...).")],
+        "http(s):// URL, or a GigE Vision / USB3 Vision camera aravis:<device>?exposure_us=..&gain_db=..&"
+        "trigger=off|software|line0..&pixel=Mono8|BayerRG8|.. (docs/cameras.md); name it with id=spec "
+        "(default ids cam0, cam1, ...).")],
     model: Annotated[Path, typer.Option("--model", help="Model directory holding manifest.json.")],
     backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime | torch")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (never changed silently)")] = "fp32",
@@ -80,7 +82,8 @@ def run(
         "(cannot open, reconnecting or stalled). Default: keep retrying.")] = None,
     stall_s: Annotated[float, typer.Option(
         help="A running live camera with no frame for 5 frame intervals, and at least this many seconds, is "
-        "`stalled`. Triggered cameras: set it above the longest gap between parts.")] = 1.0,
+        "`stalled`. Cameras triggered through aravis (trigger=software|lineN) are never stalled; for other "
+        "triggered cameras set it above the longest gap between parts.")] = 1.0,
     camera_alarm: Annotated[float, typer.Option(
         help="A camera that cannot be opened, reconnects or stalls is health `warn` at once and `alarm` after "
         "this many seconds.")] = 5.0,
@@ -93,6 +96,14 @@ def run(
         help="ZeroMQ endpoint answering replay requests from the journal [--publish's host, port + 1].")] = None,
     drift_every: Annotated[int, typer.Option(help="Input-drift metrics on every n-th frame per camera (1: all); "
         "camera-fault checks stay on every frame.")] = 1,
+    control: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="ZeroMQ endpoint of the control socket (JSON requests: trigger, ...), e.g. tcp://127.0.0.1:5560 "
+        "(docs/triggers.md). Keep it on loopback: it has no authentication.")] = None,
+    trigger: Annotated[bool, typer.Option("--trigger/--free-running", help="Triggered inspection: score only "
+        "the first frame after each trigger on --control and answer with the part's verdict (default: score "
+        "every frame).")] = False,
+    trigger_deadline_ms: Annotated[int, typer.Option(
+        help="Deadline of a trigger that names none: an answer later than this is `error: deadline`.")] = 500,
     log_level: LogLevel = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
@@ -111,7 +122,7 @@ def run(
                             max_frames=max_frames, queue_size=queue_size,
                             precision=precision, drain_timeout_s=drain_timeout, health=health_config,
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms, camera_timeout_s=camera_timeout,
-                            stall_min_s=stall_s)
+                            stall_min_s=stall_s, triggered=trigger, trigger_deadline_ms=trigger_deadline_ms)
     curve = load_server(curve_secret_key, curve_clients)
     journal_config = None
     if journal is not None:
@@ -126,7 +137,7 @@ def run(
         raise ConfigError("--replay needs --journal DIR: the replay endpoint answers from the journal")
     final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
                          config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue,
-                         journal=journal_config, replay=replay)
+                         journal=journal_config, replay=replay, control=control)
     typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, messages sent per topic {final['sent']}",
                err=True)
     if final.get("camera_timeout"):
@@ -180,6 +191,7 @@ def view(
     port: Annotated[int, typer.Option(help="HTTP port of the page.")] = 8080,
     topic: Annotated[str, typer.Option(help="Topic prefix filter, as for subscribe.")] = "somad/",
     fails: Annotated[int, typer.Option(help="Last N fails shown as thumbnails per camera.")] = 8,
+    strip: Annotated[int, typer.Option(help="Last N results (pass/fail/error) as a colour strip per camera.")] = 30,
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
     max_message_mb: MaxMessageMb = 16.0,
@@ -191,7 +203,7 @@ def view(
     from edge_somad.runtime.messaging.intake import DecodeLimits
     from edge_somad.runtime.view.view import ViewConfig, serve
 
-    config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails,
+    config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails, strip_n=strip,
                         limits=DecodeLimits.with_max_message_mb(max_message_mb))
     serve(config, load_client(curve_server_key, curve_secret_key))
 

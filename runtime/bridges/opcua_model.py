@@ -33,7 +33,7 @@ RESULT_FIELDS = (  # browse name, variant type name, default; ResultId last (see
     ("PublishedTime", "DateTime", NEVER), ("ResultEvaluation", "Int32", 0), ("Verdict", "String", ""),
     ("Score", "Double", math.nan), ("Threshold", "Double", math.nan), ("ScoreNormalised", "Double", math.nan),
     ("DefectCount", "Int32", 0), ("ErrorText", "String", ""), ("LatencyMs", "Double", math.nan),
-    ("ResultId", "String", ""))
+    ("PartId", "String", ""), ("ResultId", "String", ""))
 # Per-camera values that describe the line's present state: Uncertain once `run` is silent.
 LIVE_CAMERA_VARS = ("Fps", "CaptureDrops")
 GOOD, UNCERTAIN, WAITING = "Good", "UncertainLastUsableValue", "BadWaitingForInitialData"
@@ -56,6 +56,7 @@ def result_values(h: dict[str, Any]) -> dict[str, Any]:
             "Verdict": h["verdict"], "Score": _number(h.get("score")), "Threshold": _number(h.get("threshold")),
             "ScoreNormalised": _number(h.get("score_normalised")), "DefectCount": len(defects),
             "ErrorText": str(h.get("error") or "")[:1000], "LatencyMs": _number(h.get("latency_ms")),
+            "PartId": str(h.get("part_id") or "")[:64],  # triggered inspection; "" for free-running frames
             "ResultId": f"{h['camera']}/{h['frame_id']}"}
 
 
@@ -79,6 +80,7 @@ class OpcuaModel:
         self.vars: dict[tuple[str, ...], tuple[Any, str]] = {}  # (camera | "", [group,] name) -> (node, vtype)
         self.values: dict[tuple[str, ...], tuple[Any, str]] = {}  # key -> (last value, status name)
         self.cameras: set[str] = set()
+        self.camera_nodes: dict[str, Any] = {}  # camera -> its object node
         self.result_class: Any = None
 
     def _id(self, *parts: str) -> Any:
@@ -99,7 +101,8 @@ class OpcuaModel:
         self.result_type, _ = await new_struct(self.server, ua.NodeId(RESULT_TYPE, self.idx),
                                                ua.QualifiedName(RESULT_TYPE, self.idx), fields)
         await self.server.load_data_type_definitions()
-        self.result_class = getattr(ua, RESULT_TYPE)
+        # By NodeId, not ua.<name>: OPC 40100's ResultDataType (opcua_vision.py) has the same name.
+        self.result_class = ua.extension_objects_by_datatype[self.result_type.nodeid]
         self.root = await self.server.nodes.objects.add_object(self._id(), self._name(self.box))
         for name, vtype, value in (("SystemState", "String", "unknown"), ("HeartbeatAge", "Double", math.nan),
                                    ("Model", "String", ""), ("InternalConfigurationId", "String", ""),
@@ -122,7 +125,7 @@ class OpcuaModel:
         if camera in self.cameras:
             return
         self.cameras.add(camera)
-        obj = await self.folder.add_object(self._id(camera), self._name(camera))
+        obj = self.camera_nodes[camera] = await self.folder.add_object(self._id(camera), self._name(camera))
         for name, vtype, value in (("CameraStatus", "String", "unknown"), ("Fps", "Double", math.nan),
                                    ("CaptureDrops", "Int64", 0)):
             await self._var(obj, (camera, name), vtype, value)

@@ -16,7 +16,7 @@ def line_status(pipe: Any, schema: str) -> dict[str, Any]:
         "status": pipe.status, "model": pipe.model_info,
         "frames_scored": pipe.stats.frames_scored, "published": pipe.stats.published,
         "errors": pipe.stats.verdicts["error"], "verdicts": dict(pipe.stats.verdicts),
-        "latency_ms": latency,
+        "latency_ms": latency, **({"triggers": pipe.triggers.snapshot()} if pipe.triggers is not None else {}),
         "batches": {"max_batch": pipe.max_batch, "max_seen": pipe.stats.max_batch_seen,
                     "calls": pipe.stats.score_calls,
                     "mean": round(pipe.stats.frames_scored / max(1, pipe.stats.score_calls), 3)},

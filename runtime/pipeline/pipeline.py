@@ -23,15 +23,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from edge_somad.contracts.geometry import check_frame, plan_geometry, resize_planned
 from edge_somad.contracts.manifest import Manifest
 from edge_somad.errors import ConfigError, InputError
-from edge_somad.runtime.health.drift import content_box
 from edge_somad.runtime.health.health import LineHealth
 from edge_somad.runtime.messaging import messages
 from edge_somad.runtime.messaging.publisher import Publisher
@@ -42,33 +39,21 @@ from edge_somad.runtime.pipeline.camera import (
     FrameItem,
     ReadBudget,
     SourceSpec,
-    _Capture,
 )
 from edge_somad.runtime.pipeline.camera_watch import CameraWatch
+from edge_somad.runtime.pipeline.capture import Capture, open_capture
 from edge_somad.runtime.pipeline.defects import defects_of, render_overlay
-from edge_somad.runtime.pipeline.frames import check_useful_geometry
 from edge_somad.runtime.pipeline.heartbeat import line_status
 from edge_somad.runtime.pipeline.outbox import Outbox
 from edge_somad.runtime.pipeline.pipeline_config import PipelineConfig, Stats
-from edge_somad.runtime.pipeline.trace import MARKS, Trace
+from edge_somad.runtime.pipeline.prepare import Preparer, _Prepared
+from edge_somad.runtime.pipeline.trace import Trace
 from edge_somad.runtime.scorers.scorer import Scorer
+from edge_somad.runtime.trigger.book import TriggerBook
 
 log = logging.getLogger(__name__)
 
 NOT_SCORED = "not scored: shutdown"
-
-
-@dataclass
-class _Prepared:
-    item: FrameItem
-    resized: np.ndarray | None = None
-    frame: np.ndarray | None = None  # BGR, for the overlay
-    geometry: Any = None
-    error: str | None = None
-    score: float | None = None
-    amap: np.ndarray | None = None
-    repeated: str | None = None  # identical to the camera's previous frame: must not pass
-    marks: list[float] = field(default_factory=lambda: [float("nan")] * len(MARKS))  # trace.MARKS of this frame
 
 
 class Pipeline:
@@ -79,7 +64,7 @@ class Pipeline:
         cameras: list[tuple[str, SourceSpec]],
         publisher: Publisher,
         config: PipelineConfig = PipelineConfig(),
-        opener: Callable[[SourceSpec], _Capture] = _Capture,
+        opener: Callable[[SourceSpec], Capture] = open_capture,
     ) -> None:
         self.scorer, self.manifest, self.pub, self.config = scorer, manifest, publisher, config
         self.stats = Stats()
@@ -95,21 +80,24 @@ class Pipeline:
                 messages.check_camera_id(cid)
             except InputError as exc:
                 raise ConfigError(str(exc)) from exc
-        self._kinds = {cid: spec.kind for cid, spec in cameras}
         # LineHealth and the latency window are written by the capture threads (frames), the
         # publisher thread (verdicts), and read for the heartbeat: one lock for both.
         self._lock = threading.Lock()
         self.health = LineHealth([cid for cid, _ in cameras], manifest.reference, config.health,
                                  score_drift=config.precision != "int8", on_change=self._health_event)
+        self._prep = Preparer(manifest, self.health, self._lock, {cid: spec.kind for cid, spec in cameras})
         # Shared by every capture thread: with --max-frames N, N frames are read in total, so every
         # frame read is taken and answered (a replay would otherwise have read queue_size more).
         self.reads = ReadBudget(config.max_frames)
         # Each capture thread resizes and checks its own frames (`_prepare`) while the scorer runs,
-        # so the scoring thread goes from one call to the next without host work in between.
+        # so the scoring thread goes from one call to the next without host work in between. Not in
+        # triggered mode: only the frame after a trigger is scored, and resizing every other one would
+        # be wasted work.
+        in_capture = config.prepare_in_capture and not config.triggered
         self.cameras = [CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener,
                                      budget=self.reads, open_report_s=config.open_report_s,
                                      stall_frames=config.stall_frames, stall_min_s=config.stall_min_s,
-                                     prepare=self._prepare_in_capture if config.prepare_in_capture else None)
+                                     prepare=self._prepare_in_capture if in_capture else None)
                         for cid, spec in cameras]
         limit = getattr(scorer, "max_batch", None)
         if config.max_batch is not None and limit is not None and config.max_batch > limit:
@@ -133,6 +121,9 @@ class Pipeline:
         self._started = time.monotonic()
         self.model_info = {"name": manifest.name, "onnx_sha256": manifest.onnx_sha256,
                            "backend": scorer.backend, "precision": config.precision, "device": scorer.device}
+        # Triggered mode: only the first frame after each trigger is scored (runtime/trigger/book.py).
+        self.triggers = TriggerBook(self.cameras, publisher, self.model_info, manifest.threshold_for(
+            config.precision), self._cond, config.trigger_deadline_ms) if config.triggered else None
 
     def stop(self, reason: str = "stop requested") -> None:
         """Thread- and signal-safe: only sets a flag the loop polls every 100 ms. A second call while
@@ -161,9 +152,8 @@ class Pipeline:
             if (why := self.watch.check()) is not None:
                 reason = why
                 break
-            if batch:
-                self._process(batch)
-            elif all(c.finished for c in self.cameras) and not self._queued():
+            self._process(batch)  # also when empty: a trigger may have matched a frame held back
+            if not batch and all(c.finished for c in self.cameras) and not self._queued():
                 if self.reads.spent:
                     reason = f"max frames ({self.config.max_frames}) reached"
                 break
@@ -178,6 +168,8 @@ class Pipeline:
     def _shutdown(self, reason: str, drain: bool) -> dict[str, Any]:
         self.status = "stopping"
         log.info("stopping: %s", reason)
+        if self.triggers is not None:
+            self.triggers.stop_accepting(reason)
         for cam in self.cameras:
             cam.stop()
         with self._cond:  # replay threads waiting for queue room
@@ -191,6 +183,8 @@ class Pipeline:
             self._process(self._collect(self._budget(self.max_batch), timeout=0.0))
         self._report_unscored()  # normally nothing is left: the drain limit, a second signal, a camera timeout
         self._outbox.close()  # every verdict is out before the final status
+        if self.triggers is not None:
+            self.triggers.close(reason)  # a trigger still waiting is answered, never left in silence
         self._flush_events()
         self.status = "stopped" if drain else "ended"
         final = self._health(messages.STATUS_SCHEMA)
@@ -202,11 +196,12 @@ class Pipeline:
         """Every frame read gets a verdict: those left after the drain limit are errors, not silence."""
         why = ("second signal" if self._abort.is_set() else "camera timeout" if self.watch.timed_out
                else f"drain limit {self.config.drain_timeout_s:g} s reached")
-        left: list[_Prepared] = []
+        items: list[FrameItem] = []
         for cam in self.cameras:
             while (item := cam.queue.pop()) is not None:
-                left.append(_Prepared(item, error=f"{NOT_SCORED} ({why})"))
-        self._taken += len(left)
+                items.append(item)
+        self._taken += len(items)
+        left = [_Prepared(it, error=f"{NOT_SCORED} ({why})") for it in self._triggered(items)]
         if left:  # behind the scored batches still in the outbox: per-camera order holds
             self._emit(left)
             log.warning("%d queued frame(s) published as '%s' (%s); raise --drain-timeout to score them",
@@ -265,45 +260,17 @@ class Pipeline:
 
     # -- one batch -----------------------------------------------------------------------------
     def _prepare_in_capture(self, item: FrameItem) -> None:
-        item.prepared = self._prepare_safe(item)
+        item.prepared = self._prep.safe(item)
 
-    def _prepare_safe(self, item: FrameItem) -> _Prepared:
-        try:
-            return self._prepare(item)
-        except Exception as exc:  # a bug in the checks must not end a camera's thread or the loop: an error verdict
-            log.exception("camera %s frame %d: preparing it failed", item.camera, item.frame_id)
-            return _Prepared(item, error=f"preparing the frame failed: {type(exc).__name__}: {exc}")
-
-    def _prepare(self, item: FrameItem) -> _Prepared:
-        p = _Prepared(item, error=item.error)
-        if item.error is not None:
-            return p
-        pre = self.manifest.preprocessing
-        try:
-            p.frame = check_frame(item.image)
-            # Planned once: the resize, the size check, the defect boxes and the overlay all use it.
-            p.geometry = plan_geometry(p.frame.shape[0], p.frame.shape[1], pre.height, pre.width, pre.resize)
-            check_useful_geometry(p.geometry, self.manifest)
-            p.resized = resize_planned(p.frame, p.geometry, pre.resize, pre.pad_value)
-        except InputError as exc:
-            p.error = f"bad frame: {exc}"
-            return p
-        with self._lock:
-            g = p.geometry
-            fault = self.health.frame(item.camera, p.frame.shape[:2], p.resized, item.monotonic,
-                                      content_box(g), p.frame, min(g.scale_x, g.scale_y))
-            # Files of a folder are separate pictures, not a stream that can freeze: identical ones are
-            # identical parts. Live sources and video files are streams.
-            p.repeated = self.health.repeated(item.camera) if self._kinds[item.camera] != "folder" else None
-        if fault is not None:  # a black or frozen picture says nothing about the part: never a pass
-            p.error = f"camera fault: {fault}"
-        return p
+    def _triggered(self, items: list[FrameItem]) -> list[FrameItem]:
+        return items if self.triggers is None else self.triggers.select(items)
 
     def _process(self, items: list[FrameItem]) -> None:
+        items = self._triggered(items)
         if not items:
             return
         # Prepared in the capture thread, or here (config.prepare_in_capture False).
-        prepared = [it.prepared if isinstance(it.prepared, _Prepared) else self._prepare_safe(it) for it in items]
+        prepared = [it.prepared if isinstance(it.prepared, _Prepared) else self._prep.safe(it) for it in items]
         good = [p for p in prepared if p.error is None]
         if good:
             try:
@@ -350,6 +317,9 @@ class Pipeline:
             # A repeat of the previous frame may be a frozen camera before it can be declared one: it
             # shows no new part, so it never passes (a fail stays a fail: rejecting is safe).
             v = unscored(f"camera fault: {p.repeated}", threshold, p.geometry)
+        trigger = None
+        if self.triggers is not None:  # a verdict ready after its trigger's deadline is an error `deadline`
+            v, trigger = self.triggers.claim(p.item, v)
         defects = defects_of(v, self.manifest.pixel_threshold_for(precision),
                              self.manifest.calibration.min_defect_area_px)
         picture = v.verdict != "pass" or self._pass_picture(it.camera)
@@ -362,10 +332,13 @@ class Pipeline:
         header = messages.header_of(
             v, camera=it.camera, frame_id=it.frame_id, captured_at=it.captured_at, published_at=published_at,
             defects=defects, model=self.model_info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
+        header.update(trigger or {})  # part_id, trigger_ts, ...
         p.marks[8] = time.monotonic()
         self.pub.publish_verdict(header, heat, overlay)
         p.marks[9] = time.monotonic()
         self.trace.frame(p.marks)
+        if self.triggers is not None:
+            self.triggers.finish(it, header)
         self.stats.verdicts[v.verdict] += 1
         with self._lock:
             self.health.verdict(it.camera, v.verdict, v.score)
