@@ -41,6 +41,7 @@ class StreamInfo:
     cameras: dict[str, str] = field(default_factory=dict)  # camera id -> status
     heartbeat_at: float | None = None  # time.monotonic() of the last heartbeat
     pipeline_status: str | None = None
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)  # camera id -> its newest health block
 
     @property
     def known(self) -> bool:
@@ -121,10 +122,20 @@ class StreamSource:
                 info.model = h["model"]
             cams = h.get("cameras")
             if isinstance(cams, dict):  # the current run's cameras: those of an earlier run are gone
-                info.cameras = {cam: str(state.get("status"))[:40] for cam, state in list(cams.items())[:1000]
-                                if _valid_camera(cam) and isinstance(state, dict)}
+                valid = {cam: state for cam, state in list(cams.items())[:1000]
+                         if _valid_camera(cam) and isinstance(state, dict)}
+                info.cameras = {cam: str(state.get("status"))[:40] for cam, state in valid.items()}
+                info.health = {cam: state["health"] for cam, state in valid.items()
+                               if isinstance(state.get("health"), dict)}
         elif msg.kind == "status" and h.get("event") == "camera" and _valid_camera(h.get("camera")):
             info.cameras[h["camera"]] = str(h.get("status"))[:40]
+        elif msg.kind == "status" and h.get("event") == "health" and _valid_camera(h.get("camera")) \
+                and isinstance(h.get("health"), dict):
+            info.health = {**info.health, h["camera"]: h["health"]}  # a new dict: readers on another thread
+        elif msg.kind == "status" and h.get("event") == "model_swapped" and _is_sha(h.get("new")):
+            # The new model's sha256 is what the birth must name from now on; the next heartbeat
+            # brings the rest of its description (name, backend, ...).
+            info.model = {**(info.model or {}), "onnx_sha256": h["new"]}
 
     @property
     def rejected(self) -> int:
@@ -138,6 +149,10 @@ class StreamSource:
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
+
+
+def _is_sha(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _valid_camera(camera: object) -> bool:
