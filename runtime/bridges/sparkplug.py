@@ -283,6 +283,8 @@ class SparkplugBridge(MqttBridge):
                     state = self._host_state(payload, last_ts)
                     if state is False and s.born:
                         return "host offline"
+                    if state is False:
+                        log.info("primary host %s is offline: no births until its STATE says online", host)
                     online = state if state is not None else online
                 else:
                     self._command(topic, payload, s)

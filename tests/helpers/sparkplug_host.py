@@ -182,6 +182,7 @@ class SparkplugHost:
         self.messages: list[Message] = []
         self.cond = threading.Condition()
         self.host_id = host_id
+        self.online = False  # a primary host says online again on every (re)connect, as Sparkplug 3.0 asks
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                                   clean_session=False)
         self.client.reconnect_delay_set(0.1, 0.5)
@@ -194,8 +195,11 @@ class SparkplugHost:
 
     def _on_connect(self, client, userdata, flags, rc, props) -> None:
         client.subscribe("spBv1.0/#", qos=1)
+        if self.host_id is not None and self.online:
+            client.publish(f"spBv1.0/STATE/{self.host_id}", state_payload(True), qos=1, retain=True)
 
     def set_online(self, online: bool) -> None:
+        self.online = online
         info = self.client.publish(f"spBv1.0/STATE/{self.host_id}", state_payload(online), qos=1, retain=True)
         info.wait_for_publish(5)
 
@@ -236,7 +240,8 @@ class SparkplugHost:
 
     def check(self) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
         """Replay what arrived through a host's rules: (violations, data) where data is one
-        (device, {metric name: value}) per DDATA, names resolved through the births' aliases."""
+        (device, {metric name: value, "_at": index in self.messages}) per DDATA, names resolved through
+        the births' aliases."""
         errors: list[str] = []
         data: list[tuple[str, dict[str, Any]]] = []
         node = _Node()
@@ -305,7 +310,7 @@ class SparkplugHost:
                     else:
                         values[name] = None if x["is_null"] else x["value"]
                 if m.kind == "DDATA":
-                    data.append((m.device, values))
+                    data.append((m.device, {**values, "_at": i}))  # _at: the message's index in arrival order
         return errors, data
 
     @staticmethod
