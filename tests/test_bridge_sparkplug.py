@@ -10,6 +10,14 @@ import itertools
 import time
 from pathlib import Path
 
+import pytest
+
+from edge_somad.errors import ConfigError
+from edge_somad.runtime.bridges.mqtt import MqttBridge, MqttBridgeConfig
+from edge_somad.runtime.bridges.mqtt_link import BrokerConfig
+from edge_somad.runtime.bridges.queue import Item
+from edge_somad.runtime.bridges.source import SourceConfig
+from edge_somad.runtime.bridges.sparkplug import SparkplugBridge
 from edge_somad.runtime.messaging import messages
 from tests.helpers.bridges import BeatingPublisher, Mosquitto, start_bridge
 from tests.helpers.runtime import free_port
@@ -121,3 +129,25 @@ def test_births_data_seq_wrap_rebirth_model_swap_and_death_on_sigkill(tmp_path: 
         run.close()
         host.close()
         broker.stop()
+
+
+def test_a_queue_file_serves_one_mode_only(tmp_path: Path) -> None:
+    """Plain items cannot be sent as Sparkplug metrics, nor the other way: refused while any is queued."""
+    config = MqttBridgeConfig(broker=BrokerConfig(), source=SourceConfig((f"tcp://127.0.0.1:{free_port()}",)),
+                              box="b1", queue_file=tmp_path / "q.sqlite")
+    plain = MqttBridge(config)
+    plain.queue.put_many([Item("pass", "t", b"{}")])
+    plain.source.close()
+    plain.queue.close()
+    with pytest.raises(ConfigError, match="plain MQTT bridge"):
+        SparkplugBridge(config)
+    spb = MqttBridge(config)  # the plain bridge may go on with it
+    spb.queue.delete([r.id for r in spb.queue.peek(0, 10)])
+    spb.source.close()
+    spb.queue.close()
+    spb = SparkplugBridge(config)  # empty: the Sparkplug bridge takes it over
+    spb.queue.put_many([Item("pass", "c1", b"{}")])
+    spb.source.close()
+    spb.queue.close()
+    with pytest.raises(ConfigError, match="Sparkplug bridge"):
+        MqttBridge(config)
