@@ -159,7 +159,7 @@ class SparkplugBridge(MqttBridge):
         return pb.encode([pb.Metric(pb.INT64, bd_seq, name=sm.BD_SEQ)], None, _now_ms())
 
     def _births(self, link: MqttLink, s: _Session) -> None:
-        from edge_somad import __version__
+        from edge_somad._version import __version__
 
         self._seq = 0  # NBIRTH is seq 0
         s.devices.clear()
