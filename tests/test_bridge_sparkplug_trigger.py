@@ -1,0 +1,72 @@
+"""DCMD `Trigger` on a camera device: parsed, handed to the trigger path, answered in `Trigger Status`."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from edge_somad.runtime.bridges.mqtt import MqttBridgeConfig
+from edge_somad.runtime.bridges.mqtt_link import BrokerConfig
+from edge_somad.runtime.bridges.source import SourceConfig
+from edge_somad.runtime.bridges.sparkplug import SparkplugBridge, SparkplugOptions
+from tests.helpers.bridges import BeatingPublisher, Mosquitto
+from tests.helpers.runtime import free_port
+from tests.helpers.sparkplug_host import STRING, SparkplugHost, encode_command
+from tests.test_bridge_sparkplug import GROUP, NODE
+
+UINT32 = 7
+
+
+def _statuses(host: SparkplugHost, device: str) -> list[str]:
+    _, data = host.check()
+    return [v["Trigger Status"] for d, v in data if d == device and "Trigger Status" in v]
+
+
+def test_dcmd_trigger_reaches_the_trigger_path_and_its_answer_comes_back(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    host = SparkplugHost(broker.port)
+    zmq_port = free_port()
+    run = BeatingPublisher(zmq_port, ("c1", "c2"))
+    config = MqttBridgeConfig(broker=BrokerConfig(port=broker.port, client_id="spb-trigger-test"),
+                              source=SourceConfig((f"tcp://127.0.0.1:{zmq_port}",)), box=NODE, group=GROUP,
+                              queue_file=tmp_path / "q.sqlite", status_interval_s=0.5)
+    bridge = SparkplugBridge(config, SparkplugOptions())
+    calls: list[tuple[str, str, int | None]] = []
+
+    def trigger(camera: str, part_id: str, deadline_ms: int | None) -> dict:  # stands in for `run --control`
+        calls.append((camera, part_id, deadline_ms))
+        return {"error": "deadline"} if part_id == "P-late" else {"verdict": "fail", "part_id": part_id}
+
+    bridge.triggers.fn = trigger  # the injection point the CLI fills with the trigger client
+    thread = threading.Thread(target=bridge.run, daemon=True)
+    thread.start()
+    try:
+        assert host.wait_for(lambda m: len(host.of("DBIRTH")) >= 2, 30)
+        dcmd = f"spBv1.0/{GROUP}/DCMD/{NODE}/c2"
+        host.send(dcmd, encode_command([("Trigger", None, STRING, "P-1234"),
+                                        ("Trigger Deadline Ms", None, UINT32, 300)]))
+        assert host.wait_for(lambda m: "fail P-1234" in _statuses(host, "c2"), 20), calls
+        assert calls == [("c2", "P-1234", 300)]
+        # by alias, as a host that learnt the aliases from the DBIRTH sends it
+        birth = host.of("DBIRTH", "c2")[-1].payload
+        alias = next(x["alias"] for x in birth["metrics"] if x["name"] == "Trigger")
+        host.send(dcmd, encode_command([(None, alias, STRING, "P-late")]))
+        assert host.wait_for(lambda m: "error: deadline P-late" in _statuses(host, "c2"), 20), calls
+        assert calls[-1] == ("c2", "P-late", None) and len(calls) == 2
+        host.send(dcmd, encode_command([("Trigger", None, STRING, "")]))  # refused before the trigger path
+        host.send(dcmd, encode_command([("Trigger", None, STRING, "P-9")]))
+        assert host.wait_for(lambda m: "fail P-9" in _statuses(host, "c2"), 20)
+        assert [c[1] for c in calls] == ["P-1234", "P-late", "P-9"] and bridge.bad_commands == 1
+    finally:
+        bridge.request_stop()
+        thread.join(20)
+        run.close()
+    try:
+        assert not thread.is_alive()
+        assert host.wait_for(lambda m: len(host.of("NDEATH")) >= 1, 10)  # a clean stop says goodbye too
+        errors, _ = host.check()
+        assert errors == [], errors[:10]
+    finally:
+        host.close()
+        broker.stop()
