@@ -102,12 +102,13 @@ def test_births_data_seq_wrap_rebirth_model_swap_and_death_on_sigkill(tmp_path: 
         # a model swapped in `run`: births again, naming the new model
         new = "cd" * 32
         n_births = len(births(host))
-        run.sha = new  # what `run` does: the event, then heartbeats naming the new model
         run.pub.publish_status({"schema": messages.STATUS_SCHEMA, "event": "model_swapped", "old": "ab" * 32,
                                 "new": new, "at": time.time()})
         assert host.wait_for(lambda m: len(births(host)) > n_births, 20), log.read_text()[-2000:]
+        # the event alone (the heartbeats still name the old model) brings births naming the new one
         assert host.wait_for(lambda m: any(x["name"] == "Model/Sha256" and x["value"] == new
                                            for p in births(host, "DBIRTH") for x in p["metrics"]), 10)
+        run.sha = new  # then `run`'s heartbeats name it too
         run.pub.publish_verdict(header(N, sha=new))
         assert host.wait_for(lambda m: verdicts(host.check()[1]).get(("c1", N // 2)), 20)
         assert verdicts(host.check()[1])[("c1", N // 2)]["Inspection/Model Sha256"] == new

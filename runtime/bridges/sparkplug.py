@@ -89,27 +89,8 @@ class SparkplugBridge(MqttBridge):
         self.trigger_state: dict[str, str] = {}
         self.bad_commands = 0
         self._seq = 0
-        self.triggers = cmd.Triggers(self._trigger_fn())
-
-    def _trigger_fn(self) -> cmd.TriggerFn | None:
-        """DCMD Trigger -> `run`'s control endpoint of the stream the camera belongs to.
-
-        The injection point: tests and other callers may replace `self.triggers.fn`."""
-        if not self.options.control:
-            return None
-        try:
-            from edge_somad.runtime.trigger.client import request_trigger
-        except ImportError:
-            log.warning("--control given but this build has no trigger client: DCMD Trigger answers an error")
-            return None
-
-        def fn(camera: str, part_id: str, deadline_ms: int | None) -> dict:
-            for i, info in enumerate(self.source.infos):
-                if camera in dict(info.cameras):
-                    return request_trigger(self.options.control[i], part_id, deadline_ms,
-                                           self.options.trigger_timeout_s)
-            return {"error": f"camera {camera} is in no stream"}
-        return fn
+        # The injection point for DCMD Trigger: `run`'s control endpoints, or whatever a caller sets in .fn
+        self.triggers = cmd.Triggers(cmd.control_trigger(options.control, self.source.infos, options.trigger_timeout_s))
 
     def topic_spb(self, kind: str, device: str | None = None) -> str:
         base = f"{NAMESPACE}/{self.config.group}/{kind}/{self.config.box}"
