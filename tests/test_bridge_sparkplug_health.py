@@ -179,3 +179,19 @@ def test_state_and_trigger_parsers_refuse_what_is_wrong_and_accept_what_is_right
         cmd.parse_trigger("../x", encode_command([("Trigger", None, STRING, "P-1")]), None)
     assert cmd.trigger_status("P-1", {"verdict": "fail", "part_id": "P-1"}) == "fail P-1"
     assert cmd.trigger_status("P-1", {"error": "deadline"}) == "error: deadline P-1"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--primary-host", "scada"], "add --sparkplug"),
+    (["--sparkplug", "--primary-host", "sca/da"], "--primary-host"),
+    (["--sparkplug", "--heatmaps"], "--heatmaps is not available with --sparkplug"),
+    (["--sparkplug", "--node", "line 7"], "--box"),
+])
+def test_sparkplug_options_are_checked_before_anything_starts(args: list[str], expected: str, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.helpers.cli import edge_somad_exe
+
+    out = subprocess.run([edge_somad_exe(), "bridge", "mqtt", "--queue-file", str(tmp_path / "q.sqlite"), *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "error:" in out.stderr and expected in out.stderr, out.stderr
