@@ -22,7 +22,7 @@ from tests.helpers.runtime import free_port
 from tests.helpers.sparkplug_host import BOOLEAN, STRING, SparkplugHost, encode_command
 from tests.test_bridge_sparkplug import GROUP, NODE, header, spb_args
 
-CAMERAS = ("good", "black", "frozen")
+CAMERAS = ("good", "black", "frozen", "resized")
 FLAGS = ("Health/Black Frame", "Health/Frozen Stream", "Health/Saturated Frame", "Health/Resolution Changed")
 
 
@@ -33,9 +33,11 @@ def _health_blocks() -> dict[str, dict]:
     still = rng.integers(40, 200, (96, 128, 3), dtype=np.uint8)
     for t in range(12):
         frames = {"good": rng.integers(40, 200, (96, 128, 3), dtype=np.uint8),  # a new part every frame
-                  "black": np.zeros((96, 128, 3), np.uint8), "frozen": still}
+                  "black": np.zeros((96, 128, 3), np.uint8), "frozen": still,
+                  "resized": rng.integers(40, 200, (96, 128, 3), dtype=np.uint8)}
         for c, cam in cams.items():
-            cam.observe_frame((480, 640), frames[c], t * 0.1)
+            shape = (600, 800) if c == "resized" and t > 5 else (480, 640)  # the camera's mode changed
+            cam.observe_frame(shape, frames[c], t * 0.1)
             cam.update()
     return {c: cam.snapshot() for c, cam in cams.items()}
 
@@ -66,12 +68,13 @@ def test_black_and_frozen_cameras_raise_health_metrics_good_one_stays_quiet(tmp_
     run = BeatingPublisher(zmq_port, CAMERAS)
     bridge = start_bridge(spb_args(zmq_port, broker.port, tmp_path), log)
     try:
-        assert host.wait_for(lambda m: len(host.of("DBIRTH")) >= 3, 30), log.read_text()
+        assert host.wait_for(lambda m: len(host.of("DBIRTH")) >= 4, 30), log.read_text()
         run.health = blocks  # the next heartbeats carry the faults: DDATA on the born devices
 
         def fired(_: list) -> bool:
-            black, frozen = _timeline(host, "black"), _timeline(host, "frozen")
-            return bool(black and frozen and black[-1]["Health/Black Frame"] and frozen[-1]["Health/Frozen Stream"])
+            black, frozen, resized = (_timeline(host, c) for c in ("black", "frozen", "resized"))
+            return bool(black and frozen and resized and black[-1]["Health/Black Frame"]
+                        and frozen[-1]["Health/Frozen Stream"] and resized[-1]["Health/Resolution Changed"])
 
         assert host.wait_for(fired, 20), log.read_text()[-2000:]
         for i in range(30):
@@ -87,6 +90,9 @@ def test_black_and_frozen_cameras_raise_health_metrics_good_one_stays_quiet(tmp_
     black, frozen, good = (_timeline(host, c)[-1] for c in ("black", "frozen", "good"))
     assert black["Health/State"] == "alarm" and black["Health/Camera Fault"].startswith("black frame")
     assert frozen["Health/State"] == "alarm" and frozen["Health/Frozen Stream"] and not frozen["Health/Black Frame"]
+    resized = _timeline(host, "resized")[-1]
+    assert resized["Health/State"] == "alarm" and resized["Health/Resolution"] == "640x480"
+    assert not resized["Health/Black Frame"] and not resized["Health/Frozen Stream"]
     for values in _timeline(host, "good"):  # quiet on good frames, in every birth and data message
         assert values["Health/State"] in ("ok", "unknown") and not any(values[f] for f in FLAGS), values
         assert values["Health/Camera Fault"] == ""
