@@ -102,9 +102,9 @@ def mqtt(
         "device) instead of edge-somad's JSON topics; docs/sparkplug.md.")] = False,
     primary_host: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="--sparkplug: the primary host application's id; births wait for its STATE to say online.")] = None,
-    control: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
-        "--control", help="--sparkplug: `run --control` endpoint of each --connect, same order: a DCMD "
-        "`Trigger` on a camera asks it for that part's verdict.")] = None,
+    control: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="--sparkplug: `run --control` endpoint: a DCMD `Trigger` on a camera asks it for that part's "
+        "verdict.")] = None,
     topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
@@ -127,7 +127,7 @@ def mqtt(
     if (ca_file or cert_file or key_file) and not tls:
         raise ConfigError("--ca-file/--cert-file/--key-file need --tls")
     if not sparkplug and (primary_host is not None or control):
-        raise ConfigError("--primary-host and --control are Sparkplug options; add --sparkplug")
+        raise ConfigError("--primary-host and --control are Sparkplug options here; add --sparkplug")
     if sparkplug and heatmaps:
         raise ConfigError("--heatmaps is not available with --sparkplug (a verdict's metrics carry no picture); "
                           "run a plain bridge beside it for heatmaps")
@@ -157,7 +157,7 @@ def mqtt(
         from edge_somad.runtime.bridges.sparkplug_commands import check_host_id
 
         host = None if primary_host is None else check_host_id(primary_host)
-        bridge: MqttBridge = SparkplugBridge(config, SparkplugOptions(primary_host=host, control=tuple(control or ())))
+        bridge: MqttBridge = SparkplugBridge(config, SparkplugOptions(primary_host=host, control=control))
     else:
         bridge = MqttBridge(config)
     previous = _on_signals(bridge.request_stop)

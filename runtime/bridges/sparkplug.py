@@ -48,7 +48,7 @@ NODE_DATA_EVERY_S = 1.0
 @dataclass(frozen=True)
 class SparkplugOptions:
     primary_host: str | None = None
-    control: tuple[str, ...] = ()  # per --connect, in order: its `run --control` endpoint (DCMD Trigger)
+    control: str | None = None  # `run --control` endpoint: where a DCMD Trigger goes (with the camera)
     trigger_timeout_s: float = 5.0
 
 
@@ -77,9 +77,6 @@ class SparkplugBridge(MqttBridge):
     SPARKPLUG = True
 
     def __init__(self, config: MqttBridgeConfig, options: SparkplugOptions = SparkplugOptions()) -> None:
-        if options.control and len(options.control) != len(config.source.endpoints):
-            raise ConfigError(f"{len(options.control)} --control endpoint(s) for {len(config.source.endpoints)} "
-                              "--connect; expected one per --connect, in the same order")
         pb._payload_class()  # protobuf missing: say so now, not at the first birth
         super().__init__(config)
         self.options = options
@@ -90,7 +87,7 @@ class SparkplugBridge(MqttBridge):
         self.bad_commands = 0
         self._seq = 0
         # The injection point for DCMD Trigger: `run`'s control endpoints, or whatever a caller sets in .fn
-        self.triggers = cmd.Triggers(cmd.control_trigger(options.control, self.source.infos, options.trigger_timeout_s))
+        self.triggers = cmd.Triggers(cmd.control_trigger(options.control, options.trigger_timeout_s))
 
     def topic_spb(self, kind: str, device: str | None = None) -> str:
         base = f"{NAMESPACE}/{self.config.group}/{kind}/{self.config.box}"

@@ -112,9 +112,9 @@ def trigger_status(part_id: str, answer: Any) -> str:
     return f"{str(answer.get('verdict'))[:20]} {part_id}"
 
 
-def control_trigger(control: tuple[str, ...], infos: list[Any], timeout_s: float) -> TriggerFn | None:
-    """DCMD Trigger -> the `run --control` endpoint of the stream (--connect, same order) that has the camera."""
-    if not control:
+def control_trigger(control: str | None, timeout_s: float) -> TriggerFn | None:
+    """DCMD Trigger -> `run --control` (runtime/trigger/client.py), naming the camera the DCMD was for."""
+    if control is None:
         return None
     try:
         from edge_somad.runtime.trigger.client import request_trigger
@@ -125,10 +125,7 @@ def control_trigger(control: tuple[str, ...], infos: list[Any], timeout_s: float
     def fn(camera: str, part_id: str, deadline_ms: int | None) -> dict:
         # wait at least the PLC's deadline (plus a second for the answer), never less than timeout_s
         wait_s = max(timeout_s, (deadline_ms or 0) / 1000 + 1.0)
-        for endpoint, info in zip(control, infos, strict=True):
-            if camera in dict(info.cameras):
-                return request_trigger(endpoint, part_id, deadline_ms, wait_s)
-        return {"error": f"camera {camera} is in no stream of this bridge"}
+        return request_trigger(control, part_id, deadline_ms, wait_s)
     return fn
 
 
