@@ -77,7 +77,7 @@ class SparkplugBridge(MqttBridge):
     SPARKPLUG = True
 
     def __init__(self, config: MqttBridgeConfig, options: SparkplugOptions = SparkplugOptions()) -> None:
-        pb._payload_class()  # protobuf missing: say so now, not at the first birth
+        pb.load()  # protobuf missing: say so now, not at the first birth
         super().__init__(config)
         self.options = options
         self.spb_bd = self.queue.get_meta("spb:bdseq", 255)  # the last session's; the first one is 0
@@ -100,7 +100,7 @@ class SparkplugBridge(MqttBridge):
         camera = h["camera"]
         seq = self.seqs.get(camera, 0)
         self.seqs[camera] = seq + 1
-        body = {"v": sm.verdict_values(h, seq), "ts": sm._ms(h.get("captured_at")), "r": replayed}
+        body = {"v": sm.verdict_values(h, seq), "ts": sm.to_ms(h.get("captured_at")), "r": replayed}
         return [Item(h["verdict"], camera, _dumps(body))], {f"seq:{camera}": seq + 1}
 
     # --- what is known about the cameras now ---------------------------------------------------

@@ -88,7 +88,7 @@ def _num(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _ms(seconds: Any) -> int | None:
+def to_ms(seconds: Any) -> int | None:
     s = _num(seconds)
     return None if s is None or not 0 <= s < 1e11 else round(s * 1000)
 
@@ -109,11 +109,11 @@ def verdict_values(h: dict[str, Any], verdict_seq: int) -> dict[str, Any]:
         "Inspection/Reason": str(h.get("error") or "")[:1000],
         "Inspection/Frame Id": _uint(h.get("frame_id")),
         "Inspection/Part Id": part[:200] if isinstance(part, str) else None,
-        "Inspection/Trigger Time": _ms(h.get("trigger_ts")),
+        "Inspection/Trigger Time": to_ms(h.get("trigger_ts")),
         "Inspection/Model Sha256": str(model.get("onnx_sha256") or "")[:128],
         "Inspection/Latency Ms": _num(h.get("latency_ms")),
         "Inspection/Defect Count": len(h["defects"]) if isinstance(h.get("defects"), list) else None,
-        "Inspection/Captured At": _ms(h.get("captured_at")),
+        "Inspection/Captured At": to_ms(h.get("captured_at")),
         "Inspection/Verdict Seq": verdict_seq,
     }
 

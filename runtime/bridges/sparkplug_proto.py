@@ -69,9 +69,10 @@ def _build() -> tuple[Any, Any]:
 _CLASSES: tuple[Any, Any] | None = None
 
 
-def _payload_class() -> Any:
+def load() -> Any:
+    """The Payload message class (built on first use: `--help` and plain MQTT mode need no protobuf)."""
     global _CLASSES
-    if _CLASSES is None:  # lazily: `--help` and plain MQTT mode need no protobuf
+    if _CLASSES is None:
         try:
             _CLASSES = _build()
         except ImportError as exc:
@@ -108,7 +109,7 @@ def _set_value(m: Any, datatype: int, value: Any) -> None:
 
 def encode(metrics: list[Metric], seq: int | None, timestamp_ms: int) -> bytes:
     """A Payload: seq is None only for NDEATH (the spec's one message without seq)."""
-    p = _payload_class()(timestamp=timestamp_ms)
+    p = load()(timestamp=timestamp_ms)
     if seq is not None:
         p.seq = seq
     for spec in metrics:
@@ -141,7 +142,7 @@ def decode_command(data: bytes) -> list[Received]:
 
     if len(data) > MAX_COMMAND_BYTES:
         raise InputError(f"command payload of {len(data)} bytes; expected at most {MAX_COMMAND_BYTES}")
-    p = _payload_class()()
+    p = load()()
     try:
         p.ParseFromString(data)
     except (DecodeError, RecursionError, ValueError) as exc:  # truncated, wrong wire type, bad UTF-8 in a string
