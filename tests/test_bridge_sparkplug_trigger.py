@@ -48,6 +48,7 @@ def test_dcmd_trigger_reaches_the_trigger_path_and_its_answer_comes_back(tmp_pat
                                         ("Trigger Deadline Ms", None, UINT32, 300)]))
         assert host.wait_for(lambda m: "fail P-1234" in _statuses(host, "c2"), 20), calls
         assert calls == [("c2", "P-1234", 300)]
+        assert any(v.get("Trigger") == "P-1234" for d, v in host.check()[1] if d == "c2")  # the write, echoed
         # by alias, as a host that learnt the aliases from the DBIRTH sends it
         birth = host.of("DBIRTH", "c2")[-1].payload
         alias = next(x["alias"] for x in birth["metrics"] if x["name"] == "Trigger")

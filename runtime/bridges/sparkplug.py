@@ -171,11 +171,11 @@ class SparkplugBridge(MqttBridge):
             s.devices.discard(camera)
         s.live = live
         while self.triggers.done:
-            camera, status = self.triggers.done.popleft()
+            camera, part_id, status = self.triggers.done.popleft()
             self.trigger_state[camera] = status
-            if camera in s.devices:
-                self._send(link, "DDATA", sm.device_metrics(self.slots[camera], {"Trigger Status": status},
-                                                            birth=False), camera)
+            if camera in s.devices:  # the written `Trigger` value too: a host shows its tag write as done
+                self._send(link, "DDATA", sm.device_metrics(self.slots[camera], {
+                    sm.TRIGGER: part_id, "Trigger Status": status}, birth=False), camera)
         for camera in sorted(s.devices & set(known)):
             values = self._device_values(camera, known)
             changed = {k: v for k, v in values.items() if s.sent.get(camera, {}).get(k) != v}

@@ -130,21 +130,22 @@ def control_trigger(control: str | None, timeout_s: float) -> TriggerFn | None:
 
 
 class Triggers:
-    """Runs trigger requests on threads; finished ones wait in `done` as (camera, status text)."""
+    """Runs trigger requests on threads; finished ones wait in `done` as (camera, part id, status text)."""
 
     def __init__(self, fn: TriggerFn | None) -> None:
         self.fn = fn
-        self.done: deque[tuple[str, str]] = deque()
+        self.done: deque[tuple[str, str, str]] = deque()
         self._lock = threading.Lock()
         self._running = 0
 
     def start(self, req: TriggerRequest) -> None:
         if self.fn is None:
-            self.done.append((req.camera, f"error: no trigger endpoint (bridge --control) {req.part_id}"))
+            self.done.append((req.camera, req.part_id, f"error: no trigger endpoint (bridge --control) {req.part_id}"))
             return
         with self._lock:
             if self._running >= MAX_TRIGGERS_IN_FLIGHT:
-                self.done.append((req.camera, f"error: busy ({MAX_TRIGGERS_IN_FLIGHT} triggers waiting) {req.part_id}"))
+                self.done.append((req.camera, req.part_id,
+                                  f"error: busy ({MAX_TRIGGERS_IN_FLIGHT} triggers waiting) {req.part_id}"))
                 return
             self._running += 1
         threading.Thread(target=self._run, args=(req,), name="spb-trigger", daemon=True).start()
@@ -155,6 +156,6 @@ class Triggers:
         except Exception as exc:  # a trigger that failed is reported on the device, never kills the bridge
             log.warning("trigger %s on %s: %s", req.part_id, req.camera, exc)
             status = f"error: {str(exc)[:200]} {req.part_id}"
-        self.done.append((req.camera, status))
+        self.done.append((req.camera, req.part_id, status))
         with self._lock:
             self._running -= 1
