@@ -103,8 +103,8 @@ def mqtt(
     primary_host: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="--sparkplug: the primary host application's id; births wait for its STATE to say online.")] = None,
     control: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="--sparkplug: `run --control` endpoint: a DCMD `Trigger` on a camera asks it for that part's "
-        "verdict.")] = None,
+        help="`run --control` endpoint: answer trigger commands on <root>/<group>/CMD/<box>/trigger "
+        "(docs/triggers.md); with --sparkplug, a DCMD `Trigger` on a camera device.")] = None,
     topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
@@ -126,8 +126,8 @@ def mqtt(
             raise ConfigError(f"{option} {path} does not exist")
     if (ca_file or cert_file or key_file) and not tls:
         raise ConfigError("--ca-file/--cert-file/--key-file need --tls")
-    if not sparkplug and (primary_host is not None or control):
-        raise ConfigError("--primary-host and --control are Sparkplug options here; add --sparkplug")
+    if not sparkplug and primary_host is not None:
+        raise ConfigError("--primary-host is a Sparkplug option; add --sparkplug")
     if sparkplug and heatmaps:
         raise ConfigError("--heatmaps is not available with --sparkplug (a verdict's metrics carry no picture); "
                           "run a plain bridge beside it for heatmaps")
@@ -151,13 +151,13 @@ def mqtt(
         box=box, group=group, root=root,
         queue_file=queue_file or state / f"{'sparkplug' if sparkplug else 'mqtt'}-{box}.sqlite", queue_max=queue_max,
         heatmaps=heatmaps, heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval,
-        replay=tuple(replay or ()))
+        replay=tuple(replay or ()), control=control)
     if sparkplug:
         from edge_somad.runtime.bridges.sparkplug import SparkplugBridge, SparkplugOptions
         from edge_somad.runtime.bridges.sparkplug_commands import check_host_id
 
         host = None if primary_host is None else check_host_id(primary_host)
-        bridge: MqttBridge = SparkplugBridge(config, SparkplugOptions(primary_host=host, control=control))
+        bridge: MqttBridge = SparkplugBridge(config, SparkplugOptions(primary_host=host))
     else:
         bridge = MqttBridge(config)
     previous = _on_signals(bridge.request_stop)
@@ -192,6 +192,11 @@ def opcua(
     camera: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
         "--camera", help="Camera id to show before its first verdict (repeatable), so PLC programs bind at start."
     )] = None,
+    control: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="`run --control` endpoint: adds the method Trigger(PartId, DeadlineMs) that returns the part's "
+        "verdict (docs/triggers.md).")] = None,
+    trigger_camera: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Camera the Trigger method inspects when `run` has several.")] = None,
     stale_after: Annotated[float, typer.Option(
         help="Seconds without any message from `run` after which SystemState/CameraStatus say offline and "
         "values turn Uncertain (heartbeats come every second).")] = 3.0,
@@ -228,7 +233,10 @@ def opcua(
                                                                                  curve_secret_key), limits),
                          endpoint=endpoint, box=box, username=username, password=password,
                          certificate=certificate, private_key=private_key, cameras=cameras,
-                         stale_after_s=stale_after, allow_plaintext_password=allow_plaintext_password)
+                         stale_after_s=stale_after, allow_plaintext_password=allow_plaintext_password,
+                         control=control,
+                         trigger_camera=None if trigger_camera is None else _check_name(trigger_camera,
+                                                                                        "--trigger-camera"))
     serve(config)
 
 

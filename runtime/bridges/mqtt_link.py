@@ -12,8 +12,10 @@ import collections
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_somad.errors import ConfigError
 
@@ -54,7 +56,10 @@ INBOX_MAX = 1000  # received messages waiting for the sender thread; beyond that
 class MqttLink:
     """connect() -> publish()/acked -> close(). `lost` is set when the connection ends or was refused."""
 
-    def __init__(self, config: BrokerConfig, will: Will) -> None:
+    def __init__(self, config: BrokerConfig, will: Will,
+                 commands: tuple[str, Callable[[MqttLink, Any], None]] | None = None) -> None:
+        """commands: (topic, handler): subscribed on every connect; handler(link, message) runs on paho's
+        thread (the trigger command topic, mqtt_trigger.py)."""
         import paho.mqtt.client as mqtt
 
         self.config = config
@@ -89,7 +94,11 @@ class MqttLink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
+        self._commands = commands
+        if commands is not None:  # the plain bridge's trigger command topic: its handler takes the message
+            self.client.on_message = lambda client, userdata, msg: commands[1](self, msg)
+        else:  # subscribe()'s topics (Sparkplug commands, STATE): to the inbox, for the sender thread
+            self.client.on_message = self._on_message
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -97,6 +106,8 @@ class MqttLink:
             self.refused = reason_code.value not in TRANSIENT_REFUSALS
             self.lost.set()
         else:
+            if self._commands is not None:
+                client.subscribe(self._commands[0], qos=1)
             self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -153,13 +164,22 @@ class MqttLink:
     def up(self) -> bool:
         return self.connected.is_set() and not self.lost.is_set()
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> int | None:
-        """The message id to watch in `acked` (QoS 1), or None when the connection is gone."""
+    def publish(self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None,
+                qos: int = 1) -> int | None:
+        """The message id to watch in `acked` (QoS 1), or None when the connection is gone. correlation: MQTT 5
+        Correlation Data of an answer to a request."""
         import paho.mqtt.client as mqtt
 
         if not self.up:
             return None
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        props = None
+        if correlation is not None and self.config.version == "5":
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
 
     def close(self) -> None:

@@ -48,7 +48,6 @@ NODE_DATA_EVERY_S = 1.0
 @dataclass(frozen=True)
 class SparkplugOptions:
     primary_host: str | None = None
-    control: str | None = None  # `run --control` endpoint: where a DCMD Trigger goes (with the camera)
     trigger_timeout_s: float = 5.0
 
 
@@ -86,8 +85,9 @@ class SparkplugBridge(MqttBridge):
         self.trigger_state: dict[str, str] = {}
         self.bad_commands = 0
         self._seq = 0
-        # The injection point for DCMD Trigger: `run`'s control endpoints, or whatever a caller sets in .fn
-        self.triggers = cmd.Triggers(cmd.control_trigger(options.control, options.trigger_timeout_s))
+        self.commands = None  # the plain bridge's JSON command topic: Sparkplug's is the DCMD below
+        # The DCMD Trigger path: `run --control` (config.control), or whatever a caller sets in .fn
+        self.triggers = cmd.Triggers(cmd.control_trigger(config.control, options.trigger_timeout_s))
 
     def topic_spb(self, kind: str, device: str | None = None) -> str:
         base = f"{NAMESPACE}/{self.config.group}/{kind}/{self.config.box}"

@@ -20,12 +20,11 @@ from edge_somad.errors import ConfigError, InputError
 from edge_somad.runtime.bridges import sparkplug_metrics as sm
 from edge_somad.runtime.bridges import sparkplug_proto as pb
 from edge_somad.runtime.messaging.messages import check_camera_id
+from edge_somad.runtime.trigger.request import check_deadline_ms, check_part_id
 
 log = logging.getLogger(__name__)
 
 MAX_STATE_BYTES = 1024  # {"online":true,"timestamp":1700000000000} is 40 bytes
-MAX_PART_ID = 200
-MAX_DEADLINE_MS = 600_000
 MAX_TRIGGERS_IN_FLIGHT = 16
 # (camera, part id, deadline ms or None) -> the verdict dict `run`'s control endpoint answered
 TriggerFn = Callable[[str, str, "int | None"], dict]
@@ -88,16 +87,9 @@ def parse_trigger(device: str, payload: bytes, slot: int | None) -> TriggerReque
     m = _find(metrics, sm.TRIGGER, alias)
     if m is None:
         raise InputError(f"DCMD for {device} without a {sm.TRIGGER!r} metric; expected the part id (String)")
-    part = m.value
-    if not isinstance(part, str) or not part.strip() or len(part) > MAX_PART_ID or not part.isprintable():
-        raise InputError(f"DCMD {sm.TRIGGER!r} = {str(part)[:60]!r}; expected a printable part id of 1 to "
-                         f"{MAX_PART_ID} characters")
+    part = check_part_id(m.value)  # the runtime's own rule, checked before the request travels
     d = _find(metrics, sm.TRIGGER_DEADLINE, None if slot is None else sm.device_alias(slot, sm.TRIGGER_DEADLINE))
-    deadline = None
-    if d is not None and d.value is not None:
-        if not isinstance(d.value, int) or isinstance(d.value, bool) or not 0 < d.value <= MAX_DEADLINE_MS:
-            raise InputError(f"DCMD {sm.TRIGGER_DEADLINE!r} = {d.value!r}; expected 1..{MAX_DEADLINE_MS} ms")
-        deadline = int(d.value)
+    deadline = None if d is None or d.value is None else check_deadline_ms(d.value)
     return TriggerRequest(device, part, deadline)
 
 
@@ -116,16 +108,13 @@ def control_trigger(control: str | None, timeout_s: float) -> TriggerFn | None:
     """DCMD Trigger -> `run --control` (runtime/trigger/client.py), naming the camera the DCMD was for."""
     if control is None:
         return None
-    try:
-        from edge_somad.runtime.trigger.client import request_trigger
-    except ImportError:
-        log.warning("--control given but this build has no trigger client: a DCMD Trigger is answered an error")
-        return None
 
     def fn(camera: str, part_id: str, deadline_ms: int | None) -> dict:
-        # wait at least the PLC's deadline (plus a second for the answer), never less than timeout_s
+        from edge_somad.runtime.trigger.client import request_trigger
+
+        # `run` answers at the deadline itself: wait that long plus a second, never less than timeout_s
         wait_s = max(timeout_s, (deadline_ms or 0) / 1000 + 1.0)
-        return request_trigger(control, part_id, deadline_ms, wait_s)
+        return request_trigger(control, part_id, deadline_ms, wait_s, camera=camera, source="sparkplug")
     return fn
 
 

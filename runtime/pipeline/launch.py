@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_somad.contracts import defaults
 from edge_somad.contracts.manifest import Manifest, load_manifest
-from edge_somad.errors import ArtifactError, EdgeSomadError
+from edge_somad.errors import ArtifactError, ConfigError, EdgeSomadError
 from edge_somad.runtime.messaging.curve import CurveServer
 from edge_somad.runtime.messaging.journal import Journal, JournalConfig
 from edge_somad.runtime.messaging.publisher import Publisher
@@ -26,6 +26,7 @@ from edge_somad.runtime.messaging.verdict import NOT_CALIBRATED
 from edge_somad.runtime.pipeline.camera import parse_cameras
 from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.scorers.scorer import Scorer
+from edge_somad.runtime.trigger.control import ControlServer, error_reply
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,17 @@ def run_pipeline(
     send_queue: int = 100,
     journal: JournalConfig | None = None,
     replay: str | None = None,
+    control: str | None = None,
 ) -> dict[str, Any]:
     """Open everything, run until the sources end / max frames / SIGINT-SIGTERM; returns the final status.
 
     Raises (before any frame) on an unusable model, backend or source: the command maps it to exit != 0.
+    control: endpoint of the control socket (runtime/trigger/control.py): `trigger` and other commands.
     """
     from edge_somad.runtime.scorers.backends import open_scorer
 
+    if config.triggered and control is None:
+        raise ConfigError("--trigger needs --control ENDPOINT (e.g. tcp://127.0.0.1:5560): triggers arrive there")
     sources = parse_cameras(cameras)
     manifest = load_manifest(Path(model_dir))
     if manifest.threshold_for(config.precision) is None:
@@ -65,7 +70,7 @@ def run_pipeline(
                 log.warning("only %d of %d subscribers after 10 s; starting anyway",
                             pub.subscribers, wait_subscribers)
             pipe = Pipeline(scorer, manifest, sources, pub, config)
-            with _signals(pipe, handle_signals):
+            with _control(control, pipe), _signals(pipe, handle_signals):
                 return pipe.run()
     finally:
         scorer.close()
@@ -90,6 +95,25 @@ def _journal(config: JournalConfig | None, replay: str, curve: CurveServer | Non
     finally:
         server.close()
         journal.close()
+
+
+@contextlib.contextmanager
+def _control(endpoint: str | None, pipe: Pipeline) -> Iterator[ControlServer | None]:
+    """The control endpoint (None without --control), open while the loop runs; closed after the
+    loop answered every trigger it accepted."""
+    if endpoint is None:
+        yield None
+        return
+    with ControlServer(endpoint) as server:
+        if pipe.triggers is not None:
+            server.register("trigger", pipe.triggers.handle)
+        else:
+            server.register("trigger", lambda req: error_reply(
+                "this runtime is free-running (every frame is scored); start `edge-somad run` with --trigger "
+                "to answer triggers", "trigger"))
+        server.start()
+        log.info("control endpoint on %s (commands: %s)", server.bound_endpoint, ", ".join(server.commands()))
+        yield server
 
 
 def _warm_up(scorer: Scorer, manifest: Manifest, model_dir: Path) -> None:

@@ -47,6 +47,7 @@ from edge_somad.runtime.pipeline.frames import check_useful_geometry
 from edge_somad.runtime.pipeline.outbox import Outbox
 from edge_somad.runtime.pipeline.pipeline_config import PipelineConfig, Stats
 from edge_somad.runtime.scorers.scorer import Scorer
+from edge_somad.runtime.trigger.book import TriggerBook
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ class Pipeline:
         self._started = time.monotonic()
         self.model_info = {"name": manifest.name, "onnx_sha256": manifest.onnx_sha256,
                            "backend": scorer.backend, "precision": config.precision, "device": scorer.device}
+        # Triggered mode: only the first frame after each trigger is scored (runtime/trigger/book.py).
+        self.triggers = TriggerBook(self.cameras, publisher, self.model_info, manifest.threshold_for(
+            config.precision), self._cond, config.trigger_deadline_ms) if config.triggered else None
 
     def stop(self, reason: str = "stop requested") -> None:
         """Thread- and signal-safe: only sets a flag the loop polls every 100 ms. A second call while
@@ -147,9 +151,8 @@ class Pipeline:
             if (why := self.watch.check()) is not None:
                 reason = why
                 break
-            if batch:
-                self._process(batch)
-            elif all(c.finished for c in self.cameras) and not self._queued():
+            self._process(batch)  # also when empty: a trigger may have matched a frame held back
+            if not batch and all(c.finished for c in self.cameras) and not self._queued():
                 if self.reads.spent:
                     reason = f"max frames ({self.config.max_frames}) reached"
                 break
@@ -164,6 +167,8 @@ class Pipeline:
     def _shutdown(self, reason: str, drain: bool) -> dict[str, Any]:
         self.status = "stopping"
         log.info("stopping: %s", reason)
+        if self.triggers is not None:
+            self.triggers.stop_accepting(reason)
         for cam in self.cameras:
             cam.stop()
         with self._cond:  # replay threads waiting for queue room
@@ -177,6 +182,8 @@ class Pipeline:
             self._process(self._collect(self._budget(self.max_batch), timeout=0.0))
         self._report_unscored()  # normally nothing is left: the drain limit, a second signal, a camera timeout
         self._outbox.close()  # every verdict is out before the final status
+        if self.triggers is not None:
+            self.triggers.close(reason)  # a trigger still waiting is answered, never left in silence
         self._flush_events()
         self.status = "stopped" if drain else "ended"
         final = self._health(messages.STATUS_SCHEMA)
@@ -188,11 +195,12 @@ class Pipeline:
         """Every frame read gets a verdict: those left after the drain limit are errors, not silence."""
         why = ("second signal" if self._abort.is_set() else "camera timeout" if self.watch.timed_out
                else f"drain limit {self.config.drain_timeout_s:g} s reached")
-        left: list[_Prepared] = []
+        items: list[FrameItem] = []
         for cam in self.cameras:
             while (item := cam.queue.pop()) is not None:
-                left.append(_Prepared(item, error=f"{NOT_SCORED} ({why})"))
-        self._taken += len(left)
+                items.append(item)
+        self._taken += len(items)
+        left = [_Prepared(it, error=f"{NOT_SCORED} ({why})") for it in self._triggered(items)]
         if left:  # behind the scored batches still in the outbox: per-camera order holds
             self._emit(left)
             log.warning("%d queued frame(s) published as '%s' (%s); raise --drain-timeout to score them",
@@ -267,7 +275,11 @@ class Pipeline:
             p.error = f"camera fault: {fault}"
         return p
 
+    def _triggered(self, items: list[FrameItem]) -> list[FrameItem]:
+        return items if self.triggers is None else self.triggers.select(items)
+
     def _process(self, items: list[FrameItem]) -> None:
+        items = self._triggered(items)
         if not items:
             return
         prepared = [self._prepare(it) for it in items]
@@ -307,6 +319,9 @@ class Pipeline:
             # A repeat of the previous frame may be a frozen camera before it can be declared one: it
             # shows no new part, so it never passes (a fail stays a fail: rejecting is safe).
             v = unscored(f"camera fault: {p.repeated}", threshold, p.geometry)
+        trigger = None
+        if self.triggers is not None:  # a verdict ready after its trigger's deadline is an error `deadline`
+            v, trigger = self.triggers.claim(p.item, v)
         defects = defects_of(v, self.manifest.pixel_threshold_for(precision),
                              self.manifest.calibration.min_defect_area_px)
         it = p.item
@@ -320,7 +335,10 @@ class Pipeline:
         header = messages.header_of(
             v, camera=it.camera, frame_id=it.frame_id, captured_at=it.captured_at, published_at=published_at,
             defects=defects, model=self.model_info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
+        header.update(trigger or {})  # part_id, trigger_ts, ...
         self.pub.publish_verdict(header, heat, overlay)
+        if self.triggers is not None:
+            self.triggers.finish(it, header)
         self.stats.verdicts[v.verdict] += 1
         with self._lock:
             self.health.verdict(it.camera, v.verdict, v.score)
@@ -346,7 +364,7 @@ class Pipeline:
             "status": self.status, "model": self.model_info,
             "frames_scored": self.stats.frames_scored, "published": self.stats.published,
             "errors": self.stats.verdicts["error"], "verdicts": dict(self.stats.verdicts),
-            "latency_ms": latency,
+            "latency_ms": latency, **({"triggers": self.triggers.snapshot()} if self.triggers is not None else {}),
             "batches": {"max_batch": self.max_batch, "max_seen": self.stats.max_batch_seen,
                         "calls": self.stats.score_calls,
                         "mean": round(self.stats.frames_scored / max(1, self.stats.score_calls), 3)},
