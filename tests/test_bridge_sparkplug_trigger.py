@@ -1,4 +1,5 @@
-"""DCMD `Trigger` on a camera device: parsed, handed to the trigger path, answered in `Trigger Status`."""
+"""DCMD `Trigger` on a camera device: parsed, handed to the trigger path (a stand-in, then a real triggered
+runtime's control endpoint), answered in `Trigger Status`, the part's verdict as DDATA with its part id."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from edge_somad.runtime.bridges.mqtt import MqttBridgeConfig
 from edge_somad.runtime.bridges.mqtt_link import BrokerConfig
 from edge_somad.runtime.bridges.source import SourceConfig
 from edge_somad.runtime.bridges.sparkplug import SparkplugBridge, SparkplugOptions
-from tests.helpers.bridges import BeatingPublisher, Mosquitto
+from tests.helpers.bridges import BeatingPublisher, Mosquitto, start_bridge
 from tests.helpers.runtime import free_port
 from tests.helpers.sparkplug_host import STRING, SparkplugHost, encode_command
+from tests.helpers.trigger import Line, Runtime
 from tests.test_bridge_sparkplug import GROUP, NODE
 
 UINT32 = 7
@@ -71,3 +73,43 @@ def test_dcmd_trigger_reaches_the_trigger_path_and_its_answer_comes_back(tmp_pat
     finally:
         host.close()
         broker.stop()
+
+
+def test_dcmd_trigger_against_a_triggered_runtime(tmp_path: Path) -> None:
+    """The real path: DCMD -> bridge -> `run --trigger --control` -> the part's verdict as DDATA."""
+    runtime = Runtime(tmp_path / "rt")
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    host = SparkplugHost(broker.port)
+    log = tmp_path / "bridge.log"
+    bridge = start_bridge(["mqtt", "--sparkplug", "--group", GROUP, "--node", NODE, "--connect", runtime.publish,
+                           "--port", str(broker.port), "--queue-file", str(tmp_path / "q.sqlite"),
+                           "--control", runtime.control, "--log-level", "info"], log)
+    dcmd = f"spBv1.0/{GROUP}/DCMD/{NODE}/cam0"
+
+    def verdict_of(part: str) -> dict | None:
+        return next((v for d, v in host.check()[1] if d == "cam0" and v.get("Inspection/Part Id") == part), None)
+
+    try:
+        assert host.wait_for(lambda m: len(host.of("DBIRTH", "cam0")) >= 1, 30), log.read_text()
+        Line.bad.set()  # a defective part in front of the camera
+        host.send(dcmd, encode_command([("Trigger", None, STRING, "P-SPB-1"),
+                                        ("Trigger Deadline Ms", None, UINT32, 1000)]))
+        assert host.wait_for(lambda m: "fail P-SPB-1" in _statuses(host, "cam0"), 20), log.read_text()[-2000:]
+        assert host.wait_for(lambda m: verdict_of("P-SPB-1") is not None, 20)  # the stream's copy, with its id
+        v = verdict_of("P-SPB-1")
+        assert v["Inspection/Result"] == "fail" and v["Inspection/Trigger Time"] > 0
+        Line.bad.clear()
+        host.send(dcmd, encode_command([("Trigger", None, STRING, "P-SPB-1")]))  # the same part again
+        assert host.wait_for(lambda m: any(s.startswith("error: duplicate") and s.endswith("P-SPB-1")
+                                           for s in _statuses(host, "cam0")), 20), _statuses(host, "cam0")
+        host.send(dcmd, encode_command([("Trigger", None, STRING, "P-SPB-2"),
+                                        ("Trigger Deadline Ms", None, UINT32, 1000)]))
+        assert host.wait_for(lambda m: "pass P-SPB-2" in _statuses(host, "cam0"), 20), _statuses(host, "cam0")
+    finally:
+        bridge.kill()
+        runtime.stop()
+        host.close()
+        broker.stop()
+    errors, _ = host.check()
+    assert errors == [], errors[:10]
