@@ -102,8 +102,9 @@ def test_births_data_seq_wrap_rebirth_model_swap_and_death_on_sigkill(tmp_path: 
         # a model swapped in `run`: births again, naming the new model
         new = "cd" * 32
         n_births = len(births(host))
-        run.pub.publish_status({"schema": messages.STATUS_SCHEMA, "event": "model_swapped", "old": "ab" * 32,
-                                "new": new, "at": time.time()})
+        run.pub.publish_status({"schema": messages.STATUS_SCHEMA, "event": "model_swapped", "ok": True,
+                                "old_sha256": "ab" * 32, "new_sha256": new, "at": time.time(),
+                                "model": {"name": "standin-2", "onnx_sha256": new}})
         assert host.wait_for(lambda m: len(births(host)) > n_births, 20), log.read_text()[-2000:]
         # the event alone (the heartbeats still name the old model) brings births naming the new one
         assert host.wait_for(lambda m: any(x["name"] == "Model/Sha256" and x["value"] == new

@@ -41,6 +41,7 @@ class StreamInfo:
     cameras: dict[str, str] = field(default_factory=dict)  # camera id -> status
     heartbeat_at: float | None = None  # time.monotonic() of the last heartbeat
     pipeline_status: str | None = None
+    model_swaps: int = 0  # `model_swapped` events seen: each one means a new birth, whatever else changed
     health: dict[str, dict[str, Any]] = field(default_factory=dict)  # camera id -> its newest health block
 
     @property
@@ -51,7 +52,8 @@ class StreamInfo:
     def identity(self) -> tuple:
         """What a birth message announces: a change here means a new birth."""
         model = self.model or {}
-        return (model.get("name"), model.get("onnx_sha256"), self.threshold, tuple(sorted(self.cameras)))
+        return (model.get("name"), model.get("onnx_sha256"), self.threshold, tuple(sorted(self.cameras)),
+                self.model_swaps)
 
     def as_birth(self) -> dict[str, Any]:
         model = self.model or {}
@@ -132,10 +134,14 @@ class StreamSource:
         elif msg.kind == "status" and h.get("event") == "health" and _valid_camera(h.get("camera")) \
                 and isinstance(h.get("health"), dict):
             info.health = {**info.health, h["camera"]: h["health"]}  # a new dict: readers on another thread
-        elif msg.kind == "status" and h.get("event") == "model_swapped" and _is_sha(h.get("new")):
-            # The new model's sha256 is what the birth must name from now on; the next heartbeat
-            # brings the rest of its description (name, backend, ...).
-            info.model = {**(info.model or {}), "onnx_sha256": h["new"]}
+        elif msg.kind == "status" and h.get("event") == "model_swapped":  # run put a new model in (docs/messages.md)
+            info.model_swaps += 1
+            if isinstance(h.get("model"), dict):
+                info.model = h["model"]
+            else:  # an event naming only the new sha256: the next heartbeat brings the rest
+                new = h.get("new_sha256", h.get("new"))
+                if _is_sha(new):
+                    info.model = {**(info.model or {}), "onnx_sha256": new}
 
     @property
     def rejected(self) -> int:
