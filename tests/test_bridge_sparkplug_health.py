@@ -87,6 +87,7 @@ def test_black_and_frozen_cameras_raise_health_metrics_good_one_stays_quiet(tmp_
         broker.stop()
     errors, _ = host.check()
     assert errors == [], errors[:10]
+    assert "cannot be sent as Sparkplug" not in log.read_text()  # nothing but verdicts in the queue
     black, frozen, good = (_timeline(host, c)[-1] for c in ("black", "frozen", "good"))
     assert black["Health/State"] == "alarm" and black["Health/Camera Fault"].startswith("black frame")
     assert frozen["Health/State"] == "alarm" and frozen["Health/Frozen Stream"] and not frozen["Health/Black Frame"]

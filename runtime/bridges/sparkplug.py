@@ -72,6 +72,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class _HealthAsMetrics:
+    """In place of the plain bridge's DHEALTH/DALARM topics (mqtt_health.py): in Sparkplug mode line health
+    travels as each device's `Health/` metrics (DBIRTH, DDATA), so the reader queues no JSON alarm events."""
+
+    def observe(self, msg: messages.Received) -> list[Item]:
+        return []
+
+
 class SparkplugBridge(MqttBridge):
     SPARKPLUG = True
 
@@ -86,6 +94,7 @@ class SparkplugBridge(MqttBridge):
         self.bad_commands = 0
         self._seq = 0
         self.commands = None  # the plain bridge's JSON command topic: Sparkplug's is the DCMD below
+        self.health = _HealthAsMetrics()  # type: ignore[assignment]
         # The DCMD Trigger path: `run --control` (config.control), or whatever a caller sets in .fn
         self.triggers = cmd.Triggers(cmd.control_trigger(config.control, options.trigger_timeout_s))
 
