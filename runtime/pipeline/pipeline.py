@@ -44,6 +44,7 @@ from edge_somad.runtime.pipeline.camera import (
 from edge_somad.runtime.pipeline.camera_watch import CameraWatch
 from edge_somad.runtime.pipeline.defects import defects_of, render_overlay
 from edge_somad.runtime.pipeline.frames import check_useful_geometry
+from edge_somad.runtime.pipeline.model_slot import LiveModel, ModelSlot
 from edge_somad.runtime.pipeline.outbox import Outbox
 from edge_somad.runtime.pipeline.pipeline_config import PipelineConfig, Stats
 from edge_somad.runtime.scorers.scorer import Scorer
@@ -63,6 +64,7 @@ class _Prepared:
     score: float | None = None
     amap: np.ndarray | None = None
     repeated: str | None = None  # identical to the camera's previous frame: must not pass
+    model: LiveModel | None = None  # the model this frame was judged under (None: the current one)
 
 
 class Pipeline:
@@ -74,8 +76,11 @@ class Pipeline:
         publisher: Publisher,
         config: PipelineConfig = PipelineConfig(),
         opener: Callable[[SourceSpec], _Capture] = _Capture,
+        live: LiveModel | None = None,
     ) -> None:
-        self.scorer, self.manifest, self.pub, self.config = scorer, manifest, publisher, config
+        """`live`: the model with its folder and check score (launch.py), so it can be reloaded and rolled
+        back to; without it the slot wraps `scorer` and `manifest` as they are."""
+        self.pub, self.config = publisher, config
         self.stats = Stats()
         self.status = "starting"
         self._cond = threading.Condition()
@@ -109,6 +114,9 @@ class Pipeline:
         # LineHealth and the latency window are written by the loop (frames) and the publisher
         # thread (verdicts), and read for the heartbeat: one lock for both.
         self._lock = threading.Lock()
+        # The model in use, swappable while the line runs (model_slot.py): read once per batch under its lock.
+        self.slot = ModelSlot(live or LiveModel(scorer, manifest, config.precision), publisher.publish_status,
+                              self.max_batch, self.health, self._lock)
         self.watch = CameraWatch(self.cameras, self.health, self._lock, self.pub.publish_status,
                                  config.camera_timeout_s)
         self._outbox: Outbox[list[_Prepared]] = Outbox(self._publish_batch, depth=2)
@@ -117,8 +125,10 @@ class Pipeline:
         self._rr = 0
         self._passes: dict[str, int] = {}  # passes published per camera (publisher thread only)
         self._started = time.monotonic()
-        self.model_info = {"name": manifest.name, "onnx_sha256": manifest.onnx_sha256,
-                           "backend": scorer.backend, "precision": config.precision, "device": scorer.device}
+
+    scorer = property(lambda self: self.slot.current.scorer)
+    manifest = property(lambda self: self.slot.current.manifest)
+    model_info = property(lambda self: self.slot.current.info)
 
     def stop(self, reason: str = "stop requested") -> None:
         """Thread- and signal-safe: only sets a flag the loop polls every 100 ms. A second call while
@@ -270,11 +280,19 @@ class Pipeline:
     def _process(self, items: list[FrameItem]) -> None:
         if not items:
             return
-        prepared = [self._prepare(it) for it in items]
+        with self.slot.lock:  # one model for the whole batch: a swap waits for it to be scored
+            model = self.slot.current
+            prepared = [self._prepare(it) for it in items]
+            for p in prepared:
+                p.model = model
+            self._score(model, prepared)
+        self._emit(prepared)
+
+    def _score(self, model: LiveModel, prepared: list[_Prepared]) -> None:
         good = [p for p in prepared if p.error is None]
         if good:
             try:
-                result = self.scorer.score(np.stack([p.resized for p in good]))
+                result = model.scorer.score(np.stack([p.resized for p in good]))
                 scores, maps = np.asarray(result.scores), np.asarray(result.maps)
                 if scores.shape != (len(good),) or maps.shape != (len(good), *self._size):
                     raise InputError(f"scorer returned scores {scores.shape}, maps {maps.shape}; expected "
@@ -288,7 +306,6 @@ class Pipeline:
                 log.exception("scorer failed on a batch of %d", len(good))
                 for p in good:
                     p.error = f"scorer failed: {type(exc).__name__}: {exc}"
-        self._emit(prepared)
 
     def _emit(self, prepared: list[_Prepared]) -> None:
         """To the publisher thread (in order, at most two batches behind), or here when it is not running."""
@@ -300,15 +317,17 @@ class Pipeline:
 
     def _publish(self, p: _Prepared) -> None:
         precision = self.config.precision
-        threshold = self.manifest.threshold_for(precision)
+        model = p.model or self.slot.current
+        self.slot.published(p.model, p.item.camera, p.item.frame_id)  # a new model's first verdict: announce it
+        threshold = model.threshold
         # The one decision for this frame; defects, heatmap, overlay and header read it.
         v = judge(p.score, p.amap, threshold, p.geometry) if p.error is None else unscored(p.error, threshold)
         if p.repeated is not None and v.verdict == "pass":
             # A repeat of the previous frame may be a frozen camera before it can be declared one: it
             # shows no new part, so it never passes (a fail stays a fail: rejecting is safe).
             v = unscored(f"camera fault: {p.repeated}", threshold, p.geometry)
-        defects = defects_of(v, self.manifest.pixel_threshold_for(precision),
-                             self.manifest.calibration.min_defect_area_px)
+        defects = defects_of(v, model.manifest.pixel_threshold_for(precision),
+                             model.manifest.calibration.min_defect_area_px)
         it = p.item
         picture = v.verdict != "pass" or self._pass_picture(it.camera)
         meta, heat = messages.heatmap_of(v, self.config.heatmap) if picture else (None, b"")
@@ -319,7 +338,7 @@ class Pipeline:
         published_at = time.time()
         header = messages.header_of(
             v, camera=it.camera, frame_id=it.frame_id, captured_at=it.captured_at, published_at=published_at,
-            defects=defects, model=self.model_info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
+            defects=defects, model=model.info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
         self.pub.publish_verdict(header, heat, overlay)
         self.stats.verdicts[v.verdict] += 1
         with self._lock:
