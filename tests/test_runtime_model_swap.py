@@ -22,19 +22,9 @@ from edge_somad.runtime.pipeline.camera import SourceSpec
 from edge_somad.runtime.pipeline.model_slot import LiveModel, ModelSlot, probe_score
 from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.scorers.ort_scorer import OrtScorer
-from edge_somad.runtime.scorers.reference_frame import write_reference
 from tests.helpers.poll import wait_until
-from tests.helpers.runtime import H, W, free_port, make_model_dir, write_video
-
-
-def bundle(root: Path, scale: float = 255.0, reference: bool = True, **kw) -> Path:
-    """A stand-in model folder as export writes it: graph, manifest and (new style) its reference frame."""
-    d = make_model_dir(root, scale=scale, **kw)
-    if reference:
-        m = load_manifest(d)
-        with OrtScorer(d / m.onnx, m.preprocessing.height, m.preprocessing.width) as scorer:
-            save_manifest(d, write_reference(d, m, scorer))
-    return d
+from tests.helpers.runtime import H, W, free_port, write_video
+from tests.helpers.runtime import make_bundle as bundle
 
 
 def live(d: Path) -> LiveModel:

@@ -95,6 +95,7 @@ class ModelSlot:
         """`health`: the line's health (with the lock that guards it): a new model must suit the frames its
         cameras deliver, and drift is measured against the new model's references once it is installed."""
         self.current, self.previous = current, None
+        self.home = current.path  # the folder `run --model` named: what reload() (SIGHUP) reads again
         self.lock = threading.Lock()  # the loop holds it while it prepares and scores a batch
         self._swap_lock = threading.Lock()  # one swap at a time
         self._publish = publish_status
@@ -118,11 +119,12 @@ class ModelSlot:
             return self._install(new, action, via, time.monotonic() - started)
 
     def reload(self, via: str = "signal") -> dict[str, Any]:
-        """The running model's own folder again (files replaced in place, e.g. recalibrated): SIGHUP."""
-        path = self.current.path
+        """The folder the line started with (`run --model`) again, its files replaced in place (re-exported,
+        recalibrated): SIGHUP. Also the way back to it after swaps from other folders."""
+        path = self.home
         if path is None:
             return self._failed("reload", via, None, ConfigError(
-                "the running model's folder is unknown to this pipeline; give the folder with swap_model(path)"))
+                "the folder of the model this pipeline started with is unknown; give the folder with swap_model(path)"))
         return self.swap_model(path, via=via, action="reload")
 
     def rollback(self, via: str = "api") -> dict[str, Any]:
@@ -155,6 +157,13 @@ class ModelSlot:
             last = i == len(due) - 1
             self._publish({**event, "at": time.time(), "first_camera": camera if last else None,
                            "first_frame_id": int(frame_id) if last else None})
+
+    def announce_unscored(self) -> None:
+        """On shutdown: the `model_swapped` events of models installed after the last frame (no first frame)."""
+        with self._pending_lock:
+            due, self._pending = self._pending, []
+        for _, event in due:
+            self._publish({**event, "at": time.time()})
 
     def close(self) -> None:
         """Close the scorers of the current and the previous model (each once); the line has stopped."""

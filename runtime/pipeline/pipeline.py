@@ -187,6 +187,7 @@ class Pipeline:
             self._process(self._collect(self._budget(self.max_batch), timeout=0.0))
         self._report_unscored()  # normally nothing is left: the drain limit, a second signal, a camera timeout
         self._outbox.close()  # every verdict is out before the final status
+        self.slot.announce_unscored()  # a model swapped in after the last frame: its event, before the final
         self._flush_events()
         self.status = "stopped" if drain else "ended"
         final = self._health(messages.STATUS_SCHEMA)

@@ -77,6 +77,21 @@ def make_model_dir(root: Path, threshold: float | None = THRESHOLD, pixel_thresh
     return root
 
 
+def make_bundle(root: Path, scale: float = 255.0, reference: bool = True, **kw) -> Path:
+    """A stand-in model folder as export writes it: graph, manifest and (unless `reference` is False, as
+    before export wrote one) the self-check reference frame with its score. `scale` changes the graph."""
+    from edge_somad.contracts.manifest import load_manifest
+    from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+    from edge_somad.runtime.scorers.reference_frame import write_reference
+
+    d = make_model_dir(root, scale=scale, **kw)
+    if reference:
+        m = load_manifest(d)
+        with OrtScorer(d / m.onnx, m.preprocessing.height, m.preprocessing.width) as scorer:
+            save_manifest(d, write_reference(d, m, scorer))
+    return d
+
+
 def grey(h: int = 120, w: int = 160) -> np.ndarray:
     return np.full((h, w, 3), 128, np.uint8)
 
