@@ -8,6 +8,7 @@ heartbeats, status events and verdicts.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class StreamInfo:
     cameras: dict[str, str] = field(default_factory=dict)  # camera id -> status
     heartbeat_at: float | None = None  # time.monotonic() of the last heartbeat
     pipeline_status: str | None = None
+    model_swaps: int = 0  # `model_swapped` events seen: each one means a new birth, whatever else changed
 
     @property
     def known(self) -> bool:
@@ -50,7 +52,8 @@ class StreamInfo:
     def identity(self) -> tuple:
         """What a birth message announces: a change here means a new birth."""
         model = self.model or {}
-        return (model.get("name"), model.get("onnx_sha256"), self.threshold, tuple(sorted(self.cameras)))
+        return (model.get("name"), model.get("onnx_sha256"), self.threshold, tuple(sorted(self.cameras)),
+                self.model_swaps)
 
     def as_birth(self) -> dict[str, Any]:
         model = self.model or {}
@@ -125,6 +128,13 @@ class StreamSource:
                                 if _valid_camera(cam) and isinstance(state, dict)}
         elif msg.kind == "status" and h.get("event") == "camera" and _valid_camera(h.get("camera")):
             info.cameras[h["camera"]] = str(h.get("status"))[:40]
+        elif msg.kind == "status" and h.get("event") == "model_swapped":  # run put a new model in (docs/messages.md)
+            info.model_swaps += 1
+            if isinstance(h.get("model"), dict):
+                info.model = h["model"]
+            threshold = h.get("threshold")
+            if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold):
+                info.threshold = float(threshold)
 
     @property
     def rejected(self) -> int:
