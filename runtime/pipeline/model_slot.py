@@ -283,3 +283,42 @@ def _recheck(model: LiveModel) -> str:
 
 def _text(path: Path | None) -> str | None:
     return None if path is None else str(path)
+
+
+def control_handlers(slot: ModelSlot) -> dict[str, Callable[[Any], dict[str, Any] | None]]:
+    """`swap_model` {"path": DIR} and `rollback` {} for the control endpoint's dispatch table
+    (runtime/trigger/control.py: `server.register(name, handler)` for each). The swap runs on its own
+    thread and answers when done (load, warm-up and self-check take seconds; the endpoint's thread
+    keeps answering triggers meanwhile). The answer is the `_status` event (ok, reason or old/new sha256)
+    with `cmd`; a malformed request raises ConfigError, which the endpoint answers as an error."""
+
+    def start(req: Any, name: str, work: Callable[[], dict[str, Any]]) -> None:
+        def answer() -> None:
+            try:
+                event = work()
+            except Exception as exc:  # never leave the client without an answer
+                log.exception("control %s failed", name)
+                event = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+            req.reply({**event, "cmd": name, **({} if event.get("ok") else {"error": event.get("reason")})})
+        threading.Thread(target=answer, name=f"control-{name}", daemon=True).start()
+
+    def swap(req: Any) -> None:
+        body = req.body
+        path = body.get("path")
+        extra = sorted(set(body) - {"cmd", "path"})
+        if not isinstance(path, str) or not 0 < len(path) <= 1024 or "\x00" in path or extra:
+            raise ConfigError(f"swap_model request {_shown(body)}; expected {{\"cmd\": \"swap_model\", \"path\": "
+                              "\"/models/NAME\"}}: the exported model folder on this box, and nothing else")
+        start(req, "swap_model", lambda: slot.swap_model(Path(path), via="control"))
+
+    def rollback(req: Any) -> None:
+        if set(req.body) != {"cmd"}:
+            raise ConfigError(f"rollback request {_shown(req.body)}; expected {{\"cmd\": \"rollback\"}} alone")
+        start(req, "rollback", lambda: slot.rollback(via="control"))
+
+    return {"swap_model": swap, "rollback": rollback}
+
+
+def _shown(body: Any) -> str:
+    text = repr(body)
+    return text if len(text) <= 120 else text[:100] + f"... ({len(text)} characters)"
