@@ -280,3 +280,21 @@ def test_frames_too_small_for_the_new_model_are_refused(tmp_path: Path, models) 
         assert "camera cam0: frame 32x48 is below the model's minimum useful size" in event["reason"]
     finally:
         slot.close()
+
+
+def test_score_drift_is_measured_against_the_new_models_calibration_after_a_swap(tmp_path: Path, models) -> None:
+    a, b = models
+    m = load_manifest(b)
+    save_manifest(b, dataclasses.replace(m, reference={**m.reference, "scores": {"n": 40, "quantiles": [0.1, 0.2]}}))
+    from edge_somad.runtime.health.health import HealthConfig, LineHealth
+
+    health = LineHealth(["cam0"], {}, HealthConfig(), True, lambda e: None)
+    health.verdict("cam0", "pass", 0.01)  # a score of the old model, on its scale
+    slot = ModelSlot(live(a), [].append, health=health)
+    try:
+        assert health.cameras["cam0"].score_q is None
+        assert slot.swap_model(b)["ok"]
+        cam = health.cameras["cam0"]
+        assert cam.score_q.tolist() == [0.1, 0.2] and cam.score_n == 40 and len(cam._scores) == 0
+    finally:
+        slot.close()

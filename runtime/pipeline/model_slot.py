@@ -213,11 +213,11 @@ class ModelSlot:
             old, dropped = self.current, self.previous
             self.previous, self.current = old, new
             swapped_at = time.time()
+            if self._health is not None:  # drift against the new model's references from its first frame
+                with self._health_lock:
+                    self._health.set_reference(new.manifest.reference)
         if dropped is not None and dropped.scorer is not new.scorer and dropped.scorer is not old.scorer:
             dropped.scorer.close()  # two installs ago: no batch can hold it any more (the lock above)
-        if self._health is not None:
-            with self._health_lock:
-                self._health.set_reference(new.manifest.reference)
         event = {"schema": messages.STATUS_SCHEMA, "event": "model_swapped", "at": swapped_at, "ok": True,
                  "action": action, "via": via, "old_sha256": old.manifest.onnx_sha256,
                  "new_sha256": new.manifest.onnx_sha256, "old_path": _text(old.path), "new_path": _text(new.path),
