@@ -298,3 +298,13 @@ def test_score_drift_is_measured_against_the_new_models_calibration_after_a_swap
         assert cam.score_q.tolist() == [0.1, 0.2] and cam.score_n == 40 and len(cam._scores) == 0
     finally:
         slot.close()
+
+
+def test_no_swap_after_the_line_stopped(tmp_path: Path, models) -> None:
+    a, b = models
+    events: list[dict] = []
+    slot = ModelSlot(live(a), events.append)
+    slot.close()
+    assert "the line has stopped" in slot.swap_model(b)["reason"]
+    assert "the line has stopped" in slot.rollback()["reason"]
+    assert [e["event"] for e in events] == ["model_swap_failed"] * 2

@@ -103,6 +103,7 @@ class ModelSlot:
         self._health, self._health_lock = health, health_lock or threading.Lock()
         self._pending: list[tuple[LiveModel, dict[str, Any]]] = []  # installed, first verdict not yet out
         self._pending_lock = threading.Lock()
+        self._closed = False
 
     # -- the three ways in ------------------------------------------------------------------------
     def swap_model(self, path: Path | str, via: str = "api", action: str = "swap") -> dict[str, Any]:
@@ -113,6 +114,8 @@ class ModelSlot:
         with self._swap_lock:
             old, started = self.current, time.monotonic()
             try:
+                if self._closed:
+                    raise ConfigError("the line has stopped: there is no running model to replace")
                 new = self._load(path, old)
             except Exception as exc:  # any failure keeps the old model; the reason is published
                 return self._failed(action, via, str(path), exc)
@@ -131,8 +134,9 @@ class ModelSlot:
         """Back to the model before the last swap (kept loaded), after its self-check."""
         with self._swap_lock:
             before, started = self.previous, time.monotonic()
-            if before is None:
+            if before is None or self._closed:
                 return self._failed("rollback", via, None, ConfigError(
+                    "the line has stopped: there is no running model to replace" if self._closed else
                     "there is no previous model to go back to: nothing was swapped in since the start"))
             try:  # its files may be gone: the check runs on the scorer kept in memory
                 check = _recheck(before)
@@ -172,7 +176,7 @@ class ModelSlot:
             for i, scorer in enumerate(held):
                 if all(scorer is not other for other in held[:i]):
                     scorer.close()
-            self.previous = None
+            self.previous, self._closed = None, True
 
     # -- internals ------------------------------------------------------------------------------
     def _frame_shapes(self) -> dict[str, tuple[int, int]]:
