@@ -213,23 +213,23 @@ class ModelSlot:
         return LiveModel(scorer, manifest, old.precision, path, check, probe)
 
     def _install(self, new: LiveModel, action: str, via: str, load_s: float) -> dict[str, Any]:
-        with self.lock:  # waits for the batch being scored: the swap falls between two batches
-            old, dropped = self.current, self.previous
-            self.previous, self.current = old, new
-            swapped_at = time.time()
-            if self._health is not None:  # drift against the new model's references from its first frame
-                with self._health_lock:
-                    self._health.set_reference(new.manifest.reference)
-        if dropped is not None and dropped.scorer is not new.scorer and dropped.scorer is not old.scorer:
-            dropped.scorer.close()  # two installs ago: no batch can hold it any more (the lock above)
+        old, swapped_at = self.current, time.time()
         event = {"schema": messages.STATUS_SCHEMA, "event": "model_swapped", "at": swapped_at, "ok": True,
                  "action": action, "via": via, "old_sha256": old.manifest.onnx_sha256,
                  "new_sha256": new.manifest.onnx_sha256, "old_path": _text(old.path), "new_path": _text(new.path),
                  "model": new.info, "previous_model": old.info, "threshold": new.threshold,
                  "self_check": new.self_check, "swapped_at": swapped_at, "load_s": round(load_s, 3),
                  "first_camera": None, "first_frame_id": None}
-        with self._pending_lock:
-            self._pending.append((new, event))
+        with self.lock:  # waits for the batch being scored: the swap falls between two batches
+            dropped = self.previous
+            self.previous, self.current = old, new
+            with self._pending_lock:  # before any frame can be scored with it: its first verdict finds it
+                self._pending.append((new, event))
+            if self._health is not None:  # drift against the new model's references from its first frame
+                with self._health_lock:
+                    self._health.set_reference(new.manifest.reference)
+        if dropped is not None and dropped.scorer is not new.scorer and dropped.scorer is not old.scorer:
+            dropped.scorer.close()  # two installs ago: no batch can hold it any more (the lock above)
         log.warning("model %s: %s (%s) -> %s (%s) via %s; %s", action, _text(old.path), old.manifest.onnx_sha256[:12],
                     _text(new.path), new.manifest.onnx_sha256[:12], via, new.self_check)
         return event
