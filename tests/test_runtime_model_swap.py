@@ -129,7 +129,7 @@ def test_swap_during_a_20fps_stream_loses_no_frame_and_splits_cleanly(tmp_path: 
     assert_no_frame_lost(final, verdicts)
     names = shas(verdicts)
     k = names.index(sha_b)
-    assert 20 <= k < len(names) - 20
+    assert 20 <= k < len(names) - 10  # (up to two batches scored before the swap were still in the outbox)
     assert names[:k] == [sha_a] * k and names[k:] == [sha_b] * (len(names) - k)  # every one, both sides
     (swapped,) = sub.events("model_swapped")
     assert swapped["old_sha256"] == sha_a and swapped["new_sha256"] == sha_b
