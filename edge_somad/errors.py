@@ -37,3 +37,7 @@ class BackendUnavailableError(EdgeSomadError):
 
 class EngineMismatchError(EdgeSomadError):
     """A TensorRT engine was built for another GPU, TensorRT version or ONNX file."""
+
+
+class ControlTimeoutError(EdgeSomadError, TimeoutError):
+    """A control request (trigger, model swap) got no answer from `run --control` in time."""

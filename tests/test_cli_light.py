@@ -20,5 +20,5 @@ def test_help_works_with_heavy_packages_blocked() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     for command in ("fit", "evaluate", "export", "calibrate", "run", "subscribe", "view", "keys", "bench", "demo",
-                    "bridge"):
+                    "bridge", "trigger"):
         assert command in out.stdout

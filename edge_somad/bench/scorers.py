@@ -1,7 +1,8 @@
 """Benchmark the scorers of one model directory in one run: latency, throughput, artifact size.
 
 `edge-somad bench --model models/bottle --backend onnxruntime --backend tensorrt --precision fp16
- --batch 1 --batch 4 --iters 100 --json bench.json [--pipeline [--video clip.avi]] [--cameras 1 --cameras 4]`
+ --batch 1 --batch 4 --iters 100 --json bench.json [--pipeline [--video clip.avi]] [--cameras 1 --cameras 4]
+ [--triggers 5,20]`
 
 Every requested backend gets a row; one that cannot run here is reported as
 "unavailable: <reason>" (never silently dropped), so a table from a CPU box and one from a Jetson
@@ -280,7 +281,8 @@ VIDEO_SIZE = (640, 480)  # (width, height) of the generated clip: a VGA camera, 
 
 def run_bench(model: Path, backend: list[str] | None, precision: str, batch: list[int] | None, iters: int,
               warmup: int, json_out: Path | None, pipeline: bool, video: Path | None, curve: bool,
-              cameras: list[int] | None, fps: float | None, say: Callable[[str], None] = print) -> dict:
+              cameras: list[int] | None, fps: float | None, say: Callable[[str], None] = print,
+              triggers: list[float] | None = None) -> dict:
     """`edge-somad bench`'s whole job: every table `say`s a line at a time; the JSON result is returned."""
     backends = list(backend or DEFAULT_BACKENDS)
     if fps is not None and (not cameras or not 0 < fps <= 1000):
@@ -311,6 +313,12 @@ def run_bench(model: Path, backend: list[str] | None, precision: str, batch: lis
         for r in result["cameras"]:
             if "unavailable" in r:
                 say(f"cameras {r['backend']}: unavailable: {r['unavailable']}")
+    if triggers:
+        from edge_somad.bench.triggers import run_triggers
+
+        runnable = [r["backend"] for r in rows if r["status"] == "ok" and r["backend"] != TORCH_REF]
+        result["triggers"] = run_triggers(model, runnable, precision, video, triggers, max(iters, 2),
+                                          lambda d: write_video(sample_images(), d / "line.avi", VIDEO_SIZE), say)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
         say(f"wrote {json_out}")

@@ -135,11 +135,12 @@ def _register() -> None:
     """The steps in their order, then the tools; all behind handle_errors (bridge's own sub-app too)."""
     from edge_somad.cli.bench import bench
     from edge_somad.cli.bridge import app as bridge_app
+    from edge_somad.cli.trigger import trigger
 
     for name, command in (("fit", fit), ("export", export), ("calibrate", calibrate),
                           ("build-engine", build_engine), ("evaluate", evaluate), ("run", run),
                           ("subscribe", subscribe), ("keys", keys), ("view", view), ("demo", demo),
-                          ("bench", bench)):
+                          ("bench", bench), ("trigger", trigger)):
         app.command(name)(handle_errors(command))
     app.add_typer(bridge_app, name="bridge")
 

@@ -34,7 +34,12 @@ def bench(
     fps: Annotated[float | None, typer.Option(
         "--fps", help="With --cameras: also run each count at this line rate per camera (frames/s): latency "
         "at that rate and frames dropped.")] = None,
+    triggers: Annotated[str | None, typer.Option(
+        "--triggers", help="Trigger rates per second, comma-separated (e.g. 5,20): trigger -> verdict latency "
+        "p50/p99 of a triggered pipeline, --iters triggers per rate (docs/triggers.md).")] = None,
 ) -> None:
     """Latency (p50/p99 at batch 1), throughput (best batch) and model size per backend."""
+    from edge_somad.bench.triggers import parse_rates
+
     run_bench(model, backend, precision, batch, iters, warmup, json_out, pipeline, video, curve, cameras, fps,
-              say=typer.echo)
+              say=typer.echo, triggers=parse_rates(triggers) if triggers is not None else None)

@@ -97,6 +97,9 @@ def mqtt(
     replay: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
         "--replay", help="`run --replay` endpoint of each --connect, same order (run with --journal): verdicts "
         "missed while this bridge was away are asked for there; without it they are only counted.")] = None,
+    control: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="`run --control` endpoint: answer trigger commands on <root>/<group>/CMD/<box>/trigger "
+        "(docs/triggers.md).")] = None,
     topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
@@ -137,7 +140,8 @@ def mqtt(
         source=SourceConfig(tuple(connect), topic, load_client(curve_server_key, curve_secret_key), limits),
         box=box, group=group, root=root,
         queue_file=queue_file or state / f"mqtt-{box}.sqlite", queue_max=queue_max, heatmaps=heatmaps,
-        heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval, replay=tuple(replay or ()))
+        heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval, replay=tuple(replay or ()),
+        control=control)
     bridge = MqttBridge(config)
     previous = _on_signals(bridge.request_stop)
     try:
@@ -171,6 +175,11 @@ def opcua(
     camera: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
         "--camera", help="Camera id to show before its first verdict (repeatable), so PLC programs bind at start."
     )] = None,
+    control: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="`run --control` endpoint: adds the method Trigger(PartId, DeadlineMs) that returns the part's "
+        "verdict (docs/triggers.md).")] = None,
+    trigger_camera: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Camera the Trigger method inspects when `run` has several.")] = None,
     stale_after: Annotated[float, typer.Option(
         help="Seconds without any message from `run` after which SystemState/CameraStatus say offline and "
         "values turn Uncertain (heartbeats come every second).")] = 3.0,
@@ -207,7 +216,10 @@ def opcua(
                                                                                  curve_secret_key), limits),
                          endpoint=endpoint, box=box, username=username, password=password,
                          certificate=certificate, private_key=private_key, cameras=cameras,
-                         stale_after_s=stale_after, allow_plaintext_password=allow_plaintext_password)
+                         stale_after_s=stale_after, allow_plaintext_password=allow_plaintext_password,
+                         control=control,
+                         trigger_camera=None if trigger_camera is None else _check_name(trigger_camera,
+                                                                                        "--trigger-camera"))
     serve(config)
 
 

@@ -94,6 +94,14 @@ def run(
     model_watch: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="Folder to watch: an exported model folder copied into it is checked and swapped in between two "
         "frames, without stopping (docs/model-updates.md). SIGHUP reloads --model's folder.")] = None,
+    control: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="ZeroMQ endpoint of the control socket (JSON requests: trigger, ...), e.g. tcp://127.0.0.1:5560 "
+        "(docs/triggers.md). Keep it on loopback: it has no authentication.")] = None,
+    trigger: Annotated[bool, typer.Option("--trigger/--free-running", help="Triggered inspection: score only "
+        "the first frame after each trigger on --control and answer with the part's verdict (default: score "
+        "every frame).")] = False,
+    trigger_deadline_ms: Annotated[int, typer.Option(
+        help="Deadline of a trigger that names none: an answer later than this is `error: deadline`.")] = 500,
     log_level: LogLevel = "info",
 ) -> None:
     """Score camera frames and publish pass/fail verdicts + heatmaps over ZeroMQ."""
@@ -112,7 +120,7 @@ def run(
                             max_frames=max_frames, queue_size=queue_size,
                             precision=precision, drain_timeout_s=drain_timeout, health=health_config,
                             max_batch=max_batch, batch_wait_ms=batch_wait_ms, camera_timeout_s=camera_timeout,
-                            stall_min_s=stall_s)
+                            stall_min_s=stall_s, triggered=trigger, trigger_deadline_ms=trigger_deadline_ms)
     curve = load_server(curve_secret_key, curve_clients)
     journal_config = None
     if journal is not None:
@@ -127,7 +135,8 @@ def run(
         raise ConfigError("--replay needs --journal DIR: the replay endpoint answers from the journal")
     final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
                          config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue,
-                         journal=journal_config, replay=replay, model_watch=model_watch)
+                         journal=journal_config, replay=replay, control=control,
+                         model_watch=model_watch)
     typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, messages sent per topic {final['sent']}",
                err=True)
     if final.get("camera_timeout"):

@@ -64,6 +64,7 @@ class MqttBridgeConfig:
     status_interval_s: float = 10.0
     drain_timeout_s: float = 5.0  # on stop: time to deliver what is queued before the death message
     replay: tuple[str, ...] = ()  # per --connect, in order: its `run --replay` endpoint (empty: count only)
+    control: str | None = None  # `run --control` endpoint: answer trigger commands (mqtt_trigger.py)
 
     def __post_init__(self) -> None:
         check_topic_root(self.root)
@@ -122,6 +123,11 @@ class MqttBridge:
         self._reader: threading.Thread | None = None
         self._source_error: BaseException | None = None
         self._drain_until = 0.0
+        self.commands = None
+        if config.control is not None:
+            from edge_somad.runtime.bridges.mqtt_trigger import TriggerCommands
+
+            self.commands = TriggerCommands(config.control, config.topic, config.box)
 
     # --- reader thread: ZeroMQ -> disk queue ---------------------------------------------------
 
@@ -271,7 +277,8 @@ class MqttBridge:
                 # bdSeq counts sessions: the will carries the next number, kept only once the broker accepted it
                 bd_seq = self.bd_seq + 1
                 link = MqttLink(cfg.broker, Will(cfg.topic("NDEATH"), self.death("connection lost (last will)",
-                                                                                   bd_seq)))
+                                                                                   bd_seq)),
+                                commands=(self.commands.topic, self.commands.on_message) if self.commands else None)
                 if not link.connect(timeout_s=5.0):
                     refusals = refusals + 1 if link.refused else 0
                     if refusals >= REFUSALS_BEFORE_EXIT:  # retrying forever would only pile up verdicts

@@ -12,8 +12,10 @@ import collections
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_somad.errors import ConfigError
 
@@ -50,7 +52,10 @@ class Will:
 class MqttLink:
     """connect() -> publish()/acked -> close(). `lost` is set when the connection ends or was refused."""
 
-    def __init__(self, config: BrokerConfig, will: Will) -> None:
+    def __init__(self, config: BrokerConfig, will: Will,
+                 commands: tuple[str, Callable[[MqttLink, Any], None]] | None = None) -> None:
+        """commands: (topic, handler): subscribed on every connect; handler(link, message) runs on paho's
+        thread (the trigger command topic, mqtt_trigger.py)."""
         import paho.mqtt.client as mqtt
 
         self.config = config
@@ -80,6 +85,9 @@ class MqttLink:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self._commands = commands
+        if commands is not None:
+            self.client.on_message = lambda client, userdata, msg: commands[1](self, msg)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -87,6 +95,8 @@ class MqttLink:
             self.refused = reason_code.value not in TRANSIENT_REFUSALS
             self.lost.set()
         else:
+            if self._commands is not None:
+                client.subscribe(self._commands[0], qos=1)
             self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -122,13 +132,21 @@ class MqttLink:
     def up(self) -> bool:
         return self.connected.is_set() and not self.lost.is_set()
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> int | None:
-        """The message id to watch in `acked`, or None when the connection is gone."""
+    def publish(self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None) -> int | None:
+        """The message id to watch in `acked`, or None when the connection is gone. correlation: MQTT 5
+        Correlation Data of an answer to a request."""
         import paho.mqtt.client as mqtt
 
         if not self.up:
             return None
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        props = None
+        if correlation is not None and self.config.version == "5":
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
 
     def close(self) -> None:

@@ -4,7 +4,8 @@ Address space (namespace NAMESPACE, string NodeIds `<box>.<camera>.<...>`: opcua
 names after OPC 40100 (Machine Vision) / OPC 40001-101 (Result Transfer) where one fits:
 
     Objects/<box>/                       SystemState, HeartbeatAge, Model, InternalConfigurationId,
-                                         Drops (verdicts missed upstream), Rejected
+                                         Drops (verdicts missed upstream), Rejected,
+                                         Trigger(PartId, DeadlineMs) with --control (opcua_trigger.py)
     Objects/<box>/Cameras/<camera>/      CameraStatus, Fps, CaptureDrops
         LastResult/                      Result (ResultDataType: the whole result, one atomic value),
                                          ResultJson (the same as one JSON string), and for HMIs the
@@ -57,6 +58,8 @@ class OpcuaConfig:
     health_interval_s: float = 1.0
     stale_after_s: float = 3.0  # silence (no heartbeat, no verdict) after which values are Uncertain
     allow_plaintext_password: bool = False  # a password over SecurityPolicy None crosses the wire readable
+    control: str | None = None  # `run --control` endpoint: adds the Trigger method (opcua_trigger.py)
+    trigger_camera: str | None = None  # the camera Trigger inspects (None: the runtime's only camera)
 
     def __post_init__(self) -> None:
         if self.username is not None and self.certificate is None and not self.allow_plaintext_password:
@@ -116,6 +119,10 @@ class OpcuaBridge:
         idx = await self.server.register_namespace(NAMESPACE)
         self.model = OpcuaModel(self.server, idx, cfg.box)
         await self.model.setup()
+        if cfg.control is not None:
+            from edge_somad.runtime.bridges.opcua_trigger import add_trigger_method
+
+            await add_trigger_method(self.model, cfg.control, cfg.trigger_camera)
         for camera in cfg.cameras:
             await self._camera(camera)
 

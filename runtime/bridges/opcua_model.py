@@ -33,7 +33,7 @@ RESULT_FIELDS = (  # browse name, variant type name, default; ResultId last (see
     ("PublishedTime", "DateTime", NEVER), ("ResultEvaluation", "Int32", 0), ("Verdict", "String", ""),
     ("Score", "Double", math.nan), ("Threshold", "Double", math.nan), ("ScoreNormalised", "Double", math.nan),
     ("DefectCount", "Int32", 0), ("ErrorText", "String", ""), ("LatencyMs", "Double", math.nan),
-    ("ResultId", "String", ""))
+    ("PartId", "String", ""), ("ResultId", "String", ""))
 # Per-camera values that describe the line's present state: Uncertain once `run` is silent.
 LIVE_CAMERA_VARS = ("Fps", "CaptureDrops")
 GOOD, UNCERTAIN, WAITING = "Good", "UncertainLastUsableValue", "BadWaitingForInitialData"
@@ -56,6 +56,7 @@ def result_values(h: dict[str, Any]) -> dict[str, Any]:
             "Verdict": h["verdict"], "Score": _number(h.get("score")), "Threshold": _number(h.get("threshold")),
             "ScoreNormalised": _number(h.get("score_normalised")), "DefectCount": len(defects),
             "ErrorText": str(h.get("error") or "")[:1000], "LatencyMs": _number(h.get("latency_ms")),
+            "PartId": str(h.get("part_id") or "")[:64],  # triggered inspection; "" for free-running frames
             "ResultId": f"{h['camera']}/{h['frame_id']}"}
 
 

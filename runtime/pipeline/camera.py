@@ -197,6 +197,7 @@ class CameraSource:
         self._open_report_s = open_report_s
         self._stall = (stall_frames, stall_min_s)
         self._stop = threading.Event()
+        self.capture: _Capture | None = None  # the open source: triggered mode asks it for software_trigger()
         self._next_id = 0
         self._times: deque[float] = deque(maxlen=32)
         # daemon: a stream stuck inside cv2 (e.g. a long RTSP timeout) must not keep the process alive
@@ -328,8 +329,10 @@ class CameraSource:
                     continue
                 self._set("running", f"{self.spec.kind} {self.spec.target} opened")
                 delay = self._backoff[0]
+                self.capture = cap
                 why = self._pump(cap)
             finally:
+                self.capture = None
                 if cap is not None:
                     cap.release()
             if self._stop.is_set():

@@ -15,15 +15,17 @@ from typing import Any
 
 from edge_somad.contracts import defaults
 from edge_somad.contracts.manifest import load_manifest
+from edge_somad.errors import ConfigError
 from edge_somad.runtime.messaging.curve import CurveServer
 from edge_somad.runtime.messaging.journal import Journal, JournalConfig
 from edge_somad.runtime.messaging.publisher import Publisher
 from edge_somad.runtime.messaging.replay import ReplayServer
 from edge_somad.runtime.messaging.verdict import NOT_CALIBRATED
 from edge_somad.runtime.pipeline.camera import parse_cameras
-from edge_somad.runtime.pipeline.model_slot import LiveModel, probe_score, warm_up
+from edge_somad.runtime.pipeline.model_slot import LiveModel, control_handlers, probe_score, warm_up
 from edge_somad.runtime.pipeline.model_watch import ModelWatch
 from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
+from edge_somad.runtime.trigger.control import ControlServer, error_reply
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ def run_pipeline(
     send_queue: int = 100,
     journal: JournalConfig | None = None,
     replay: str | None = None,
+    control: str | None = None,
     model_watch: Path | None = None,
 ) -> dict[str, Any]:
     """Open everything, run until the sources end / max frames / SIGINT-SIGTERM; returns the final status.
@@ -48,9 +51,13 @@ def run_pipeline(
     Raises (before any frame) on an unusable model, backend or source: the command maps it to exit != 0.
     While it runs, SIGHUP reloads the model folder and `model_watch` (a folder) swaps in new model
     folders copied there (runtime/pipeline/model_slot.py, model_watch.py).
+    control: endpoint of the control socket (runtime/trigger/control.py): `trigger`, `swap_model`,
+    `rollback`.
     """
     from edge_somad.runtime.scorers.backends import open_scorer
 
+    if config.triggered and control is None:
+        raise ConfigError("--trigger needs --control ENDPOINT (e.g. tcp://127.0.0.1:5560): triggers arrive there")
     sources = parse_cameras(cameras)
     pipe: Pipeline | None = None
     # Checked (and the folders already there noted) before anything opens; started with the loop.
@@ -75,7 +82,7 @@ def run_pipeline(
             pipe = Pipeline(scorer, manifest, sources, pub, config, live=live)
             if watch is not None:
                 watch.start()
-            with _signals(pipe, handle_signals):
+            with _control(control, pipe), _signals(pipe, handle_signals):
                 return pipe.run()
     finally:
         if watch is not None:
@@ -105,6 +112,27 @@ def _journal(config: JournalConfig | None, replay: str, curve: CurveServer | Non
     finally:
         server.close()
         journal.close()
+
+
+@contextlib.contextmanager
+def _control(endpoint: str | None, pipe: Pipeline) -> Iterator[ControlServer | None]:
+    """The control endpoint (None without --control), open while the loop runs; closed after the
+    loop answered every trigger it accepted."""
+    if endpoint is None:
+        yield None
+        return
+    with ControlServer(endpoint) as server:
+        if pipe.triggers is not None:
+            server.register("trigger", pipe.triggers.handle)
+        else:
+            server.register("trigger", lambda req: error_reply(
+                "this runtime is free-running (every frame is scored); start `edge-somad run` with --trigger "
+                "to answer triggers", "trigger"))
+        for name, handler in control_handlers(pipe.slot).items():  # swap_model, rollback
+            server.register(name, handler)
+        server.start()
+        log.info("control endpoint on %s (commands: %s)", server.bound_endpoint, ", ".join(server.commands()))
+        yield server
 
 
 class _signals:

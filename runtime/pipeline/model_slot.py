@@ -104,6 +104,9 @@ class ModelSlot:
         self._pending: list[tuple[LiveModel, dict[str, Any]]] = []  # installed, first verdict not yet out
         self._pending_lock = threading.Lock()
         self._closed = False
+        # Called with each model installed, under the lock (before any frame is scored with it): parts of
+        # the line that answer on their own (the trigger book's deadline errors) name the model in use.
+        self.listeners: list[Callable[[LiveModel], None]] = []
 
     # -- the three ways in ------------------------------------------------------------------------
     def swap_model(self, path: Path | str, via: str = "api", action: str = "swap") -> dict[str, Any]:
@@ -228,6 +231,8 @@ class ModelSlot:
             if self._health is not None:  # drift against the new model's references from its first frame
                 with self._health_lock:
                     self._health.set_reference(new.manifest.reference)
+            for listener in self.listeners:
+                listener(new)
         if dropped is not None and dropped.scorer is not new.scorer and dropped.scorer is not old.scorer:
             dropped.scorer.close()  # two installs ago: no batch can hold it any more (the lock above)
         log.warning("model %s: %s (%s) -> %s (%s) via %s; %s", action, _text(old.path), old.manifest.onnx_sha256[:12],
@@ -303,7 +308,10 @@ def control_handlers(slot: ModelSlot) -> dict[str, Callable[[Any], dict[str, Any
             except Exception as exc:  # never leave the client without an answer
                 log.exception("control %s failed", name)
                 event = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
-            req.reply({**event, "cmd": name, **({} if event.get("ok") else {"error": event.get("reason")})})
+            try:
+                req.reply({**event, "cmd": name, **({} if event.get("ok") else {"error": event.get("reason")})})
+            except OSError:  # the endpoint closed while the swap ran (the line stopped): nobody to answer
+                log.warning("control %s: done, but the control endpoint has closed: %s", name, event.get("event"))
         threading.Thread(target=answer, name=f"control-{name}", daemon=True).start()
 
     def swap(req: Any) -> None:

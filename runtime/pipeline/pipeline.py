@@ -48,6 +48,7 @@ from edge_somad.runtime.pipeline.model_slot import LiveModel, ModelSlot
 from edge_somad.runtime.pipeline.outbox import Outbox
 from edge_somad.runtime.pipeline.pipeline_config import PipelineConfig, Stats
 from edge_somad.runtime.scorers.scorer import Scorer
+from edge_somad.runtime.trigger.book import TriggerBook
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,8 @@ class Pipeline:
         publisher: Publisher,
         config: PipelineConfig = PipelineConfig(),
         opener: Callable[[SourceSpec], _Capture] = _Capture,
-        live: LiveModel | None = None,
+        live: LiveModel | None = None,  # scorer + manifest with their folder and check score (launch.py)
     ) -> None:
-        """`live`: the model with its folder and check score (launch.py), so it can be reloaded and rolled
-        back to; without it the slot wraps `scorer` and `manifest` as they are."""
         self.pub, self.config = publisher, config
         self.stats = Stats()
         self.status = "starting"
@@ -125,6 +124,11 @@ class Pipeline:
         self._rr = 0
         self._passes: dict[str, int] = {}  # passes published per camera (publisher thread only)
         self._started = time.monotonic()
+        # Triggered mode: only the first frame after each trigger is scored (runtime/trigger/book.py).
+        self.triggers = TriggerBook(self.cameras, publisher, self.slot.current.info, manifest.threshold_for(
+            config.precision), self._cond, config.trigger_deadline_ms) if config.triggered else None
+        if self.triggers is not None:  # its own error answers (deadline, shutdown) name the model in use
+            self.slot.listeners.append(lambda m: self.triggers.use_model(m.info, m.threshold))
 
     scorer = property(lambda self: self.slot.current.scorer)
     manifest = property(lambda self: self.slot.current.manifest)
@@ -157,9 +161,8 @@ class Pipeline:
             if (why := self.watch.check()) is not None:
                 reason = why
                 break
-            if batch:
-                self._process(batch)
-            elif all(c.finished for c in self.cameras) and not self._queued():
+            self._process(batch)  # also when empty: a trigger may have matched a frame held back
+            if not batch and all(c.finished for c in self.cameras) and not self._queued():
                 if self.reads.spent:
                     reason = f"max frames ({self.config.max_frames}) reached"
                 break
@@ -174,6 +177,8 @@ class Pipeline:
     def _shutdown(self, reason: str, drain: bool) -> dict[str, Any]:
         self.status = "stopping"
         log.info("stopping: %s", reason)
+        if self.triggers is not None:
+            self.triggers.stop_accepting(reason)
         for cam in self.cameras:
             cam.stop()
         with self._cond:  # replay threads waiting for queue room
@@ -188,6 +193,8 @@ class Pipeline:
         self._report_unscored()  # normally nothing is left: the drain limit, a second signal, a camera timeout
         self._outbox.close()  # every verdict is out before the final status
         self.slot.announce_unscored()  # a model swapped in after the last frame: its event, before the final
+        if self.triggers is not None:
+            self.triggers.close(reason)  # a trigger still waiting is answered, never left in silence
         self._flush_events()
         self.status = "stopped" if drain else "ended"
         final = self._health(messages.STATUS_SCHEMA)
@@ -199,11 +206,12 @@ class Pipeline:
         """Every frame read gets a verdict: those left after the drain limit are errors, not silence."""
         why = ("second signal" if self._abort.is_set() else "camera timeout" if self.watch.timed_out
                else f"drain limit {self.config.drain_timeout_s:g} s reached")
-        left: list[_Prepared] = []
+        items: list[FrameItem] = []
         for cam in self.cameras:
             while (item := cam.queue.pop()) is not None:
-                left.append(_Prepared(item, error=f"{NOT_SCORED} ({why})"))
-        self._taken += len(left)
+                items.append(item)
+        self._taken += len(items)
+        left = [_Prepared(it, error=f"{NOT_SCORED} ({why})") for it in self._triggered(items)]
         if left:  # behind the scored batches still in the outbox: per-camera order holds
             self._emit(left)
             log.warning("%d queued frame(s) published as '%s' (%s); raise --drain-timeout to score them",
@@ -253,16 +261,16 @@ class Pipeline:
                                      "status": ev.status, "detail": ev.detail, "at": ev.at})
 
     # -- one batch -----------------------------------------------------------------------------
-    def _prepare(self, item: FrameItem) -> _Prepared:
-        p = _Prepared(item, error=item.error)
+    def _prepare(self, item: FrameItem, model: LiveModel) -> _Prepared:
+        p = _Prepared(item, error=item.error, model=model)
         if item.error is not None:
             return p
-        pre = self.manifest.preprocessing
+        pre = model.manifest.preprocessing
         try:
             p.frame = check_frame(item.image)
             # Planned once: the resize, the size check, the defect boxes and the overlay all use it.
             p.geometry = plan_geometry(p.frame.shape[0], p.frame.shape[1], pre.height, pre.width, pre.resize)
-            check_useful_geometry(p.geometry, self.manifest)
+            check_useful_geometry(p.geometry, model.manifest)
             p.resized = resize_planned(p.frame, p.geometry, pre.resize, pre.pad_value)
         except InputError as exc:
             p.error = f"bad frame: {exc}"
@@ -278,14 +286,16 @@ class Pipeline:
             p.error = f"camera fault: {fault}"
         return p
 
+    def _triggered(self, items: list[FrameItem]) -> list[FrameItem]:
+        return items if self.triggers is None else self.triggers.select(items)
+
     def _process(self, items: list[FrameItem]) -> None:
+        items = self._triggered(items)
         if not items:
             return
         with self.slot.lock:  # one model for the whole batch: a swap waits for it to be scored
             model = self.slot.current
-            prepared = [self._prepare(it) for it in items]
-            for p in prepared:
-                p.model = model
+            prepared = [self._prepare(it, model) for it in items]
             self._score(model, prepared)
         self._emit(prepared)
 
@@ -327,6 +337,9 @@ class Pipeline:
             # A repeat of the previous frame may be a frozen camera before it can be declared one: it
             # shows no new part, so it never passes (a fail stays a fail: rejecting is safe).
             v = unscored(f"camera fault: {p.repeated}", threshold, p.geometry)
+        trigger = None
+        if self.triggers is not None:  # a verdict ready after its trigger's deadline is an error `deadline`
+            v, trigger = self.triggers.claim(p.item, v)
         defects = defects_of(v, model.manifest.pixel_threshold_for(precision),
                              model.manifest.calibration.min_defect_area_px)
         it = p.item
@@ -340,7 +353,10 @@ class Pipeline:
         header = messages.header_of(
             v, camera=it.camera, frame_id=it.frame_id, captured_at=it.captured_at, published_at=published_at,
             defects=defects, model=model.info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
+        header.update(trigger or {})  # part_id, trigger_ts, ...
         self.pub.publish_verdict(header, heat, overlay)
+        if self.triggers is not None:
+            self.triggers.finish(it, header)
         self.stats.verdicts[v.verdict] += 1
         with self._lock:
             self.health.verdict(it.camera, v.verdict, v.score)
@@ -366,7 +382,7 @@ class Pipeline:
             "status": self.status, "model": self.model_info,
             "frames_scored": self.stats.frames_scored, "published": self.stats.published,
             "errors": self.stats.verdicts["error"], "verdicts": dict(self.stats.verdicts),
-            "latency_ms": latency,
+            "latency_ms": latency, **({"triggers": self.triggers.snapshot()} if self.triggers is not None else {}),
             "batches": {"max_batch": self.max_batch, "max_seen": self.stats.max_batch_seen,
                         "calls": self.stats.score_calls,
                         "mean": round(self.stats.frames_scored / max(1, self.stats.score_calls), 3)},

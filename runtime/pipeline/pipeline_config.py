@@ -40,6 +40,10 @@ class PipelineConfig:
     stall_frames: float = 5.0
     stall_min_s: float = 1.0
     open_report_s: float = 1.0
+    # Triggered inspection (runtime/trigger/): score only the first frame after each trigger from the
+    # control endpoint, answer with the part's verdict; a trigger without a deadline gets this one.
+    triggered: bool = False
+    trigger_deadline_ms: int = 500
 
     def __post_init__(self) -> None:
         if self.heatmap not in messages.HEATMAP_ENCODINGS:
@@ -61,6 +65,8 @@ class PipelineConfig:
         if self.stall_frames < 1 or self.stall_min_s <= 0 or self.open_report_s <= 0:
             raise ConfigError(f"stall after {self.stall_frames:g} frame intervals / {self.stall_min_s:g} s, open "
                               f"report after {self.open_report_s:g} s; expected >= 1 interval and > 0 s")
+        if not 0 < self.trigger_deadline_ms <= 60_000:
+            raise ConfigError(f"--trigger-deadline-ms {self.trigger_deadline_ms}; expected 1..60000 milliseconds")
         if not 0 <= self.batch_wait_ms <= 1000:
             raise ConfigError(f"--batch-wait-ms {self.batch_wait_ms:g}; expected 0..1000 ms (0: never wait)")
 
