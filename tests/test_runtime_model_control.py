@@ -34,6 +34,7 @@ def test_swap_and_rollback_over_the_control_endpoint(runtime, tmp_path: Path) ->
     before = request_trigger(runtime.control, "P-1", 2000, 5.0)
     swapped = request(runtime.control, {"cmd": "swap_model", "path": str(b)}, 20.0)
     after = request_trigger(runtime.control, "P-2", 2000, 5.0)
+    late = request_trigger(runtime.control, "P-late", 1, 5.0)  # answered by the trigger book itself
     refused = request(runtime.control, {"cmd": "swap_model", "path": str(bad)}, 20.0)
     malformed = request(runtime.control, {"cmd": "swap_model", "path": 5}, 5.0)
     extra = request(runtime.control, {"cmd": "rollback", "to": "yesterday"}, 5.0)
@@ -43,6 +44,7 @@ def test_swap_and_rollback_over_the_control_endpoint(runtime, tmp_path: Path) ->
 
     assert [a["model"]["onnx_sha256"] for a in (before, after, last)] == [sha_a, sha_b, sha_a]
     assert all(a["verdict"] == "pass" for a in (before, after, last))
+    assert late["error"].startswith("deadline") and late["model"]["onnx_sha256"] == sha_b
     assert swapped["ok"] is True and swapped["cmd"] == "swap_model" and swapped["via"] == "control"
     assert (swapped["old_sha256"], swapped["new_sha256"], swapped["new_path"]) == (sha_a, sha_b, str(b))
     assert refused["ok"] is False and refused["cmd"] == "swap_model" and "has sha256" in refused["error"]
@@ -59,4 +61,4 @@ def test_swap_and_rollback_over_the_control_endpoint(runtime, tmp_path: Path) ->
     assert failed["path"] == str(bad) and failed["via"] == "control"
     order = [m.header.get("part_id") if m.kind == "verdict" else m.header.get("event") for m in msgs
              if m.kind == "verdict" or m.header.get("event", "").startswith("model_swap")]
-    assert order == ["P-1", "model_swapped", "P-2", "model_swap_failed", "model_swapped", "P-3"]
+    assert order == ["P-1", "model_swapped", "P-2", "P-late", "model_swap_failed", "model_swapped", "P-3"]
