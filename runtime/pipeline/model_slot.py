@@ -16,6 +16,7 @@ docs/messages.md, procedure: docs/model-updates.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -55,9 +56,9 @@ class LiveModel:
     probe: float | None = None  # its score of reference_frame.make_frame when loaded: rollback re-checks it
     generation: int = dataclasses.field(default_factory=lambda: next(_generation))
 
-    @property
+    @functools.cached_property
     def info(self) -> dict[str, Any]:
-        """The `model` block of every verdict and heartbeat."""
+        """The `model` block of every verdict and heartbeat (one dict per installation, as before swaps)."""
         m = self.manifest
         return {"name": m.name, "onnx_sha256": m.onnx_sha256, "backend": self.scorer.backend,
                 "precision": self.precision, "device": self.scorer.device}
