@@ -190,6 +190,7 @@ def view(
     port: Annotated[int, typer.Option(help="HTTP port of the page.")] = 8080,
     topic: Annotated[str, typer.Option(help="Topic prefix filter, as for subscribe.")] = "somad/",
     fails: Annotated[int, typer.Option(help="Last N fails shown as thumbnails per camera.")] = 8,
+    strip: Annotated[int, typer.Option(help="Last N results (pass/fail/error) as a colour strip per camera.")] = 30,
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
     max_message_mb: MaxMessageMb = 16.0,
@@ -201,7 +202,7 @@ def view(
     from edge_somad.runtime.messaging.intake import DecodeLimits
     from edge_somad.runtime.view.view import ViewConfig, serve
 
-    config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails,
+    config = ViewConfig(endpoints=tuple(connect), topic=topic, host=host, port=port, n_fails=fails, strip_n=strip,
                         limits=DecodeLimits.with_max_message_mb(max_message_mb))
     serve(config, load_client(curve_server_key, curve_secret_key))
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_somad.errors import ConfigError
+from edge_somad.runtime.bridges.mqtt_health import HealthTopics
 from edge_somad.runtime.bridges.mqtt_link import BrokerConfig, MqttLink, Will
 from edge_somad.runtime.bridges.queue import DiskQueue, Item
 from edge_somad.runtime.bridges.recover import Recovery
@@ -117,6 +118,7 @@ class MqttBridge:
         except BaseException:
             self.queue.close()  # releases the queue's lock: a caller may try again in this process
             raise
+        self.health = HealthTopics(config.box, config.topic)
         self.stop = threading.Event()
         self.birth_dirty = threading.Event()
         self.bd_seq = self.queue.get_meta("bdseq")
@@ -167,6 +169,8 @@ class MqttBridge:
                         more, seqs = self._items(msg)
                         items += more
                         meta.update(seqs)
+                    else:  # heartbeats and status events: line health (alarm events, retained state)
+                        items += self.health.observe(msg)
                 for _, msg in self.recovery.pump():
                     more, seqs = self._items(msg, replayed=True)
                     items += more
@@ -177,7 +181,7 @@ class MqttBridge:
                 meta.update({f"up:{k}": v for k, v in self.recovery.state().items()})
                 if items or batch or ending:
                     dropped = self.queue.put_many(items, meta)
-                    self.counters.stored += sum(1 for i in items if i.kind != "heatmap")
+                    self.counters.stored += sum(1 for i in items if i.kind in ("pass", "fail", "error"))
                     if dropped:
                         for kind, n in dropped.items():
                             self.counters.overflow[kind] = self.counters.overflow.get(kind, 0) + n
@@ -241,7 +245,14 @@ class MqttBridge:
             self.counters.delivered += len(done)
             if (born and self.birth_dirty.is_set()) or (not born and self._may_be_born(connected_at)):
                 self.birth_dirty.clear()
+                was_born = born
                 born = link.publish(cfg.topic("NBIRTH"), self.birth(), retain=True) is not None
+                if born and not was_born:  # a new connection: every camera's retained health again
+                    for topic, payload in self.health.everything():
+                        link.publish(topic, payload, retain=True)
+            if born:
+                for topic, payload in self.health.take_dirty():
+                    link.publish(topic, payload, retain=True)
             key = (tuple(sorted(self.counters.overflow.items())), self.recovery.missed, self.recovery.replayed,
                    self.source.rejected)
             if time.monotonic() - last_status >= cfg.status_interval_s or key != status_key:

@@ -11,6 +11,10 @@ names after OPC 40100 (Machine Vision) / OPC 40001-101 (Result Transfer) where o
                                          ResultJson (the same as one JSON string), and for HMIs the
                                          fields one by one (ResultId written last)
         Counters/                        PassCount, FailCount, ErrorCount, MissedCount
+        VisionSystem                     OPC 40100's VisionSystemType: state machines, SystemState and
+                                         ResultManagement/Results/LastResult in the spec's types (opcua_vision.py)
+        Alarms/<check>                   line health as OffNormalAlarmType conditions, events on the
+                                         Server object, Acknowledge (opcua_alarms.py)
 
 When an endpoint has sent nothing for `stale_after_s` (its heartbeat comes every second),
 SystemState and its cameras' CameraStatus say "offline" (or the final status `run` sent on a
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_somad.errors import ConfigError
+from edge_somad.runtime.bridges.opcua_alarms import OpcuaAlarms
 from edge_somad.runtime.bridges.opcua_model import (  # noqa: F401 - re-exported for callers and tests
     GOOD,
     NAMESPACE,
@@ -38,6 +43,7 @@ from edge_somad.runtime.bridges.opcua_model import (  # noqa: F401 - re-exported
     OpcuaModel,
     result_values,
 )
+from edge_somad.runtime.bridges.opcua_vision import VisionSystems, import_machine_vision, quiet
 from edge_somad.runtime.bridges.recover import Recovery
 from edge_somad.runtime.bridges.source import SourceConfig, StreamSource, _valid_camera
 from edge_somad.runtime.messaging import messages
@@ -99,12 +105,16 @@ class OpcuaBridge:
         self.seen_at: dict[int, float] = {}  # endpoint index -> time.monotonic() of its last message
         self.final: dict[int, dict[str, Any]] = {}  # endpoint index -> its final status, until it speaks again
         self.stale: dict[str, bool] = {}  # camera -> values marked Uncertain
+        self.waiting: dict[int, int | None] = {}  # endpoint -> triggers waiting (None: free-running)
 
     async def setup(self) -> None:
         from asyncua import Server, ua
 
         cfg = self.config
         self.server = Server(user_manager=_Passwords(cfg.username, cfg.password or "") if cfg.username else None)
+        # ConditionRefresh (clients call it on connect to get the alarms that are already there);
+        # the number is the Severity of its RefreshStart/End events.
+        self.server.iserver.bind_condition_methods = 100
         await self.server.init()
         self.server.set_endpoint(cfg.endpoint)
         self.server.set_server_name(f"edge-somad bridge ({cfg.box})")
@@ -117,8 +127,14 @@ class OpcuaBridge:
         if cfg.username:
             self.server.set_identity_tokens([ua.UserNameIdentityToken])  # no anonymous sessions
         idx = await self.server.register_namespace(NAMESPACE)
+        mv, self.nodeset_s = await import_machine_vision(self.server)  # first: see its docstring
+        log.info("OPC 40100 MachineVision NodeSet imported in %.2f s", self.nodeset_s)
         self.model = OpcuaModel(self.server, idx, cfg.box)
-        await self.model.setup()
+        with quiet("asyncua.ua.uatypes"):  # our ResultDataType shares the spec's name (opcua_vision.quiet)
+            await self.model.setup()
+        self.alarms = OpcuaAlarms(self.server, idx, self.model._id, self._camera_node)
+        await self.alarms.setup()
+        self.vision = VisionSystems(self.server, idx, mv, self.model._id)
         if cfg.control is not None:
             from edge_somad.runtime.bridges.opcua_trigger import add_trigger_method
 
@@ -129,7 +145,12 @@ class OpcuaBridge:
     async def _camera(self, camera: str) -> None:
         if camera not in self.counts:
             await self.model.camera(camera)
+            await self.vision.camera(camera, self.model.camera_nodes[camera])
             self.counts[camera] = {"pass": 0, "fail": 0, "error": 0}
+
+    async def _camera_node(self, camera: str) -> Any:
+        await self._camera(camera)
+        return self.model.camera_nodes[camera]
 
     async def on_message(self, endpoint: int, msg: messages.Received) -> None:
         h, write = msg.header, self.model.write
@@ -142,12 +163,16 @@ class OpcuaBridge:
             await write((camera, "Counters", "MissedCount"), self.recovery.missed_by_camera.get(camera, 0))
             await self._fresh(camera)
             await self.model.result(h)
+            await self.vision.result(camera, h, self.model.result_class(**result_values(h)))
             self.counts[camera][h["verdict"]] += 1
             name = {"pass": "PassCount", "fail": "FailCount", "error": "ErrorCount"}[h["verdict"]]
             await write((camera, "Counters", name), self.counts[camera][h["verdict"]])
             return
         if msg.kind == "heartbeat":
             self.final.pop(endpoint, None)
+            # `run --trigger` says how many triggers wait for a frame: OPC 40100's Ready / SingleExecution
+            waiting = h["triggers"].get("waiting") if isinstance(h.get("triggers"), dict) else None
+            self.waiting[endpoint] = waiting if isinstance(waiting, int) and not isinstance(waiting, bool) else None
         elif msg.kind == "status" and h.get("event") == "final":
             self.final[endpoint] = h
         cams = h.get("cameras") if isinstance(h.get("cameras"), dict) else {}
@@ -161,10 +186,15 @@ class OpcuaBridge:
             await write((camera, "Fps"), _number(state.get("fps")))
             drops = state.get("capture_drops")
             await write((camera, "CaptureDrops"), drops if isinstance(drops, int) and 0 <= drops < 2**63 else 0)
+            if "health" in state:
+                await self.alarms.update(camera, state["health"])
         if h.get("event") == "camera" and _valid_camera(h.get("camera")):
             await self._camera(h["camera"])
             self.camera_endpoint[h["camera"]] = endpoint
             await write((h["camera"], "CameraStatus"), str(h.get("status"))[:40])
+        if h.get("event") == "health" and _valid_camera(h.get("camera")):
+            await self._camera(h["camera"])
+            await self.alarms.update(h["camera"], h.get("health"))
 
     async def _fresh(self, camera: str) -> None:
         if self.stale.get(camera):
@@ -198,6 +228,12 @@ class OpcuaBridge:
             await write(("", "InternalConfigurationId"), str(models[0].get("onnx_sha256"))[:200])
         await write(("", "Drops"), self.missed_total())
         await write(("", "Rejected"), self.source.rejected)
+        for camera in self.counts:
+            endpoint = self.camera_endpoint.get(camera)
+            link = ("waiting" if endpoint is None else "ended" if endpoint in self.final
+                    else "live" if self._alive(endpoint, now) else "offline")
+            waiting = self.waiting.get(endpoint) if endpoint is not None else None
+            await self.vision.state(camera, self.model.values[(camera, "CameraStatus")][0], link, waiting)
         for camera, endpoint in self.camera_endpoint.items():
             if not self._alive(endpoint, now) and not self.stale.get(camera):
                 self.stale[camera] = True

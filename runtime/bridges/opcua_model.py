@@ -80,6 +80,7 @@ class OpcuaModel:
         self.vars: dict[tuple[str, ...], tuple[Any, str]] = {}  # (camera | "", [group,] name) -> (node, vtype)
         self.values: dict[tuple[str, ...], tuple[Any, str]] = {}  # key -> (last value, status name)
         self.cameras: set[str] = set()
+        self.camera_nodes: dict[str, Any] = {}  # camera -> its object node
         self.result_class: Any = None
 
     def _id(self, *parts: str) -> Any:
@@ -100,7 +101,8 @@ class OpcuaModel:
         self.result_type, _ = await new_struct(self.server, ua.NodeId(RESULT_TYPE, self.idx),
                                                ua.QualifiedName(RESULT_TYPE, self.idx), fields)
         await self.server.load_data_type_definitions()
-        self.result_class = getattr(ua, RESULT_TYPE)
+        # By NodeId, not ua.<name>: OPC 40100's ResultDataType (opcua_vision.py) has the same name.
+        self.result_class = ua.extension_objects_by_datatype[self.result_type.nodeid]
         self.root = await self.server.nodes.objects.add_object(self._id(), self._name(self.box))
         for name, vtype, value in (("SystemState", "String", "unknown"), ("HeartbeatAge", "Double", math.nan),
                                    ("Model", "String", ""), ("InternalConfigurationId", "String", ""),
@@ -123,7 +125,7 @@ class OpcuaModel:
         if camera in self.cameras:
             return
         self.cameras.add(camera)
-        obj = await self.folder.add_object(self._id(camera), self._name(camera))
+        obj = self.camera_nodes[camera] = await self.folder.add_object(self._id(camera), self._name(camera))
         for name, vtype, value in (("CameraStatus", "String", "unknown"), ("Fps", "Double", math.nan),
                                    ("CaptureDrops", "Int64", 0)):
             await self._var(obj, (camera, name), vtype, value)

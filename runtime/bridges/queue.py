@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edge_somad.errors import ConfigError
 
-RANK = {"heatmap": 0, "pass": 1, "fail": 2, "error": 3}
+RANK = {"heatmap": 0, "pass": 1, "fail": 2, "error": 3, "health": 3}  # health: alarm events
 
 
 @dataclass(frozen=True)

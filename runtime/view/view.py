@@ -22,7 +22,7 @@ from edge_somad.contracts import defaults
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.messaging.curve import CurveClient
 from edge_somad.runtime.messaging.intake import DEFAULT_LIMITS, DecodeLimits
-from edge_somad.runtime.view.view_state import STALE_S, ViewState
+from edge_somad.runtime.view.view_state import STALE_S, STRIP_N, ViewState
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class ViewConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     n_fails: int = 8
+    strip_n: int = STRIP_N  # results in each camera's strip
     push_s: float = 0.25  # WebSocket update period: 4 Hz is live to an eye and cheap for a line PC
     limits: DecodeLimits = DEFAULT_LIMITS
     stale_s: float = STALE_S
@@ -46,6 +47,8 @@ class ViewConfig:
             raise ConfigError(f"no --connect endpoint given; expected at least one, e.g. {defaults.ENDPOINT}")
         if len(set(self.endpoints)) != len(self.endpoints):
             raise ConfigError(f"--connect endpoints {list(self.endpoints)} repeat; give each run once")
+        if not 1 <= self.strip_n <= 500:
+            raise ConfigError(f"--strip {self.strip_n}; expected 1..500 results per camera")
         if self.n_fails < 0 or self.push_s <= 0 or not 0 <= self.port <= 65535:
             raise ConfigError(f"--fails {self.n_fails}, push period {self.push_s}, --port {self.port}; expected "
                               "fails >= 0, period > 0, port 0..65535")
@@ -103,7 +106,7 @@ class _Receiver(threading.Thread):
 def make_app(config: ViewConfig, curve: CurveClient | None = None) -> Any:
     """The aiohttp application; its startup opens the SUB sockets, its cleanup closes them."""
     web = _aiohttp()
-    state = ViewState(list(config.endpoints), config.n_fails, config.stale_s)
+    state = ViewState(list(config.endpoints), config.n_fails, config.stale_s, config.strip_n)
     page = resources.files("edge_somad.runtime.view").joinpath("view_page.html").read_text(encoding="utf-8")
     receivers = [_Receiver(e, config, state, curve) for e in config.endpoints]
     state.alive = {r.endpoint: r.is_alive for r in receivers}
@@ -113,6 +116,26 @@ def make_app(config: ViewConfig, curve: CurveClient | None = None) -> Any:
 
     async def api_state(_request: Any) -> Any:
         return web.json_response(state.changes({}))
+
+    async def reset_shift(request: Any) -> Any:
+        await _action_body(web, request)
+        return web.json_response({"shift_start": state.reset_shift()})
+
+    async def acknowledge(request: Any) -> Any:
+        from edge_somad.runtime.health.alarms import AckError
+
+        body = await _action_body(web, request)
+        key, event_id, comment = body.get("key"), body.get("event_id"), body.get("comment", "")
+        if not isinstance(key, str) or not isinstance(event_id, str) or not isinstance(comment, str):
+            raise web.HTTPBadRequest(text='expected {"key": "<camera>/<check>", "event_id": "<hex>", "comment": ""}')
+        try:
+            alarm = state.acknowledge(key[:300], bytes.fromhex(event_id[:64]), comment[:500])
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"event_id {event_id[:70]!r} is not hex: {exc}") from exc
+        except AckError as exc:
+            raise web.HTTPConflict(text=str(exc)) from exc
+        log.info("alarm %s acknowledged in the view (%s)", key, comment[:100])
+        return web.json_response(alarm)
 
     async def websocket(request: Any) -> Any:
         ws = web.WebSocketResponse(heartbeat=10.0)
@@ -141,11 +164,35 @@ def make_app(config: ViewConfig, curve: CurveClient | None = None) -> Any:
         for r in receivers:
             r.join(2.0)
 
-    app = web.Application()
-    app.add_routes([web.get("/", index), web.get("/api/state", api_state), web.get("/ws", websocket)])
+    app = web.Application(client_max_size=ACTION_MAX_BYTES)
+    app.add_routes([web.get("/", index), web.get("/api/state", api_state), web.get("/ws", websocket),
+                    web.post("/api/shift/reset", reset_shift), web.post("/api/alarms/ack", acknowledge)])
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     return app
+
+
+ACTION_MAX_BYTES = 4096  # an action's JSON body: a key, an event id and a comment
+
+
+async def _action_body(web: Any, request: Any) -> dict[str, Any]:
+    """The JSON body of a POST that changes state (shift reset, acknowledge), from this page only.
+
+    A page on another site can make the operator's browser POST here (the view has no login), but
+    a browser sends such a request's Origin, and sends `Content-Type: application/json`
+    cross-site only after a CORS preflight the view never answers: both are required."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise web.HTTPForbidden(text=f"Origin {origin[:100]!r} is not this page ({request.scheme}://{request.host})")
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text=f"Content-Type {request.content_type!r}; expected application/json")
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="expected a JSON object")
+    return body
 
 
 def serve(config: ViewConfig, curve: CurveClient | None = None) -> None:

@@ -25,12 +25,14 @@ import cv2
 import numpy as np
 
 from edge_somad.errors import InputError
+from edge_somad.runtime.health.alarms import AlarmBook
 from edge_somad.runtime.messaging import messages
 
 STALE_S = 3.0  # no message for this long: the endpoint is shown stale (heartbeats come every second)
 NEW_RUN_S = 2.0  # a heartbeat whose run start (at - uptime_s) moved by more: `run` was restarted
 LIVE_WIDTH = 640  # px: the live picture is re-encoded at most this wide
 THUMB_WIDTH = 160
+STRIP_N = 30  # results in a tile's strip: the last half minute of a 1 part/s line
 
 
 def _jpeg_url(img: np.ndarray, width: int) -> str:
@@ -69,6 +71,8 @@ class Tile:
     camera_status: str | None = None
     fps: float | None = None
     fails: deque = field(default_factory=deque)
+    strip: deque = field(default_factory=deque)  # the last results, oldest first: {id, frame_id, part_id, verdict}
+    shift: dict[str, int] = field(default_factory=lambda: {v: 0 for v in messages.VERDICTS})  # since shift start
     version: int = 0  # anything changed
     frame_version: int = 0  # a new verdict (so a new picture)
     fails_version: int = 0
@@ -91,6 +95,7 @@ class Tile:
             "latency_ms": {"last": float(lat[-1]), "mean": float(lat.mean()), "p95": float(np.percentile(lat, 95))}
             if lat.size else None,
             "last": self.last, "health": self.health, "camera_status": self.camera_status, "fps": self.fps,
+            "strip": list(self.strip), "shift": dict(self.shift),
         }
         if with_image:
             out["image"] = self.image()
@@ -126,9 +131,12 @@ class Link:
 class ViewState:
     """All tiles, keyed by camera id (prefixed by the endpoint when several runs are watched)."""
 
-    def __init__(self, endpoints: list[str], n_fails: int = 8, stale_s: float = STALE_S) -> None:
+    def __init__(self, endpoints: list[str], n_fails: int = 8, stale_s: float = STALE_S,
+                 strip_n: int = STRIP_N) -> None:
         self.endpoints = endpoints
-        self.n_fails = n_fails
+        self.n_fails, self.strip_n = n_fails, strip_n
+        self.shift_start = time.time()
+        self.book = AlarmBook()  # line health as alarms an operator acknowledges (runtime/health/alarms.py)
         self.stale_s = stale_s
         self.tiles: dict[str, Tile] = {}
         self.links = {e: Link() for e in endpoints}
@@ -171,6 +179,7 @@ class ViewState:
                 tile.counts = {v: 0 for v in messages.VERDICTS}
                 tile.latencies.clear()
                 tile.fails.clear()
+                tile.strip.clear()
                 tile.last, tile._latest, tile._image = None, None, None
                 tile.version += 1
                 tile.frame_version += 1
@@ -180,7 +189,8 @@ class ViewState:
         key = camera if len(self.endpoints) == 1 else f"{endpoint}/{camera}"
         tile = self.tiles.get(key)
         if tile is None:
-            tile = self.tiles[key] = Tile(key, camera, endpoint, fails=deque(maxlen=self.n_fails))
+            tile = self.tiles[key] = Tile(key, camera, endpoint, fails=deque(maxlen=self.n_fails),
+                                          strip=deque(maxlen=self.strip_n))
         return tile
 
     def apply(self, endpoint: str, msg: messages.Received) -> None:
@@ -200,11 +210,13 @@ class ViewState:
                         tile = self._tile(endpoint, cid)
                         tile.health, tile.camera_status = info.get("health"), info.get("status")
                         tile.fps = info.get("fps")
+                        self.book.update(tile.key, tile.health)
                         tile.version += 1
             elif msg.kind == "status" and _is_id(h.get("camera")):
                 tile = self._tile(endpoint, h["camera"])
                 if h.get("event") == "health" and isinstance(h.get("health"), dict):
                     tile.health = h["health"]
+                    self.book.update(tile.key, tile.health)
                 elif h.get("event") == "camera":
                     tile.camera_status = h.get("status")
                 tile.version += 1
@@ -213,6 +225,10 @@ class ViewState:
         h = msg.header
         verdict = h["verdict"]
         tile.counts[verdict] += 1
+        tile.shift[verdict] += 1
+        part = h.get("part_id") if isinstance(h.get("part_id"), str) else None  # a triggered inspection's part
+        tile.strip.append({"id": part[:40] if part else f"#{h['frame_id']}", "frame_id": h["frame_id"],
+                           "part_id": part[:40] if part else None, "verdict": verdict})
         if isinstance(h.get("latency_ms"), (int, float)):
             tile.latencies.append(float(h["latency_ms"]))
         defects = h.get("defects") if isinstance(h.get("defects"), list) else []
@@ -247,8 +263,24 @@ class ViewState:
                          "ended": link.ended, "error": link.error, "restarts": link.restarts,
                          "rejected": link.rejected, "missed": link.missed}
                      for e, link in self.links.items()}
+            shift = {v: sum(t.shift[v] for t in self.tiles.values()) for v in messages.VERDICTS}
             return {"type": "update", "tiles": out, "total_verdicts": total, "endpoints": links, "now": now,
-                    "stale_s": self.stale_s}
+                    "stale_s": self.stale_s, "shift": {"start": self.shift_start, "counts": shift},
+                    "alarms": [a.as_json() for a in self.book.retained()]}
+
+    def reset_shift(self) -> float:
+        """A new shift: every tile's shift counters back to 0 (the run's own counts stay)."""
+        with self.lock:
+            self.shift_start = time.time()
+            for tile in self.tiles.values():
+                tile.shift = {v: 0 for v in messages.VERDICTS}
+                tile.version += 1
+            return self.shift_start
+
+    def acknowledge(self, key: str, event_id: bytes, comment: str = "") -> dict[str, Any]:
+        """An operator acknowledges the alarm they saw (its event id); raises alarms.AckError otherwise."""
+        with self.lock:
+            return self.book.acknowledge(key, event_id, comment).as_json()
 
 
 def _is_id(value: object) -> bool:
