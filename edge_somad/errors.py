@@ -39,5 +39,9 @@ class EngineMismatchError(EdgeSomadError):
     """A TensorRT engine was built for another GPU, TensorRT version or ONNX file."""
 
 
+class CameraError(EdgeSomadError):
+    """A camera cannot do what was asked: it lacks a feature, refuses a value, or is not connected now."""
+
+
 class ControlTimeoutError(EdgeSomadError, TimeoutError):
     """A control request (trigger, model swap) got no answer from `run --control` in time."""

@@ -24,6 +24,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=f"needs a GPU: {why}"))
 
 
+@pytest.fixture
+def fake_camera():
+    """Aravis's simulated GigE Vision camera on 127.0.0.1, started for the test and killed after it."""
+    from tests.helpers.aravis import FakeCamera, require_aravis
+
+    require_aravis()
+    cam = FakeCamera()
+    cam.start()
+    try:
+        yield cam
+    finally:
+        cam.kill()
+
+
 TINY_SIZE = (64, 96)  # non-square on purpose: height and width are independent everywhere
 
 

@@ -29,7 +29,9 @@ from edge_somad.contracts.exits import EXIT_NOT_MET
 def run(
     camera: Annotated[list[str], typer.Option(
         "--camera", help="Source, repeatable: camera index (0), video file, image folder, rtsp:// or "
-        "http(s):// URL; name it with id=spec (default ids cam0, cam1, ...).")],
+        "http(s):// URL, or a GigE Vision / USB3 Vision camera aravis:<device>?exposure_us=..&gain_db=..&"
+        "trigger=off|software|line0..&pixel=Mono8|BayerRG8|.. (docs/cameras.md); name it with id=spec "
+        "(default ids cam0, cam1, ...).")],
     model: Annotated[Path, typer.Option("--model", help="Model directory holding manifest.json.")],
     backend: Annotated[str, typer.Option(help="auto | tensorrt | onnxruntime | torch")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8 (never changed silently)")] = "fp32",
@@ -78,7 +80,8 @@ def run(
         "(cannot open, reconnecting or stalled). Default: keep retrying.")] = None,
     stall_s: Annotated[float, typer.Option(
         help="A running live camera with no frame for 5 frame intervals, and at least this many seconds, is "
-        "`stalled`. Triggered cameras: set it above the longest gap between parts.")] = 1.0,
+        "`stalled`. Cameras triggered through aravis (trigger=software|lineN) are never stalled; for other "
+        "triggered cameras set it above the longest gap between parts.")] = 1.0,
     camera_alarm: Annotated[float, typer.Option(
         help="A camera that cannot be opened, reconnects or stalls is health `warn` at once and `alarm` after "
         "this many seconds.")] = 5.0,

@@ -1,4 +1,5 @@
-"""Frame sources: camera index, video file, RTSP/HTTP stream, image folder (sorted replay).
+"""Frame sources: camera index, video file, RTSP/HTTP stream, image folder (sorted replay), and
+GigE Vision / USB3 Vision cameras through Aravis (`aravis:<device>?...`, runtime/pipeline/gige.py).
 
 One capture thread per source feeds a small bounded queue. Live sources (index, stream) drop the
 OLDEST frame when the queue is full, so the scorer always works on the freshest part on the line,
@@ -14,6 +15,8 @@ A source that cannot be opened, or does not answer within `open_report_s`, is `u
 (an event), and a live source that delivers nothing for a few frame intervals is `stalled` (the
 pipeline asks `stalled_for`): a dead camera is never silent. A shared ReadBudget (`--max-frames`)
 stops every capture thread once that many frames were read, so no frame is read and left unanswered.
+A software-triggered camera takes a frame when `software_trigger()` asks; a triggered camera is
+silent between parts, so it is never `stalled` (its loss is reported by the driver instead).
 """
 
 from __future__ import annotations
@@ -28,9 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_somad.errors import ConfigError, InputError
+from edge_somad.errors import CameraError, ConfigError, InputError
 from edge_somad.runtime.messaging.messages import check_camera_id
-from edge_somad.runtime.pipeline.capture import LIVE_KINDS, ReadBudget, SourceSpec, _Capture, folder_warning
+from edge_somad.runtime.pipeline.capture import (
+    LIVE_KINDS,
+    Capture,
+    ReadBudget,
+    SourceSpec,
+    _Capture,
+    folder_warning,
+    open_capture,
+)
+from edge_somad.runtime.pipeline.frame_queue import DropOldestQueue, FrameItem
+from edge_somad.runtime.pipeline.gige_spec import is_gige, parse_gige
 
 __all__ = ["LIVE_KINDS", "CameraEvent", "CameraSource", "DropOldestQueue", "FrameItem", "ReadBudget", "SourceSpec",
            "_Capture", "parse_cameras", "parse_source"]
@@ -38,16 +51,6 @@ __all__ = ["LIVE_KINDS", "CameraEvent", "CameraSource", "DropOldestQueue", "Fram
 log = logging.getLogger(__name__)
 
 _NOT_IN_IDS = ("/", "\\", ":")  # a '=' after one of these belongs to a path or URL, not to an id
-
-
-@dataclass
-class FrameItem:
-    camera: str
-    frame_id: int  # monotonic per camera, errors included
-    captured_at: float  # time.time(), for the message
-    monotonic: float  # time.monotonic(), for latency maths
-    image: np.ndarray | None
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,15 @@ class CameraEvent:
 
 
 def parse_source(spec: str) -> SourceSpec:
-    """digits -> camera index; existing dir -> folder; existing file -> video; rtsp/http(s) -> stream."""
+    """digits -> camera index; existing dir -> folder; existing file -> video; rtsp/http(s) -> stream;
+    aravis:<device>?k=v -> a GigE Vision / USB3 Vision camera (Aravis checked for here, not before)."""
     s = spec.strip()
+    if is_gige(s):
+        settings = parse_gige(s)
+        from edge_somad.runtime.pipeline.gige import load_aravis
+
+        load_aravis()  # a missing install is a ConfigError naming the packages, before anything starts
+        return SourceSpec("aravis", settings.device, gige=settings)
     if s.isdigit():
         return SourceSpec("index", int(s))
     if s.lower().startswith(("rtsp://", "rtsps://", "http://", "https://")):
@@ -74,7 +84,8 @@ def parse_source(spec: str) -> SourceSpec:
         return SourceSpec("file", str(p))
     raise ConfigError(
         f"camera source {spec!r} is neither a camera index (0, 1, ...), an existing video file or image "
-        "folder, nor an rtsp:// / http(s):// URL. Check the path, or give e.g. --camera 0."
+        "folder, an rtsp:// / http(s):// URL, nor aravis:<device id>?key=value (docs/cameras.md). Check the "
+        "path, or give e.g. --camera 0."
     )
 
 
@@ -107,53 +118,6 @@ def parse_cameras(specs: list[str]) -> list[tuple[str, SourceSpec]]:
     return out
 
 
-class DropOldestQueue:
-    """Bounded FIFO. put() on a full queue evicts the oldest item and counts a drop.
-
-    Shares a Condition with the consumer so one wait covers every camera.
-    """
-
-    def __init__(self, maxsize: int, cond: threading.Condition) -> None:
-        if maxsize < 1:
-            raise ConfigError(f"queue size {maxsize}; expected >= 1")
-        self.maxsize = maxsize
-        self.drops = 0
-        self._items: deque[FrameItem] = deque()
-        self._cond = cond
-
-    def put(self, item: FrameItem, block: bool = False, stop: threading.Event | None = None) -> None:
-        """Live (block=False): evict the oldest when full. Replay (block=True): wait for room; on stop,
-        append anyway (the queue then holds one item more than maxsize) - a frame that was read is
-        never thrown away, the pipeline scores it or reports it."""
-        with self._cond:
-            if block:  # woken by pop
-                while len(self._items) >= self.maxsize and not (stop and stop.is_set()):
-                    self._cond.wait(0.1)
-            elif len(self._items) >= self.maxsize:
-                self._items.popleft()
-                self.drops += 1
-            self._items.append(item)
-            self._cond.notify_all()
-
-    def wait_room(self, stop: threading.Event) -> None:
-        """Replay: block until put() would not have to wait (or stop). Reading the next frame only then
-        stamps it when it was read, not a batch earlier, and leaves no read frame waiting outside."""
-        with self._cond:
-            while len(self._items) >= self.maxsize and not stop.is_set():
-                self._cond.wait(0.1)
-
-    def pop(self) -> FrameItem | None:
-        """Non-blocking; caller holds or takes the shared condition."""
-        with self._cond:
-            item = self._items.popleft() if self._items else None
-            if item is not None:
-                self._cond.notify_all()
-            return item
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class CameraSource:
     """A capture thread for one source.
 
@@ -171,7 +135,7 @@ class CameraSource:
         on_event: Callable[[CameraEvent], None] | None = None,
         backoff_s: tuple[float, float] = (0.5, 10.0),
         drop_when_full: bool | None = None,
-        opener: Callable[[SourceSpec], _Capture] = _Capture,
+        opener: Callable[[SourceSpec], Capture] = open_capture,
         budget: ReadBudget | None = None,
         open_report_s: float = 1.0,
         stall_frames: float = 5.0,
@@ -197,11 +161,30 @@ class CameraSource:
         self._open_report_s = open_report_s
         self._stall = (stall_frames, stall_min_s)
         self._stop = threading.Event()
-        self.capture: _Capture | None = None  # the open source: triggered mode asks it for software_trigger()
+        self.capture: Capture | None = None  # the open source: software_trigger() asks it for a frame
         self._next_id = 0
         self._times: deque[float] = deque(maxlen=32)
         # daemon: a stream stuck inside cv2 (e.g. a long RTSP timeout) must not keep the process alive
         self._thread = threading.Thread(target=self._run, name=f"capture-{camera_id}", daemon=True)
+
+    @property
+    def triggerable(self) -> bool:
+        """Whether software_trigger() can work: a camera configured for software triggers."""
+        return self.spec.gige is not None and self.spec.gige.trigger == "software"
+
+    def software_trigger(self) -> None:
+        """Ask the camera for one frame now; it arrives through the queue like any frame.
+
+        Raises ConfigError for a source that is not software-triggered, CameraError while the camera
+        is not connected (the caller answers that part with an error, never a pass)."""
+        if not self.triggerable:
+            raise ConfigError(f"camera {self.id} ({self.spec.kind} {self.spec.target!r}) cannot be triggered by "
+                              "software; give --camera aravis:<device>?trigger=software (docs/cameras.md)")
+        cap = self.capture
+        if cap is None or self.status != "running":
+            raise CameraError(f"camera {self.id} is {self.status} ({self.detail or 'not connected'}); "
+                              "no frame can be taken now")
+        cap.software_trigger()  # type: ignore[attr-defined]
 
     @property
     def drops(self) -> int:
@@ -229,11 +212,16 @@ class CameraSource:
 
     def stalled_for(self, now: float) -> float | None:
         """Seconds since the last frame of a running live source past its stall limit, else None."""
-        if not self.spec.live or self.status != "running":
+        if not self.spec.live or self.status != "running" or self.triggered:
             return None
         since = self.last_frame_at if self.last_frame_at is not None else self.started_at
         age = now - max(since, self._running_since)
         return age if age > self.stall_limit() else None
+
+    @property
+    def triggered(self) -> bool:
+        """A triggered camera is silent between parts: that is not a stall."""
+        return self.spec.gige is not None and self.spec.gige.triggered
 
     def no_frame_for(self, now: float) -> float:
         """Seconds since this source last delivered anything (since start if never)."""
@@ -279,10 +267,10 @@ class CameraSource:
         if self.queue.drops > evicted and self._budget is not None:
             self._budget.give_back()  # a dropped frame is counted as a drop, not against --max-frames
 
-    def _open(self) -> tuple[_Capture | None, str | None]:
+    def _open(self) -> tuple[Capture | None, str | None]:
         """Open in a helper thread: report `unavailable` if it has not answered within open_report_s
         (a driver or server can block for tens of seconds), and give up waiting on stop."""
-        box: list[_Capture | BaseException] = []
+        box: list[Capture | BaseException] = []
         done, abandoned = threading.Event(), threading.Event()
 
         def attempt() -> None:
@@ -327,9 +315,9 @@ class CameraSource:
                     self._stop.wait(delay)
                     delay = min(delay * 2, self._backoff[1])
                     continue
+                self.capture = cap
                 self._set("running", f"{self.spec.kind} {self.spec.target} opened")
                 delay = self._backoff[0]
-                self.capture = cap
                 why = self._pump(cap)
             finally:
                 self.capture = None
@@ -345,7 +333,7 @@ class CameraSource:
             delay = min(delay * 2, self._backoff[1])
         self._set("stopped", "stop requested")
 
-    def _pump(self, cap: _Capture) -> str:
+    def _pump(self, cap: Capture) -> str:
         """Read until the source ends, fails (live), the read budget is spent or stop; returns why."""
         period = None if self.spec.fps is None else 1.0 / self.spec.fps
         tick = time.monotonic()
@@ -363,8 +351,14 @@ class CameraSource:
             if not self._claim():
                 return f"max frames ({self._budget.limit if self._budget else 0}) reached"
             kind, img, why = cap.read()
+            if kind == "idle":  # nothing within the driver's wait (a triggered camera between parts)
+                if self._budget is not None:
+                    self._budget.give_back()
+                continue
             if kind == "frame":
                 self._emit(img, None, at)
+            elif kind == "corrupt":  # one bad frame (packets lost): an error verdict, the link is fine
+                self._emit(None, why, at)
             elif kind == "error":
                 self._emit(None, why, at)
                 if self.spec.live:  # a live camera that returns nothing is unplugged: reconnect

@@ -1,4 +1,5 @@
-"""What a capture thread reads from: a cv2.VideoCapture (index, file, stream) or a sorted image folder.
+"""What a capture thread reads from: a cv2.VideoCapture (index, file, stream), a sorted image folder,
+or an Aravis camera (runtime/pipeline/gige.py, imported only when one is asked for).
 
 A network stream is opened with FFmpeg's open and read timeouts set (OPEN_TIMEOUT_MSEC /
 READ_TIMEOUT_MSEC), so an RTSP/HTTP server that accepts and never answers costs `STREAM_TIMEOUT_S`,
@@ -12,6 +13,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -19,10 +21,11 @@ import numpy as np
 from edge_somad.contracts.names import IMAGE_SUFFIXES
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.pipeline.frames import read_image_file
+from edge_somad.runtime.pipeline.gige_spec import GigESettings
 
 log = logging.getLogger(__name__)
 
-LIVE_KINDS = ("index", "stream")
+LIVE_KINDS = ("index", "stream", "aravis")
 # Open and read timeout of a network stream: long enough for a slow RTSP handshake, short enough
 # that a dead server is retried (and reported) in seconds.
 STREAM_TIMEOUT_S = 5.0
@@ -30,12 +33,16 @@ STREAM_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: str  # index | file | stream | folder
+    kind: str  # index | file | stream | folder | aravis
     target: int | str
     loop: bool = False  # replays only: start again at the end instead of ending (bench --cameras)
     fps: float | None = None  # replays only: paced at this line rate, live-like drops (bench --fps)
+    gige: GigESettings | None = None  # aravis only: the camera's settings from --camera
 
     def __post_init__(self) -> None:
+        if (self.kind == "aravis") != (self.gige is not None):
+            raise ConfigError(f"source kind {self.kind!r} with gige={self.gige!r}; an aravis source needs its "
+                              "settings (parse_source('aravis:...')) and no other kind takes them")
         if self.loop and self.kind in LIVE_KINDS:
             raise ConfigError(f"loop=True for a live {self.kind} source {self.target!r}; only a video file or "
                               "an image folder can be replayed in a loop")
@@ -74,6 +81,27 @@ def folder_warning(folder: Path) -> str | None:
     hint = f"; its subfolder(s) {', '.join(subs[:5])} do: did you mean {folder / subs[0]}?" if subs else ""
     return (f"folder camera {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}){hint} "
             "It will end at once without a verdict.")
+
+
+class Capture(Protocol):
+    """What CameraSource reads from. read() -> ("frame", img, None) | ("error", None, why): the source
+    failed (a live one is reopened) | ("corrupt", None, why): one bad frame, the link is fine |
+    ("idle", None, None): nothing yet, ask again | ("end", None, why)."""
+
+    def opened(self) -> bool: ...
+
+    def read(self) -> tuple[str, np.ndarray | None, str | None]: ...
+
+    def release(self) -> None: ...
+
+
+def open_capture(spec: SourceSpec) -> Capture:
+    """The default opener: Aravis for `aravis` sources (imported here, on first use), else _Capture."""
+    if spec.gige is not None:
+        from edge_somad.runtime.pipeline.gige import GigECapture
+
+        return GigECapture(spec.gige)
+    return _Capture(spec)
 
 
 class _Capture:

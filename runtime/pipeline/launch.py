@@ -59,6 +59,10 @@ def run_pipeline(
     if config.triggered and control is None:
         raise ConfigError("--trigger needs --control ENDPOINT (e.g. tcp://127.0.0.1:5560): triggers arrive there")
     sources = parse_cameras(cameras)
+    waiting = [cid for cid, spec in sources if spec.gige is not None and spec.gige.trigger == "software"]
+    if waiting and not config.triggered:  # nothing would ever ask these cameras for a frame
+        raise ConfigError(f"camera(s) {', '.join(waiting)} have trigger=software, which takes a frame only when "
+                          "a trigger asks; give --trigger --control ENDPOINT, or trigger=off for free running")
     pipe: Pipeline | None = None
     # Checked (and the folders already there noted) before anything opens; started with the loop.
     watch = None if model_watch is None else ModelWatch(

@@ -39,9 +39,9 @@ from edge_somad.runtime.pipeline.camera import (
     FrameItem,
     ReadBudget,
     SourceSpec,
-    _Capture,
 )
 from edge_somad.runtime.pipeline.camera_watch import CameraWatch
+from edge_somad.runtime.pipeline.capture import Capture, open_capture
 from edge_somad.runtime.pipeline.defects import defects_of, render_overlay
 from edge_somad.runtime.pipeline.frames import check_useful_geometry
 from edge_somad.runtime.pipeline.model_slot import LiveModel, ModelSlot
@@ -76,7 +76,7 @@ class Pipeline:
         cameras: list[tuple[str, SourceSpec]],
         publisher: Publisher,
         config: PipelineConfig = PipelineConfig(),
-        opener: Callable[[SourceSpec], _Capture] = _Capture,
+        opener: Callable[[SourceSpec], Capture] = open_capture,
         live: LiveModel | None = None,  # scorer + manifest with their folder and check score (launch.py)
     ) -> None:
         self.pub, self.config = publisher, config

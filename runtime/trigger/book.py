@@ -142,6 +142,8 @@ class TriggerBook:
     def _software_trigger(self, entry: _Entry) -> None:
         """A triggerable source (e.g. a machine-vision camera in trigger mode) is asked for the frame."""
         cam = self.cameras[entry.request.camera]
+        if not getattr(cam, "triggerable", True):  # free running (CameraSource.triggerable): the next frame is it
+            return
         fire = getattr(cam, "software_trigger", None) or getattr(getattr(cam, "capture", None),
                                                                   "software_trigger", None)
         if fire is None:
