@@ -81,7 +81,8 @@ def _slim_arrays(src: Path, dst: Path) -> None:
     """arrays.npz with the whitening triangle in float16 (lossless for scoring, see module docstring)."""
     with np.load(src, allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
-    data["whiten_tril"] = data["whiten_tril"].astype(np.float16)
+    if "whiten_tril" in data:  # the full head's factors; the low-rank head's are small and stay float32
+        data["whiten_tril"] = data["whiten_tril"].astype(np.float16)
     np.savez(dst, **data)
 
 

@@ -20,7 +20,11 @@ and run in ONE process with ONNX Runtime CPU sessions of the same intra-op threa
 spinning disabled (a spinning session's idle threads steal the cores of the one being timed),
 batch 1, round-robin (the order rotates every iteration), then p50/p99 per graph.
 
-    python benchmarks/peer.py [--model runs/suite/bottle_somad] [--iters 100] [--threads N] [--json peer.json]
+    python benchmarks/peer.py [--model runs/suite/bottle_somad] [--also OTHER_MODEL ...] [--iters 100] [--threads N]
+                              [--json peer.json]
+
+--also adds other exported models to the same round-robin (e.g. another head of the same part), so
+their ratio to peer-deep comes from the same run as ours.
 """
 
 from __future__ import annotations
@@ -175,7 +179,8 @@ def time_round_robin(sessions: dict[str, Any], frames: np.ndarray, iters: int, w
     return times
 
 
-def run(model_dir: Path, iters: int, warmup: int, threads: int | None, out_dir: Path) -> dict[str, Any]:
+def run(model_dir: Path, iters: int, warmup: int, threads: int | None, out_dir: Path,
+        also: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Export the peer graphs at our model's size, time all three, return rows + machine line."""
     import onnxruntime as ort
 
@@ -194,6 +199,8 @@ def run(model_dir: Path, iters: int, warmup: int, threads: int | None, out_dir: 
     for name, (stages, channels) in PEERS.items():
         net = PeerPadim(stages, channels, h, w, config.smoothing_sigma, config.image_score_top).eval()
         paths[name] = export_peer(net, out_dir / f"{name}.onnx")
+    for extra in also:
+        paths[f"also:{extra.name}"] = extra / load_manifest(extra).onnx
     sessions = {name: open_session(p, threads) for name, p in paths.items()}
     frames = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
     times = time_round_robin(sessions, frames, iters, warmup)
@@ -206,9 +213,14 @@ def run(model_dir: Path, iters: int, warmup: int, threads: int | None, out_dir: 
                      "p50_ms": round(p50 * 1e3, 2), "p99_ms": round(float(np.percentile(t, 99)) * 1e3, 2),
                      "achieved_gflops": round(cost.flops / p50 / 1e9, 2)})
     ours = rows[0]
+    deep = next(r for r in rows if r["graph"] == "peer-deep")
     for r in rows[1:]:
-        r["ours_over_peer_p50"] = round(ours["p50_ms"] / r["p50_ms"], 2)
-        r["ours_over_peer_size"] = round(ours["file_bytes"] / r["file_bytes"], 2)
+        if r["graph"] in PEERS:
+            r["ours_over_peer_p50"] = round(ours["p50_ms"] / r["p50_ms"], 2)
+            r["ours_over_peer_size"] = round(ours["file_bytes"] / r["file_bytes"], 2)
+    for r in rows:
+        if r["graph"] not in PEERS:
+            r["over_peer_deep_p50"] = round(r["p50_ms"] / deep["p50_ms"], 3)
     rt = {"all graphs": RowThreads(f"onnxruntime {ort.__version__}", threads, "set, spinning off")}
     return {"machine": machine_line(cpu, rt), "model": str(model_dir), "size": [h, w], "iters": iters,
             "warmup": warmup, "threads": threads, "smoothing_sigma": config.smoothing_sigma,
@@ -226,6 +238,8 @@ def format_table(result: dict[str, Any]) -> str:
              f"{result['size'][0]}x{result['size'][1]}, batch 1, {result['iters']} iterations round-robin, "
              f"ours = {result['model']}"]
     lines += ["  ".join(c.ljust(wd) for c, wd in zip(row, widths, strict=True)).rstrip() for row in [head, *cells]]
+    lines += [f"{r['graph']}: p50 / peer-deep p50 = {r['over_peer_deep_p50']}" for r in result["rows"]
+              if "over_peer_deep_p50" in r]
     lines.append("note: " + result["note"])
     return "\n".join(lines)
 
@@ -233,6 +247,8 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="exported model dir (manifest.json)")
+    ap.add_argument("--also", type=Path, action="append", default=[],
+                    help="another exported model dir timed in the same round-robin (repeatable)")
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads for every session "
@@ -244,13 +260,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model}/manifest.json not found; pass --model DIR, a model dir written by "
               "`edge-somad fit` + `edge-somad export`", file=sys.stderr)
         return 2
+    for extra in args.also:
+        if not (extra / "manifest.json").is_file():
+            print(f"error: --also {extra}: no manifest.json there; pass an exported model dir", file=sys.stderr)
+            return 2
     if args.iters < 1 or args.warmup < 0:
         print(f"error: iters={args.iters}, warmup={args.warmup}; expected iters >= 1, warmup >= 0", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="edge-somad-peer-") as tmp:
         out_dir = args.keep or Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        result = run(args.model, args.iters, args.warmup, args.threads, out_dir)
+        result = run(args.model, args.iters, args.warmup, args.threads, out_dir, tuple(args.also))
     print(format_table(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

@@ -45,7 +45,7 @@ class HeadTensors:
     whiten: str  # (M|N, d, d)
 
 
-def _find_initializer(model: onnx.ModelProto, value: np.ndarray, what: str, half: bool = False) -> str:
+def find_initializer(model: onnx.ModelProto, value: np.ndarray, what: str, half: bool = False) -> str:
     """The initializer holding exactly `value` (the fitted array, as exported). `half`: the whitening,
     which graphs exported since artifacts.held_whitening hold at float16 precision (in float16 or
     float32); earlier exports hold it exactly, and stay usable."""
@@ -63,8 +63,8 @@ def _find_initializer(model: onnx.ModelProto, value: np.ndarray, what: str, half
 
 def find_head_tensors(model: onnx.ModelProto, location: np.ndarray, whiten: np.ndarray) -> HeadTensors:
     """Locate the head's inputs by value: location init -> (Gather) -> Sub(features, ·)."""
-    loc = _find_initializer(model, location, "centres/means")
-    wht = _find_initializer(model, whiten, "whitening", half=True)
+    loc = find_initializer(model, location, "centres/means")
+    wht = find_initializer(model, whiten, "whitening", half=True)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -139,6 +139,9 @@ def refit_statistics(model_dir: Path, int8_path: Path, fit_frames: np.ndarray) -
 
     config = load_config(model_dir)
     arrays = load_arrays(model_dir, config)
+    if config.method == "somad" and config.head != "full":
+        raise ArtifactError(f"{model_dir} has head={config.head}: its int8 refit is calibration/int8_lowrank.py "
+                            "(refit_head_statistics picks the right one)")
     location = arrays.centers if config.method == "somad" else arrays.means
     model = onnx.load(str(int8_path))
     head = find_head_tensors(model, location, arrays.whiten)
@@ -153,8 +156,8 @@ def refit_statistics(model_dir: Path, int8_path: Path, fit_frames: np.ndarray) -
         means, whiten = positional_statistics(feats, config.eps)
         new_location, new_whiten = means.numpy(), whiten.numpy()
     shift = float(np.linalg.norm(new_location - location, axis=-1).mean())
-    _replace(model, head.location, new_location)
-    _replace(model, head.whiten, new_whiten, half=True)
+    replace_initializer(model, head.location, new_location)
+    replace_initializer(model, head.whiten, new_whiten, half=True)
     tensors = [head.location, head.whiten]
     if config.score_norm != "none":
         tensors += _refit_norm(model, arrays, config, feats, new_location, new_whiten)
@@ -169,19 +172,27 @@ def _refit_norm(model: onnx.ModelProto, arrays: FittedArrays, config: FitConfig,
     """The per-position score statistics, re-measured on the int8 graph's own training maps."""
     import dataclasses
 
+    key = "centers" if config.method == "somad" else "means"
+    return refit_norm(model, arrays, dataclasses.replace(arrays, whiten=whiten, **{key: location}), config, feats)
+
+
+def refit_norm(model: onnx.ModelProto, arrays: FittedArrays, int8_arrays: FittedArrays, config: FitConfig,
+               feats: torch.Tensor) -> list[str]:
+    """Replace the graph's per-position score mean and 1/std (those of `arrays`) by int8_arrays' own."""
+    import dataclasses
+
     from edge_somad.fit import with_position_norm
 
-    key = "centers" if config.method == "somad" else "means"
-    int8_arrays = dataclasses.replace(arrays, whiten=whiten, **{key: location}, norm_mean=None, norm_std=None)
+    int8_arrays = dataclasses.replace(int8_arrays, norm_mean=None, norm_std=None)
     refit = with_position_norm(int8_arrays, config, feats)
-    names = [_find_initializer(model, arrays.norm_mean, "score mean"),
-             _find_initializer(model, (1.0 / arrays.norm_std).astype(np.float32), "score 1/std")]
-    _replace(model, names[0], refit.norm_mean)
-    _replace(model, names[1], (1.0 / refit.norm_std).astype(np.float32))
+    names = [find_initializer(model, arrays.norm_mean, "score mean"),
+             find_initializer(model, (1.0 / arrays.norm_std).astype(np.float32), "score 1/std")]
+    replace_initializer(model, names[0], refit.norm_mean)
+    replace_initializer(model, names[1], (1.0 / refit.norm_std).astype(np.float32))
     return names
 
 
-def _replace(model: onnx.ModelProto, name: str, value: np.ndarray, half: bool = False) -> None:
+def replace_initializer(model: onnx.ModelProto, name: str, value: np.ndarray, half: bool = False) -> None:
     for init in model.graph.initializer:
         if init.name == name:
             old = numpy_helper.to_array(init)

@@ -199,9 +199,9 @@ def quantize_int8(
             "differently: report it with `pip show onnxruntime`."
         )
     if fit_frames is not None:
-        from edge_somad.calibration.int8_stats import refit_statistics
+        from edge_somad.calibration.int8_lowrank import refit_head_statistics
 
-        refit_statistics(model_dir, out_path, fit_frames)
+        refit_head_statistics(model_dir, out_path, fit_frames)
     # The quantizer folds the fp32 graph's float16 whitening back to float32 (51 MB at d=64): store
     # it half again, lossless as in the fp32 graph (the refit rounds its values the same way).
     store_half(out_path)

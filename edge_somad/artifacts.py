@@ -18,9 +18,12 @@ from edge_somad.contracts.jsonio import read_json, write_json
 from edge_somad.contracts.layout import ARRAYS_NAME, CONFIG_NAME, FIT_INFO_NAME, SPLIT_NAME
 from edge_somad.errors import ArtifactError
 
+LOWRANK_ARRAYS = ("transform", "search_rotation", "basis", "coef", "alpha")
 _REQUIRED = {
-    "somad": ("projection", "nodes", "centers", "whiten_tril", "counts"),
-    "padim": ("projection", "means", "whiten_tril"),
+    ("somad", "full"): ("projection", "nodes", "centers", "whiten_tril", "counts"),
+    ("somad", "lowrank"): ("projection", "nodes", "centers", "counts", *LOWRANK_ARRAYS),
+    ("padim", "full"): ("projection", "means", "whiten_tril"),
+    ("padim", "lowrank"): ("projection", "means", "whiten_tril"),  # PaDiM ignores the head setting
 }
 
 
@@ -29,7 +32,7 @@ class FittedArrays:
     """Everything fit produces besides the backbone (whose weights come from their package/file)."""
 
     projection: np.ndarray  # (d, C)
-    whiten: np.ndarray  # (M, d, d) lower triangular
+    whiten: np.ndarray | None  # (M, d, d) lower triangular; None for the low-rank head
     nodes: np.ndarray | None = None  # somad (M, d): search keys for top-k
     centers: np.ndarray | None = None  # somad (M, d): Mahalanobis centres
     counts: np.ndarray | None = None  # somad (M,)
@@ -37,6 +40,13 @@ class FittedArrays:
     # score_norm != none: per-position mean / std of the training images' patch distances (N,)
     norm_mean: np.ndarray | None = None
     norm_std: np.ndarray | None = None
+    # head=lowrank (edge_somad/lowrank.py): z = x @ transform (d, d), the search's rotation (d, d);
+    # per node basis (M, r, d), coef (M, r), alpha (M,)
+    transform: np.ndarray | None = None
+    search_rotation: np.ndarray | None = None
+    basis: np.ndarray | None = None
+    coef: np.ndarray | None = None
+    alpha: np.ndarray | None = None
 
 
 def held_whitening(whiten: np.ndarray) -> np.ndarray:
@@ -53,10 +63,11 @@ def held_whitening(whiten: np.ndarray) -> np.ndarray:
 def save_model(out_dir: Path, config: FitConfig, arrays: FittedArrays, split: dict[str, Any],
                fit_info: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    d = arrays.whiten.shape[-1]
-    rows, cols = np.tril_indices(d)
-    payload = {"projection": arrays.projection, "whiten_tril": arrays.whiten[:, rows, cols]}
-    for name in ("nodes", "centers", "counts", "means", "norm_mean", "norm_std"):
+    payload = {"projection": arrays.projection}
+    if arrays.whiten is not None:
+        rows, cols = np.tril_indices(arrays.whiten.shape[-1])
+        payload["whiten_tril"] = arrays.whiten[:, rows, cols]
+    for name in ("nodes", "centers", "counts", "means", "norm_mean", "norm_std", *LOWRANK_ARRAYS):
         value = getattr(arrays, name)
         if value is not None:
             payload[name] = value
@@ -81,11 +92,17 @@ def load_arrays(model_dir: Path, config: FitConfig) -> FittedArrays:
             data = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise ArtifactError(f"{path} is corrupt ({exc}); re-run edge-somad fit") from exc
-    required = _REQUIRED[config.method] + (("norm_mean", "norm_std") if config.score_norm != "none" else ())
+    required = _REQUIRED[config.method, config.head] + (("norm_mean", "norm_std") if config.score_norm != "none"
+                                                        else ())
     missing = [k for k in required if k not in data]
     if missing:
-        raise ArtifactError(f"{path} lacks arrays {missing} needed by method={config.method}; re-run fit")
+        raise ArtifactError(f"{path} lacks arrays {missing} needed by method={config.method}, head={config.head}; "
+                            "re-run fit")
     d = data["projection"].shape[0]
+    if "whiten_tril" not in data:  # the low-rank head keeps no d x d factors
+        if d != config.d:
+            raise ArtifactError(f"{path}: projection has d={d}, but config.json says d={config.d}")
+        return FittedArrays(whiten=None, **{k: data[k] for k in data})
     tril = data.pop("whiten_tril")
     if d != config.d or tril.shape[-1] != d * (d + 1) // 2:
         raise ArtifactError(

@@ -15,6 +15,11 @@ CONFIG_SCHEMA = "edge-somad/fit-config/1"
 BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "wide_resnet50_2")
 PROJECTIONS = ("gaussian", "subset", "none")
 METHODS = ("somad", "padim")
+# SOMAD's per-node covariance: "full" = an exact d x d whitening factor per node, searched by
+# Euclidean distance to the SOM nodes; "lowrank" = one pooled whitening for all patches, the search
+# in those coordinates, a rank-r + diagonal inverse covariance per node (edge_somad/lowrank.py).
+# PaDiM (one Gaussian per position) has no nodes and ignores it.
+HEADS = ("full", "lowrank")
 # How patch distances become the map the image score is taken from: raw Mahalanobis distances, or
 # z-scored per position with statistics of the training images' own maps (see scoring.standardise).
 SCORE_NORMS = ("none", "zscore")
@@ -99,6 +104,12 @@ class FitConfig:
     d: int = 64
     som: SomConfig = field(default_factory=SomConfig)
     topk: int = 4
+    head: str = "full"
+    # lowrank: eigen-directions kept per node (the rest becomes its diagonal); 1 <= head_rank <= d.
+    head_rank: int = 8
+    # lowrank: share of the d coordinates the nearest-node search uses (the nodes' widest spread
+    # first); 1 = all d, the full head's exact search.
+    search_share: float = 1.0
     # Covariance regulariser: eps*I plus shrinkage towards the pooled within-node covariance with
     # weight shrinkage/(n_j + shrinkage), so a node with few members borrows the global shape, never
     # NaN. Measured on MVTec bottle (benchmarks/ablation.py): ~190 patches per node are too few for a
@@ -136,6 +147,13 @@ class FitConfig:
             raise ConfigError(f"d={self.d} must be >= 1")
         if self.topk < 1:
             raise ConfigError(f"topk={self.topk} must be >= 1")
+        if self.head not in HEADS:
+            raise ConfigError(f"head={self.head!r} is unknown; expected one of {HEADS}")
+        if not 0 < self.search_share <= 1:
+            raise ConfigError(f"search_share={self.search_share} must be in (0, 1] (1 = search all d coordinates)")
+        if self.head == "lowrank" and not 1 <= self.head_rank <= self.d:
+            raise ConfigError(f"head_rank={self.head_rank} must be in [1, d={self.d}] for head=lowrank; "
+                              "lower --head-rank or raise --d")
         if self.eps <= 0 or self.shrinkage < 0:
             raise ConfigError(f"eps={self.eps} must be > 0 and shrinkage={self.shrinkage} >= 0")
         if self.smoothing_sigma < 0:
@@ -149,6 +167,11 @@ class FitConfig:
         if not 0 <= self.holdout_fraction < 0.5:
             raise ConfigError(f"holdout_fraction={self.holdout_fraction} must be in [0, 0.5)")
 
+    @property
+    def search_dims(self) -> int:
+        """Coordinates the low-rank head's search uses (>= 1; d means all of them)."""
+        return max(1, round(self.search_share * self.d))
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema": CONFIG_SCHEMA, **dataclasses.asdict(self)}
 
@@ -159,6 +182,10 @@ class FitConfig:
         data.setdefault("score_norm", "none")
         # ... and took the map's maximum as the image score.
         data.setdefault("image_score_top", 0.0)
+        # ... and had the full per-node head (their arrays hold d x d whitening factors).
+        data.setdefault("head", "full")
+        data.setdefault("head_rank", 8)
+        data.setdefault("search_share", 1.0)
         schema = data.pop("schema", None)
         if schema != CONFIG_SCHEMA:
             raise ArtifactError(

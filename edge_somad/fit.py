@@ -20,6 +20,7 @@ from edge_somad.contracts.geometry import plan_geometry, resize_frame
 from edge_somad.data import Category, read_image
 from edge_somad.errors import ConfigError, DatasetError
 from edge_somad.features import FeatureExtractor, make_projection
+from edge_somad.lowrank import lowrank_statistics
 from edge_somad.progress import Progress
 from edge_somad.runtime.health.drift import BLOCKY_SCALE, Box, blockiness, content_box, input_reference
 from edge_somad.som import SomResult, best_matching_units, train_som
@@ -208,12 +209,22 @@ def som_arrays(feats: torch.Tensor, trained: TrainedMap, config: FitConfig, proj
     d = feats.shape[-1]
     flat = feats.reshape(-1, d)
     som = trained.som
-    stats = node_statistics(flat, trained.assign, som.nodes, config.eps, config.shrinkage)
-    counts = stats.counts
-    arrays = FittedArrays(
-        projection=projection, whiten=stats.whiten.cpu().numpy(), nodes=som.nodes.cpu().numpy(),
-        centers=stats.centers.cpu().numpy(), counts=counts.cpu().numpy(),
-    )
+    if config.head == "lowrank":
+        low = lowrank_statistics(flat, trained.assign, som.nodes, config.eps, config.shrinkage, config.head_rank)
+        counts = low.counts
+        arrays = FittedArrays(
+            projection=projection, whiten=None, nodes=som.nodes.cpu().numpy(), centers=low.centers.cpu().numpy(),
+            counts=counts.cpu().numpy(), transform=low.transform.cpu().numpy(),
+            search_rotation=low.search_rotation.cpu().numpy(), basis=low.basis.cpu().numpy(),
+            coef=low.coef.cpu().numpy(), alpha=low.alpha.cpu().numpy(),
+        )
+    else:
+        stats = node_statistics(flat, trained.assign, som.nodes, config.eps, config.shrinkage)
+        counts = stats.counts
+        arrays = FittedArrays(
+            projection=projection, whiten=stats.whiten.cpu().numpy(), nodes=som.nodes.cpu().numpy(),
+            centers=stats.centers.cpu().numpy(), counts=counts.cpu().numpy(),
+        )
     info = {
         "som_grid": [som.rows, som.cols], "n_train_patches": int(flat.shape[0]),
         "som_quantisation_error": round(som.quantisation_error, 4),

@@ -35,20 +35,48 @@ class Head(nn.Module):
         # export and the torch backend keep the gathered form the graph has.
         self.grouped = False
         t = torch.from_numpy
-        # Held at float16 precision, like the exported graph's (artifacts.held_whitening says why).
-        self.register_buffer("whiten", t(held_whitening(arrays.whiten)))
-        if config.method == "somad":
-            self.register_buffer("search", scoring.search_table(t(arrays.nodes)))
-            self.register_buffer("centers", t(arrays.centers))
+        self.lowrank = config.method == "somad" and config.head == "lowrank"
+        if self.lowrank:
+            self._lowrank_buffers(arrays, config)
         else:
-            self.register_buffer("means", t(arrays.means))
+            # Held at float16 precision, like the exported graph's (artifacts.held_whitening says why).
+            self.register_buffer("whiten", t(held_whitening(arrays.whiten)))
+            if config.method == "somad":
+                self.register_buffer("search", scoring.search_table(t(arrays.nodes)))
+                self.register_buffer("centers", t(arrays.centers))
+            else:
+                self.register_buffer("means", t(arrays.means))
         # Absent until fit has measured the training maps (and always absent for score_norm=none).
         norm = arrays.norm_mean is not None and arrays.norm_std is not None
         self.register_buffer("norm_mean", t(arrays.norm_mean) if norm else None)
         self.register_buffer("norm_inv_std", t(1.0 / arrays.norm_std) if norm else None)
 
+    def _lowrank_buffers(self, arrays: FittedArrays, config: FitConfig) -> None:
+        """Centres moved into the whitened coordinates once here; the search keys rotated when truncated."""
+        t = torch.from_numpy
+        transform, nodes = t(arrays.transform), t(arrays.nodes)
+        d = transform.shape[0]
+        self.search_dims = config.search_dims if config.search_dims < d else 0  # 0: all d, on x itself
+        if self.search_dims:  # one MatMul gives both: [whitened z | the first search_dims principal axes]
+            axes = t(arrays.search_rotation)[:, : self.search_dims]
+            transform = torch.cat([transform, axes], dim=1)
+            nodes = nodes @ axes
+        self.register_buffer("transform", transform.contiguous())
+        self.register_buffer("search", scoring.search_table(nodes.contiguous()))
+        # In float64, then rounded: the int8 refit recomputes this buffer to find it in the graph by value.
+        self.register_buffer("centers", (t(arrays.centers).double() @ t(arrays.transform).double()).float())
+        self.register_buffer("basis", t(arrays.basis))
+        self.register_buffer("coef", t(arrays.coef))
+        self.register_buffer("alpha", t(arrays.alpha))
+
     def distances_sq(self, x: torch.Tensor) -> torch.Tensor:
         """Squared Mahalanobis distance per patch (B, N), raw (what chi2 theory describes)."""
+        if self.lowrank:
+            y = x @ self.transform
+            d = x.shape[-1]
+            keys = y[..., d:] if self.search_dims else x  # all d: the full head's search, unchanged
+            idx = scoring.topk_nearest(keys, self.search, self.topk)
+            return scoring.min_lowrank_mahalanobis_sq(y[..., :d], self.centers, self.basis, self.coef, self.alpha, idx)
         if self.method == "somad":
             idx = scoring.topk_nearest(x, self.search, self.topk)
             if self.grouped:

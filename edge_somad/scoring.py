@@ -65,6 +65,7 @@ def topk_nearest(x: torch.Tensor, table: torch.Tensor, k: int, group: int = SEAR
     TopK over the k chosen groups' members only. Why it is exact: a group holding one of the k
     nearest nodes has its minimum at or below the k-th nearest distance, and only k groups can
     (each of them holds a distinct node at or below it), so those groups are the k best by minimum.
+    (Taking the patches 512 at a time, like the Mahalanobis blocks, measured no faster: 23.1 ms both.)
     """
     rank = ranking_distances(x, table)
     m = rank.shape[-1]
@@ -157,6 +158,36 @@ def _candidate_sq(x: torch.Tensor, centers: torch.Tensor, whiten: torch.Tensor, 
     delta = x - centers[j]  # (B, N, d)
     z = (whiten[j] @ delta.unsqueeze(-1)).squeeze(-1)  # (B, N, d); whiten[j] is the (B, N, d, d) peak
     return (z * z).sum(-1)
+
+
+# Patches per block of the low-rank head. Its gathered factors are r d + r + 1 floats per candidate
+# instead of d * d, so a block of all k candidates (512 x 4 x 8 x 64 floats = 4 MB at r = 8) stays in
+# the CPU's cache between the Gather and the MatMul.
+LOWRANK_BLOCK = 512
+
+
+def min_lowrank_mahalanobis_sq(
+    z: torch.Tensor, centers: torch.Tensor, basis: torch.Tensor, coef: torch.Tensor, alpha: torch.Tensor,
+    idx: torch.Tensor, block: int = LOWRANK_BLOCK,
+) -> torch.Tensor:
+    """Minimum over the candidates idx of alpha_j |z - c_j|^2 + sum_i coef_ji (u_ji . (z - c_j))^2 (lowrank.py).
+
+    z (B, N, d) in the pooled-whitened coordinates; centers (M, d) in the same coordinates; basis
+    (M, r, d) the rows u_ji; coef (M, r); alpha (M,); idx (B, N, k) -> (B, N). All k candidates of a
+    block are gathered at once (one Gather per factor): k times fewer graph nodes than the full head.
+    """
+    n = z.shape[1]
+    parts = [_lowrank_block(z[:, i : i + block], centers, basis, coef, alpha, idx[:, i : i + block])
+             for i in range(0, n, block)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _lowrank_block(z: torch.Tensor, centers: torch.Tensor, basis: torch.Tensor, coef: torch.Tensor,
+                   alpha: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    delta = z.unsqueeze(2) - centers[idx]  # (B, n, k, d)
+    proj = (basis[idx] @ delta.unsqueeze(-1)).squeeze(-1)  # (B, n, k, r)
+    dist = alpha[idx] * (delta * delta).sum(-1) + (coef[idx] * proj * proj).sum(-1)
+    return dist.amin(-1)
 
 
 def positional_mahalanobis_sq(x: torch.Tensor, means: torch.Tensor, whiten: torch.Tensor) -> torch.Tensor:

@@ -47,10 +47,14 @@ def whitening(cov: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(chol, eye, upper=False)
 
 
-def node_statistics(
+def node_covariances(
     x: torch.Tensor, assign: torch.Tensor, fallback_centers: torch.Tensor, eps: float, shrinkage: float
-) -> NodeStats:
-    """Statistics of the patches assigned to each node, around the members' centroid."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centroids (M, d), regularised covariances (M, d, d), the pooled one + eps*I (d, d), counts (M,); float64.
+
+    Node j's covariance is w_j C_j + (1 - w_j) P + eps I with w_j = dof_j / (dof_j + shrinkage): it
+    differs from the pooled P + eps I only by w_j (C_j - P), which is what the low-rank head keeps.
+    """
     m, d = fallback_centers.shape
     counts, sums, outer = accumulate(x, assign, m)
     n = counts.view(m, 1)
@@ -61,8 +65,17 @@ def node_statistics(
     pooled = scatter.sum(0) / dof.sum().clamp_min(1)
     cov_j = scatter / dof.clamp_min(1).view(m, 1, 1)
     w = (dof / (dof + shrinkage)).view(m, 1, 1) if shrinkage > 0 else (dof > 0).to(cov_j).view(m, 1, 1)
-    cov = w * cov_j + (1 - w) * pooled + eps * torch.eye(d, dtype=torch.float64, device=x.device)
-    return NodeStats(centroid.to(torch.float32), whitening(cov).to(torch.float32), counts.to(torch.int64))
+    ridge = eps * torch.eye(d, dtype=torch.float64, device=x.device)
+    cov = w * cov_j + (1 - w) * pooled + ridge
+    return centroid, cov, pooled + ridge, counts.to(torch.int64)
+
+
+def node_statistics(
+    x: torch.Tensor, assign: torch.Tensor, fallback_centers: torch.Tensor, eps: float, shrinkage: float
+) -> NodeStats:
+    """Statistics of the patches assigned to each node, around the members' centroid."""
+    centroid, cov, _, counts = node_covariances(x, assign, fallback_centers, eps, shrinkage)
+    return NodeStats(centroid.to(torch.float32), whitening(cov).to(torch.float32), counts)
 
 
 def positional_statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,13 +50,14 @@ def fit(category: str, out: Path | None = None, config: FitConfig | None = None,
 def fit_from_cli(category: str, data_root: Path | None, out: Path | None, backbone: str, weights: str | None,
                  height: int, width: int, resize: str, method: str, d: int, projection: str, som_size: int,
                  topk: int, score_norm: str, image_score_top: float, seed: int,
-                 device: str) -> dict[str, Any]:
+                 device: str, head: str = FitConfig.head, head_rank: int = FitConfig.head_rank,
+                 search_share: float = FitConfig.search_share) -> dict[str, Any]:
     config = FitConfig(
         # auto: the base config; select.fit_auto sets method and score_norm per candidate.
         method="somad" if method == "auto" else method, backbone=backbone, input=InputSpec(height, width, resize),
         projection=projection, d=d,
         som=SomConfig(rows=som_size, cols=som_size), topk=topk, score_norm=score_norm,
-        image_score_top=image_score_top, seed=seed,
+        image_score_top=image_score_top, seed=seed, head=head, head_rank=head_rank, search_share=search_share,
     )
     return fit(category, out, config, select_method=method == "auto", data_root=data_root, weights=weights,
                device=device)

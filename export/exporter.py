@@ -64,6 +64,8 @@ def build_manifest(model_dir: Path, report: GraphReport, previous: Manifest | No
         model={
             "method": config.method, "backbone": config.backbone, "d": config.d,
             "projection": config.projection, "som_grid": fit_info.get("som_grid"), "topk": config.topk,
+            "head": config.head, "head_rank": config.head_rank if config.head == "lowrank" else None,
+            "search_share": config.search_share if config.head == "lowrank" else None,
             "feature_grid": fit_info.get("feature_grid"), "smoothing_sigma": config.smoothing_sigma,
             "score_norm": config.score_norm,
             "image_score_top": config.image_score_top,

@@ -30,8 +30,8 @@ PACKAGES = {"edge_somad": "edge_somad", "export": "edge_somad.export", "runtime"
 # public API's lazy front door.
 FLOORS: dict[int, tuple[str, ...]] = {
     0: ("_version", "errors", "config", "progress", "contracts/", "sample_data/", "runtime/"),
-    1: ("scoring", "stats", "som", "backbones", "features", "model", "artifacts", "metrics", "viz", "data",
-        "selection_rule", "graph_cost", "runtime/scorers/", "runtime/messaging/", "runtime/health/",
+    1: ("scoring", "stats", "lowrank", "som", "backbones", "features", "model", "artifacts", "metrics", "viz",
+        "data", "selection_rule", "graph_cost", "runtime/scorers/", "runtime/messaging/", "runtime/health/",
         "runtime/trigger/"),
     2: ("fit", "select", "evaluate", "export/", "calibration/", "runtime/pipeline/", "runtime/view/",
         "runtime/bridges/"),

@@ -69,3 +69,16 @@ def test_main_prints_ratios_and_machine_line(tmp_path: Path, capsys: pytest.Capt
 def test_main_refuses_a_directory_without_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert peer.main(["--model", str(tmp_path)]) == 2
     assert "manifest.json not found" in capsys.readouterr().err
+
+
+def test_also_times_another_model_in_the_same_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, other = make_model_dir(tmp_path / "tiny"), make_model_dir(tmp_path / "other")
+    out = tmp_path / "peer.json"
+    assert peer.main(["--model", str(model), "--also", str(other), "--iters", "2", "--warmup", "0",
+                      "--threads", "1", "--json", str(out)]) == 0
+    rows = {r["graph"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["ours", "peer-light", "peer-deep", "also:other"]
+    for name in ("ours", "also:other"):  # each against peer-deep of the same run
+        assert rows[name]["over_peer_deep_p50"] == round(rows[name]["p50_ms"] / rows["peer-deep"]["p50_ms"], 3)
+    assert "also:other: p50 / peer-deep p50 = " in capsys.readouterr().out
+    assert peer.main(["--model", str(model), "--also", str(tmp_path)]) == 2  # no manifest there

@@ -47,6 +47,12 @@ def fit(
     som_size: Annotated[int, typer.Option(
         help="SOM grid K (KxK); 0 = feature grid capped at 3136 nodes.")] = SomConfig.rows,
     topk: Annotated[int, typer.Option(help="Nearest SOM nodes searched per patch.")] = FitConfig.topk,
+    head: Annotated[str, typer.Option(
+        help="SOMAD's node covariance: full (d x d per node) | lowrank (pooled whitening + rank-r per node; "
+        "faster, docs/results.md).")] = FitConfig.head,
+    head_rank: Annotated[int, typer.Option(help="lowrank: directions kept per node.")] = FitConfig.head_rank,
+    search_share: Annotated[float, typer.Option(
+        help="lowrank: share of the d coordinates the node search uses (1 = all, exact).")] = FitConfig.search_share,
     score_norm: Annotated[str, typer.Option(
         help="none: raw distances; zscore: standardise each position by the training maps (auto picks it)."
     )] = FitConfig.score_norm,
@@ -60,7 +66,8 @@ def fit(
     from edge_somad.workflows import fit_from_cli
 
     info = fit_from_cli(category, data_root, out, backbone, weights, height, width, resize, method, d,
-                        projection, som_size, topk, score_norm, image_score_top, seed, device)
+                        projection, som_size, topk, score_norm, image_score_top, seed, device,
+                        head=head, head_rank=head_rank, search_share=search_share)
     typer.echo(json.dumps(info, indent=2))
     if "selection" in info:
         from edge_somad.selection_rule import one_line
