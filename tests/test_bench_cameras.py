@@ -57,11 +57,21 @@ def test_cli_cameras_two_runs_end_to_end_and_prints_the_table(model_dir: Path, t
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("backend") and "cameras" in line)
-    assert lines[head].split()[:4] == ["backend", "cameras", "fps/cam", "frames/s"]
-    assert lines[head + 1].split()[:3] == ["onnxruntime", "2", "max"]
-    assert lines[head + 2].split()[:3] == ["onnxruntime", "2", "30"]
-    row, paced = json.loads(out.read_text())["cameras"]
-    assert paced["fps_per_camera"] == 30 and paced["frames"] == paced["received"] == 24
+    assert lines[head].split()[:5] == ["backend", "cameras", "fps/cam", "phase", "frames/s"]
+    assert lines[head + 1].split()[:4] == ["onnxruntime", "2", "max", "-"]
+    assert lines[head + 2].split()[:4] == ["onnxruntime", "2", "30", "aligned"]
+    assert lines[head + 3].split()[:4] == ["onnxruntime", "2", "30", "independent"]
+    stage_head = next(i for i, line in enumerate(lines) if line.startswith("row "))
+    assert lines[stage_head].split()[1:] == ["read", "prepare", "enqueue", "queue", "before_score", "score",
+                                              "handoff", "encode", "send", "total"]
+    assert [line.split("  ")[0] for line in lines[stage_head + 1:stage_head + 4]] == [
+        "2 cam max", "2 cam 30 fps aligned", "2 cam 30 fps independent"]
+    row, paced, free_running = json.loads(out.read_text())["cameras"]
+    for r in (paced, free_running):
+        assert r["fps_per_camera"] == 30 and r["frames"] == r["received"] == 24
+        # every verdict's stages were recorded; total is capture -> sent of all 24
+        assert r["stages"]["total"]["n"] == 24 and r["stages"]["score"]["n"] == 24
+    assert paced["phases"] == [0.0, 0.0] and len(set(free_running["phases"])) == 2
     no_cameras = CliRunner().invoke(app, ["--model", str(model_dir), "--backend", "onnxruntime", "--fps", "5"])
     assert no_cameras.exit_code == 2 and "--fps 5 needs --cameras" in no_cameras.output
     # 12 frames per camera, every one received by the real SUB, in per-camera order, none an error
@@ -104,9 +114,10 @@ def test_bad_camera_counts_are_config_errors(model_dir: Path, clip: Path) -> Non
 # ---------------------------------------------------------------- line rate (--fps)
 
 def test_paced_cameras_keep_up_with_no_drop_and_run_at_the_line_rate(model_dir: Path, clip: Path) -> None:
-    rows = bench_cameras(model_dir, clip, "onnxruntime", "fp32", [2], 10, scorer=OrtTiny(model_dir), fps=20)
+    rows = bench_cameras(model_dir, clip, "onnxruntime", "fp32", [2], 10, scorer=OrtTiny(model_dir), fps=20,
+                         phase_modes=("aligned",))
     free, paced = rows
-    assert free["fps_per_camera"] is None and paced["fps_per_camera"] == 20
+    assert free["fps_per_camera"] is None and paced["fps_per_camera"] == 20 and paced["phase"] == "aligned"
     assert paced["frames"] == paced["received"] == 20 and paced["errors"] == 0 and paced["out_of_order"] == 0
     assert paced["dropped"] == 0  # the tiny graph takes a few ms; 40 frames/s in all leaves it idle
     # the offered rate, not the box's best: 2 cameras x 20 frames/s (loose: a shared 2-core machine)

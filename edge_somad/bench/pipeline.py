@@ -12,11 +12,14 @@ cameras by the pipeline, against the bare scorer's BEST frames/s over batch size
 most this scorer can do on this machine, whatever the batch): ratio = pipeline / bare best.
 A saturated replay measures queues, not a line: with `fps` each count runs a second time with every
 camera paced at that line rate (camera.SourceSpec.fps), and that row reports the latency at the
-rate, the frames dropped (0 when the box keeps up) and p99 over the bare scorer's batch-1 p50.
+rate, the frames dropped (0 when the box keeps up) and p99 over the bare scorer's batch-1 p50; once
+per phase mode (edge_somad/bench/stages.py: cameras ticking together, or free-running). Every row
+carries the pipeline's per-stage times, what its scorer calls held and CPU per thread group.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import tempfile
 import threading
@@ -27,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_somad.bench.stages import PHASES, ThreadCpu, phases
 from edge_somad.contracts.geometry import resize_frame
 from edge_somad.contracts.manifest import load_manifest
 from edge_somad.errors import ConfigError, InputError
@@ -173,6 +177,7 @@ class _Counting:
         self.backend, self.device = inner.backend, inner.device
         self.height, self.width = inner.height, inner.width
         self.max_batch = getattr(inner, "max_batch", None)
+        self.whole_batches = getattr(inner, "whole_batches", True)  # the pipeline schedules by it
 
     def score(self, frames: np.ndarray) -> Any:
         self.sizes.append(len(frames))
@@ -187,6 +192,7 @@ def bare_best(scorer: Any, resized: list[np.ndarray], batches: tuple[int, ...] =
     """The bare scorer's frames/s per batch size (median of `calls` timed calls after one warm-up) and
     the best of them. Sizes above the scorer's limit are skipped, not failed."""
     per: dict[int, float] = {}
+    cpu_ms: dict[int, float] = {}  # process CPU per frame: what the scorer costs with nothing beside it
     for b in batches:
         x = np.stack([resized[i % len(resized)] for i in range(b)])
         try:
@@ -194,25 +200,28 @@ def bare_best(scorer: Any, resized: list[np.ndarray], batches: tuple[int, ...] =
         except InputError:  # e.g. a static-batch graph or engine smaller than b
             continue
         t = []
+        c0 = time.process_time()
         for _ in range(calls):
             t0 = time.perf_counter()
             scorer.score(x)
             t.append(time.perf_counter() - t0)
+        cpu_ms[b] = round(1000.0 * (time.process_time() - c0) / (calls * b), 2)
         per[b] = round(b / float(np.median(t)), 2)
     if not per:
         raise ConfigError(f"the scorer ran none of the batch sizes {batches}; expected at least batch 1 to run")
     best = max(per, key=per.__getitem__)
-    return {"best_fps": per[best], "best_batch": best, "fps_per_batch": per}
+    return {"best_fps": per[best], "best_batch": best, "fps_per_batch": per, "cpu_ms_per_frame": cpu_ms}
 
 
 def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, cameras: list[int],
                   frames_per_camera: int, max_batch: int | None = None, batch_wait_ms: float = 5.0,
-                  scorer: Any = None, fps: float | None = None) -> list[dict]:
+                  scorer: Any = None, fps: float | None = None,
+                  phase_modes: tuple[str, ...] = PHASES) -> list[dict]:
     """One row per camera count: the whole pipeline with N looping replays of `video` ->
     {cameras, pipeline_fps, bare_best_fps, bare_best_batch, ratio, latency_p50_ms, latency_p99_ms,
     mean_batch, dropped, ...}. The bare scorer is timed before AND after the pipeline runs and the
     better of the two is kept, so a machine that got busier half-way does not flatter the ratio.
-    fps: also one row per count with each camera paced at that rate (fps_per_camera set).
+    fps: also one row per count and phase mode with each camera paced at that rate (fps_per_camera set).
     `scorer` (already open) replaces open_scorer, for tests; it is closed here either way."""
     if not cameras or min(cameras) < 1:
         raise ConfigError(f"--cameras {cameras}; expected one or more counts >= 1")
@@ -220,6 +229,8 @@ def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, ca
         raise ConfigError(f"--fps {fps}; expected a line rate per camera in (0, 1000] frames per second")
     if frames_per_camera < 2:
         raise ConfigError(f"frames per camera {frames_per_camera}; expected >= 2")
+    for mode in phase_modes:
+        phases(mode, 1)  # a bad mode fails before anything runs
     manifest = load_manifest(Path(model_dir))
     pre = manifest.preprocessing
     resized = [resize_frame(f, pre.height, pre.width, pre.resize, pre.pad_value)
@@ -227,9 +238,9 @@ def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, ca
     scorer = scorer if scorer is not None else open_scorer(Path(model_dir), backend, precision, manifest=manifest)
     try:
         before = bare_best(scorer, resized)
-        rates = [None] if fps is None else [None, fps]
+        runs = [(None, None)] + ([] if fps is None else [(fps, mode) for mode in phase_modes])
         rows = [_run_cameras(scorer, manifest, Path(video), n, frames_per_camera * n, precision, max_batch,
-                             batch_wait_ms, rate) for rate in rates for n in cameras]
+                             batch_wait_ms, rate, mode) for rate, mode in runs for n in cameras]
         after = bare_best(scorer, resized)
     finally:
         scorer.close()
@@ -240,19 +251,21 @@ def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, ca
     for r in rows:
         r.update(bare_best_fps=bare["best_fps"], bare_best_batch=bare["best_batch"],
                  bare_fps_per_batch=bare["fps_per_batch"], ratio=round(r["pipeline_fps"] / bare["best_fps"], 3),
+                 bare_cpu_ms_per_frame=bare["cpu_ms_per_frame"].get(1),
                  scorer_p50_ms=scorer_p50, backend=scorer.backend, device=scorer.device,
                  p99_over_scorer_p50=round(r["latency_p99_ms"] / scorer_p50, 2) if scorer_p50 else None)
     return rows
 
 
 def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, precision: str,
-                 max_batch: int | None, batch_wait_ms: float, fps: float | None = None) -> dict[str, Any]:
+                 max_batch: int | None, batch_wait_ms: float, fps: float | None = None,
+                 phase: str | None = None, tweak: dict[str, Any] | None = None) -> dict[str, Any]:
     counting = _Counting(scorer)
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     got: list[tuple[float, float, str, int]] = []
     with Publisher(endpoint, "bench", sndhwm=max(1000, total)) as pub:
         ready = threading.Event()
-        rx = threading.Thread(target=_receive, args=(endpoint, total, ready, got, None), daemon=True)
+        rx = threading.Thread(target=_receive, args=(endpoint, total, ready, got, None), daemon=True, name="rx")
         rx.start()
         ready.wait(5)
         pub.wait_for_subscribers(1, timeout_s=5.0)
@@ -264,8 +277,14 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
         queue = 1 if fps is None else PipelineConfig.queue_size
         config = PipelineConfig(heatmap="png", max_frames=total, precision=precision, max_batch=max_batch,
                                 batch_wait_ms=batch_wait_ms, queue_size=queue)
-        cams = [(f"cam{i}", SourceSpec("file", str(video), loop=True, fps=fps)) for i in range(n)]
-        final = Pipeline(counting, manifest, cams, pub, config).run()
+        config = dataclasses.replace(config, **(tweak or {}))  # benchmarks/pipeline_ab.py: other settings
+        offsets = phases(phase or "aligned", n)
+        cams = [(f"cam{i}", SourceSpec("file", str(video), loop=True, fps=fps, phase=offsets[i] if fps else 0.0))
+                for i in range(n)]
+        pipe = Pipeline(counting, manifest, cams, pub, config)
+        cpu = ThreadCpu()
+        final = pipe.run()
+        cpu_ms = cpu.stop(final["published"])
         rx.join(10)
     stamps = sorted(x[1] for x in got)
     first = counting.sizes[0] if counting.sizes else 1
@@ -282,6 +301,8 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
     return {
         "cameras": n,
         "fps_per_camera": fps,
+        "phase": phase if fps else None,
+        "phases": [round(x, 3) for x in offsets] if fps else None,
         "dropped": sum(int(c["capture_drops"]) for c in final["cameras"].values()),
         "frames": final["published"],
         "received": len(got),
@@ -292,14 +313,18 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
         "max_batch": max(counting.sizes) if counting.sizes else None,
         "out_of_order": sum(ids != sorted(ids) for ids in by_cam.values()),
         "errors": final["errors"],
+        "stages": pipe.trace.stages(),
+        "calls": pipe.trace.calls(),
+        "cpu_ms_per_frame": cpu_ms,
     }
 
 
 def format_cameras_table(rows: list[dict]) -> str:
     """Plain-text table of bench_cameras rows."""
-    head = ("backend", "cameras", "fps/cam", "frames/s", "bare best", "@batch", "ratio", "p50 ms", "p99 ms",
+    head = ("backend", "cameras", "fps/cam", "phase", "frames/s", "bare best", "@batch", "ratio", "p50 ms", "p99 ms",
             "p99/scorer", "mean batch", "dropped", "errors")
     body = [(r["backend"], str(r["cameras"]), "max" if r.get("fps_per_camera") is None else f"{r['fps_per_camera']:g}",
+             r.get("phase") or "-",
              f"{r['pipeline_fps']:.2f}", f"{r['bare_best_fps']:.2f}", str(r["bare_best_batch"]), f"{r['ratio']:.2f}",
              f"{r['latency_p50_ms']:.1f}", f"{r['latency_p99_ms']:.1f}", str(r.get("p99_over_scorer_p50")),
              str(r["mean_batch"]), str(r.get("dropped")), str(r["errors"])) for r in rows]

@@ -282,11 +282,16 @@ VIDEO_SIZE = (640, 480)  # (width, height) of the generated clip: a VGA camera, 
 def run_bench(model: Path, backend: list[str] | None, precision: str, batch: list[int] | None, iters: int,
               warmup: int, json_out: Path | None, pipeline: bool, video: Path | None, curve: bool,
               cameras: list[int] | None, fps: float | None, say: Callable[[str], None] = print,
-              triggers: list[float] | None = None) -> dict:
+              phase: str = "both", triggers: list[float] | None = None) -> dict:
     """`edge-somad bench`'s whole job: every table `say`s a line at a time; the JSON result is returned."""
     backends = list(backend or DEFAULT_BACKENDS)
     if fps is not None and (not cameras or not 0 < fps <= 1000):
         raise ConfigError(f"--fps {fps:g} needs --cameras N and a rate in (0, 1000] frames/s per camera")
+    from edge_somad.bench.stages import PHASES
+
+    if phase not in (*PHASES, "both"):
+        raise ConfigError(f"--phase {phase!r}; expected {', '.join(PHASES)} or both")
+    modes = PHASES if phase == "both" else (phase,)
     rows = bench_scorers(model, backends, precision, list(batch or [1, 4]), iters, warmup)
     truth = machine_and_cost(model, rows, iters=max(5, min(iters, 20)))
     say(truth["machine"]["line"])
@@ -305,11 +310,14 @@ def run_bench(model: Path, backend: list[str] | None, precision: str, batch: lis
                                                                  if k != "backend"))
     if cameras:
         from edge_somad.bench.pipeline import format_cameras_table
+        from edge_somad.bench.stages import format_calls_and_cpu, format_stage_table
 
-        result["cameras"] = _cameras(model, rows, precision, max(iters, 2), video, list(cameras), fps)
+        result["cameras"] = _cameras(model, rows, precision, max(iters, 2), video, list(cameras), fps, modes)
         ok = [r for r in result["cameras"] if "unavailable" not in r]
         if ok:
             say(format_cameras_table(ok))
+            say(format_stage_table(ok))
+            say(format_calls_and_cpu(ok))
         for r in result["cameras"]:
             if "unavailable" in r:
                 say(f"cameras {r['backend']}: unavailable: {r['unavailable']}")
@@ -347,7 +355,7 @@ def _pipeline(model: Path, rows: list[dict], precision: str, frames: int, video:
 
 
 def _cameras(model: Path, rows: list[dict], precision: str, frames: int, video: Path | None,
-             counts: list[int], fps: float | None = None) -> list[dict]:
+             counts: list[int], fps: float | None = None, modes: tuple[str, ...] = ("aligned",)) -> list[dict]:
     """bench_cameras for every runtime backend whose scorer ran: N looping replays of one clip."""
     from edge_somad.bench.pipeline import bench_cameras
 
@@ -358,7 +366,7 @@ def _cameras(model: Path, rows: list[dict], precision: str, frames: int, video: 
             video = write_video(sample_images(), Path(tmp) / "cameras.avi", VIDEO_SIZE)
         for name in runnable:
             try:
-                out.extend(bench_cameras(model, video, name, precision, counts, frames, fps=fps))
+                out.extend(bench_cameras(model, video, name, precision, counts, frames, fps=fps, phase_modes=modes))
             except UNAVAILABLE as exc:
                 out.append({"backend": name, "unavailable": str(exc)})
     return out

@@ -34,6 +34,9 @@ def bench(
     fps: Annotated[float | None, typer.Option(
         "--fps", help="With --cameras: also run each count at this line rate per camera (frames/s): latency "
         "at that rate and frames dropped.")] = None,
+    phase: Annotated[str, typer.Option(
+        "--phase", help="With --fps: aligned (cameras tick together), independent (free-running cameras, "
+        "random phases with a fixed seed) or both (a row each).")] = "both",
     triggers: Annotated[str | None, typer.Option(
         "--triggers", help="Trigger rates per second, comma-separated (e.g. 5,20): trigger -> verdict latency "
         "p50/p99 of a triggered pipeline, --iters triggers per rate (docs/triggers.md).")] = None,
@@ -42,4 +45,4 @@ def bench(
     from edge_somad.bench.triggers import parse_rates
 
     run_bench(model, backend, precision, batch, iters, warmup, json_out, pipeline, video, curve, cameras, fps,
-              say=typer.echo, triggers=parse_rates(triggers) if triggers is not None else None)
+              say=typer.echo, phase=phase, triggers=parse_rates(triggers) if triggers is not None else None)

@@ -46,10 +46,12 @@ def run(
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after N verdicts in total.")] = None,  # noqa: UP045
     queue_size: Annotated[int, typer.Option(help="Frames buffered per camera (live: oldest dropped).")] = 2,
     max_batch: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="Frames per scorer call, across cameras. Default: the number of cameras (within the graph's "
-        "batch limit); more lets a camera with frames queued fill the batch.")] = None,
+        help="Frames per scorer call, across cameras, oldest first. Default: the number of cameras (within the "
+        "graph's batch limit) for a scorer that takes whole batches (GPU); 1 for ONNX Runtime on a CPU, which "
+        "scores images one by one anyway (a batch would only hold its first verdict back).")] = None,
     batch_wait_ms: Annotated[float, typer.Option(
-        help="How long a partial batch waits for the other cameras' frames (0: never).")] = 5.0,
+        help="How long a partial batch waits for the other cameras' frames, from its oldest frame's arrival "
+        "(0: never; unused with one frame per call).")] = 5.0,
     wait_subscribers: Annotated[int, typer.Option(
         help="Wait (<= 10 s) for this many subscriptions before scoring (demos/tests).")] = 0,
     send_queue: Annotated[int, typer.Option(

@@ -53,6 +53,11 @@ MAX_INBOUND_BYTES = 4096  # a subscription is a topic prefix: <prefix>/<64-chara
 HANDSHAKE_S = 5.0  # ZMTP (and CURVE) handshake deadline for a new connection
 INBOUND_HWM = 16  # messages buffered per peer towards us: a subscriber sends a handful
 DRAIN_PERIOD_S = 0.005  # between subscription slices: a new subscriber is served within milliseconds
+# With nothing to work off, the wait doubles up to this: a thread waking 200 times a second for nothing
+# takes ~2 % of a core and preempts the scorer's threads on a small box (bench --cameras: the
+# "publisher upkeep" CPU). A subscription or peer event brings it back to DRAIN_PERIOD_S, and every
+# send works subscriptions off too, so a new subscriber waits at most this long on an idle line.
+DRAIN_IDLE_S = 0.05
 DRAIN_SLICE = 1000  # subscription messages handled per send/heartbeat: bounded work under a flood
 MAX_OPEN_PREFIXES = 4096  # distinct subscriptions kept when the camera set is not known in advance
 PEER_INBOUND_BYTES = 1 << 20  # what one connection may send us (~40k subscriptions); then it is disconnected
@@ -62,6 +67,11 @@ _TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received (u64) in Linux's str
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _FAILED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth", zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "other"}
+
+
+def drain_period(previous: float, handled: int) -> float:
+    """The upkeep thread's next wait: DRAIN_PERIOD_S after work, doubling (to DRAIN_IDLE_S) while idle."""
+    return DRAIN_PERIOD_S if handled else min(previous * 2.0, DRAIN_IDLE_S)
 
 
 class SubscriptionFilter:
@@ -179,10 +189,10 @@ class Publisher:
     # -- peers -----------------------------------------------------------------------------------
     def _drain(self) -> None:
         """Work off subscriptions between sends: a slice every DRAIN_PERIOD_S, under the socket's lock."""
-        next_check = 0.0
-        while not self._drain_stop.wait(DRAIN_PERIOD_S):
+        next_check, period = 0.0, DRAIN_PERIOD_S
+        while not self._drain_stop.wait(period):
             with self._lock:
-                self._poll_locked()
+                period = drain_period(period, self._poll_locked())
                 if time.monotonic() >= next_check and not self._closed:
                     next_check = time.monotonic() + PEER_CHECK_S
                     self._enforce_budgets_locked()
@@ -229,14 +239,17 @@ class Publisher:
             for _, _, sock in sent:
                 sock.close()
 
-    def _poll_locked(self, limit: int = DRAIN_SLICE) -> None:
+    def _poll_locked(self, limit: int = DRAIN_SLICE) -> int:
+        """Work off up to `limit` subscription messages and the pending peer events; returns how many."""
+        handled = 0
         for _ in range(limit):  # bounded: a flood is worked off over several calls, never in one stall
             if self._closed:
-                return
+                return handled
             try:
                 msg = self._sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            handled += 1
             # XPUB_MANUAL: a (un)subscription takes effect only when set here, for the peer it came from.
             if msg[:1] in (b"\x01", b"\x00") and self._filter.allows(msg[1:]):
                 self._sock.setsockopt(zmq.SUBSCRIBE if msg[:1] == b"\x01" else zmq.UNSUBSCRIBE, msg[1:])
@@ -245,6 +258,7 @@ class Publisher:
                 self.subscriptions_refused += 1
         while not self._closed and self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
+            handled += 1
             kind, fd = event["event"], event["value"]
             # libzmq names no peer in HANDSHAKE_SUCCEEDED; every peer that leaves before finishing its
             # handshake reports a HANDSHAKE_FAILED_* first. So completed = succeeded - (left - failed).
@@ -258,6 +272,7 @@ class Publisher:
             elif kind in _FAILED:
                 self.handshake_failures[_FAILED[kind]] += 1
                 self._handshakes += 1  # its DISCONNECTED follows and takes this back
+        return handled
 
     def _connected_locked(self) -> int:
         return max(0, min(self._handshakes, len(self._peers)))

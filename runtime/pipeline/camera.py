@@ -5,6 +5,8 @@ One capture thread per source feeds a small bounded queue. Live sources (index, 
 OLDEST frame when the queue is full, so the scorer always works on the freshest part on the line,
 and count the drops. Replay sources (file, folder) wait for room instead: a replay exists to score
 every frame (validation, demos, benchmarks), and nothing is lost by waiting.
+An optional `prepare` hook runs on every item in its capture thread before it is queued (the
+pipeline's resize and input checks): that work then runs beside the scorer, not between its calls.
 Live sources reconnect with exponential backoff; replay sources end with an `ended` event, or,
 with `loop=True` (benchmarks: N cameras from one clip), start again from the first frame.
 A replay given `fps` plays the part of a camera on a line (bench --fps): one frame every 1/fps s,
@@ -140,6 +142,7 @@ class CameraSource:
         open_report_s: float = 1.0,
         stall_frames: float = 5.0,
         stall_min_s: float = 1.0,
+        prepare: Callable[[FrameItem], None] | None = None,
     ) -> None:
         self.id = camera_id
         self.spec = spec
@@ -158,6 +161,7 @@ class CameraSource:
         self._backoff = backoff_s
         self._opener = opener
         self._budget = budget
+        self._prepare = prepare
         self._open_report_s = open_report_s
         self._stall = (stall_frames, stall_min_s)
         self._stop = threading.Event()
@@ -254,8 +258,11 @@ class CameraSource:
     def _emit(self, image: np.ndarray | None, error: str | None, at: tuple[float, float] | None = None) -> None:
         """at: (time.time(), time.monotonic()) of the capture when it was not now (a paced tick)."""
         wall, mono = at if at is not None else (time.time(), time.monotonic())
-        item = FrameItem(self.id, self._next_id, wall, mono, image, error)
+        item = FrameItem(self.id, self._next_id, wall, mono, image, error, decoded_at=time.monotonic())
         self._next_id += 1
+        if self._prepare is not None:  # in this camera's thread, in its frame order, beside the scoring
+            self._prepare(item)
+        item.prepared_at = time.monotonic()
         self.last_frame_at = item.monotonic
         if error is None:
             self.frames += 1
@@ -337,6 +344,8 @@ class CameraSource:
         """Read until the source ends, fails (live), the read budget is spent or stop; returns why."""
         period = None if self.spec.fps is None else 1.0 / self.spec.fps
         tick = time.monotonic()
+        if period is not None:  # the first tick on this camera's grid: same rate and phase, same ticks
+            tick = (tick // period + 1.0 + self.spec.phase) * period
         while not self._stop.is_set():
             at = None
             if period is not None:

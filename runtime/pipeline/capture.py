@@ -37,6 +37,10 @@ class SourceSpec:
     target: int | str
     loop: bool = False  # replays only: start again at the end instead of ending (bench --cameras)
     fps: float | None = None  # replays only: paced at this line rate, live-like drops (bench --fps)
+    # Paced replays only: where in the frame period this camera's ticks fall, in [0, 1). Ticks sit on
+    # a grid of the monotonic clock, so cameras with the same rate and phase tick together (cameras
+    # triggered by one encoder) and different phases stand for free-running cameras.
+    phase: float = 0.0
     gige: GigESettings | None = None  # aravis only: the camera's settings from --camera
 
     def __post_init__(self) -> None:
@@ -49,6 +53,9 @@ class SourceSpec:
         if self.fps is not None and (self.kind in LIVE_KINDS or not 0 < self.fps <= 1000):
             raise ConfigError(f"fps={self.fps} for a {self.kind} source; a line rate paces replays only "
                               "(video file or image folder), in frames per second within (0, 1000]")
+        if not 0.0 <= self.phase < 1.0 or (self.phase and self.fps is None):
+            raise ConfigError(f"phase={self.phase} (fps={self.fps}); a phase is a fraction of the frame period "
+                              "in [0, 1) and needs a line rate (fps)")
 
     @property
     def live(self) -> bool:

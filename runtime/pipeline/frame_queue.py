@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,15 @@ class FrameItem:
     monotonic: float  # time.monotonic(), for latency maths
     image: np.ndarray | None
     error: str | None = None
+    # What the capture thread's `prepare` hook made of the frame (the pipeline's resized frame and
+    # input checks), so the scoring thread only scores.
+    prepared: Any = None
+    # time.monotonic() when the read (decode) ended, the hook ended, the frame entered its camera queue
+    # and the loop took it: the first marks of runtime/pipeline/trace.py's per-frame record.
+    decoded_at: float = float("nan")
+    prepared_at: float = float("nan")
+    queued_at: float = float("nan")
+    taken_at: float = float("nan")
 
 
 
@@ -47,6 +58,7 @@ class DropOldestQueue:
             elif len(self._items) >= self.maxsize:
                 self._items.popleft()
                 self.drops += 1
+            item.queued_at = time.monotonic()
             self._items.append(item)
             self._cond.notify_all()
 
@@ -57,11 +69,16 @@ class DropOldestQueue:
             while len(self._items) >= self.maxsize and not stop.is_set():
                 self._cond.wait(0.1)
 
+    def peek(self) -> FrameItem | None:
+        """The oldest item, left in the queue; caller holds the shared condition."""
+        return self._items[0] if self._items else None
+
     def pop(self) -> FrameItem | None:
         """Non-blocking; caller holds or takes the shared condition."""
         with self._cond:
             item = self._items.popleft() if self._items else None
             if item is not None:
+                item.taken_at = time.monotonic()
                 self._cond.notify_all()
             return item
 

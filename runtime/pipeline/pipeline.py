@@ -1,10 +1,13 @@
-"""The inspection loop: capture threads -> one resize -> scorer -> verdict -> ZeroMQ.
+"""The inspection loop: capture threads (read, resize, input checks) -> scorer -> verdict -> ZeroMQ.
 
-Frames waiting from several cameras are scored as ONE batch (a partial batch waits at most
-`batch_wait_ms` for the rest), so more cameras cost no throughput: on a GPU a batch scores more
-frames/s than calls of 1; a CPU scorer runs it image by image, its best rate (runtime/scorers/ort_scorer.py).
+The scoring thread takes the oldest captured frames first across cameras and only scores: each
+capture thread resizes and checks its own frames while the scorer runs. A scorer that takes whole
+batches (GPU) gets the frames waiting from several cameras as ONE batch (a partial batch waits at
+most `batch_wait_ms` for the rest): on a GPU a batch scores more frames/s than calls of 1. A
+scorer that runs a batch image by image (ONNX Runtime on a CPU, runtime/scorers/ort_scorer.py)
+gets one frame per call by default, so each verdict leaves as soon as its own frame is scored.
 Batch k's verdicts are encoded and published on a second thread (runtime/pipeline/outbox.py) while batch k+1
-is scored.
+is scored. Every verdict leaves its per-stage times in `trace` (runtime/pipeline/trace.py).
 
 Never `pass` on doubt: a bad, truncated or too small frame, a scorer exception, a NaN/inf score or
 map, or a model without a threshold all give an `error` verdict with the reason, and the loop goes
@@ -20,15 +23,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from edge_somad.contracts.geometry import check_frame, plan_geometry, resize_planned
 from edge_somad.contracts.manifest import Manifest
 from edge_somad.errors import ConfigError, InputError
-from edge_somad.runtime.health.drift import content_box
 from edge_somad.runtime.health.health import LineHealth
 from edge_somad.runtime.messaging import messages
 from edge_somad.runtime.messaging.publisher import Publisher
@@ -43,29 +43,18 @@ from edge_somad.runtime.pipeline.camera import (
 from edge_somad.runtime.pipeline.camera_watch import CameraWatch
 from edge_somad.runtime.pipeline.capture import Capture, open_capture
 from edge_somad.runtime.pipeline.defects import defects_of, render_overlay
-from edge_somad.runtime.pipeline.frames import check_useful_geometry
+from edge_somad.runtime.pipeline.heartbeat import line_status
 from edge_somad.runtime.pipeline.model_slot import LiveModel, ModelSlot
 from edge_somad.runtime.pipeline.outbox import Outbox
 from edge_somad.runtime.pipeline.pipeline_config import PipelineConfig, Stats
+from edge_somad.runtime.pipeline.prepare import Preparer, _Prepared
+from edge_somad.runtime.pipeline.trace import Trace
 from edge_somad.runtime.scorers.scorer import Scorer
 from edge_somad.runtime.trigger.book import TriggerBook
 
 log = logging.getLogger(__name__)
 
 NOT_SCORED = "not scored: shutdown"
-
-
-@dataclass
-class _Prepared:
-    item: FrameItem
-    resized: np.ndarray | None = None
-    frame: np.ndarray | None = None  # BGR, for the overlay
-    geometry: Any = None
-    error: str | None = None
-    score: float | None = None
-    amap: np.ndarray | None = None
-    repeated: str | None = None  # identical to the camera's previous frame: must not pass
-    model: LiveModel | None = None  # the model this frame was judged under (None: the current one)
 
 
 class Pipeline:
@@ -81,6 +70,7 @@ class Pipeline:
     ) -> None:
         self.pub, self.config = publisher, config
         self.stats = Stats()
+        self.trace = Trace()  # per-frame stage times and scorer calls (bench --cameras prints them)
         self.status = "starting"
         self._cond = threading.Condition()
         self._events: deque[CameraEvent] = deque()
@@ -92,47 +82,63 @@ class Pipeline:
                 messages.check_camera_id(cid)
             except InputError as exc:
                 raise ConfigError(str(exc)) from exc
+        # LineHealth and the latency window are written by the capture threads (frames), the
+        # publisher thread (verdicts), and read for the heartbeat: one lock for both.
+        self._lock = threading.Lock()
+        self.health = LineHealth([cid for cid, _ in cameras], manifest.reference, config.health,
+                                 score_drift=config.precision != "int8", on_change=self._health_event)
+        self._prep = Preparer(manifest, self.health, self._lock, {cid: spec.kind for cid, spec in cameras})
         # Shared by every capture thread: with --max-frames N, N frames are read in total, so every
         # frame read is taken and answered (a replay would otherwise have read queue_size more).
         self.reads = ReadBudget(config.max_frames)
+        # Each capture thread resizes and checks its own frames (`_prepare`) while the scorer runs,
+        # so the scoring thread goes from one call to the next without host work in between. Not in
+        # triggered mode: only the frame after a trigger is scored, and resizing every other one would
+        # be wasted work.
+        in_capture = config.prepare_in_capture and not config.triggered
         self.cameras = [CameraSource(cid, spec, self._cond, config.queue_size, self._events.append, opener=opener,
                                      budget=self.reads, open_report_s=config.open_report_s,
-                                     stall_frames=config.stall_frames, stall_min_s=config.stall_min_s)
+                                     stall_frames=config.stall_frames, stall_min_s=config.stall_min_s,
+                                     prepare=self._prepare_in_capture if in_capture else None)
                         for cid, spec in cameras]
-        self._kinds = {cid: spec.kind for cid, spec in cameras}
-        self.health = LineHealth([c.id for c in self.cameras], manifest.reference, config.health,
-                                 score_drift=config.precision != "int8", on_change=self._health_event)
         limit = getattr(scorer, "max_batch", None)
         if config.max_batch is not None and limit is not None and config.max_batch > limit:
             raise ConfigError(f"--max-batch {config.max_batch}; this {scorer.backend} graph takes at most {limit} "
                               f"frames per call (static batch). Give --max-batch {limit} or less, or leave it out.")
-        want = config.max_batch or len(self.cameras)
+        # A scorer that runs a batch image by image (ONNX Runtime on a CPU) gains no speed from a batch,
+        # and a batch makes its first frame's verdict wait for the others' scoring: by default it gets
+        # one frame per call, the oldest waiting, and nothing waits for a batch to fill.
+        per_image = getattr(scorer, "whole_batches", True) is False
+        want = config.max_batch or (1 if per_image else len(self.cameras))
         self.max_batch = max(1, min(want, limit) if limit else want)
         self._wait_s = config.batch_wait_ms / 1000.0
-        self._taken = 0  # frames taken from the camera queues: each gets exactly one verdict
-        # LineHealth and the latency window are written by the loop (frames) and the publisher
-        # thread (verdicts), and read for the heartbeat: one lock for both.
-        self._lock = threading.Lock()
         # The model in use, swappable while the line runs (model_slot.py): read once per batch under its lock.
         self.slot = ModelSlot(live or LiveModel(scorer, manifest, config.precision), publisher.publish_status,
                               self.max_batch, self.health, self._lock)
+        self._taken = 0  # frames taken from the camera queues: each gets exactly one verdict
         self.watch = CameraWatch(self.cameras, self.health, self._lock, self.pub.publish_status,
                                  config.camera_timeout_s)
         self._outbox: Outbox[list[_Prepared]] = Outbox(self._publish_batch, depth=2)
         pre = manifest.preprocessing
         self._size = (pre.height, pre.width)
-        self._rr = 0
+        self._rr = 0  # which camera goes first among frames captured at the same instant
         self._passes: dict[str, int] = {}  # passes published per camera (publisher thread only)
         self._started = time.monotonic()
         # Triggered mode: only the first frame after each trigger is scored (runtime/trigger/book.py).
-        self.triggers = TriggerBook(self.cameras, publisher, self.slot.current.info, manifest.threshold_for(
+        self.triggers = TriggerBook(self.cameras, publisher, self.model_info, manifest.threshold_for(
             config.precision), self._cond, config.trigger_deadline_ms) if config.triggered else None
-        if self.triggers is not None:  # its own error answers (deadline, shutdown) name the model in use
-            self.slot.listeners.append(lambda m: self.triggers.use_model(m.info, m.threshold))
+        self.slot.listeners.append(self._model_installed)
 
     scorer = property(lambda self: self.slot.current.scorer)
     manifest = property(lambda self: self.slot.current.manifest)
     model_info = property(lambda self: self.slot.current.info)
+
+    def _model_installed(self, model: LiveModel) -> None:
+        """A swap (model_slot.py): frames prepared from now on are checked against the new model, and the
+        trigger book's own error answers (deadline, shutdown) name it."""
+        self._prep.manifest = model.manifest
+        if self.triggers is not None:
+            self.triggers.use_model(model.info, model.threshold)
 
     def stop(self, reason: str = "stop requested") -> None:
         """Thread- and signal-safe: only sets a flag the loop polls every 100 ms. A second call while
@@ -227,27 +233,35 @@ class Pipeline:
         return sum(len(c.queue) for c in self.cameras)
 
     def _collect(self, n: int, timeout: float) -> list[FrameItem]:
-        """Up to n items, round robin: one per camera per pass, so every camera gets a place in the
-        batch and a camera with several frames queued fills what the others leave. Waits up to
-        `timeout` for the first frame, then up to batch_wait_ms for the batch to fill while a camera
-        could still add a frame."""
+        """Up to n items, the oldest captures first across cameras (each camera's queue is FIFO, so its
+        own order holds); frames captured at the same instant (cameras on one trigger) go in a rotating
+        camera order, so no camera is always the last one scored. Waits up to `timeout` for the first
+        frame, then for the batch to fill while a camera could still add a frame, until batch_wait_ms
+        after the oldest waiting frame arrived."""
         with self._cond:
             if not self._queued() and timeout > 0 and not self._stop.is_set():
                 self._cond.wait(timeout)
             if n > 1 and self._wait_s > 0 and 0 < self._queued() < n:
-                deadline = time.monotonic() + self._wait_s
+                # From the oldest waiting frame's arrival: one that already waited for a busy scorer
+                # does not wait again for the batch to fill.
+                deadline = min(self._arrived(c) for c in self.cameras) + self._wait_s
                 while (self._queued() < n and self._can_grow() and not self._stop.is_set()
                        and (left := deadline - time.monotonic()) > 0):
                     self._cond.wait(left)  # every put notifies
             items: list[FrameItem] = []
             cams = self.cameras[self._rr:] + self.cameras[:self._rr]
             self._rr = (self._rr + 1) % len(self.cameras)
-            while len(items) < n and self._queued():  # we hold the lock: each pass takes at least one
-                for cam in cams:
-                    if len(items) < n and (item := cam.queue.pop()) is not None:
-                        items.append(item)
+            while len(items) < n:  # we hold the lock: the queues only grow meanwhile
+                heads = [(head.monotonic, i) for i, c in enumerate(cams) if (head := c.queue.peek()) is not None]
+                if not heads:
+                    break
+                items.append(cams[min(heads)[1]].queue.pop())
             self._taken += len(items)
             return items
+
+    def _arrived(self, cam: CameraSource) -> float:
+        head = cam.queue.peek()
+        return float("inf") if head is None else head.queued_at
 
     def _can_grow(self) -> bool:
         """Could a frame still join this batch? Only from a camera that reads and has queue room (a
@@ -261,30 +275,8 @@ class Pipeline:
                                      "status": ev.status, "detail": ev.detail, "at": ev.at})
 
     # -- one batch -----------------------------------------------------------------------------
-    def _prepare(self, item: FrameItem, model: LiveModel) -> _Prepared:
-        p = _Prepared(item, error=item.error, model=model)
-        if item.error is not None:
-            return p
-        pre = model.manifest.preprocessing
-        try:
-            p.frame = check_frame(item.image)
-            # Planned once: the resize, the size check, the defect boxes and the overlay all use it.
-            p.geometry = plan_geometry(p.frame.shape[0], p.frame.shape[1], pre.height, pre.width, pre.resize)
-            check_useful_geometry(p.geometry, model.manifest)
-            p.resized = resize_planned(p.frame, p.geometry, pre.resize, pre.pad_value)
-        except InputError as exc:
-            p.error = f"bad frame: {exc}"
-            return p
-        with self._lock:
-            g = p.geometry
-            fault = self.health.frame(item.camera, p.frame.shape[:2], p.resized, item.monotonic,
-                                      content_box(g), p.frame, min(g.scale_x, g.scale_y))
-            # Files of a folder are separate pictures, not a stream that can freeze: identical ones are
-            # identical parts. Live sources and video files are streams.
-            p.repeated = self.health.repeated(item.camera) if self._kinds[item.camera] != "folder" else None
-        if fault is not None:  # a black or frozen picture says nothing about the part: never a pass
-            p.error = f"camera fault: {fault}"
-        return p
+    def _prepare_in_capture(self, item: FrameItem) -> None:
+        item.prepared = self._prep.safe(item)
 
     def _triggered(self, items: list[FrameItem]) -> list[FrameItem]:
         return items if self.triggers is None else self.triggers.select(items)
@@ -293,9 +285,12 @@ class Pipeline:
         items = self._triggered(items)
         if not items:
             return
+        # Prepared in the capture thread, or here (config.prepare_in_capture False).
+        prepared = [it.prepared if isinstance(it.prepared, _Prepared) else self._prep.safe(it) for it in items]
         with self.slot.lock:  # one model for the whole batch: a swap waits for it to be scored
             model = self.slot.current
-            prepared = [self._prepare(it, model) for it in items]
+            for p in prepared:
+                p.model = model
             self._score(model, prepared)
         self._emit(prepared)
 
@@ -303,7 +298,14 @@ class Pipeline:
         good = [p for p in prepared if p.error is None]
         if good:
             try:
-                result = model.scorer.score(np.stack([p.resized for p in good]))
+                started = time.monotonic()
+                # one frame (a CPU scorer's default) goes as a view: no copy
+                frames = good[0].resized[None] if len(good) == 1 else np.stack([p.resized for p in good])
+                result = model.scorer.score(frames)
+                ended = time.monotonic()
+                self.trace.call([p.item.monotonic for p in good], started, ended)
+                for p in good:
+                    p.marks[5:7] = started, ended
                 scores, maps = np.asarray(result.scores), np.asarray(result.maps)
                 if scores.shape != (len(good),) or maps.shape != (len(good), *self._size):
                     raise InputError(f"scorer returned scores {scores.shape}, maps {maps.shape}; expected "
@@ -327,9 +329,12 @@ class Pipeline:
             self._publish(p)
 
     def _publish(self, p: _Prepared) -> None:
+        it = p.item
+        p.marks[:5] = it.monotonic, it.decoded_at, it.prepared_at, it.queued_at, it.taken_at
+        p.marks[7] = time.monotonic()
         precision = self.config.precision
         model = p.model or self.slot.current
-        self.slot.published(p.model, p.item.camera, p.item.frame_id)  # a new model's first verdict: announce it
+        self.slot.published(p.model, it.camera, it.frame_id)  # a new model's first verdict: announce it
         threshold = model.threshold
         # The one decision for this frame; defects, heatmap, overlay and header read it.
         v = judge(p.score, p.amap, threshold, p.geometry) if p.error is None else unscored(p.error, threshold)
@@ -342,7 +347,6 @@ class Pipeline:
             v, trigger = self.triggers.claim(p.item, v)
         defects = defects_of(v, model.manifest.pixel_threshold_for(precision),
                              model.manifest.calibration.min_defect_area_px)
-        it = p.item
         picture = v.verdict != "pass" or self._pass_picture(it.camera)
         meta, heat = messages.heatmap_of(v, self.config.heatmap) if picture else (None, b"")
         overlay = None
@@ -354,7 +358,10 @@ class Pipeline:
             v, camera=it.camera, frame_id=it.frame_id, captured_at=it.captured_at, published_at=published_at,
             defects=defects, model=model.info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
         header.update(trigger or {})  # part_id, trigger_ts, ...
+        p.marks[8] = time.monotonic()
         self.pub.publish_verdict(header, heat, overlay)
+        p.marks[9] = time.monotonic()
+        self.trace.frame(p.marks)
         if self.triggers is not None:
             self.triggers.finish(it, header)
         self.stats.verdicts[v.verdict] += 1
@@ -374,27 +381,4 @@ class Pipeline:
         self.pub.publish_status({"schema": messages.STATUS_SCHEMA, "at": time.time(), **event})
 
     def _health(self, schema: str) -> dict[str, Any]:
-        with self._lock:
-            health = {c.id: self.health.snapshot(c.id) for c in self.cameras}
-            latency = self.stats.latency()
-        return {
-            "schema": schema, "at": time.time(), "uptime_s": round(time.monotonic() - self._started, 3),
-            "status": self.status, "model": self.model_info,
-            "frames_scored": self.stats.frames_scored, "published": self.stats.published,
-            "errors": self.stats.verdicts["error"], "verdicts": dict(self.stats.verdicts),
-            "latency_ms": latency, **({"triggers": self.triggers.snapshot()} if self.triggers is not None else {}),
-            "batches": {"max_batch": self.max_batch, "max_seen": self.stats.max_batch_seen,
-                        "calls": self.stats.score_calls,
-                        "mean": round(self.stats.frames_scored / max(1, self.stats.score_calls), 3)},
-            # Per-subscriber losses are invisible to a publisher (ZeroMQ drops per peer, silently):
-            # `sent` per topic lets each subscriber compare with the `seq` numbers it received.
-            "sent": dict(self.pub.sent), "subscribers": self.pub.subscribers,
-            "security": "curve" if self.pub.curve is not None else "none",
-            "handshake_failures": dict(self.pub.handshake_failures),
-            "subscriptions_refused": self.pub.subscriptions_refused, "peers_disconnected": self.pub.peers_disconnected,
-            "cameras": {c.id: {"status": self.watch.status(c), "fps": round(c.fps(), 2), "frames": c.frames,
-                               "capture_drops": c.drops, "read_errors": c.read_errors, "queued": len(c.queue),
-                               "health": health[c.id]}
-                        for c in self.cameras},
-        }
-
+        return line_status(self, schema)

@@ -30,9 +30,14 @@ class PipelineConfig:
     # Frames per scorer call. None: the number of cameras, within the scorer's static batch limit;
     # larger lets a camera with several frames queued fill the batch (replays, bursts).
     max_batch: int | None = None
-    # A partial batch waits this long for the other cameras' frames. Small: a frame's latency grows
-    # by it, and cameras that run freely (replays, a busy line) have frames queued anyway.
+    # A partial batch waits for the other cameras' frames until this long after its oldest frame
+    # arrived (a frame that already waited for a busy scorer does not wait again). Small: a frame's
+    # latency grows by it, and cameras that run freely (replays, a busy line) have frames queued anyway.
     batch_wait_ms: float = 5.0
+    # Resize and input checks in each camera's capture thread, beside the scorer (True), or on the
+    # scoring thread between calls (False: what a box with no core to spare beside the scorer may want;
+    # `bench` compares both).
+    prepare_in_capture: bool = True
     # End the run (exit 1 from `run`) when a camera has delivered nothing for this long; None: never.
     camera_timeout_s: float | None = None
     # A running live camera with no frame for this many frame intervals (and at least stall_min_s) is
