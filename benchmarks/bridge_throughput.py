@@ -5,8 +5,10 @@ Real parts on 127.0.0.1: a ZeroMQ publisher in this process sending `run`'s verd
 a paho QoS 1 consumer in this process. Every verdict is stored in the bridge's SQLite queue, published
 with QoS 1 and deleted on PUBACK, so the rate is the store-and-forward path end to end.
 Scenarios: live (broker up), drain (broker down while the verdicts arrive; rate measured from the first
-delivery after it is back to the last) and live with --heatmaps (one PNG message per verdict too).
-    python benchmarks/bridge_throughput.py [--verdicts 5000]
+delivery after it is back to the last) and live with --heatmaps (one PNG message per verdict too); with
+--sparkplug, live and drain of `bridge mqtt --sparkplug` (protobuf DDATA at QoS 0, each confirmed by a
+QoS 1 fence before it leaves the queue).
+    python benchmarks/bridge_throughput.py [--verdicts 5000] [--sparkplug]
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class Broker:
             sys.exit("mosquitto not found: apt-get install mosquitto (scripts/setup.sh does it as root)")
         self.port = free_port()
         self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
+        # queue_qos0_messages: Sparkplug data is QoS 0; the consumer's persistent session keeps it over a restart
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
+                             "queue_qos0_messages true\n")
         self.cmd = [binary, "-c", str(self.conf)]
         self.proc: subprocess.Popen | None = None
 
@@ -70,13 +74,14 @@ class Consumer:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-consumer",
                                   protocol=mqtt.MQTTv311, clean_session=False)
         self.client.reconnect_delay_set(0.1, 0.2)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{ROOT}/#", qos=1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(f"{ROOT}/#", 1), ("spBv1.0/#", 1)])
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port, keepalive=5)
         self.client.loop_start()
 
     def _on_message(self, client, userdata, msg) -> None:
-        kind = msg.topic.split("/")[3]
+        levels = msg.topic.split("/")
+        kind = levels[2] if levels[0] == "spBv1.0" else levels[3]
         if kind == "DDATA":
             self.times.append(time.perf_counter())
         elif kind == "NBIRTH":
@@ -100,18 +105,23 @@ def headers(n: int) -> tuple[list[dict], bytes]:
     return out, bytes(png)
 
 
-def scenario(name: str, n: int, tmp: Path, heatmaps: bool = False, outage: bool = False) -> dict:
+def scenario(name: str, n: int, tmp: Path, heatmaps: bool = False, outage: bool = False,
+             sparkplug: bool = False) -> dict:
     broker = Broker(tmp)
     broker.start()
     consumer = Consumer(broker.port)
     pub = Publisher(f"tcp://127.0.0.1:{free_port()}", "somad", sndhwm=n + 100)
     cmd = [sys.executable, "-m", "edge_somad.cli.bridge", "mqtt", "--connect", pub.bound_endpoint,
            "--port", str(broker.port), "--box", "bench", "--queue-file", str(tmp / "queue.sqlite"),
-           "--log-level", "warning", *(["--heatmaps"] if heatmaps else [])]
+           "--log-level", "warning", *(["--heatmaps"] if heatmaps else []), *(["--sparkplug"] if sparkplug else [])]
     bridge = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        consumer.wait(lambda: consumer.births >= 1, 30)
         pub.wait_for_subscribers(1, 10.0)
+        # no birth before the stream said what it has: one heartbeat, as `run` sends every second
+        pub.publish_heartbeat({"schema": messages.HEARTBEAT_SCHEMA, "at": time.time(), "status": "running",
+                               "model": {"name": "bench", "onnx_sha256": "0" * 64},
+                               "cameras": {"cam0": {"status": "running"}}})
+        consumer.wait(lambda: consumer.births >= 1, 30)
         hs, png = headers(n)
         if outage:
             broker.stop()
@@ -140,10 +150,14 @@ def scenario(name: str, n: int, tmp: Path, heatmaps: bool = False, outage: bool 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--verdicts", type=int, default=5000)
+    ap.add_argument("--sparkplug", action="store_true", help="the --sparkplug bridge's scenarios instead")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as d:
         plan = (("live", {}), ("drain after outage", {"outage": True}), ("live + heatmaps", {"heatmaps": True}))
+        if args.sparkplug:
+            plan = (("sparkplug live", {"sparkplug": True}),
+                    ("sparkplug drain", {"sparkplug": True, "outage": True}))
         for name, kw in plan:
             sub = Path(d) / name.replace(" ", "_")
             sub.mkdir()

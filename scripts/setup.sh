@@ -15,6 +15,8 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
 fi
 python -m pip install --quiet -e ".[cpu,fit,dev,view,bridge]"
+# `bridge mqtt --sparkplug` needs protobuf (in [bridge]): fail here, not in the Sparkplug tests.
+python -c "import google.protobuf" || { echo "setup: protobuf did not install ([bridge] extra)" >&2; exit 1; }
 # The `view` browser test drives a real headless chromium (Debian packages; Playwright's own browser
 # download is not used). Installed when missing and we are root with apt; otherwise that test skips.
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BLOCK = ["torch", "onnx", "onnxruntime", "cv2", "zmq", "tensorrt", "scipy", "aiohttp", "selenium", "paho", "asyncua"]
+BLOCK = ["torch", "onnx", "onnxruntime", "cv2", "zmq", "tensorrt", "scipy", "aiohttp", "selenium", "paho", "asyncua",
+         "google"]  # google: protobuf, for `bridge mqtt --sparkplug` only
 
 
 def test_help_works_with_heavy_packages_blocked() -> None:

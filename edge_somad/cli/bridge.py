@@ -76,7 +76,7 @@ def mqtt(
     port: Annotated[Optional[int], typer.Option(help="Broker port [1883, 8883 with --tls].")] = None,  # noqa: UP045
     mqtt_version: Annotated[str, typer.Option(help="5 | 3.1.1")] = "5",
     box: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Edge node id in the topics [host name]: one per box.")] = None,
+        "--box", "--node", help="Edge node id in the topics [host name]: one per box.")] = None,
     group: Annotated[str, typer.Option(help="Group id in the topics (line, hall, site).")] = "line",
     topic_root: Annotated[str, typer.Option(help="First topic levels.")] = "edge-somad/v1",
     username: Annotated[Optional[str], typer.Option(help="Broker user name.")] = None,  # noqa: UP045
@@ -97,9 +97,14 @@ def mqtt(
     replay: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
         "--replay", help="`run --replay` endpoint of each --connect, same order (run with --journal): verdicts "
         "missed while this bridge was away are asked for there; without it they are only counted.")] = None,
+    sparkplug: Annotated[bool, typer.Option(
+        "--sparkplug/--no-sparkplug", help="Speak Sparkplug B 3.0 (spBv1.0 topics, protobuf, each camera a "
+        "device) instead of edge-somad's JSON topics; docs/sparkplug.md.")] = False,
+    primary_host: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="--sparkplug: the primary host application's id; births wait for its STATE to say online.")] = None,
     control: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="`run --control` endpoint: answer trigger commands on <root>/<group>/CMD/<box>/trigger "
-        "(docs/triggers.md).")] = None,
+        "(docs/triggers.md); with --sparkplug, a DCMD `Trigger` on a camera device.")] = None,
     topic: TopicFilter = "somad/",
     curve_server_key: CurveServerKey = None,
     curve_secret_key: CurveClientSecret = None,
@@ -121,6 +126,11 @@ def mqtt(
             raise ConfigError(f"{option} {path} does not exist")
     if (ca_file or cert_file or key_file) and not tls:
         raise ConfigError("--ca-file/--cert-file/--key-file need --tls")
+    if not sparkplug and primary_host is not None:
+        raise ConfigError("--primary-host is a Sparkplug option; add --sparkplug")
+    if sparkplug and heatmaps:
+        raise ConfigError("--heatmaps is not available with --sparkplug (a verdict's metrics carry no picture); "
+                          "run a plain bridge beside it for heatmaps")
     if username is not None and not tls and broker not in ("127.0.0.1", "localhost", "::1"):
         log.warning("--username without --tls: the password crosses the network in clear text")
     from edge_somad.runtime.bridges.mqtt import MqttBridge, MqttBridgeConfig, check_topic_root
@@ -139,10 +149,17 @@ def mqtt(
                             key_file=key_file),
         source=SourceConfig(tuple(connect), topic, load_client(curve_server_key, curve_secret_key), limits),
         box=box, group=group, root=root,
-        queue_file=queue_file or state / f"mqtt-{box}.sqlite", queue_max=queue_max, heatmaps=heatmaps,
-        heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval, replay=tuple(replay or ()),
-        control=control)
-    bridge = MqttBridge(config)
+        queue_file=queue_file or state / f"{'sparkplug' if sparkplug else 'mqtt'}-{box}.sqlite", queue_max=queue_max,
+        heatmaps=heatmaps, heatmap_max_bytes=heatmap_max_bytes, status_interval_s=status_interval,
+        replay=tuple(replay or ()), control=control)
+    if sparkplug:
+        from edge_somad.runtime.bridges.sparkplug import SparkplugBridge, SparkplugOptions
+        from edge_somad.runtime.bridges.sparkplug_commands import check_host_id
+
+        host = None if primary_host is None else check_host_id(primary_host)
+        bridge: MqttBridge = SparkplugBridge(config, SparkplugOptions(primary_host=host))
+    else:
+        bridge = MqttBridge(config)
     previous = _on_signals(bridge.request_stop)
     try:
         counters = bridge.run()

@@ -106,9 +106,12 @@ class Counters:
 
 
 class MqttBridge:
+    SPARKPLUG = False  # what the queue's items are: JSON verdicts (plain) or Sparkplug metric values
+
     def __init__(self, config: MqttBridgeConfig) -> None:
         self.config = config
         self.queue = DiskQueue(config.queue_file, config.queue_max)
+        self._claim_queue()
         self.seqs = self.queue.meta_items("seq:")  # per camera: the next mqtt_seq, continued across restarts
         self.counters = Counters(overflow=self.queue.meta_items("overflow:"))
         try:
@@ -130,6 +133,17 @@ class MqttBridge:
             from edge_somad.runtime.bridges.mqtt_trigger import TriggerCommands
 
             self.commands = TriggerCommands(config.control, config.topic, config.box)
+
+    def _claim_queue(self) -> None:
+        """One queue file holds one mode's items: a plain verdict cannot be sent as Sparkplug, nor back."""
+        was = bool(self.queue.get_meta("sparkplug"))
+        if was != self.SPARKPLUG and self.queue.size:
+            self.queue.close()
+            modes = ("plain MQTT", "Sparkplug")
+            raise ConfigError(f"queue file {self.config.queue_file} holds {self.queue.size} items of the "
+                              f"{modes[was]} bridge; this is the {modes[self.SPARKPLUG]} bridge. Give it another "
+                              f"--queue-file, or run the {modes[was]} bridge until its queue is delivered")
+        self.queue.set_meta("sparkplug", int(self.SPARKPLUG))
 
     # --- reader thread: ZeroMQ -> disk queue ---------------------------------------------------
 

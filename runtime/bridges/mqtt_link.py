@@ -47,6 +47,10 @@ class BrokerConfig:
 class Will:
     topic: str
     payload: bytes
+    retain: bool = True  # Sparkplug's NDEATH will is not retained
+
+
+INBOX_MAX = 1000  # received messages waiting for the sender thread; beyond that the newest are dropped, counted
 
 
 class MqttLink:
@@ -66,7 +70,7 @@ class MqttLink:
         self.client.max_inflight_messages_set(config.window)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(3600, 3600)  # never paho's own reconnect: see the module docstring
-        self.client.will_set(will.topic, will.payload, qos=1, retain=True)
+        self.client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
         if config.username is not None:
             self.client.username_pw_set(config.username, config.password)
         if config.tls:
@@ -82,12 +86,19 @@ class MqttLink:
         self.error: str | None = None
         self.refused = False  # the broker answered with a refusal that retrying will not change
         self.acked: collections.deque[int] = collections.deque()  # mids, appended by paho's thread
+        # Messages of the topics subscribe() asked for: (topic, payload), appended by paho's thread.
+        self.inbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.inbox_dropped = 0
+        self.subscribed = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
         self._commands = commands
-        if commands is not None:
+        if commands is not None:  # the plain bridge's trigger command topic: its handler takes the message
             self.client.on_message = lambda client, userdata, msg: commands[1](self, msg)
+        else:  # subscribe()'s topics (Sparkplug commands, STATE): to the inbox, for the sender thread
+            self.client.on_message = self._on_message
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -108,6 +119,27 @@ class MqttLink:
         # Runs on paho's thread with paho's locks held: only a deque append (thread-safe), no I/O.
         if not reason_code.is_failure:
             self.acked.append(mid)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if all(not rc.is_failure for rc in reason_codes):
+            self.subscribed.set()
+        else:
+            self.error = f"the broker refused a subscription: {[str(rc) for rc in reason_codes]}"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        # paho's thread: a flood of commands must not grow memory without bound, nor block paho.
+        if len(self.inbox) >= INBOX_MAX:
+            self.inbox_dropped += 1
+        else:
+            self.inbox.append((msg.topic, bytes(msg.payload)))
+
+    def subscribe(self, topics: list[tuple[str, int]], timeout_s: float = 5.0) -> bool:
+        """Subscribe to (topic, qos) pairs; True once the broker granted them all (SUBACK)."""
+        if not self.up:
+            return False
+        self.subscribed.clear()
+        rc, _ = self.client.subscribe(topics)
+        return rc == 0 and self.subscribed.wait(timeout_s)
 
     def connect(self, timeout_s: float) -> bool:
         """True once the broker accepted us; otherwise False with `error` saying why."""
@@ -132,8 +164,9 @@ class MqttLink:
     def up(self) -> bool:
         return self.connected.is_set() and not self.lost.is_set()
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None) -> int | None:
-        """The message id to watch in `acked`, or None when the connection is gone. correlation: MQTT 5
+    def publish(self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None,
+                qos: int = 1) -> int | None:
+        """The message id to watch in `acked` (QoS 1), or None when the connection is gone. correlation: MQTT 5
         Correlation Data of an answer to a request."""
         import paho.mqtt.client as mqtt
 
@@ -146,7 +179,7 @@ class MqttLink:
 
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation
-        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
 
     def close(self) -> None:

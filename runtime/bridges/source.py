@@ -43,6 +43,7 @@ class StreamInfo:
     heartbeat_at: float | None = None  # time.monotonic() of the last heartbeat
     pipeline_status: str | None = None
     model_swaps: int = 0  # `model_swapped` events seen: each one means a new birth, whatever else changed
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)  # camera id -> its newest health block
 
     @property
     def known(self) -> bool:
@@ -124,15 +125,25 @@ class StreamSource:
                 info.model = h["model"]
             cams = h.get("cameras")
             if isinstance(cams, dict):  # the current run's cameras: those of an earlier run are gone
-                info.cameras = {cam: str(state.get("status"))[:40] for cam, state in list(cams.items())[:1000]
-                                if _valid_camera(cam) and isinstance(state, dict)}
+                valid = {cam: state for cam, state in list(cams.items())[:1000]
+                         if _valid_camera(cam) and isinstance(state, dict)}
+                info.cameras = {cam: str(state.get("status"))[:40] for cam, state in valid.items()}
+                info.health = {cam: state["health"] for cam, state in valid.items()
+                               if isinstance(state.get("health"), dict)}
         elif msg.kind == "status" and h.get("event") == "camera" and _valid_camera(h.get("camera")):
             info.cameras[h["camera"]] = str(h.get("status"))[:40]
+        elif msg.kind == "status" and h.get("event") == "health" and _valid_camera(h.get("camera")) \
+                and isinstance(h.get("health"), dict):
+            info.health = {**info.health, h["camera"]: h["health"]}  # a new dict: readers on another thread
         elif msg.kind == "status" and h.get("event") == "model_swapped":  # run put a new model in (docs/messages.md)
             info.model_swaps += 1
             if isinstance(h.get("model"), dict):
                 info.model = h["model"]
-            threshold = h.get("threshold")
+            else:  # an event naming only the new sha256: the next heartbeat brings the rest
+                new = h.get("new_sha256", h.get("new"))
+                if _is_sha(new):
+                    info.model = {**(info.model or {}), "onnx_sha256": new}
+            threshold = h.get("threshold")  # the new model's: verdicts would teach it only with the next part
             if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold):
                 info.threshold = float(threshold)
 
@@ -148,6 +159,10 @@ class StreamSource:
     def close(self) -> None:
         for sock in self.sockets:
             sock.close()
+
+
+def _is_sha(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _valid_camera(camera: object) -> bool:

@@ -155,14 +155,16 @@ def make_tls_files(out: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def heartbeat(cameras: tuple[str, ...], status: str = "running") -> dict:
-    """A heartbeat as `run` sends it, with the fields the bridges read."""
+def heartbeat(cameras: tuple[str, ...], status: str = "running", sha: str = "ab" * 32,
+              health: dict[str, dict] | None = None) -> dict:
+    """A heartbeat as `run` sends it, with the fields the bridges read (`health`: camera -> its block)."""
     from edge_somad.runtime.messaging import messages
 
     return {"schema": messages.HEARTBEAT_SCHEMA, "at": time.time(), "uptime_s": 1.0, "status": status,
-            "model": {"name": "standin", "onnx_sha256": "ab" * 32, "backend": "onnxruntime", "precision": "fp32",
+            "model": {"name": "standin", "onnx_sha256": sha, "backend": "onnxruntime", "precision": "fp32",
                       "device": "cpu"},
-            "cameras": {c: {"status": "running", "fps": 10.0, "capture_drops": 0} for c in cameras}}
+            "cameras": {c: {"status": "running", "fps": 10.0, "capture_drops": 0,
+                            **({"health": health[c]} if health and c in health else {})} for c in cameras}}
 
 
 class BeatingPublisher:
@@ -188,13 +190,15 @@ class BeatingPublisher:
                     raise
                 time.sleep(0.05)
         self.cameras = cameras
+        self.sha = "ab" * 32  # the model the heartbeats name (a test swapping models changes it)
+        self.health: dict[str, dict] = {}  # camera -> the health block its heartbeats carry
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
         self.thread.start()
 
     def _beat(self) -> None:
         while not self.stop.wait(0.2):
-            self.pub.publish_heartbeat(heartbeat(self.cameras))
+            self.pub.publish_heartbeat(heartbeat(self.cameras, sha=self.sha, health=dict(self.health)))
 
     def close(self) -> None:
         self.stop.set()
