@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import logging
@@ -105,9 +106,25 @@ def export_model(model_dir: Path, weights: str | None = None) -> Manifest:
     if is_exported(model_dir):
         previous = load_manifest(model_dir, verify_onnx=False)
     report = export_onnx(model_dir, weights=weights)
-    manifest = build_manifest(model_dir, report, previous)
+    manifest = _with_reference_frame(model_dir, build_manifest(model_dir, report, previous))
     save_manifest(model_dir, manifest)
     return manifest
+
+
+def _with_reference_frame(model_dir: Path, manifest: Manifest) -> Manifest:
+    """The self-check frame and its score (runtime/scorers/reference_frame.py), scored by ONNX Runtime on
+    the CPU. Without onnxruntime here the bundle goes out without one: `run` then checks finite output
+    only before swapping it in, and says so; the warning says how to add it."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        log.warning("onnxruntime is not installed: %s gets no reference frame (the self-check before a live "
+                    "model swap falls back to finite output). Install the [cpu] extra and re-export.", model_dir)
+        return dataclasses.replace(manifest, reference={k: v for k, v in manifest.reference.items() if k != "frame"})
+    from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+    from edge_somad.runtime.scorers.reference_frame import write_reference
+
+    pre = manifest.preprocessing
+    with OrtScorer(model_dir / manifest.onnx, pre.height, pre.width) as scorer:
+        return write_reference(model_dir, manifest, scorer)
 
 
 def trt_wanted(flag: bool | None) -> bool:

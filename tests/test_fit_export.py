@@ -73,6 +73,21 @@ def test_manifest_records_the_contract(tiny_exported: Path) -> None:
     assert ref["n"] >= 2 and 0 < ref["brightness"]["mean"] < 255 and ref["sharpness"]["std"] >= 0
 
 
+def test_export_writes_the_self_check_frame_and_its_score(tiny_exported: Path) -> None:
+    """The frame a live model swap scores before the line uses the model (runtime/scorers/reference_frame.py)."""
+    from edge_somad.runtime.scorers.reference_frame import self_check
+
+    m = load_manifest(tiny_exported)
+    frame = m.reference["frame"]
+    assert (tiny_exported / frame["file"]).is_file() and frame["onnx_sha256"] == m.onnx_sha256
+    with OrtScorer(tiny_exported / m.onnx, 64, 96) as scorer:
+        got = self_check(tiny_exported, m, scorer, "fp32")
+        assert got.startswith("reference frame scored") and "export recorded" in got
+        wrong = replace(m, reference={**m.reference, "frame": {**frame, "score": frame["score"] * 1.5}})
+        with pytest.raises(ArtifactError, match="does not compute what was exported"):
+            self_check(tiny_exported, wrong, scorer, "fp32")
+
+
 def test_tampered_onnx_is_detected(tiny_exported: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -50,6 +50,10 @@ CASES: list[tuple[str, Any, str]] = [
     ("reference", {"scores": {"quantiles": [1.0, "x"]}}, "'reference.scores.quantiles[1]' is 'x'"),
     ("reference", {"scores": {"quantiles": [2.0, 1.0]}}, "non-decreasing"),
     ("reference", {"input": {"brightness": {"mean": 1.0, "std": -1}}}, "'reference.input.brightness.std'"),
+    ("reference", {"frame": {"file": "reference_frame.npz", "sha256": "x", "onnx_sha256": "y", "precision": "fp32",
+                             "score": "high"}}, "'reference.frame.score' is 'high'"),
+    ("reference", {"frame": {"file": "../../etc/x.npz", "sha256": "x", "onnx_sha256": "y", "precision": "fp32",
+                             "score": 1.0}}, "'reference.frame.file' is '../../etc/x.npz'"),
     ("surprise", 1, "'surprise' is not a manifest field"),
 ]
 

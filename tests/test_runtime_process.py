@@ -149,7 +149,7 @@ def test_corrupt_graph_with_matching_sha256_is_a_clear_error(tmp_path: Path) -> 
 
 def test_graph_that_loads_but_cannot_run_is_a_clear_error(tmp_path: Path) -> None:
     from edge_somad.errors import ArtifactError
-    from edge_somad.runtime.pipeline.launch import _warm_up
+    from edge_somad.runtime.pipeline.model_slot import warm_up
 
     class Broken:  # what ONNX Runtime does with a graph whose kernels fail: its own exception type
         def score(self, frames):
@@ -158,4 +158,4 @@ def test_graph_that_loads_but_cannot_run_is_a_clear_error(tmp_path: Path) -> Non
     d = make_model_dir(tmp_path / "m")
     with pytest.raises(ArtifactError, match=r"failed on a blank 64x96 frame \(RuntimeError: .*RUNTIME_EXCEPTION.*"
                                             r"edge-somad export --model"):
-        _warm_up(Broken(), load_manifest(d), d)
+        warm_up(Broken(), load_manifest(d), d)

@@ -96,6 +96,9 @@ def run(
         help="ZeroMQ endpoint answering replay requests from the journal [--publish's host, port + 1].")] = None,
     drift_every: Annotated[int, typer.Option(help="Input-drift metrics on every n-th frame per camera (1: all); "
         "camera-fault checks stay on every frame.")] = 1,
+    model_watch: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Folder to watch: an exported model folder copied into it is checked and swapped in between two "
+        "frames, without stopping (docs/model-updates.md). SIGHUP reloads --model's folder.")] = None,
     control: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="ZeroMQ endpoint of the control socket (JSON requests: trigger, ...), e.g. tcp://127.0.0.1:5560 "
         "(docs/triggers.md). Keep it on loopback: it has no authentication.")] = None,
@@ -137,7 +140,8 @@ def run(
         raise ConfigError("--replay needs --journal DIR: the replay endpoint answers from the journal")
     final = run_pipeline(model, camera, backend=backend, publish=publish, topic_prefix=topic_prefix,
                          config=config, wait_subscribers=wait_subscribers, curve=curve, send_queue=send_queue,
-                         journal=journal_config, replay=replay, control=control)
+                         journal=journal_config, replay=replay, control=control,
+                         model_watch=model_watch)
     typer.echo(f"stopped ({final['reason']}): {final['verdicts']}, messages sent per topic {final['sent']}",
                err=True)
     if final.get("camera_timeout"):

@@ -192,12 +192,22 @@ def _score_reference(path: str, v: Any) -> None:
             raise _fail(f"{path}.quantiles", q, "a non-empty, non-decreasing list of numbers")
 
 
+def _frame_reference(path: str, v: Any) -> None:
+    """The self-check frame (runtime/scorers/reference_frame.py): a file in the folder and its score."""
+    fields(path, v, {"file": text, "sha256": text, "onnx_sha256": text, "precision": one_of(PRECISIONS),
+                     "score": finite}, {"scorer": text})
+    if "/" in v["file"] or "\\" in v["file"] or v["file"].startswith("."):
+        raise _fail(f"{path}.file", v["file"], "a file name inside the model folder")
+
+
 def reference(path: str, v: Any) -> None:
     d = obj(path, v)
     if d.get("input"):
         _input_reference(f"{path}.input", d["input"])
     if d.get("scores"):
         _score_reference(f"{path}.scores", d["scores"])
+    if d.get("frame"):
+        _frame_reference(f"{path}.frame", d["frame"])
 
 
 MANIFEST_FIELDS: dict[str, Check] = {

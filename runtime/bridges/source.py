@@ -8,6 +8,7 @@ heartbeats, status events and verdicts.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +143,9 @@ class StreamSource:
                 new = h.get("new_sha256", h.get("new"))
                 if _is_sha(new):
                     info.model = {**(info.model or {}), "onnx_sha256": new}
+            threshold = h.get("threshold")  # the new model's: verdicts would teach it only with the next part
+            if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold):
+                info.threshold = float(threshold)
 
     @property
     def rejected(self) -> int:

@@ -40,14 +40,7 @@ class CameraHealth:
 
     def __init__(self, camera: str, reference: dict[str, Any], config: HealthConfig = HealthConfig(),
                  score_drift: bool = True) -> None:
-        self.camera, self.config = camera, config
-        self.input_ref = reference.get("input") or {}
-        scores = (reference.get("scores") or {}).get("quantiles")
-        # int8 scores are on another scale than the fp32 calibration scores: no comparison then.
-        self.score_q = np.asarray(scores, np.float64) if scores and score_drift else None
-        # How many calibration scores the quantiles summarise: the KS test's reference size. Older
-        # manifests did not record it; 20 is a cautious guess (fewer -> fewer false alarms).
-        self.score_n = int((reference.get("scores") or {}).get("n") or 20)
+        self.camera, self.config, self._score_drift = camera, config, score_drift
         self.state = "ok"
         self.reasons: list[str] = []
         self.new_reasons: list[str] = []  # reasons whose kind was not among the previous state's
@@ -70,6 +63,20 @@ class CameraHealth:
         self._cache: dict[str, Any] | None = None  # input/score drift, recomputed when data changed
         self._calm = 0  # consecutive updates that would lower the state
         self._frames = 0  # frames observed, for drift_every
+        self.set_reference(reference)
+
+    def set_reference(self, reference: dict[str, Any]) -> None:
+        """The model's references (manifest.reference); again when a new model goes live while running,
+        whose scores are on its own scale: the score window starts over."""
+        self.input_ref = reference.get("input") or {}
+        scores = (reference.get("scores") or {}).get("quantiles")
+        # int8 scores are on another scale than the fp32 calibration scores: no comparison then.
+        self.score_q = np.asarray(scores, np.float64) if scores and self._score_drift else None
+        # How many calibration scores the quantiles summarise: the KS test's reference size. Older
+        # manifests did not record it; 20 is a cautious guess (fewer -> fewer false alarms).
+        self.score_n = int((reference.get("scores") or {}).get("n") or 20)
+        self._scores.clear()
+        self._cache = None
 
     # -- per frame ---------------------------------------------------------------------------------
     def observe_frame(self, shape: tuple[int, int], resized: np.ndarray, at: float,
@@ -209,6 +216,10 @@ class LineHealth:
     def frame(self, camera: str, shape: tuple[int, int], resized: np.ndarray, at: float,
               content: drift.Box | None = None, frame: np.ndarray | None = None, scale: float = 0.0) -> str | None:
         return self.cameras[camera].observe_frame(shape, resized, at, content, frame, scale)
+
+    def set_reference(self, reference: dict[str, Any]) -> None:
+        for cam in self.cameras.values():
+            cam.set_reference(reference)
 
     def verdict(self, camera: str, verdict: str, score: float | None) -> None:
         cam = self.cameras.get(camera)

@@ -44,6 +44,7 @@ from edge_somad.runtime.pipeline.camera_watch import CameraWatch
 from edge_somad.runtime.pipeline.capture import Capture, open_capture
 from edge_somad.runtime.pipeline.defects import defects_of, render_overlay
 from edge_somad.runtime.pipeline.heartbeat import line_status
+from edge_somad.runtime.pipeline.model_slot import LiveModel, ModelSlot
 from edge_somad.runtime.pipeline.outbox import Outbox
 from edge_somad.runtime.pipeline.pipeline_config import PipelineConfig, Stats
 from edge_somad.runtime.pipeline.prepare import Preparer, _Prepared
@@ -65,8 +66,9 @@ class Pipeline:
         publisher: Publisher,
         config: PipelineConfig = PipelineConfig(),
         opener: Callable[[SourceSpec], Capture] = open_capture,
+        live: LiveModel | None = None,  # scorer + manifest with their folder and check score (launch.py)
     ) -> None:
-        self.scorer, self.manifest, self.pub, self.config = scorer, manifest, publisher, config
+        self.pub, self.config = publisher, config
         self.stats = Stats()
         self.trace = Trace()  # per-frame stage times and scorer calls (bench --cameras prints them)
         self.status = "starting"
@@ -110,6 +112,9 @@ class Pipeline:
         want = config.max_batch or (1 if per_image else len(self.cameras))
         self.max_batch = max(1, min(want, limit) if limit else want)
         self._wait_s = config.batch_wait_ms / 1000.0
+        # The model in use, swappable while the line runs (model_slot.py): read once per batch under its lock.
+        self.slot = ModelSlot(live or LiveModel(scorer, manifest, config.precision), publisher.publish_status,
+                              self.max_batch, self.health, self._lock)
         self._taken = 0  # frames taken from the camera queues: each gets exactly one verdict
         self.watch = CameraWatch(self.cameras, self.health, self._lock, self.pub.publish_status,
                                  config.camera_timeout_s)
@@ -119,11 +124,21 @@ class Pipeline:
         self._rr = 0  # which camera goes first among frames captured at the same instant
         self._passes: dict[str, int] = {}  # passes published per camera (publisher thread only)
         self._started = time.monotonic()
-        self.model_info = {"name": manifest.name, "onnx_sha256": manifest.onnx_sha256,
-                           "backend": scorer.backend, "precision": config.precision, "device": scorer.device}
         # Triggered mode: only the first frame after each trigger is scored (runtime/trigger/book.py).
         self.triggers = TriggerBook(self.cameras, publisher, self.model_info, manifest.threshold_for(
             config.precision), self._cond, config.trigger_deadline_ms) if config.triggered else None
+        self.slot.listeners.append(self._model_installed)
+
+    scorer = property(lambda self: self.slot.current.scorer)
+    manifest = property(lambda self: self.slot.current.manifest)
+    model_info = property(lambda self: self.slot.current.info)
+
+    def _model_installed(self, model: LiveModel) -> None:
+        """A swap (model_slot.py): frames prepared from now on are checked against the new model, and the
+        trigger book's own error answers (deadline, shutdown) name it."""
+        self._prep.manifest = model.manifest
+        if self.triggers is not None:
+            self.triggers.use_model(model.info, model.threshold)
 
     def stop(self, reason: str = "stop requested") -> None:
         """Thread- and signal-safe: only sets a flag the loop polls every 100 ms. A second call while
@@ -183,6 +198,7 @@ class Pipeline:
             self._process(self._collect(self._budget(self.max_batch), timeout=0.0))
         self._report_unscored()  # normally nothing is left: the drain limit, a second signal, a camera timeout
         self._outbox.close()  # every verdict is out before the final status
+        self.slot.announce_unscored()  # a model swapped in after the last frame: its event, before the final
         if self.triggers is not None:
             self.triggers.close(reason)  # a trigger still waiting is answered, never left in silence
         self._flush_events()
@@ -271,13 +287,21 @@ class Pipeline:
             return
         # Prepared in the capture thread, or here (config.prepare_in_capture False).
         prepared = [it.prepared if isinstance(it.prepared, _Prepared) else self._prep.safe(it) for it in items]
+        with self.slot.lock:  # one model for the whole batch: a swap waits for it to be scored
+            model = self.slot.current
+            for p in prepared:
+                p.model = model
+            self._score(model, prepared)
+        self._emit(prepared)
+
+    def _score(self, model: LiveModel, prepared: list[_Prepared]) -> None:
         good = [p for p in prepared if p.error is None]
         if good:
             try:
                 started = time.monotonic()
                 # one frame (a CPU scorer's default) goes as a view: no copy
                 frames = good[0].resized[None] if len(good) == 1 else np.stack([p.resized for p in good])
-                result = self.scorer.score(frames)
+                result = model.scorer.score(frames)
                 ended = time.monotonic()
                 self.trace.call([p.item.monotonic for p in good], started, ended)
                 for p in good:
@@ -295,7 +319,6 @@ class Pipeline:
                 log.exception("scorer failed on a batch of %d", len(good))
                 for p in good:
                     p.error = f"scorer failed: {type(exc).__name__}: {exc}"
-        self._emit(prepared)
 
     def _emit(self, prepared: list[_Prepared]) -> None:
         """To the publisher thread (in order, at most two batches behind), or here when it is not running."""
@@ -310,7 +333,9 @@ class Pipeline:
         p.marks[:5] = it.monotonic, it.decoded_at, it.prepared_at, it.queued_at, it.taken_at
         p.marks[7] = time.monotonic()
         precision = self.config.precision
-        threshold = self.manifest.threshold_for(precision)
+        model = p.model or self.slot.current
+        self.slot.published(p.model, it.camera, it.frame_id)  # a new model's first verdict: announce it
+        threshold = model.threshold
         # The one decision for this frame; defects, heatmap, overlay and header read it.
         v = judge(p.score, p.amap, threshold, p.geometry) if p.error is None else unscored(p.error, threshold)
         if p.repeated is not None and v.verdict == "pass":
@@ -320,8 +345,8 @@ class Pipeline:
         trigger = None
         if self.triggers is not None:  # a verdict ready after its trigger's deadline is an error `deadline`
             v, trigger = self.triggers.claim(p.item, v)
-        defects = defects_of(v, self.manifest.pixel_threshold_for(precision),
-                             self.manifest.calibration.min_defect_area_px)
+        defects = defects_of(v, model.manifest.pixel_threshold_for(precision),
+                             model.manifest.calibration.min_defect_area_px)
         picture = v.verdict != "pass" or self._pass_picture(it.camera)
         meta, heat = messages.heatmap_of(v, self.config.heatmap) if picture else (None, b"")
         overlay = None
@@ -331,7 +356,7 @@ class Pipeline:
         published_at = time.time()
         header = messages.header_of(
             v, camera=it.camera, frame_id=it.frame_id, captured_at=it.captured_at, published_at=published_at,
-            defects=defects, model=self.model_info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
+            defects=defects, model=model.info, heatmap=meta, frame_shape=shape, overlay=overlay is not None)
         header.update(trigger or {})  # part_id, trigger_ts, ...
         p.marks[8] = time.monotonic()
         self.pub.publish_verdict(header, heat, overlay)

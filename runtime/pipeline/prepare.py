@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from edge_somad.runtime.health.health import LineHealth
 from edge_somad.runtime.pipeline.frame_queue import FrameItem
 from edge_somad.runtime.pipeline.frames import check_useful_geometry
 from edge_somad.runtime.pipeline.trace import MARKS
+
+if TYPE_CHECKING:
+    from edge_somad.runtime.pipeline.model_slot import LiveModel
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class _Prepared:
     amap: np.ndarray | None = None
     repeated: str | None = None  # identical to the camera's previous frame: must not pass
     marks: list[float] = field(default_factory=lambda: [float("nan")] * len(MARKS))  # trace.MARKS of this frame
+    model: LiveModel | None = None  # the model it was scored and judged under (None: the current one)
 
 
 class Preparer:

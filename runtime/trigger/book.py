@@ -74,6 +74,10 @@ class TriggerBook:
         self._watchdog = threading.Thread(target=self._watch, name="trigger-deadlines", daemon=True)
         self._watchdog.start()
 
+    def use_model(self, model: dict[str, Any], threshold: float | None) -> None:
+        """A new model went live (runtime/pipeline/model_slot.py): error answers made here name it."""
+        self.model, self.threshold = model, threshold
+
     # -- control thread ------------------------------------------------------------------------
     def handle(self, req: ControlRequest) -> dict[str, Any] | None:
         """The `trigger` command: None once accepted (answered later), else the refusal."""

@@ -28,7 +28,8 @@ H, W = 64, 96
 THRESHOLD = 0.5
 
 
-def build_onnx(path: Path, height: int = H, width: int = W, input_name: str = "frames") -> Path:
+def build_onnx(path: Path, height: int = H, width: int = W, input_name: str = "frames", scale: float = 255.0) -> Path:
+    """scale: the map is (blue - red) / scale; another scale makes another graph (another sha256)."""
     x = helper.make_tensor_value_info(input_name, TensorProto.UINT8, ["batch", height, width, 3])
     amap = helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", height, width])
     score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])
@@ -43,7 +44,7 @@ def build_onnx(path: Path, height: int = H, width: int = W, input_name: str = "f
     inits = [
         helper.make_tensor("i_blue", TensorProto.INT64, [], [0]),
         helper.make_tensor("i_red", TensorProto.INT64, [], [2]),
-        helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]),
+        helper.make_tensor("c255", TensorProto.FLOAT, [], [scale]),
     ]
     graph = helper.make_graph(nodes, "standin", [x], [amap, score], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -54,18 +55,19 @@ def build_onnx(path: Path, height: int = H, width: int = W, input_name: str = "f
 
 
 def make_model_dir(root: Path, threshold: float | None = THRESHOLD, pixel_threshold: float | None = 0.5,
-                   resize: str = "letterbox", int8: bool = False, engines: tuple = ()) -> Path:
+                   resize: str = "letterbox", int8: bool = False, engines: tuple = (), scale: float = 255.0,
+                   size: tuple[int, int] = (H, W)) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    onnx_path = build_onnx(root / "model.onnx")
+    onnx_path = build_onnx(root / "model.onnx", *size, scale=scale)
     int8_name = None
     if int8:  # same graph under the int8 name: selection logic only cares that it exists
         int8_name = build_onnx(root / "model.int8.onnx").name
     manifest = Manifest(
         name="standin", onnx="model.onnx", onnx_sha256=sha256_file(onnx_path),
-        input=TensorSpec("frames", ("batch", H, W, 3), "uint8"),
-        outputs=(TensorSpec("anomaly_map", ("batch", H, W), "float32"),
+        input=TensorSpec("frames", ("batch", *size, 3), "uint8"),
+        outputs=(TensorSpec("anomaly_map", ("batch", *size), "float32"),
                  TensorSpec("score", ("batch",), "float32")),
-        preprocessing=Preprocessing(height=H, width=W, resize=resize),
+        preprocessing=Preprocessing(height=size[0], width=size[1], resize=resize),
         threshold=threshold,
         calibration=Calibration(method="manual" if threshold else "none", pixel_threshold=pixel_threshold,
                                 min_defect_area_px=4),
@@ -73,6 +75,21 @@ def make_model_dir(root: Path, threshold: float | None = THRESHOLD, pixel_thresh
     )
     save_manifest(root, manifest)
     return root
+
+
+def make_bundle(root: Path, scale: float = 255.0, reference: bool = True, **kw) -> Path:
+    """A stand-in model folder as export writes it: graph, manifest and (unless `reference` is False, as
+    before export wrote one) the self-check reference frame with its score. `scale` changes the graph."""
+    from edge_somad.contracts.manifest import load_manifest
+    from edge_somad.runtime.scorers.ort_scorer import OrtScorer
+    from edge_somad.runtime.scorers.reference_frame import write_reference
+
+    d = make_model_dir(root, scale=scale, **kw)
+    if reference:
+        m = load_manifest(d)
+        with OrtScorer(d / m.onnx, m.preprocessing.height, m.preprocessing.width) as scorer:
+            save_manifest(d, write_reference(d, m, scorer))
+    return d
 
 
 def grey(h: int = 120, w: int = 160) -> np.ndarray:
