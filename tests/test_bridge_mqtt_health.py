@@ -49,10 +49,12 @@ def test_black_camera_alarm_events_and_retained_health(tmp_path: Path) -> None:
         assert "alarm" in states and states[-1] == "ok", states
         fired = next(h for h in retained_health() if h["state"] == "alarm")
         assert [a["check"] for a in fired["alarms"]] == ["black"] and fired["alarms"][0]["active"]
-        # the alarm event is queued with the verdicts, next to the black frames' error verdicts
+        # the alarm event is queued with the verdicts, among the black frames' error verdicts: verdicts
+        # already handed to run's publishing thread (two batches at most) may still precede it
         order = [(t.split("/")[3], json.loads(p)) for t, p, _ in consumer.messages if "/DDATA/" in t or "/DALARM/" in t]
         at = next(i for i, (k, _) in enumerate(order) if k == "DALARM")
-        assert order[at - 1][1]["verdict"] == "error" or order[at + 1][1]["verdict"] == "error"
+        near = [o for k, o in order[max(0, at - 3):at + 4] if k == "DDATA"]
+        assert any(o["verdict"] == "error" for o in near), near
     finally:
         bridge.terminate()
         bridge.wait(20)
