@@ -243,8 +243,8 @@ class MqttBridge:
 
     # --- sender: disk queue -> broker ----------------------------------------------------------
 
-    def _session(self, link: MqttLink) -> None:
-        """Publish birth, then the queue, until the link drops or we were stopped (and drained)."""
+    def _session(self, link: MqttLink) -> str:
+        """Publish birth, then the queue, until the link drops ("lost") or we were stopped ("stopped", drained)."""
         cfg = self.config
         inflight: dict[int, int] = {}  # mid -> queue id
         cursor, last_status, status_key = 0, 0.0, None
@@ -275,7 +275,7 @@ class MqttBridge:
             reading = self._reader is not None and self._reader.is_alive()
             drained = not inflight and self.queue.size == 0 and not reading
             if self.stop.is_set() and (drained or time.monotonic() > self._drain_until or not born):
-                return
+                return "stopped"
             if not born:  # no verdict before the birth that says whose it is
                 self.queue.wait(0.05)
                 continue
@@ -290,6 +290,41 @@ class MqttBridge:
             if not rows:
                 self.queue.wait(0.05 if inflight or self.stop.is_set() else 0.2)
         self.counters.resent += len(inflight)  # still queued: the next connection publishes them again
+        return "lost"
+
+    # --- the connection loop; the Sparkplug bridge changes these hooks, not the loop -----------
+
+    # what a refused client id points at, in the error after REFUSALS_BEFORE_EXIT refusals
+    client_id_hint = "--box/--group (client id) and --topic-root"
+
+    def _next_bd_seq(self) -> int:
+        return self.bd_seq + 1
+
+    def _new_link(self, bd_seq: int) -> MqttLink:
+        cfg = self.config
+        return MqttLink(cfg.broker, Will(cfg.topic("NDEATH"), self.death("connection lost (last will)", bd_seq)),
+                        commands=(self.commands.topic, self.commands.on_message) if self.commands else None)
+
+    def _accept_session(self, bd_seq: int) -> None:
+        """The broker took the session: its bdSeq is ours now (and survives a restart of the bridge)."""
+        self.bd_seq = bd_seq
+        self.queue.set_meta("bdseq", bd_seq)
+
+    def _connected_as(self) -> str:
+        return ""
+
+    def _session_over(self, link: MqttLink, why: str) -> bool:
+        """After a session: True ends run() (stopped, the link still up for the goodbye); False reconnects."""
+        if why == "stopped" and link.up:
+            return True
+        cfg = self.config
+        log.warning("MQTT broker %s:%d: %s; verdicts are kept on disk until it is back",
+                    cfg.broker.host, cfg.broker.port, link.error)
+        return False
+
+    def _goodbye(self, link: MqttLink) -> None:
+        """A clean end: the death ourselves (retained, waited for), since DISCONNECT suppresses the will."""
+        link.wait_acked(link.publish(self.config.topic("NDEATH"), self.death("shutdown"), retain=True), 2.0)
 
     def run(self) -> Counters:
         """Until request_stop() (SIGTERM/SIGINT in the CLI); then deliver what it can and publish death."""
@@ -300,16 +335,14 @@ class MqttBridge:
         try:
             while not self.stop.is_set():
                 # bdSeq counts sessions: the will carries the next number, kept only once the broker accepted it
-                bd_seq = self.bd_seq + 1
-                link = MqttLink(cfg.broker, Will(cfg.topic("NDEATH"), self.death("connection lost (last will)",
-                                                                                   bd_seq)),
-                                commands=(self.commands.topic, self.commands.on_message) if self.commands else None)
+                bd_seq = self._next_bd_seq()
+                link = self._new_link(bd_seq)
                 if not link.connect(timeout_s=5.0):
                     refusals = refusals + 1 if link.refused else 0
                     if refusals >= REFUSALS_BEFORE_EXIT:  # retrying forever would only pile up verdicts
                         raise ConfigError(
                             f"MQTT broker {cfg.broker.host}:{cfg.broker.port}: {link.error}, {refusals} times in a "
-                            f"row; check --username/--password-file, --box/--group (client id) and --topic-root. "
+                            f"row; check --username/--password-file, {self.client_id_hint}. "
                             f"{self.queue.size} verdicts kept in {cfg.queue_file} for the next start")
                     log.warning("MQTT broker %s:%d: %s; %d verdicts kept in %s, retrying in %.1f s",
                                 cfg.broker.host, cfg.broker.port, link.error, self.queue.size, cfg.queue_file, backoff)
@@ -318,16 +351,12 @@ class MqttBridge:
                     backoff = min(backoff * 2, 2.0)  # a plant broker is back within seconds of a restart
                     continue
                 backoff = 0.5
-                self.bd_seq = bd_seq
-                self.queue.set_meta("bdseq", self.bd_seq)
+                self._accept_session(bd_seq)
                 self.counters.connects += 1
-                log.info("connected to MQTT broker %s:%d (bdSeq %d, %d queued)", cfg.broker.host, cfg.broker.port,
-                         self.bd_seq, self.queue.size)
-                self._session(link)
-                if link.up:
+                log.info("connected to MQTT broker %s:%d%s (bdSeq %d, %d queued)", cfg.broker.host, cfg.broker.port,
+                         self._connected_as(), bd_seq, self.queue.size)
+                if self._session_over(link, self._session(link)):
                     break  # stopped and drained (or out of drain time): say goodbye below
-                log.warning("MQTT broker %s:%d: %s; verdicts are kept on disk until it is back",
-                            cfg.broker.host, cfg.broker.port, link.error)
                 link.close()
                 link = None
         finally:
@@ -336,10 +365,7 @@ class MqttBridge:
                 self._reader.join(2.0)
             if link is not None and link.up:
                 link.publish(cfg.topic("NSTATUS"), _dumps(self.status()), retain=True)
-                mid = link.publish(cfg.topic("NDEATH"), self.death("shutdown"), retain=True)
-                t_end = time.monotonic() + 2.0
-                while mid is not None and mid not in link.acked and time.monotonic() < t_end:
-                    time.sleep(0.01)
+                self._goodbye(link)
             if link is not None:
                 link.close()
             self.source.close()

@@ -12,6 +12,7 @@ import collections
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,13 @@ class MqttLink:
             props.CorrelationData = correlation
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
+
+    def wait_acked(self, mid: int | None, timeout_s: float) -> bool:
+        """Wait until the broker acknowledged QoS-1 message `mid` (a last message before DISCONNECT)."""
+        t_end = time.monotonic() + timeout_s
+        while mid is not None and mid not in self.acked and time.monotonic() < t_end:
+            time.sleep(0.01)
+        return mid is not None and mid in self.acked
 
     def close(self) -> None:
         """Send DISCONNECT if still connected (no last will then), stop paho's thread, drop its state."""

@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_somad.errors import ConfigError, InputError
+from edge_somad.errors import InputError
 from edge_somad.runtime.bridges import sparkplug_commands as cmd
 from edge_somad.runtime.bridges import sparkplug_metrics as sm
 from edge_somad.runtime.bridges import sparkplug_proto as pb
-from edge_somad.runtime.bridges.mqtt import REFUSALS_BEFORE_EXIT, MqttBridge, MqttBridgeConfig, _dumps
+from edge_somad.runtime.bridges.mqtt import MqttBridge, MqttBridgeConfig, _dumps
 from edge_somad.runtime.bridges.mqtt_link import MqttLink, Will
 from edge_somad.runtime.bridges.queue import Item, Stored
 from edge_somad.runtime.messaging import messages
@@ -253,7 +253,7 @@ class SparkplugBridge(MqttBridge):
 
     # --- one session on the broker ---------------------------------------------------------------
 
-    def _session(self, link: MqttLink) -> str:  # type: ignore[override]
+    def _session(self, link: MqttLink) -> str:
         """Until the link drops ("lost"), we stopped ("stopped") or the primary host went offline."""
         cfg, host = self.config, self.options.primary_host
         topics = [(f"{NAMESPACE}/{cfg.group}/NCMD/{cfg.box}", 0), (f"{NAMESPACE}/{cfg.group}/DCMD/{cfg.box}/+", 0)]
@@ -314,68 +314,31 @@ class SparkplugBridge(MqttBridge):
         self.counters.resent += len(s.unconfirmed)  # still queued: the next session sends them again
         return "lost"
 
+    # --- hooks of MqttBridge.run's connection loop ----------------------------------------------
+
+    client_id_hint = "--group/--node (client id)"
+
+    def _next_bd_seq(self) -> int:
+        return (self.spb_bd + 1) % 256  # Sparkplug's bdSeq is 0-255
+
+    def _new_link(self, bd_seq: int) -> MqttLink:
+        return MqttLink(self.config.broker, Will(self.topic_spb("NDEATH"), self.ndeath(bd_seq), retain=False))
+
+    def _accept_session(self, bd_seq: int) -> None:
+        self.spb_bd = bd_seq
+        self.queue.set_meta("spb:bdseq", bd_seq)
+
+    def _connected_as(self) -> str:
+        return f" as Sparkplug node {self.config.group}/{self.config.box}"
+
+    def _session_over(self, link: MqttLink, why: str) -> bool:
+        if why == "host offline":
+            log.warning("primary host %s is offline: NDEATH, then a new session that waits for it",
+                        self.options.primary_host)
+            self._goodbye(link)
+            return False
+        return super()._session_over(link, why)
+
     def _goodbye(self, link: MqttLink) -> None:
         """A clean end of a session: the NDEATH ourselves (QoS 1, waited for), then DISCONNECT."""
-        mid = link.publish(self.topic_spb("NDEATH"), self.ndeath(self.spb_bd), qos=1)
-        t_end = time.monotonic() + 2.0
-        while mid is not None and mid not in link.acked and time.monotonic() < t_end:
-            time.sleep(0.01)
-
-    def run(self) -> Any:
-        """Until request_stop(); then deliver what it can and publish NDEATH."""
-        import threading
-
-        cfg = self.config
-        self._reader = threading.Thread(target=self._read, name="bridge-zmq", daemon=True)
-        self._reader.start()
-        backoff, link, refusals = 0.5, None, 0
-        try:
-            while not self.stop.is_set():
-                bd_seq = (self.spb_bd + 1) % 256  # kept only once the broker accepted the session
-                link = MqttLink(cfg.broker, Will(self.topic_spb("NDEATH"), self.ndeath(bd_seq), retain=False))
-                if not link.connect(timeout_s=5.0):
-                    refusals = refusals + 1 if link.refused else 0
-                    if refusals >= REFUSALS_BEFORE_EXIT:
-                        raise ConfigError(
-                            f"MQTT broker {cfg.broker.host}:{cfg.broker.port}: {link.error}, {refusals} times in a "
-                            f"row; check --username/--password-file, --group/--node (client id). "
-                            f"{self.queue.size} verdicts kept in {cfg.queue_file} for the next start")
-                    log.warning("MQTT broker %s:%d: %s; %d verdicts kept in %s, retrying in %.1f s",
-                                cfg.broker.host, cfg.broker.port, link.error, self.queue.size, cfg.queue_file, backoff)
-                    link = None
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    continue
-                backoff = 0.5
-                self.spb_bd = bd_seq
-                self.queue.set_meta("spb:bdseq", bd_seq)
-                self.counters.connects += 1
-                log.info("connected to MQTT broker %s:%d as Sparkplug node %s/%s (bdSeq %d, %d queued)",
-                         cfg.broker.host, cfg.broker.port, cfg.group, cfg.box, bd_seq, self.queue.size)
-                why = self._session(link)
-                if why == "stopped" and link.up:
-                    break
-                if why == "host offline":
-                    log.warning("primary host %s is offline: NDEATH, then a new session that waits for it",
-                                self.options.primary_host)
-                    self._goodbye(link)
-                else:
-                    log.warning("MQTT broker %s:%d: %s; verdicts are kept on disk until it is back",
-                                cfg.broker.host, cfg.broker.port, link.error)
-                link.close()
-                link = None
-        finally:
-            self.stop.set()
-            if self._reader.is_alive():
-                self._reader.join(2.0)
-            if link is not None and link.up:
-                link.publish(cfg.topic("NSTATUS"), _dumps(self.status()), retain=True)
-                self._goodbye(link)
-            if link is not None:
-                link.close()
-            self.source.close()
-            self.counters.left = self.queue.size
-            self.queue.close()
-        if self._source_error is not None:
-            raise self._source_error
-        return self.counters
+        link.wait_acked(link.publish(self.topic_spb("NDEATH"), self.ndeath(self.spb_bd), qos=1), 2.0)
