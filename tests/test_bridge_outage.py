@@ -133,7 +133,7 @@ def test_run_keeps_its_verdicts_in_the_journal_and_replay_needs_it(tmp_path: Pat
     from edge_somad.runtime.messaging.curve import connect_subscriber
     from edge_somad.runtime.messaging.journal import read_segment
     from tests.helpers.bridges import REPO
-    from tests.helpers.runtime import grey, make_model_dir, write_video
+    from tests.helpers.runtime import free_port_pair, grey, make_model_dir, write_video
 
     app = typer.Typer()
     app.command()(run_command)
@@ -141,7 +141,7 @@ def test_run_keeps_its_verdicts_in_the_journal_and_replay_needs_it(tmp_path: Pat
     assert res.exit_code == 2 and "--replay needs --journal" in res.output, res.output
     model_dir = make_model_dir(tmp_path / "m")
     video = write_video(tmp_path / "v.avi", [grey() for _ in range(30)])
-    port = free_port()
+    port = free_port_pair()
     sock = connect_subscriber(f"tcp://127.0.0.1:{port}", b"somad/c1")
     proc = subprocess.run(
         [edge_somad_exe(), "run", "--camera", f"c1={video}", "--model",

@@ -119,6 +119,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """A port p with p + 1 free as well, for defaults placed beside the publisher (replay = port + 1).
+
+    Two independent free_port() calls can hand out a p whose neighbour some other test holds, which made
+    CI fail once with 'Address already in use' on the derived replay endpoint."""
+    for _ in range(200):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free pair of adjacent ports on 127.0.0.1")
+
+
 class FakeDriver:
     """Stands in for cv2.VideoCapture behind CameraSource's opener; subclasses define read()."""
 
