@@ -8,11 +8,14 @@ ratios within the run count. Variants (runtime/pipeline/pipeline_config.Pipeline
 - batched: one call per N frames (one per camera), the scoring thread resizes and checks each frame
   before the call (the loop as it was before per-frame scheduling);
 - per-frame: one frame per call, oldest capture first, the scoring thread still resizes;
-- per-frame+capture-prep: the shipped default: one frame per call, resize and input checks in the
-  capture threads.
+- per-frame+capture-prep: the shipped default: resize and input checks in the capture threads; on
+  a CPU up to one frame per lane per call (runtime/scorers/ort_scorer.py: frames side by side, one
+  single-threaded run per core; a lone frame on all cores);
+- all-cores-per-frame: the same with --max-batch 1: every frame alone on all cores;
+- cv1: the default with OpenCV's own thread pool off (cv2.setNumThreads(1)).
 
     python benchmarks/pipeline_ab.py --model models/bottle [--cameras 4] [--fps 5] [--frames 60]
-        [--repeats 3] [--variants batched per-frame per-frame+capture-prep] [--json out.json]
+        [--repeats 3] [--variants ...] [--rows max aligned independent] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "batched": {"prepare_in_capture": False},  # max_batch = cameras, set per run
     "per-frame": {"prepare_in_capture": False},
     "per-frame+capture-prep": {},
+    "all-cores-per-frame": {"max_batch": 1},
+    # OpenCV's own thread pool off (cv2.setNumThreads(1), process-wide): each capture thread resizes alone
+    "cv1": {"_cv_threads": 1},
 }
 
 
@@ -44,8 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=60, help="frames per camera per row")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--rows", nargs="+", default=["max", "aligned", "independent"],
+                    choices=["max", "aligned", "independent"], help="which rows to run (default: all three)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    import cv2
+
+    cv_default = cv2.getNumThreads()
 
     import tempfile
 
@@ -69,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(args.repeats):
                 bares.append(bare_best(scorer, resized))
                 for name in args.variants:
-                    tweak = dict(VARIANTS[name], max_batch=n if name == "batched" else None)
+                    tweak = {"max_batch": n if name == "batched" else None, **VARIANTS[name]}
+                    cv2.setNumThreads(int(tweak.pop("_cv_threads", cv_default)))
                     for fps, phase in ((None, None), (args.fps, "aligned"), (args.fps, "independent")):
+                        if (phase or "max") not in args.rows:
+                            continue
                         r = _run_cameras(scorer, manifest, video, n, total, "fp32", None, 5.0, fps, phase, tweak)
                         r.update(variant=name, repeat=rep)
                         rows.append(r)
@@ -88,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'variant':24s} {'row':12s} {'frames/s':>9s} {'ratio':>6s} {'p50 ms':>8s} {'p99 ms':>8s} "
           f"{'p99/scorer':>10s} {'dropped':>7s}   (medians of {args.repeats} rounds)")
     for name in args.variants:
-        for label in ("max", "aligned", "independent"):
+        for label in args.rows:
             rs = [r for r in rows if r["variant"] == name and (r["phase"] or "max") == label]
             med = {k: float(np.median([r[k] for r in rs])) for k in ("pipeline_fps", "latency_p50_ms",
                                                                       "latency_p99_ms", "dropped")}

@@ -182,3 +182,37 @@ def test_paced_replay_stamps_frames_at_its_ticks_and_counts_missed_ones(clip: Pa
     got, cam = stamps(SlowRead, 100, 4)
     assert cam.missed_ticks > 0 and cam.drops >= cam.missed_ticks
     assert all(d >= 0.04 for d in np.diff(got))  # the ticks it skipped are not stamped on later frames
+
+
+@pytest.mark.parametrize("threshold, share", [(1e9, 0.0), (1e-6, 1.0)])
+def test_cli_video_folder_becomes_the_clip_and_the_fail_share_is_counted(model_dir: Path, tmp_path: Path,
+                                                                        threshold: float, share: float) -> None:
+    """--video DIR: the folder's images at their own size are the replayed line; the row says which share
+    of its verdicts failed (fails carry heatmaps), counted from what the subscriber received."""
+    import shutil
+
+    import typer
+    from typer.testing import CliRunner
+
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for p in B.sample_images(limit=3):
+        shutil.copy(p, folder / p.name)
+    (folder / "notes.txt").write_text("not an image")
+    m = load_manifest(model_dir)
+    save_manifest(model_dir, dataclasses.replace(m, threshold=threshold))
+    app = typer.Typer()
+    app.command()(bench)
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["--model", str(model_dir), "--backend", "onnxruntime", "--batch", "1",
+                                   "--iters", "4", "--warmup", "1", "--cameras", "1", "--video", str(folder),
+                                   "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"clip: 3 images of {folder} at their own size" in res.output
+    (row,) = json.loads(out.read_text())["cameras"]
+    assert row["received"] == 4 and row["fail_share"] == share
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(app, ["--model", str(model_dir), "--backend", "onnxruntime", "--cameras", "1",
+                                   "--video", str(empty)])
+    assert res.exit_code == 2 and "is a folder without image files" in res.output, res.output

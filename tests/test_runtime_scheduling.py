@@ -27,10 +27,10 @@ class PerImageSpy:
     """The real ORT scorer on the stand-in graph, recording call sizes, and saying what OrtScorer says
     on a CPU: it runs a batch image by image (`whole_batches` False)."""
 
-    def __init__(self, inner: OrtScorer, delay_s: float = 0.0) -> None:
+    def __init__(self, inner: OrtScorer, delay_s: float = 0.0, lanes: int = 1) -> None:
         self.inner, self.delay_s, self.sizes = inner, delay_s, []
         self.backend, self.device, self.max_batch = inner.backend, inner.device, inner.max_batch
-        self.whole_batches = inner.whole_batches
+        self.whole_batches, self.lanes = inner.whole_batches, lanes
 
     def score(self, frames: np.ndarray) -> ScoreResult:
         self.sizes.append(len(frames))
@@ -90,6 +90,29 @@ def test_a_per_image_scorer_gets_one_frame_per_call_and_every_frame_in_order(mod
         mine = [v for v in vs if v["camera"] == cid]
         assert [v["frame_id"] for v in mine] == list(range(n)) and [v["verdict"] for v in mine] == expected[cid]
     assert final["published"] == 3 * n and final["errors"] == 0 and final["batches"]["max_batch"] == 1
+
+
+def test_a_per_image_scorer_with_lanes_gets_what_is_queued_up_to_its_lanes_without_waiting(
+        model_dir: Path, tmp_path: Path) -> None:
+    """Two lanes, three replays kept busy by a slow scorer: calls hold 1 or 2 frames (never more, some
+    2), and every camera's verdicts come in frame order; a lone frame is never held back to fill."""
+    n = 10
+    videos = {f"c{i}": write_video(tmp_path / f"{i}.avi", [level(60 + 10 * i + k) for k in range(n)]) for i in range(3)}
+    scorer = PerImageSpy(OrtScorer(model_dir / "model.onnx", H, W, lanes=2), delay_s=0.02, lanes=2)
+    cams = [(cid, SourceSpec("file", str(v))) for cid, v in videos.items()]
+    final, sub = run_with_sub(model_dir, cams, scorer, PipelineConfig(heatmap="none", batch_wait_ms=1000))
+    assert set(scorer.sizes) <= {1, 2} and 2 in scorer.sizes and sum(scorer.sizes) == 3 * n, scorer.sizes
+    vs = sub.verdicts()
+    for cid in videos:
+        assert [v["frame_id"] for v in vs if v["camera"] == cid] == list(range(n))
+    assert final["published"] == 3 * n and final["errors"] == 0 and final["batches"]["max_batch"] == 2
+    # One camera at 5 frames/s: a frame is alone in its queue for 200 ms. Waiting for a second one to
+    # fill the lanes (as a whole-batch scorer does, up to batch_wait_ms) would hold every verdict that long.
+    paced = [("p", SourceSpec("file", str(videos["c0"]), fps=5.0))]
+    scorer = PerImageSpy(OrtScorer(model_dir / "model.onnx", H, W, lanes=2), lanes=2)
+    final, sub = run_with_sub(model_dir, paced, scorer, PipelineConfig(heatmap="none", batch_wait_ms=1000))
+    lat = [v["latency_ms"] for v in sub.verdicts()]
+    assert scorer.sizes == [1] * n and len(lat) == n and max(lat) < 150, (scorer.sizes, lat)
 
 
 def test_every_verdict_leaves_its_stage_marks_in_order(model_dir: Path, tmp_path: Path) -> None:

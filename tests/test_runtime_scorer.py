@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,8 @@ def test_cpu_scorer_runs_a_batch_image_by_image_with_the_same_result(tmp_path: P
     """On CPU a batch is run one image per session call (its best rate); results equal a whole-batch run."""
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (4, H, W, 3), dtype=np.uint8)
-    with OrtScorer(build_onnx(tmp_path / "m.onnx"), H, W) as s:
-        assert s.whole_batches is False
+    with OrtScorer(build_onnx(tmp_path / "m.onnx"), H, W, lanes=1) as s:
+        assert s.whole_batches is False and s.lanes == 1
         calls: list[int] = []
         run = s._sess.run
 
@@ -61,6 +62,46 @@ def test_cpu_scorer_runs_a_batch_image_by_image_with_the_same_result(tmp_path: P
     np.testing.assert_array_equal(split.maps, whole.maps)
     np.testing.assert_array_equal(split.scores, whole.scores)
     np.testing.assert_allclose(split.maps, reference(frames)[0], atol=1e-6)
+
+
+def test_cpu_lanes_score_the_frames_of_a_batch_side_by_side_with_the_same_result(tmp_path: Path) -> None:
+    """lanes=2: every frame of a batch is its own single-threaded run, two at once on the lane threads;
+    a single frame stays on the all-cores session. Same numbers as one whole-batch run and the float64
+    reference. The spy's barrier only opens when two runs are inside it at the same time, so lanes that
+    ran one after the other fail here (BrokenBarrierError after 10 s)."""
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (4, H, W, 3), dtype=np.uint8)
+    with OrtScorer(build_onnx(tmp_path / "m.onnx"), H, W, lanes=2) as s:
+        assert s.lanes == 2
+        lane_run, main_run = s._lane_sess.run, s._sess.run
+        meet = threading.Barrier(2, timeout=10)
+        seen: list[tuple[int, str]] = []
+        main_calls: list[int] = []
+
+        class LaneSpy:
+            def run(self, names: list[str], feed: dict) -> list:
+                seen.append((len(feed["frames"]), threading.current_thread().name))
+                meet.wait()
+                return lane_run(names, feed)
+
+        class MainSpy:
+            def run(self, names: list[str], feed: dict) -> list:
+                main_calls.append(len(feed["frames"]))
+                return main_run(names, feed)
+
+        s._lane_sess, s._sess = LaneSpy(), MainSpy()
+        lanes = s.score(frames)
+        one = s.score(frames[:1])
+        s.whole_batches = True
+        whole = s.score(frames)
+    assert [n for n, _ in seen] == [1, 1, 1, 1] and all(name.startswith("score-lane") for _, name in seen)
+    assert main_calls == [1, 4]  # the single frame, then the whole batch
+    np.testing.assert_array_equal(lanes.maps, whole.maps)
+    np.testing.assert_array_equal(lanes.scores, whole.scores)
+    np.testing.assert_array_equal(one.maps, whole.maps[:1])
+    np.testing.assert_allclose(lanes.maps, reference(frames)[0], atol=1e-6)
+    with pytest.raises(ConfigError, match="lanes=0"):
+        OrtScorer(build_onnx(tmp_path / "n.onnx"), H, W, lanes=0)
 
 
 def test_ort_scorer_rejects_wrong_batch(tmp_path: Path) -> None:

@@ -78,9 +78,12 @@ def _bare_scorer_fps(scorer: Any, frames: list[np.ndarray], h: int, w: int, mode
     return len(batch) / (time.perf_counter() - t0)
 
 
-def _receive(endpoint: str, expected: int, ready: threading.Event, out: list[tuple[float, float, str, int]],
+Received = tuple[float, float, str, int, str]  # latency_ms, published_at, camera, frame_id, verdict
+
+
+def _receive(endpoint: str, expected: int, ready: threading.Event, out: list[Received],
              curve: CurveClient | None) -> None:
-    """Collect (latency_ms, published_at, camera, frame_id) of each verdict."""
+    """Collect (latency_ms, published_at, camera, frame_id, verdict) of each verdict."""
     # rcvhwm 0: the benchmark's subscriber keeps up; never lose a sample
     sock = connect_subscriber(endpoint, b"", curve, rcvhwm=0)
     ready.set()
@@ -89,7 +92,8 @@ def _receive(endpoint: str, expected: int, ready: threading.Event, out: list[tup
             msg = messages.parse_message(sock.recv_multipart())
             if msg.kind == "verdict":
                 h = msg.header
-                out.append((float(h["latency_ms"]), float(h["published_at"]), str(h["camera"]), int(h["frame_id"])))
+                out.append((float(h["latency_ms"]), float(h["published_at"]), str(h["camera"]), int(h["frame_id"]),
+                            str(h["verdict"])))
     finally:
         sock.close()
 
@@ -123,7 +127,7 @@ def _bench(model_dir: Path, video: Path, backend: str, precision: str, frames: i
     try:
         scorer_fps = _bare_scorer_fps(scorer, images, pre.height, pre.width, pre.resize, pre.pad_value)
         endpoint = f"tcp://127.0.0.1:{_free_port()}"
-        latencies: list[tuple[float, float, str, int]] = []
+        latencies: list[Received] = []
         with Publisher(endpoint, "bench", sndhwm=1000, curve=server) as pub:
             ready = threading.Event()
             rx = threading.Thread(target=_receive, args=(endpoint, len(images), ready, latencies, client),
@@ -178,6 +182,7 @@ class _Counting:
         self.height, self.width = inner.height, inner.width
         self.max_batch = getattr(inner, "max_batch", None)
         self.whole_batches = getattr(inner, "whole_batches", True)  # the pipeline schedules by it
+        self.lanes = getattr(inner, "lanes", 1)  # and by this
 
     def score(self, frames: np.ndarray) -> Any:
         self.sizes.append(len(frames))
@@ -262,7 +267,7 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
                  phase: str | None = None, tweak: dict[str, Any] | None = None) -> dict[str, Any]:
     counting = _Counting(scorer)
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    got: list[tuple[float, float, str, int]] = []
+    got: list[Received] = []
     with Publisher(endpoint, "bench", sndhwm=max(1000, total)) as pub:
         ready = threading.Event()
         rx = threading.Thread(target=_receive, args=(endpoint, total, ready, got, None), daemon=True, name="rx")
@@ -304,6 +309,9 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
         "phase": phase if fps else None,
         "phases": [round(x, 3) for x in offsets] if fps else None,
         "dropped": sum(int(c["capture_drops"]) for c in final["cameras"].values()),
+        # Fails carry their heatmap (and overlay), passes only every n-th: the host's work per frame
+        # depends on this share, so a clip of other parts than the model's (all fails) costs more.
+        "fail_share": round(sum(x[4] == "fail" for x in got) / len(got), 3) if got else None,
         "frames": final["published"],
         "received": len(got),
         "pipeline_fps": round(steady, 2),
@@ -322,12 +330,13 @@ def _run_cameras(scorer: Any, manifest: Any, video: Path, n: int, total: int, pr
 def format_cameras_table(rows: list[dict]) -> str:
     """Plain-text table of bench_cameras rows."""
     head = ("backend", "cameras", "fps/cam", "phase", "frames/s", "bare best", "@batch", "ratio", "p50 ms", "p99 ms",
-            "p99/scorer", "mean batch", "dropped", "errors")
+            "p99/scorer", "mean batch", "dropped", "errors", "fails")
     body = [(r["backend"], str(r["cameras"]), "max" if r.get("fps_per_camera") is None else f"{r['fps_per_camera']:g}",
              r.get("phase") or "-",
              f"{r['pipeline_fps']:.2f}", f"{r['bare_best_fps']:.2f}", str(r["bare_best_batch"]), f"{r['ratio']:.2f}",
              f"{r['latency_p50_ms']:.1f}", f"{r['latency_p99_ms']:.1f}", str(r.get("p99_over_scorer_p50")),
-             str(r["mean_batch"]), str(r.get("dropped")), str(r["errors"])) for r in rows]
+             str(r["mean_batch"]), str(r.get("dropped")), str(r["errors"]),
+             "-" if r.get("fail_share") is None else f"{100 * r['fail_share']:.0f} %") for r in rows]
     widths = [max(len(c[i]) for c in [head, *body]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in [head, *body])

@@ -283,7 +283,31 @@ def run_bench(model: Path, backend: list[str] | None, precision: str, batch: lis
               warmup: int, json_out: Path | None, pipeline: bool, video: Path | None, curve: bool,
               cameras: list[int] | None, fps: float | None, say: Callable[[str], None] = print,
               phase: str = "both", triggers: list[float] | None = None) -> dict:
-    """`edge-somad bench`'s whole job: every table `say`s a line at a time; the JSON result is returned."""
+    """`edge-somad bench`'s whole job: every table `say`s a line at a time; the JSON result is returned.
+
+    `video` may be a folder of images (e.g. the good parts of the model's own category): they become
+    the clip at their own resolution, so the replayed line shows the parts and the camera the model
+    was fitted for (its verdicts mostly passes, as on a good line), not the bundled sample's."""
+    if video is None or not Path(video).is_dir():
+        return _run_bench(model, backend, precision, batch, iters, warmup, json_out, pipeline, video, curve,
+                          cameras, fps, say, phase, triggers)
+    from edge_somad.contracts.names import IMAGE_SUFFIXES
+
+    images = sorted(p for p in Path(video).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ConfigError(f"--video {video} is a folder without image files ({', '.join(IMAGE_SUFFIXES)}); "
+                          "expected a video file or a folder of images of one size")
+    with tempfile.TemporaryDirectory(prefix="edge-somad-clip-") as tmp:
+        clip = write_video(images, Path(tmp) / "clip.avi", None)
+        say(f"clip: {len(images)} images of {video} at their own size")
+        return _run_bench(model, backend, precision, batch, iters, warmup, json_out, pipeline, clip, curve,
+                          cameras, fps, say, phase, triggers)
+
+
+def _run_bench(model: Path, backend: list[str] | None, precision: str, batch: list[int] | None, iters: int,
+               warmup: int, json_out: Path | None, pipeline: bool, video: Path | None, curve: bool,
+               cameras: list[int] | None, fps: float | None, say: Callable[[str], None],
+               phase: str, triggers: list[float] | None) -> dict:
     backends = list(backend or DEFAULT_BACKENDS)
     if fps is not None and (not cameras or not 0 < fps <= 1000):
         raise ConfigError(f"--fps {fps:g} needs --cameras N and a rate in (0, 1000] frames/s per camera")

@@ -25,7 +25,9 @@ def bench(
     pipeline: Annotated[bool, typer.Option(
         "--pipeline", help="Also time the streaming pipeline (capture -> ZeroMQ) per backend.")] = False,
     video: Annotated[Path | None, typer.Option(
-        "--video", help="Clip for --pipeline; default: made from the bundled test images.")] = None,
+        "--video", help="Clip for --pipeline, --cameras and --triggers, or a folder of images (e.g. DATA/<category>/"
+        "test/good: the model's own parts at their own size). Default: the bundled sample's test images at "
+        "640x480, which are not your model's parts (most verdicts then fail and carry a heatmap).")] = None,
     curve: Annotated[bool, typer.Option(
         "--curve", help="--pipeline with CURVE on both ends (throwaway keys): the cost of encryption.")] = False,
     cameras: Annotated[list[int] | None, typer.Option(

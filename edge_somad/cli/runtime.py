@@ -47,11 +47,13 @@ def run(
     queue_size: Annotated[int, typer.Option(help="Frames buffered per camera (live: oldest dropped).")] = 2,
     max_batch: Annotated[Optional[int], typer.Option(  # noqa: UP045
         help="Frames per scorer call, across cameras, oldest first. Default: the number of cameras (within the "
-        "graph's batch limit) for a scorer that takes whole batches (GPU); 1 for ONNX Runtime on a CPU, which "
-        "scores images one by one anyway (a batch would only hold its first verdict back).")] = None,
+        "graph's batch limit) for a scorer that takes whole batches (GPU); for ONNX Runtime on a CPU, one frame "
+        "per core: frames waiting together are scored side by side, one single-threaded run per core, and a "
+        "lone frame runs on all cores. 1: every frame alone on all cores (lower latency per frame, less "
+        "throughput under load).")] = None,
     batch_wait_ms: Annotated[float, typer.Option(
         help="How long a partial batch waits for the other cameras' frames, from its oldest frame's arrival "
-        "(0: never; unused with one frame per call).")] = 5.0,
+        "(0: never; unused for ONNX Runtime on a CPU, which takes what is waiting).")] = 5.0,
     wait_subscribers: Annotated[int, typer.Option(
         help="Wait (<= 10 s) for this many subscriptions before scoring (demos/tests).")] = 0,
     send_queue: Annotated[int, typer.Option(

@@ -105,13 +105,14 @@ class Pipeline:
         if config.max_batch is not None and limit is not None and config.max_batch > limit:
             raise ConfigError(f"--max-batch {config.max_batch}; this {scorer.backend} graph takes at most {limit} "
                               f"frames per call (static batch). Give --max-batch {limit} or less, or leave it out.")
-        # A scorer that runs a batch image by image (ONNX Runtime on a CPU) gains no speed from a batch,
-        # and a batch makes its first frame's verdict wait for the others' scoring: by default it gets
-        # one frame per call, the oldest waiting, and nothing waits for a batch to fill.
+        # A scorer that runs a batch image by image (ONNX Runtime on a CPU) gains no speed from a larger
+        # batch than it has lanes (ort_scorer.py: frames side by side, one per core; one frame alone runs
+        # on all cores), and a batch makes its first frame's verdict wait for the others: by default it
+        # gets up to `lanes` frames per call, the oldest waiting, and nothing waits for a batch to fill.
         per_image = getattr(scorer, "whole_batches", True) is False
-        want = config.max_batch or (1 if per_image else len(self.cameras))
+        want = config.max_batch or (int(getattr(scorer, "lanes", 1)) if per_image else len(self.cameras))
         self.max_batch = max(1, min(want, limit) if limit else want)
-        self._wait_s = config.batch_wait_ms / 1000.0
+        self._wait_s = 0.0 if per_image else config.batch_wait_ms / 1000.0
         # The model in use, swappable while the line runs (model_slot.py): read once per batch under its lock.
         self.slot = ModelSlot(live or LiveModel(scorer, manifest, config.precision), publisher.publish_status,
                               self.max_batch, self.health, self._lock)
