@@ -9,9 +9,10 @@ ratios within the run count. Variants (runtime/pipeline/pipeline_config.Pipeline
   before the call (the loop as it was before per-frame scheduling);
 - per-frame: one frame per call, oldest capture first, the scoring thread still resizes;
 - per-frame+capture-prep: the shipped default: resize and input checks in the capture threads; on
-  a CPU up to one frame per lane per call (runtime/scorers/ort_scorer.py: frames side by side, one
-  single-threaded run per core; a lone frame on all cores);
-- all-cores-per-frame: the same with --max-batch 1: every frame alone on all cores;
+  a CPU one frame per call on all cores, and while a backlog lasts one frame per lane side by side
+  (runtime/pipeline/call_size.py, runtime/scorers/ort_scorer.py);
+- all-cores-per-frame: the same with --max-batch 1: every frame alone on all cores, backlog or not;
+- lanes-always: --max-batch 2: two frames side by side whenever two are waiting (2-core box);
 - cv1: the default with OpenCV's own thread pool off (cv2.setNumThreads(1)).
 
     python benchmarks/pipeline_ab.py --model models/bottle [--cameras 4] [--fps 5] [--frames 60]
@@ -36,6 +37,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "per-frame": {"prepare_in_capture": False},
     "per-frame+capture-prep": {},
     "all-cores-per-frame": {"max_batch": 1},
+    "lanes-always": {"max_batch": 2},
     # OpenCV's own thread pool off (cv2.setNumThreads(1), process-wide): each capture thread resizes alone
     "cv1": {"_cv_threads": 1},
 }

@@ -83,6 +83,8 @@ def test_cli_cameras_two_runs_end_to_end_and_prints_the_table(model_dir: Path, t
     assert row["bare_best_fps"] == max(row["bare_fps_per_batch"].values())
     assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"]
     assert row["max_batch"] <= 2  # default: one frame per camera per call
+    assert row["bare_best_cpu_ms_per_frame"] > 0
+    assert any(line.startswith("  2 cam max: host CPU") and "at most" in line for line in lines), res.output
 
 
 def test_batches_form_across_looping_cameras_with_a_slow_scorer(model_dir: Path, clip: Path) -> None:
@@ -216,3 +218,17 @@ def test_cli_video_folder_becomes_the_clip_and_the_fail_share_is_counted(model_d
     res = CliRunner().invoke(app, ["--model", str(model_dir), "--backend", "onnxruntime", "--cameras", "1",
                                    "--video", str(empty)])
     assert res.exit_code == 2 and "is a folder without image files" in res.output, res.output
+
+
+@pytest.mark.parametrize("cpu, bare, want", [
+    # host = capture + publish + upkeep + subscriber + zeromq + other; the scorer's own groups do not count
+    ({"capture": 2.0, "publish": 0.5, "scoring loop": 20.0, "native pool (ORT workers)": 10.0,
+      "score lanes": 5.0, "subscriber": 0.5}, 27.0, {"host_cpu_ms": 3.0, "scorer_cpu_ms": 27.0, "ceiling": 0.9}),
+    ({"capture": 0.0}, 10.0, {"host_cpu_ms": 0.0, "scorer_cpu_ms": 10.0, "ceiling": 1.0}),
+    ({}, 27.0, None),  # no CPU figures (not Linux)
+    ({"capture": 2.0}, None, None),  # the bare scorer's CPU unknown
+])
+def test_the_shared_core_ceiling(cpu: dict, bare: float | None, want: dict | None) -> None:
+    from edge_somad.bench.stages import ceiling
+
+    assert ceiling({"cpu_ms_per_frame": cpu, "bare_best_cpu_ms_per_frame": bare}) == want

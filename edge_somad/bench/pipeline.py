@@ -257,6 +257,7 @@ def bench_cameras(model_dir: Path, video: Path, backend: str, precision: str, ca
         r.update(bare_best_fps=bare["best_fps"], bare_best_batch=bare["best_batch"],
                  bare_fps_per_batch=bare["fps_per_batch"], ratio=round(r["pipeline_fps"] / bare["best_fps"], 3),
                  bare_cpu_ms_per_frame=bare["cpu_ms_per_frame"].get(1),
+                 bare_best_cpu_ms_per_frame=bare["cpu_ms_per_frame"].get(bare["best_batch"]),
                  scorer_p50_ms=scorer_p50, backend=scorer.backend, device=scorer.device,
                  p99_over_scorer_p50=round(r["latency_p99_ms"] / scorer_p50, 2) if scorer_p50 else None)
     return rows

@@ -43,6 +43,8 @@ def _group(name: str, comm: str) -> str:
         return {"publish": "publish", "rx": "subscriber", "cpu-sampler": "cpu sampler"}[name]
     if name == "publisher-peers":  # the Publisher's subscription/peer upkeep, every few ms
         return "publisher upkeep"
+    if name.startswith("score-lane"):  # runtime/scorers/ort_scorer.py: frames side by side on a CPU
+        return "score lanes"
     if comm.startswith("ZMQbg"):
         return "zeromq io"
     return "other threads" if name else "native pool (ORT workers)"
@@ -119,6 +121,23 @@ def format_stage_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# Thread groups that are the host's own work per frame, beside the scorer (the scoring loop runs ONNX
+# Runtime's calling thread, so it counts as the scorer's).
+HOST_GROUPS = ("capture", "publish", "publisher upkeep", "subscriber", "zeromq io", "other threads")
+
+
+def ceiling(r: dict) -> dict | None:
+    """On a CPU the host's threads and the scorer share the cores, so an unthrottled line can reach at
+    most S / (S + H) of the bare best, S the bare scorer's CPU per frame at its best batch and H the
+    host's CPU per frame in the row (a lower bound of the loss: caches and memory bandwidth shared
+    with the host cost the scorer more on top). None without the CPU figures."""
+    cpu, bare = r.get("cpu_ms_per_frame") or {}, r.get("bare_best_cpu_ms_per_frame")
+    if not cpu or not bare:
+        return None
+    host = sum(ms for g, ms in cpu.items() if g in HOST_GROUPS)
+    return {"host_cpu_ms": round(host, 2), "scorer_cpu_ms": bare, "ceiling": round(bare / (bare + host), 3)}
+
+
 def format_calls_and_cpu(rows: list[dict]) -> str:
     """Per row: scorer calls (frames per call, capture spread within a call) and CPU ms per frame."""
     lines = []
@@ -129,4 +148,8 @@ def format_calls_and_cpu(rows: list[dict]) -> str:
         lines.append(f"{row_name(r)}: calls {c.get('calls', 0)} (frames per call {sizes or '-'}; capture spread "
                      f"within a call p50 {c.get('spread_p50_ms', '-')} ms; scorer busy {c.get('busy', '-')}) | "
                      f"CPU ms/frame: {cpu or '-'} (bare scorer alone: {r.get('bare_cpu_ms_per_frame', '-')})")
+        if r.get("fps_per_camera") is None and (c := ceiling(r)) is not None:
+            lines.append(f"  {row_name(r)}: host CPU {c['host_cpu_ms']} ms/frame beside the bare scorer's "
+                         f"{c['scorer_cpu_ms']} at its best batch: on shared cores at most {c['ceiling']:.2f} of "
+                         "the bare best")
     return "\n".join(lines)

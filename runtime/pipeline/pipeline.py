@@ -33,6 +33,7 @@ from edge_somad.runtime.health.health import LineHealth
 from edge_somad.runtime.messaging import messages
 from edge_somad.runtime.messaging.publisher import Publisher
 from edge_somad.runtime.messaging.verdict import judge, unscored
+from edge_somad.runtime.pipeline.call_size import CallSize
 from edge_somad.runtime.pipeline.camera import (
     CameraEvent,
     CameraSource,
@@ -108,11 +109,14 @@ class Pipeline:
         # A scorer that runs a batch image by image (ONNX Runtime on a CPU) gains no speed from a larger
         # batch than it has lanes (ort_scorer.py: frames side by side, one per core; one frame alone runs
         # on all cores), and a batch makes its first frame's verdict wait for the others: by default it
-        # gets up to `lanes` frames per call, the oldest waiting, and nothing waits for a batch to fill.
+        # gets one frame per call, up to `lanes` while a backlog lasts (call_size.py), the oldest first,
+        # and nothing waits for a batch to fill. An explicit --max-batch is taken as given.
         per_image = getattr(scorer, "whole_batches", True) is False
         want = config.max_batch or (int(getattr(scorer, "lanes", 1)) if per_image else len(self.cameras))
         self.max_batch = max(1, min(want, limit) if limit else want)
         self._wait_s = 0.0 if per_image else config.batch_wait_ms / 1000.0
+        self._sizer = CallSize(self.max_batch) if per_image and config.max_batch is None and self.max_batch > 1 \
+            else None
         # The model in use, swappable while the line runs (model_slot.py): read once per batch under its lock.
         self.slot = ModelSlot(live or LiveModel(scorer, manifest, config.precision), publisher.publish_status,
                               self.max_batch, self.health, self._lock)
@@ -242,6 +246,8 @@ class Pipeline:
         with self._cond:
             if not self._queued() and timeout > 0 and not self._stop.is_set():
                 self._cond.wait(timeout)
+            if self._sizer is not None and n > 1:
+                n = min(n, self._sizer.next(self._queued()))
             if n > 1 and self._wait_s > 0 and 0 < self._queued() < n:
                 # From the oldest waiting frame's arrival: one that already waited for a busy scorer
                 # does not wait again for the batch to fill.
