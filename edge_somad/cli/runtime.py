@@ -47,10 +47,9 @@ def run(
     queue_size: Annotated[int, typer.Option(help="Frames buffered per camera (live: oldest dropped).")] = 2,
     max_batch: Annotated[Optional[int], typer.Option(  # noqa: UP045
         help="Frames per scorer call, across cameras, oldest first. Default: the number of cameras (within the "
-        "graph's batch limit) for a scorer that takes whole batches (GPU); for ONNX Runtime on a CPU, one frame "
-        "per core: frames waiting together are scored side by side, one single-threaded run per core, and a "
-        "lone frame runs on all cores. 1: every frame alone on all cores (lower latency per frame, less "
-        "throughput under load).")] = None,
+        "graph's batch limit) for a scorer that takes whole batches (GPU). ONNX Runtime on a CPU: one frame per "
+        "call on all cores, and while a backlog lasts one frame per core side by side (single-threaded runs: more "
+        "frames/s, each slower); 1: never side by side; N: up to N side by side whenever N are waiting.")] = None,
     batch_wait_ms: Annotated[float, typer.Option(
         help="How long a partial batch waits for the other cameras' frames, from its oldest frame's arrival "
         "(0: never; unused for ONNX Runtime on a CPU, which takes what is waiting).")] = 5.0,
