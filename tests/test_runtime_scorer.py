@@ -197,3 +197,23 @@ def test_open_scorer_replaced_onnx_is_a_mismatch(tmp_path: Path) -> None:
     build_onnx(d / "model.onnx", height=32)  # a different graph under the manifest's name
     with pytest.raises(ArtifactError, match="sha256"):
         open_scorer(d)
+
+
+SMT_2C4T = "".join(f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {i % 2}\n\n" for i in range(4))
+
+
+@pytest.mark.parametrize("cpuinfo, threads, want", [
+    (SMT_2C4T, None, "min2"),  # 2 cores with 2 threads each: one lane per core, within the usable CPUs
+    ("processor\t: 0\nphysical id\t: 0\ncore id\t\t: 0\n", None, 1),  # one core: no lanes
+    ("processor\t: 0\nprocessor\t: 1\n", None, "usable"),  # no core ids (ARM): the usable CPUs
+    (SMT_2C4T, 3, 3),  # intra-op threads set: one lane per thread
+])
+def test_cpu_lanes_follow_ort_default_threads(tmp_path: Path, cpuinfo: str, threads: int | None,
+                                              want: int | str) -> None:
+    from edge_somad.runtime.scorers.cpu_cores import cpu_lanes, physical_cores, usable_cpus
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    expected = {"min2": min(2, usable_cpus()), "usable": usable_cpus()}.get(want, want)  # type: ignore[arg-type]
+    assert cpu_lanes(threads, path) == expected
+    assert physical_cores(SMT_2C4T) == 2 and physical_cores("processor\t: 0\n") is None

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_somad.runtime.scorers.cpu_cores import physical_cores, usable_cpus
+
 # SIMD features that decide CPU inference speed, as /proc/cpuinfo spells them. x86: AVX2/FMA (fp32
 # GEMM), F16C (fp16 storage), AVX-512 and VNNI (int8 dot products), AMX (tile matmul). ARM:
 # NEON/ASIMD, dot product (asimddp), fp16 arithmetic (asimdhp), int8 matmul (i8mm), SVE.
@@ -48,27 +50,16 @@ def parse_cpuinfo(text: str) -> tuple[str | None, tuple[str, ...], int, int | No
     model = None
     flags: set[str] = set()
     logical = 0
-    cores: set[tuple[str, str]] = set()
-    phys_id = core_id = None
-    for line in [*text.splitlines(), ""]:
+    for line in text.splitlines():
         key, _, value = (s.strip() for s in line.partition(":"))
-        if not key:  # blank line ends one processor's block
-            if phys_id is not None and core_id is not None:
-                cores.add((phys_id, core_id))
-            phys_id = core_id = None
-            continue
         if key == "processor" and value.isdigit():
             logical += 1
         elif key in ("model name", "Model name", "Hardware") and model is None and value:
             model = value
         elif key in ("flags", "Features"):
             flags.update(value.split())
-        elif key == "physical id":
-            phys_id = value
-        elif key == "core id":
-            core_id = value
     picked = [f for f in X86_FLAGS if f in flags] + [name for f, name in ARM_FLAGS.items() if f in flags]
-    return model, tuple(picked), logical, (len(cores) or None)
+    return model, tuple(picked), logical, physical_cores(text)
 
 
 def cpu_info(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> CpuInfo:
@@ -77,7 +68,7 @@ def cpu_info(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> CpuInfo:
     model, flags, logical, physical = parse_cpuinfo(text)
     model = model or _lscpu_model() or platform.processor() or "unknown CPU"
     logical = logical or os.cpu_count() or 1
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
+    usable = usable_cpus()
     return CpuInfo(model=model, arch=platform.machine(), flags=flags, logical=logical, physical=physical,
                    usable=usable)
 

@@ -18,24 +18,13 @@ import numpy as np
 
 from edge_somad.contracts.names import INPUT_NAME, OUTPUT_NAMES
 from edge_somad.errors import ArtifactError, BackendUnavailableError, ConfigError
+from edge_somad.runtime.scorers.cpu_cores import cpu_lanes
 from edge_somad.runtime.scorers.scorer import ScoreResult, check_batch
 
 log = logging.getLogger(__name__)
 
 # Providers that, once asked for, must really run the graph (CPU is always there).
 ACCELERATORS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
-
-
-def cpu_lanes(intra_op_threads: int | None = None) -> int:
-    """Default number of lanes for a CPU batch: the session's intra-op threads when set, else what ORT
-    uses by default (one thread per physical core), within the CPUs this process may run on."""
-    if intra_op_threads is not None and intra_op_threads > 0:
-        return int(intra_op_threads)
-    from edge_somad.bench.machine import cpu_info
-
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    physical = cpu_info().physical or usable
-    return max(1, min(physical, usable))
 
 
 class OrtScorer:
