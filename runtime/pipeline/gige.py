@@ -115,21 +115,9 @@ def configure(camera: Any, settings: GigESettings) -> dict[str, object]:
             f.enum("ExposureAuto", "Off", "exposure_us")  # else the camera overrides what was asked
         f.number(name, settings.exposure_us, "exposure_us")
     if settings.gain_db is not None:
-        if not f.has("Gain"):
-            alt = " It has GainRaw (its own units): give gain_raw= instead." if f.has("GainRaw") else ""
-            raise CameraError(f"camera {settings.label} has no GenICam feature Gain (dB), so gain_db= cannot be "
-                              f"applied.{alt}")
-        if f.has("GainAuto"):
-            f.enum("GainAuto", "Off", "gain_db")
-        f.number("Gain", settings.gain_db, "gain_db")
+        _gain(f, "gain_db", settings.gain_db)
     if settings.gain_raw is not None:
-        if not f.has("GainRaw"):
-            alt = " It has Gain (dB): give gain_db= instead." if f.has("Gain") else ""
-            raise CameraError(f"camera {settings.label} has no GenICam feature GainRaw, so gain_raw= cannot be "
-                              f"applied.{alt}")
-        if f.has("GainAuto"):
-            f.enum("GainAuto", "Off", "gain_raw")
-        f.number("GainRaw", settings.gain_raw, "gain_raw", integer=True)
+        _gain(f, "gain_raw", settings.gain_raw)
     if settings.fps is not None:
         name = f.need("AcquisitionFrameRate", "AcquisitionFrameRateAbs", key="fps")
         if f.has("AcquisitionFrameRateEnable"):
@@ -142,6 +130,24 @@ def configure(camera: Any, settings: GigESettings) -> dict[str, object]:
     names = ("PixelFormat", "Width", "Height", "ExposureTime", "ExposureTimeAbs", "Gain", "GainRaw",
              "TriggerSelector", "TriggerMode", "TriggerSource", "AcquisitionFrameRate", "AcquisitionFrameRateAbs")
     return {name: f.read(name) for name in names if f.has(name)}
+
+
+# --camera key -> (its GenICam feature, that feature as named in errors, the other gain key's feature and
+# how to ask for it instead). Cameras offer one or both: Gain in dB (SFNC) or GainRaw in their own units.
+_GAINS = {"gain_db": ("Gain", "Gain (dB)", "GainRaw", "GainRaw (its own units): give gain_raw="),
+          "gain_raw": ("GainRaw", "GainRaw", "Gain", "Gain (dB): give gain_db=")}
+
+
+def _gain(f: _Features, key: str, value: float) -> None:
+    """Gain auto off, then the gain the --camera key asks for; an error names the other key when the
+    camera has that feature instead."""
+    feature, named, other, ask = _GAINS[key]
+    if not f.has(feature):
+        alt = f" It has {ask} instead." if f.has(other) else ""
+        raise CameraError(f"camera {f.label} has no GenICam feature {named}, so {key}= cannot be applied.{alt}")
+    if f.has("GainAuto"):
+        f.enum("GainAuto", "Off", key)
+    f.number(feature, value, key, integer=key == "gain_raw")
 
 
 def _trigger(f: _Features, trigger: str) -> None:
