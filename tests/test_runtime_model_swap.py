@@ -8,15 +8,12 @@ import dataclasses
 import itertools
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_somad.contracts.manifest import load_manifest, save_manifest
-from edge_somad.runtime.messaging import messages
-from edge_somad.runtime.messaging.curve import connect_subscriber
 from edge_somad.runtime.messaging.publisher import Publisher
 from edge_somad.runtime.pipeline.camera import SourceSpec
 from edge_somad.runtime.pipeline.model_slot import LiveModel, ModelSlot, probe_score
@@ -25,6 +22,7 @@ from edge_somad.runtime.scorers.ort_scorer import OrtScorer
 from tests.helpers.poll import wait_until
 from tests.helpers.runtime import H, W, free_port, write_video
 from tests.helpers.runtime import make_bundle as bundle
+from tests.test_runtime_pipeline import Collector
 
 
 def live(d: Path) -> LiveModel:
@@ -38,31 +36,6 @@ def models(tmp_path: Path) -> tuple[Path, Path]:
     return bundle(tmp_path / "a"), bundle(tmp_path / "b", scale=254.0)
 
 
-class Collector(threading.Thread):
-    """A SUB recording every message, in arrival order, until the final status."""
-
-    def __init__(self, endpoint: str) -> None:
-        super().__init__(daemon=True)
-        self.sock = connect_subscriber(endpoint, b"somad/", None)
-        self.msgs: list[messages.Received] = []
-
-    def run(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.sock.poll(100):
-                m = messages.parse_message(self.sock.recv_multipart())
-                self.msgs.append(m)
-                if m.kind == "status" and m.header.get("event") == "final":
-                    break
-        self.sock.close()
-
-    def verdicts(self) -> list[dict]:
-        return [m.header for m in list(self.msgs) if m.kind == "verdict"]
-
-    def events(self, name: str) -> list[dict]:
-        return [m.header for m in list(self.msgs) if m.kind == "status" and m.header.get("event") == name]
-
-
 def stream(tmp_path: Path, first: Path, actions, n_frames: int = 200) -> tuple[dict, Collector, list]:
     """Run the pipeline on a 20 frames/s paced video; `actions(pipe, sub)` runs on a side thread and
     stops the line when done. Returns (final status, collector, what actions returned)."""
@@ -72,7 +45,7 @@ def stream(tmp_path: Path, first: Path, actions, n_frames: int = 200) -> tuple[d
     results: list = []
     model = live(first)
     with Publisher(endpoint) as pub:
-        sub = Collector(endpoint)
+        sub = Collector(endpoint, timeout_s=60)
         assert pub.wait_for_subscribers(1, 5.0)
         sub.start()
         # queue 64: the line must not lose frames to a busy test machine either; losses are asserted zero

@@ -38,15 +38,17 @@ VERDICT_FIELDS = {"schema", "frame_id", "camera", "captured_at", "published_at",
 
 
 class Collector(threading.Thread):
-    """A SUB that records every message until the final status (or a timeout)."""
+    """A SUB that records every message, in arrival order, until the final status (or `timeout_s`).
+    The lists it hands out are copies: they can be read while it is still recording."""
 
-    def __init__(self, endpoint: str, curve: CurveClient | None = None) -> None:
+    def __init__(self, endpoint: str, curve: CurveClient | None = None, timeout_s: float = 20.0) -> None:
         super().__init__(daemon=True)
         self.sock = connect_subscriber(endpoint, b"somad/", curve)
         self.msgs: list[messages.Received] = []
+        self.timeout_s = timeout_s
 
     def run(self) -> None:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if not self.sock.poll(100):
                 continue
@@ -57,7 +59,10 @@ class Collector(threading.Thread):
         self.sock.close()
 
     def verdicts(self) -> list[dict]:
-        return [m.header for m in self.msgs if m.kind == "verdict"]
+        return [m.header for m in list(self.msgs) if m.kind == "verdict"]
+
+    def events(self, name: str) -> list[dict]:
+        return [m.header for m in list(self.msgs) if m.kind == "status" and m.header.get("event") == name]
 
 
 def run_pipeline_with_sub(model_dir: Path, cameras: list[str], config: PipelineConfig = PipelineConfig(),
