@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers.cli import edge_somad_exe
+from tests.helpers.poll import wait_notified
 from tests.helpers.requires import missing_component
 from tests.helpers.runtime import free_port
 
@@ -91,14 +92,7 @@ class Consumer:
             self.cond.notify_all()
 
     def wait_for(self, pred: Callable[[list[tuple[str, bytes, bool]]], bool], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        with self.cond:
-            while not pred(self.messages):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(min(left, 0.2))
-        return True
+        return wait_notified(self.cond, lambda: pred(self.messages), timeout_s)
 
     def json(self, kind: str) -> list[dict]:
         with self.cond:

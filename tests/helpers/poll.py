@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -19,3 +20,16 @@ def wait_until(condition: Callable[[], T], timeout_s: float = 10.0, interval_s: 
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval_s)
+
+
+def wait_notified(cond: threading.Condition, predicate: Callable[[], object], timeout_s: float) -> bool:
+    """wait_until for state a thread changes under `cond` and notifies (a subscriber's message list):
+    True once `predicate()` holds (checked under the lock), False after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    with cond:
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            cond.wait(min(left, 0.2))
+    return True

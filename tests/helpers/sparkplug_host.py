@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.helpers.poll import wait_notified
+
 INT_TYPES = {1: 8, 2: 16, 3: 32, 4: 64, 5: 0, 6: 0, 7: 0, 8: 0, 13: 0}  # signed bit width (0: unsigned)
 DOUBLE, BOOLEAN, STRING, INT64, UINT64 = 10, 11, 12, 4, 8
 
@@ -220,14 +222,7 @@ class SparkplugHost:
         self.client.publish(topic, payload, qos=0).wait_for_publish(5)
 
     def wait_for(self, pred: Callable[[list[Message]], bool], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        with self.cond:
-            while not pred(self.messages):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(min(left, 0.2))
-        return True
+        return wait_notified(self.cond, lambda: pred(self.messages), timeout_s)
 
     def of(self, kind: str, device: str | None = None) -> list[Message]:
         with self.cond:
