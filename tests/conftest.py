@@ -61,12 +61,9 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_fitted(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_config) -> Path:
     """A real fit (EfficientNet-Lite0 weights, SOM, node statistics) on synthetic images, unexported."""
-    from edge_somad.data import load_category
-    from edge_somad.fit import fit_model
+    from tests.helpers.synth import fit_widget
 
-    out = tmp_path_factory.mktemp("tiny_model")
-    fit_model(load_category(synth_root, "widget"), tiny_config, out, progress=False)
-    return out
+    return fit_widget(synth_root, tiny_config, tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from edge_somad import scoring
 from edge_somad.artifacts import load_arrays, load_config
 from edge_somad.config import FitConfig
 from edge_somad.lowrank import lowrank_factors, lowrank_statistics, node_axes
+from tests.helpers.synth import fit_widget
 
 
 def _exact_min(x: np.ndarray, centers: np.ndarray, inv: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -126,15 +127,8 @@ def test_truncated_search_keeps_euclidean_order_when_the_dropped_axes_are_flat()
 @pytest.fixture(scope="module")
 def lowrank_exported(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_config: FitConfig) -> Path:
     """A real fit with the low-rank head (rank 4 of d = 16, search on 8 axes) on the synthetic parts, exported."""
-    from edge_somad.data import load_category
-    from edge_somad.export.exporter import export_model
-    from edge_somad.fit import fit_model
-
     config = dataclasses.replace(tiny_config, head="lowrank", head_rank=4, search_share=0.5)
-    out = tmp_path_factory.mktemp("lowrank") / "widget"
-    fit_model(load_category(synth_root, "widget"), config, out, progress=False)
-    export_model(out)
-    return out
+    return fit_widget(synth_root, config, tmp_path_factory.mktemp("lowrank") / "widget", export=True)
 
 
 def test_lowrank_model_round_trips_and_old_configs_keep_the_full_head(lowrank_exported: Path,

@@ -19,6 +19,7 @@ from edge_somad import scoring
 from edge_somad.artifacts import FittedArrays, held_whitening
 from edge_somad.config import FitConfig
 from edge_somad.model import Head
+from tests.helpers.synth import fit_widget
 
 
 def _arrays(rng: np.random.Generator, m: int, d: int) -> FittedArrays:
@@ -80,15 +81,8 @@ def test_the_reference_tells_a_truncated_search_from_the_full_one() -> None:
 @pytest.fixture(scope="module")
 def truncated_exported(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_config: FitConfig) -> Path:
     """A real fit with the full head, search on half the axes, 2 candidates, exported."""
-    from edge_somad.data import load_category
-    from edge_somad.export.exporter import export_model
-    from edge_somad.fit import fit_model
-
     config = dataclasses.replace(tiny_config, head="full", search_share=0.5, topk=2)
-    out = tmp_path_factory.mktemp("truncated") / "widget"
-    fit_model(load_category(synth_root, "widget"), config, out, progress=False)
-    export_model(out)
-    return out
+    return fit_widget(synth_root, config, tmp_path_factory.mktemp("truncated") / "widget", export=True)
 
 
 def test_truncated_search_graph_matches_torch_and_uses_only_tensorrt_ops(truncated_exported: Path,

@@ -21,13 +21,10 @@ from edge_somad.errors import EngineMismatchError
 @pytest.fixture(scope="module")
 def raw_fitted(tmp_path_factory: pytest.TempPathFactory, synth_root: Path, tiny_config) -> Path:
     """A real tiny fit with raw distances (score_norm none), the model chi2 calibrates."""
-    from edge_somad.data import load_category
-    from edge_somad.fit import fit_model
+    from tests.helpers.synth import fit_widget
 
-    out = tmp_path_factory.mktemp("raw_model")
-    fit_model(load_category(synth_root, "widget"), dataclasses.replace(tiny_config, score_norm="none"), out,
-              progress=False)
-    return out
+    config = dataclasses.replace(tiny_config, score_norm="none")
+    return fit_widget(synth_root, config, tmp_path_factory.mktemp("raw_model"))
 
 
 def test_export_again_keeps_a_chi2_calibration_and_the_int8_entries(raw_fitted: Path, tmp_path: Path) -> None:

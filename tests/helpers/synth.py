@@ -47,3 +47,16 @@ def make_mvtec(root: Path, category: str = "widget", n_train: int = 12, n_good_t
         cv2.imwrite(str(base / "test/paint" / f"{i:03d}.png"), img)
         cv2.imwrite(str(base / "ground_truth/paint" / f"{i:03d}_mask.png"), mask)
     return root
+
+
+def fit_widget(synth_root: Path, config: object, out: Path, export: bool = False) -> Path:
+    """A real fit of the synthetic 'widget' category (make_mvtec) into `out`, exported with export=True."""
+    from edge_somad.data import load_category
+    from edge_somad.fit import fit_model
+
+    fit_model(load_category(synth_root, "widget"), config, out, progress=False)  # type: ignore[arg-type]
+    if export:
+        from edge_somad.export.exporter import export_model
+
+        export_model(out)
+    return out
