@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import typer
-import zmq
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from edge_somad.cli.runtime import run
 from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.curve import connect_subscriber
 from edge_somad.runtime.pipeline.gige import GigECapture
 from edge_somad.runtime.pipeline.gige_spec import parse_gige
 from edge_somad.runtime.trigger.client import request_trigger
@@ -26,10 +26,7 @@ def test_run_scores_the_simulated_camera_and_publishes_verdicts(tmp_path: Path, 
     """Mono8 from the camera is grey to the stand-in model (score = (blue - red) / 255 = 0): passes."""
     model = make_model_dir(tmp_path / "m")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(endpoint)
+    sock = connect_subscriber(endpoint, b"")
     proc = subprocess.Popen(
         [edge_somad_exe(), "run", "--camera", "gige1=aravis:127.0.0.1?pixel=Mono8&exposure_us=10000&gain_raw=0",
          "--model", str(model), "--publish", endpoint, "--wait-subscribers", "1", "--max-frames", "6",
@@ -70,10 +67,7 @@ def test_triggered_run_asks_the_camera_for_each_parts_frame(tmp_path: Path, fake
     frame, scored and answered with the part id; with no trigger the camera sends nothing."""
     model = make_model_dir(tmp_path / "m")
     endpoint, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(endpoint)
+    sock = connect_subscriber(endpoint, b"")
     proc = subprocess.Popen(
         [edge_somad_exe(), "run", "--camera", "st3=aravis:127.0.0.1?pixel=Mono8&trigger=software",
          "--model", str(model), "--publish", endpoint, "--control", control, "--trigger",
@@ -122,23 +116,23 @@ def test_empty_device_id_opens_the_first_camera_found(fake_camera: FakeCamera) -
         cap.release()
 
 
-def test_run_rejects_a_bad_aravis_camera_with_exit_2(tmp_path: Path) -> None:
-    """Checked before anything opens: no camera and no Aravis needed for a malformed --camera."""
+def _run_cli(*args: str) -> Result:
+    """`edge-somad run ARGS` in-process (a second command keeps `run` a subcommand, as installed)."""
     app = typer.Typer()
     app.command("run")(run)
     app.command("noop")(lambda: None)
-    model = make_model_dir(tmp_path / "m")
-    res = CliRunner().invoke(app, ["run", "--camera", "aravis:?exposure_us=10&shutter=2", "--model", str(model)])
+    return CliRunner().invoke(app, ["run", *args])
+
+
+def test_run_rejects_a_bad_aravis_camera_with_exit_2(tmp_path: Path) -> None:
+    """Checked before anything opens: no camera and no Aravis needed for a malformed --camera."""
+    res = _run_cli("--camera", "aravis:?exposure_us=10&shutter=2", "--model", str(make_model_dir(tmp_path / "m")))
     assert res.exit_code == 2
     assert "unknown key 'shutter'" in res.output and "exposure_us" in res.output
 
 
 def test_run_refuses_a_software_triggered_camera_without_trigger_mode(tmp_path: Path) -> None:
     require_aravis()
-    app = typer.Typer()
-    app.command("run")(run)
-    app.command("noop")(lambda: None)
-    model = make_model_dir(tmp_path / "m")
-    res = CliRunner().invoke(app, ["run", "--camera", "st3=aravis:?trigger=software", "--model", str(model)])
+    res = _run_cli("--camera", "st3=aravis:?trigger=software", "--model", str(make_model_dir(tmp_path / "m")))
     assert res.exit_code == 2
     assert "st3 have trigger=software" in res.output and "--trigger --control" in res.output

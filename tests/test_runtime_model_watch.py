@@ -17,6 +17,7 @@ import zmq
 from edge_somad.contracts.manifest import load_manifest, save_manifest
 from edge_somad.errors import ConfigError
 from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.curve import connect_subscriber
 from edge_somad.runtime.pipeline.model_watch import ModelWatch
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import free_port, grey, write_video
@@ -76,10 +77,7 @@ def test_run_swaps_from_the_watched_folder_and_on_sighup(tmp_path: Path) -> None
     watched.mkdir()
     video = write_video(tmp_path / "v.avi", [grey() + i for i in range(5)])
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"somad/")
-    sock.connect(endpoint)
+    sock = connect_subscriber(endpoint, b"somad/")
     # A live source that never connects keeps the line running between the swaps.
     proc = subprocess.Popen(
         [edge_somad_exe(), "run", "--camera", "live=http://127.0.0.1:1/x", "--camera", f"v={video}",

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import typer
-import zmq
 from typer.testing import CliRunner
 
 from edge_somad.cli.runtime import run, subscribe
 from edge_somad.contracts.manifest import load_manifest, save_manifest, sha256_file
 from edge_somad.runtime.messaging import messages
+from edge_somad.runtime.messaging.curve import connect_subscriber
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.runtime import build_onnx, defect, free_port, grey, make_model_dir, write_video
 
@@ -66,10 +66,7 @@ def test_sigterm_scores_queue_publishes_final_status_exit_0(tmp_path: Path) -> N
     d = make_model_dir(tmp_path / "m")
     video = write_video(tmp_path / "v.avi", [defect()] * 5)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"somad/")
-    sock.connect(endpoint)
+    sock = connect_subscriber(endpoint, b"somad/")
     # A live source that never connects keeps the pipeline running until it is told to stop.
     proc = subprocess.Popen(
         [edge_somad_exe(), "run", "--camera", "live=http://127.0.0.1:1/x",
