@@ -18,27 +18,17 @@ from edge_somad.runtime.pipeline.camera import CameraSource, FrameItem, SourceSp
 from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.pipeline.trace import MARKS, STAGES, Trace
 from edge_somad.runtime.scorers.ort_scorer import OrtScorer
-from edge_somad.runtime.scorers.scorer import ScoreResult
 from tests.helpers.runtime import H, W, defect, free_port, make_model_dir, write_video
-from tests.test_runtime_batching import level, run_with_sub
+from tests.test_runtime_batching import SlowSpy, level, run_with_sub
 
 
-class PerImageSpy:
-    """The real ORT scorer on the stand-in graph, recording call sizes, and saying what OrtScorer says
-    on a CPU: it runs a batch image by image (`whole_batches` False)."""
+class PerImageSpy(SlowSpy):
+    """SlowSpy saying what OrtScorer says on a CPU: it runs a batch image by image (`whole_batches`
+    False), in `lanes` side by side."""
 
     def __init__(self, inner: OrtScorer, delay_s: float = 0.0, lanes: int = 1) -> None:
-        self.inner, self.delay_s, self.sizes = inner, delay_s, []
-        self.backend, self.device, self.max_batch = inner.backend, inner.device, inner.max_batch
+        super().__init__(inner, delay_s, inner.max_batch)
         self.whole_batches, self.lanes = inner.whole_batches, lanes
-
-    def score(self, frames: np.ndarray) -> ScoreResult:
-        self.sizes.append(len(frames))
-        time.sleep(self.delay_s)
-        return self.inner.score(frames)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @pytest.fixture
