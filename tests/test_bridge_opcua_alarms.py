@@ -17,7 +17,7 @@ from edge_somad.runtime.messaging.publisher import Publisher
 from edge_somad.runtime.pipeline.camera import parse_cameras
 from edge_somad.runtime.pipeline.pipeline import Pipeline, PipelineConfig
 from edge_somad.runtime.scorers.ort_scorer import OrtScorer
-from tests.helpers.bridges import connect_opcua, start_bridge
+from tests.helpers.bridges import connect_opcua, run_against, start_bridge
 from tests.helpers.runtime import H, W, free_port, write_video
 from tests.test_runtime_health import FAST, model_with_reference, parts
 
@@ -134,12 +134,7 @@ def test_black_and_frozen_camera_raise_alarms_that_clear_and_acknowledge(tmp_pat
         finally:
             await client.disconnect()
 
-    try:
-        asyncio.run(scenario())
-        assert bridge.poll() is None, (tmp_path / "bridge.log").read_text()
-    finally:
-        bridge.terminate()
-        bridge.wait(10)
+    run_against(bridge, tmp_path / "bridge.log", scenario())
 
 
 def test_alarm_book_from_health_blocks() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from edge_somad.runtime.bridges.opcua import NAMESPACE
 from edge_somad.runtime.bridges.opcua_vision import MV_URI, vision_state
-from tests.helpers.bridges import connect_opcua, start_bridge
+from tests.helpers.bridges import connect_opcua, run_against, start_bridge
 from tests.helpers.runtime import free_port
 from tests.test_bridge_opcua_alarms import run_clip
 from tests.test_runtime_health import model_with_reference, parts
@@ -78,12 +78,7 @@ def test_vision_system_state_machine_and_results_in_the_spec_types(tmp_path: Pat
             await client.disconnect()
         return out
 
-    try:
-        out = asyncio.run(scenario())
-        assert bridge.poll() is None, (tmp_path / "bridge.log").read_text()
-    finally:
-        bridge.terminate()
-        bridge.wait(10)
+    out = run_against(bridge, tmp_path / "bridge.log", scenario())
     mv = out["mv"]
     assert out["system_type"] == ua.NodeId(1003, mv)  # VisionSystemType of the official NodeSet
     assert out["result_type"] == ua.NodeId(2002, mv)  # ResultType
@@ -155,11 +150,8 @@ def test_triggered_inspection_in_the_spec_types(tmp_path: Path) -> None:
         return out
 
     try:
-        out = asyncio.run(scenario())
-        assert bridge.poll() is None, (tmp_path / "bridge.log").read_text()
+        out = run_against(bridge, tmp_path / "bridge.log", scenario())
     finally:
-        bridge.terminate()
-        bridge.wait(10)
         runtime.stop()
     assert out["answer"]["verdict"] == "pass" and out["answer"]["part_id"] == "P-40100"
     assert (out["part"], out["auto"], out["state"]) == ("P-40100", "Ready", 1), out

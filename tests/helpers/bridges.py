@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tests.helpers.cli import edge_somad_exe
 from tests.helpers.poll import wait_notified
 from tests.helpers.requires import missing_component
 from tests.helpers.runtime import free_port
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = "edge-somad/v1"
@@ -107,6 +111,18 @@ def start_bridge(args: list[str], log_path: Path) -> subprocess.Popen:
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen([edge_somad_exe(), "bridge", *args], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=log)
+
+
+def run_against(bridge: subprocess.Popen, log_path: Path, scenario: Coroutine[Any, Any, T]) -> T:
+    """Run an asyncio client scenario against a started bridge; the bridge must still be running after
+    it (else its log is the failure message), and is stopped either way."""
+    try:
+        out = asyncio.run(scenario)
+        assert bridge.poll() is None, log_path.read_text()
+        return out
+    finally:
+        bridge.terminate()
+        bridge.wait(10)
 
 
 def verdict_count(kind: str = "DDATA") -> Callable[[list[tuple[str, bytes, bool]]], int]:
