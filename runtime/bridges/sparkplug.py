@@ -150,10 +150,11 @@ class SparkplugBridge(MqttBridge):
 
         self._seq = 0  # NBIRTH is seq 0
         s.devices.clear()
+        node = self._node_values()
         values = {sm.BD_SEQ: self.spb_bd, sm.REBIRTH: False, "Node Info/Software": f"edge-somad {__version__}",
-                  "Node Info/Verdict Schema": messages.VERDICT_SCHEMA, **self._node_values()}
+                  "Node Info/Verdict Schema": messages.VERDICT_SCHEMA, **node}
         self._send(link, "NBIRTH", sm.node_metrics(values, birth=True))
-        s.node_sent, s.node_at, s.born = self._node_values(), time.monotonic(), True
+        s.node_sent, s.node_at, s.born = node, time.monotonic(), True
         known = self._cameras()
         s.live = {c for c, k in known.items() if k[3]}
         for camera in sorted(s.live):
