@@ -5,7 +5,8 @@ capture thread resizes and checks its own frames while the scorer runs. A scorer
 batches (GPU) gets the frames waiting from several cameras as ONE batch (a partial batch waits at
 most `batch_wait_ms` for the rest): on a GPU a batch scores more frames/s than calls of 1. A
 scorer that runs a batch image by image (ONNX Runtime on a CPU, runtime/scorers/ort_scorer.py)
-gets one frame per call by default, so each verdict leaves as soon as its own frame is scored.
+gets one frame per call by default, so each verdict leaves as soon as its own frame is scored, and
+one frame per core side by side only while a backlog lasts (runtime/pipeline/call_size.py).
 Batch k's verdicts are encoded and published on a second thread (runtime/pipeline/outbox.py) while batch k+1
 is scored. Every verdict leaves its per-stage times in `trace` (runtime/pipeline/trace.py).
 
