@@ -49,7 +49,7 @@ class HealthTopics:
         """Alarm events (queue items) for one message; updates the retained state."""
         h = msg.header
         blocks: list[tuple[str, Any]] = []
-        if msg.kind == "heartbeat" or (msg.kind == "status" and h.get("event") == "final"):
+        if msg.line_snapshot:
             cams = h.get("cameras")
             for camera, info in list(cams.items())[:1000] if isinstance(cams, dict) else ():
                 if isinstance(info, dict) and "health" in info and _valid_camera(camera):

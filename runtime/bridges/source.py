@@ -118,7 +118,7 @@ class StreamSource:
                 info.threshold = float(h["threshold"])
             if isinstance(h.get("model"), dict) and info.model is None:
                 info.model = h["model"]
-        elif msg.kind == "heartbeat" or (msg.kind == "status" and h.get("event") == "final"):
+        elif msg.line_snapshot:
             info.heartbeat_at = time.monotonic()
             info.pipeline_status = str(h.get("status"))[:40]
             if isinstance(h.get("model"), dict):

@@ -159,6 +159,12 @@ class Received:
         return {VERDICT_SCHEMA: "verdict", HEARTBEAT_SCHEMA: "heartbeat", STATUS_SCHEMA: "status"}.get(
             schema, "unknown")
 
+    @property
+    def line_snapshot(self) -> bool:
+        """A heartbeat or `run`'s final status: both carry the whole line's state (status, model, and
+        every camera with its health), which a consumer takes as the current picture."""
+        return self.kind == "heartbeat" or (self.kind == "status" and self.header.get("event") == "final")
+
 
 def parse_message(parts: list[bytes], limits: DecodeLimits = DEFAULT_LIMITS) -> Received:
     """Decode a multipart message received on a SUB socket, within `limits` (runtime/messaging/intake.py).

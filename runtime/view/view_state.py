@@ -158,7 +158,7 @@ class ViewState:
         seq, prev = h.get("seq"), link.seqs.get(msg.topic)
         restarted = isinstance(seq, int) and prev is not None and seq <= prev
         start = None
-        if msg.kind == "heartbeat" or (msg.kind == "status" and h.get("event") == "final"):
+        if msg.line_snapshot:
             at, up = h.get("at"), h.get("uptime_s")
             if isinstance(at, (int, float)) and isinstance(up, (int, float)):
                 start = float(at) - float(up)
@@ -203,7 +203,7 @@ class ViewState:
                 link.ended = str(h.get("reason"))[:200]
             if msg.kind == "verdict":
                 self._verdict(self._tile(endpoint, h["camera"]), msg)
-            elif msg.kind == "heartbeat" or (msg.kind == "status" and h.get("event") == "final"):
+            elif msg.line_snapshot:
                 cams = h.get("cameras")
                 for cid, info in (cams.items() if isinstance(cams, dict) else ()):
                     if isinstance(info, dict) and _is_id(cid):
