@@ -7,6 +7,7 @@ metrics declared (name, alias, datatype), seq continuity through 255 -> 0, bdSeq
 from __future__ import annotations
 
 import itertools
+import subprocess
 import time
 from pathlib import Path
 
@@ -31,6 +32,39 @@ def spb_args(zmq_port: int, mqtt_port: int, tmp: Path, *extra: str) -> list[str]
     return ["mqtt", "--sparkplug", "--group", GROUP, "--node", NODE, "--connect", f"tcp://127.0.0.1:{zmq_port}",
             "--port", str(mqtt_port), "--queue-file", str(tmp / "spb.sqlite"), "--status-interval", "0.5",
             "--log-level", "info", *extra]
+
+
+class SpbLine:
+    """A Mosquitto broker, the independent Sparkplug host, `run` stood in by a BeatingPublisher, and a
+    `bridge mqtt --sparkplug` process between them (`start_bridge` again for a new session). A context
+    manager: the bridge (if still running), the publisher, the host and the broker are stopped on exit;
+    what the host recorded stays readable after it."""
+
+    def __init__(self, tmp: Path, cameras: tuple[str, ...], *bridge_args: str, host_id: str | None = None,
+                 host_online: bool | None = None, broker_conf: str | None = None) -> None:
+        self.tmp, self.bridge_args = tmp, bridge_args
+        self.broker = Mosquitto(tmp / "broker") if broker_conf is None else Mosquitto(tmp / "broker", extra=broker_conf)
+        self.broker.start()
+        self.host = SparkplugHost(self.broker.port, host_id=host_id)
+        if host_online is not None:  # retained: the bridge learns it as soon as it subscribes
+            self.host.set_online(host_online)
+        self.zmq_port, self.log = free_port(), tmp / "bridge.log"
+        self.run = BeatingPublisher(self.zmq_port, cameras)
+        self.bridge = self.start_bridge()
+
+    def start_bridge(self) -> subprocess.Popen:
+        self.bridge = start_bridge(spb_args(self.zmq_port, self.broker.port, self.tmp, *self.bridge_args), self.log)
+        return self.bridge
+
+    def __enter__(self) -> SpbLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bridge.poll() is None:
+            self.bridge.kill()
+        self.run.close()
+        self.host.close()
+        self.broker.stop()
 
 
 def header(i: int, sha: str = "ab" * 32) -> dict:
@@ -58,14 +92,8 @@ def bd_seq(payload: dict) -> int:
 
 
 def test_births_data_seq_wrap_rebirth_model_swap_and_death_on_sigkill(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path / "broker")
-    broker.start()
-    host = SparkplugHost(broker.port)
-    zmq_port = free_port()
-    log = tmp_path / "bridge.log"
-    bridge = start_bridge(spb_args(zmq_port, broker.port, tmp_path), log)
-    run = BeatingPublisher(zmq_port, ("c1", "c2"))
-    try:
+    with SpbLine(tmp_path, ("c1", "c2")) as line:
+        host, run, log, bridge = line.host, line.run, line.log, line.bridge
         assert host.wait_for(lambda m: len(host.of("DBIRTH")) >= 2, 30), log.read_text()
         assert run.pub.wait_for_subscribers(1, 10)
         sent = {}
@@ -123,14 +151,8 @@ def test_births_data_seq_wrap_rebirth_model_swap_and_death_on_sigkill(tmp_path: 
         errors, _ = host.check()
         assert errors == [], errors[:10]
 
-        bridge = start_bridge(spb_args(zmq_port, broker.port, tmp_path), log)  # the next session: bdSeq + 1
+        line.start_bridge()  # the next session: bdSeq + 1
         assert host.wait_for(lambda m: bd_seq(births(host)[-1]) == (bd_seq(first_birth) + 1) % 256, 30)
-    finally:
-        if bridge.poll() is None:
-            bridge.kill()
-        run.close()
-        host.close()
-        broker.stop()
 
 
 def test_a_queue_file_serves_one_mode_only(tmp_path: Path) -> None:

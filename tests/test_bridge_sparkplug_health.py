@@ -16,11 +16,9 @@ from edge_somad.errors import InputError
 from edge_somad.runtime.bridges import sparkplug_commands as cmd
 from edge_somad.runtime.bridges import sparkplug_proto as pb
 from edge_somad.runtime.health.health import CameraHealth, HealthConfig
-from tests.helpers.bridges import BeatingPublisher, Mosquitto, start_bridge
 from tests.helpers.poll import wait_until
-from tests.helpers.runtime import free_port
 from tests.helpers.sparkplug_host import BOOLEAN, STRING, SparkplugHost, encode_command
-from tests.test_bridge_sparkplug import GROUP, NODE, header, spb_args
+from tests.test_bridge_sparkplug import GROUP, NODE, SpbLine, header
 
 CAMERAS = ("good", "black", "frozen", "resized")
 FLAGS = ("Health/Black Frame", "Health/Frozen Stream", "Health/Saturated Frame", "Health/Resolution Changed")
@@ -60,14 +58,8 @@ def _timeline(host: SparkplugHost, device: str) -> list[dict]:
 def test_black_and_frozen_cameras_raise_health_metrics_good_one_stays_quiet(tmp_path: Path) -> None:
     blocks = _health_blocks()
     assert blocks["black"]["fault"].startswith("black") and blocks["frozen"]["fault"].startswith("frozen")
-    broker = Mosquitto(tmp_path / "broker")
-    broker.start()
-    host = SparkplugHost(broker.port)
-    zmq_port = free_port()
-    log = tmp_path / "bridge.log"
-    run = BeatingPublisher(zmq_port, CAMERAS)
-    bridge = start_bridge(spb_args(zmq_port, broker.port, tmp_path), log)
-    try:
+    with SpbLine(tmp_path, CAMERAS) as line:
+        host, run, log = line.host, line.run, line.log
         assert host.wait_for(lambda m: len(host.of("DBIRTH")) >= 4, 30), log.read_text()
         run.health = blocks  # the next heartbeats carry the faults: DDATA on the born devices
 
@@ -80,11 +72,6 @@ def test_black_and_frozen_cameras_raise_health_metrics_good_one_stays_quiet(tmp_
         for i in range(30):
             run.pub.publish_verdict({**header(i), "camera": "good"})
         assert host.wait_for(lambda m: sum("Inspection/Result" in v for v in _timeline(host, "good")[1:]) >= 30, 20)
-    finally:
-        bridge.kill()
-        run.close()
-        host.close()
-        broker.stop()
     errors, _ = host.check()
     assert errors == [], errors[:10]
     assert "cannot be sent as Sparkplug" not in log.read_text()  # nothing but verdicts in the queue
@@ -101,14 +88,8 @@ def test_black_and_frozen_cameras_raise_health_metrics_good_one_stays_quiet(tmp_
 
 
 def test_garbage_commands_are_logged_and_ignored_and_the_node_still_answers(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path / "broker")
-    broker.start()
-    host = SparkplugHost(broker.port)
-    zmq_port = free_port()
-    log = tmp_path / "bridge.log"
-    run = BeatingPublisher(zmq_port, ("c1",))
-    bridge = start_bridge(spb_args(zmq_port, broker.port, tmp_path), log)
-    try:
+    with SpbLine(tmp_path, ("c1",)) as line:
+        host, log, bridge = line.host, line.log, line.bridge
         assert host.wait_for(lambda m: len(host.of("DBIRTH")) >= 1, 30), log.read_text()
         rnd = random.Random(7)
         valid = encode_command([("Node Control/Rebirth", None, BOOLEAN, True)])
@@ -123,11 +104,6 @@ def test_garbage_commands_are_logged_and_ignored_and_the_node_still_answers(tmp_
         assert host.wait_for(lambda m: len(host.of("NBIRTH")) > n_births, 30), log.read_text()[-3000:]
         assert bridge.poll() is None
         assert wait_until(lambda: log.read_text().count("ignored a command") >= n_garbage * 0.9, 20)
-    finally:
-        bridge.kill()
-        run.close()
-        host.close()
-        broker.stop()
     assert "Traceback" not in log.read_text()
     errors, _ = host.check()
     assert errors == [], errors[:10]

@@ -5,11 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.helpers.bridges import BeatingPublisher, Mosquitto, start_bridge
 from tests.helpers.poll import wait_until
-from tests.helpers.runtime import free_port
-from tests.helpers.sparkplug_host import SparkplugHost
-from tests.test_bridge_sparkplug import bd_seq, births, header, spb_args, verdicts
+from tests.test_bridge_sparkplug import SpbLine, bd_seq, births, header, verdicts
 
 N, RATE = 1000, 100.0
 STOP_AT = 300  # verdict index at which the broker goes away for OUTAGE_S while the line keeps going
@@ -20,15 +17,9 @@ BROKER_CONF = "allow_anonymous true\nqueue_qos0_messages true\n"
 
 
 def test_no_verdict_lost_across_a_broker_restart(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path / "broker", extra=BROKER_CONF)
-    broker.start()
-    host = SparkplugHost(broker.port, host_id="scada")
-    host.set_online(True)
-    zmq_port = free_port()
-    log = tmp_path / "bridge.log"
-    bridge = start_bridge(spb_args(zmq_port, broker.port, tmp_path, "--primary-host", "scada"), log)
-    run = BeatingPublisher(zmq_port, ("c1", "c2"))
-    try:
+    with SpbLine(tmp_path, ("c1", "c2"), "--primary-host", "scada", host_id="scada", host_online=True,
+                 broker_conf=BROKER_CONF) as line:
+        host, run, log, broker = line.host, line.run, line.log, line.broker
         assert host.wait_for(lambda m: len(host.of("DBIRTH")) >= 2, 30), log.read_text()
         assert run.pub.wait_for_subscribers(1, 10)
         t0 = time.monotonic()
@@ -41,11 +32,6 @@ def test_no_verdict_lost_across_a_broker_restart(tmp_path: Path) -> None:
             run.pub.publish_verdict(header(i))
             time.sleep(max(0.0, t0 + (i + 1) / RATE - time.monotonic()))  # the line's pace, not a wait
         assert host.wait_for(lambda m: len(verdicts(host.check()[1])) == N, 60), log.read_text()[-3000:]
-    finally:
-        bridge.kill()
-        run.close()
-        host.close()
-        broker.stop()
     errors, data = host.check()
     assert errors == [], errors[:10]
     got = verdicts(data)
@@ -71,16 +57,9 @@ def _log_count(log: Path, text: str) -> int:
 
 
 def test_births_wait_for_the_primary_host_and_follow_it(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path / "broker")
-    broker.start()
-    host = SparkplugHost(broker.port, host_id="scada")
-    host.set_online(False)  # retained: the bridge learns it as soon as it subscribes
-    zmq_port = free_port()
-    log = tmp_path / "bridge.log"
-    run = BeatingPublisher(zmq_port, ("c1",))
-    bridge = start_bridge(spb_args(zmq_port, broker.port, tmp_path, "--primary-host", "scada"), log)
     waiting = "is offline: no births until its STATE says online"
-    try:
+    with SpbLine(tmp_path, ("c1",), "--primary-host", "scada", host_id="scada", host_online=False) as line:
+        host, run, log = line.host, line.run, line.log
         assert wait_until(lambda: _log_count(log, waiting) >= 1, 30), log.read_text()
         assert run.pub.wait_for_subscribers(1, 10)
         assert host.of("NBIRTH") == []  # the host is offline: the node does not birth
@@ -98,8 +77,3 @@ def test_births_wait_for_the_primary_host_and_follow_it(tmp_path: Path) -> None:
         assert bd_seq(births(host)[-1]) == (first + 1) % 256
         errors, _ = host.check()
         assert errors == [], errors
-    finally:
-        bridge.kill()
-        run.close()
-        host.close()
-        broker.stop()
